@@ -1,0 +1,374 @@
+//! The filter chain: a route's ordered plugin steps, and what each kind's answer does to the
+//! exchange.
+//!
+//! Request phase, in chain order: `auth` may set the identity or deny; `rate-limit` may limit
+//! (429 with `Retry-After`); `validation` may refuse (RFC 9457 400/422); `filter` may edit
+//! headers or answer itself. Response phase, in reverse order: `filter.on-response`. After the
+//! response body is sent: `logging` steps observe the finished exchange. A failing step follows
+//! its failure policy: fail-closed answers 500, fail-open skips the step. Everything a plugin
+//! returns is checked before use.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+
+use crate::body::{Body, full};
+use crate::config::{FailurePolicy, PluginKind};
+use crate::error::{GatewayError, problem};
+use crate::plugin::bindings::exports::portcullis::plugin::{
+    auth::AuthOutcome,
+    filter::FilterAction,
+    logging::{Exchange, StepDecision},
+    rate_limit::{Quota, RateLimitOutcome},
+    validation::ValidationOutcome,
+};
+use crate::plugin::bindings::portcullis::plugin::types::{
+    Identity, LocalResponse, RequestHead, ResponseHead,
+};
+use crate::plugin::{Call, FailureKind, PluginFailure, Reply, StepPool};
+use crate::proxy::headers::{self, IdentityHeaders};
+
+/// Largest local response body a plugin may return, in bytes.
+pub const MAX_LOCAL_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// One step: a configured plugin pool and its failure policy.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The plugin configured for this step.
+    pub pool: Arc<StepPool>,
+    /// What a failure does.
+    pub policy: FailurePolicy,
+}
+
+/// A route's ordered steps.
+#[derive(Debug, Default)]
+pub struct Chain {
+    steps: Vec<Step>,
+    body_limit: Option<u64>,
+    has_logging: bool,
+}
+
+/// What the chain learnt about one exchange so far.
+#[derive(Debug, Default)]
+pub struct ChainState {
+    /// Identity from the auth step.
+    pub identity: Option<Identity>,
+    /// Quotas reported by rate-limit steps, sent as RateLimit fields.
+    pub quotas: Vec<Quota>,
+    /// Each step's decision, for the logging plugins and the access log.
+    pub decisions: Vec<StepDecision>,
+}
+
+/// Go on to the upstream, or answer now.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Forward the request.
+    Continue,
+    /// Answer with this response instead.
+    Respond(Response<Body>),
+}
+
+// === impl Chain ===
+
+impl Chain {
+    /// A chain of `steps`, in order.
+    pub fn new(steps: Vec<Step>) -> Self {
+        let body_limit = steps.iter().filter_map(|s| s.pool.body_limit()).max();
+        let has_logging = steps.iter().any(|s| s.pool.plugin().kind == PluginKind::Logging);
+        Chain { steps, body_limit, has_logging }
+    }
+
+    /// Bytes of request body some step needs buffered, if any (the largest of them).
+    pub fn body_limit(&self) -> Option<u64> {
+        self.body_limit
+    }
+
+    /// Whether any step observes the finished exchange.
+    pub fn has_logging(&self) -> bool {
+        self.has_logging
+    }
+
+    /// Runs the request phase. `head` is what plugins see; `headers` is what goes upstream, and
+    /// both receive filter edits.
+    ///
+    /// Errors: [`GatewayError::PluginFailed`] when a fail-closed step fails.
+    pub async fn on_request(
+        &self,
+        head: &mut RequestHead,
+        headers: &mut HeaderMap,
+        body: Option<&[u8]>,
+        ids: &IdentityHeaders,
+        state: &mut ChainState,
+    ) -> Result<Verdict, GatewayError> {
+        for step in &self.steps {
+            let plugin = step.pool.plugin();
+            let identity = state.identity.as_ref();
+            let call = match plugin.kind {
+                PluginKind::Auth => Call::Authenticate(head),
+                PluginKind::RateLimit => Call::Check(head, identity),
+                PluginKind::Validation => Call::Validate(head, identity, body),
+                PluginKind::Filter => Call::OnRequest(head, identity),
+                PluginKind::Logging => continue,
+            };
+            let started = Instant::now();
+            let reply = step.pool.call(&head.request_id, call).await;
+            let outcome = reply.and_then(|reply| self.apply(step, reply, head, headers, ids, state));
+            let (decision, verdict) = match outcome {
+                Ok(done) => done,
+                Err(failure) => (fail(step, failure, &head.request_id)?, Verdict::Continue),
+            };
+            state.decisions.push(StepDecision {
+                plugin: plugin.id.to_string(),
+                decision: decision.to_owned(),
+                duration_us: micros(started),
+            });
+            if let Verdict::Respond(response) = verdict {
+                return Ok(Verdict::Respond(response));
+            }
+        }
+        Ok(Verdict::Continue)
+    }
+
+    /// What one request-phase reply does.
+    fn apply(
+        &self,
+        step: &Step,
+        reply: Reply,
+        head: &mut RequestHead,
+        headers: &mut HeaderMap,
+        ids: &IdentityHeaders,
+        state: &mut ChainState,
+    ) -> Result<(&'static str, Verdict), PluginFailure> {
+        let id = &step.pool.plugin().id;
+        let invalid = |e: String| PluginFailure::new(id, FailureKind::InvalidOutput(e));
+        Ok(match reply {
+            Reply::Auth(AuthOutcome::Authenticated(identity)) => {
+                if identity.subject.is_empty() {
+                    return Err(invalid("authenticated identity has an empty subject".into()));
+                }
+                state.identity = Some(identity);
+                ("authenticated", Verdict::Continue)
+            }
+            Reply::Auth(AuthOutcome::Anonymous) => ("anonymous", Verdict::Continue),
+            Reply::Auth(AuthOutcome::Denied(local)) => {
+                let mut response = local_response(local).map_err(invalid)?;
+                if response.status() == StatusCode::UNAUTHORIZED
+                    && !response.headers().contains_key(header::WWW_AUTHENTICATE)
+                {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"portcullis\""));
+                }
+                ("denied", Verdict::Respond(response))
+            }
+            Reply::RateLimit(RateLimitOutcome::Allowed(quotas)) => {
+                check_quotas(&quotas).map_err(invalid)?;
+                state.quotas.extend(quotas);
+                ("allowed", Verdict::Continue)
+            }
+            Reply::RateLimit(RateLimitOutcome::Limited(limited)) => {
+                check_quotas(&limited.quotas).map_err(invalid)?;
+                state.quotas.extend(limited.quotas);
+                let mut response = problem(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "The request exceeds a rate limit quota.",
+                    &head.request_id,
+                    None,
+                );
+                let retry = limited.retry_after_ms.div_ceil(1000).max(1);
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry));
+                ("limited", Verdict::Respond(response))
+            }
+            Reply::Validation(ValidationOutcome::Valid) => ("valid", Verdict::Continue),
+            Reply::Validation(ValidationOutcome::Invalid(invalid)) => {
+                let (status, slug, detail) = if invalid.malformed {
+                    (StatusCode::BAD_REQUEST, "malformed-request", "The request could not be parsed.")
+                } else {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", "The request breaks the route's rules.")
+                };
+                let errors: Vec<_> = invalid
+                    .violations
+                    .iter()
+                    .map(|v| serde_json::json!({ "pointer": v.pointer, "detail": v.message }))
+                    .collect();
+                let response =
+                    problem(status, slug, detail, &head.request_id, Some(("errors", serde_json::Value::Array(errors))));
+                ("invalid", Verdict::Respond(response))
+            }
+            Reply::Filter(FilterAction::Continue(edits)) => {
+                headers::apply_edits(headers, &edits, Some(ids)).map_err(|e| invalid(e.to_string()))?;
+                head.headers = headers::to_wit(headers);
+                ("continue", Verdict::Continue)
+            }
+            Reply::Filter(FilterAction::Respond(local)) => {
+                ("respond", Verdict::Respond(local_response(local).map_err(invalid)?))
+            }
+            Reply::Observed => ("observed", Verdict::Continue),
+        })
+    }
+
+    /// Runs `filter.on-response` steps in reverse order on `response`.
+    ///
+    /// Errors: [`GatewayError::PluginFailed`] when a fail-closed step fails.
+    pub async fn on_response(
+        &self,
+        head: &RequestHead,
+        response: &mut Response<Body>,
+        state: &mut ChainState,
+    ) -> Result<(), GatewayError> {
+        for step in self.steps.iter().rev() {
+            let plugin = step.pool.plugin();
+            if plugin.kind != PluginKind::Filter {
+                continue;
+            }
+            let seen = ResponseHead { status: response.status().as_u16(), headers: headers::to_wit(response.headers()) };
+            let started = Instant::now();
+            let call = Call::OnResponse(head, state.identity.as_ref(), &seen);
+            let outcome = step.pool.call(&head.request_id, call).await.and_then(|reply| {
+                let invalid = |e: String| PluginFailure::new(&plugin.id, FailureKind::InvalidOutput(e));
+                match reply {
+                    Reply::Filter(FilterAction::Continue(edits)) => {
+                        headers::apply_edits(response.headers_mut(), &edits, None).map_err(|e| invalid(e.to_string()))?;
+                        Ok("continue")
+                    }
+                    Reply::Filter(FilterAction::Respond(local)) => {
+                        *response = local_response(local).map_err(invalid)?;
+                        Ok("respond")
+                    }
+                    _ => Err(invalid("unexpected reply kind".into())),
+                }
+            });
+            let decision = match outcome {
+                Ok(d) => d,
+                Err(failure) => fail(step, failure, &head.request_id)?,
+            };
+            state.decisions.push(StepDecision {
+                plugin: plugin.id.to_string(),
+                decision: decision.to_owned(),
+                duration_us: micros(started),
+            });
+        }
+        Ok(())
+    }
+
+    /// Hands the finished exchange to every logging step. Failures are logged and otherwise
+    /// ignored: the response is already sent.
+    pub async fn observe(&self, exchange: &Exchange) {
+        for step in &self.steps {
+            let plugin = step.pool.plugin();
+            if plugin.kind != PluginKind::Logging {
+                continue;
+            }
+            if let Err(failure) = step.pool.call(&exchange.request_id, Call::Observe(exchange)).await {
+                tracing::warn!(
+                    plugin = %plugin.id, kind = failure.kind.label(), request_id = %exchange.request_id,
+                    detail = %failure.detail, "logging plugin failed"
+                );
+            }
+        }
+    }
+}
+
+/// Applies the failure policy: fail-closed turns the failure into the request's error,
+/// fail-open records it and lets the chain go on.
+fn fail(step: &Step, failure: PluginFailure, request_id: &str) -> Result<&'static str, GatewayError> {
+    tracing::warn!(
+        plugin = %failure.plugin, kind = failure.kind.label(), request_id, detail = %failure.detail,
+        policy = ?step.policy, "plugin call failed"
+    );
+    match step.policy {
+        FailurePolicy::FailClosed => Err(GatewayError::PluginFailed(failure)),
+        FailurePolicy::FailOpen => Ok("failed"),
+    }
+}
+
+/// Checks and converts a plugin's local response.
+///
+/// Errors: a status outside 200..=599, a refused header, or a body over
+/// [`MAX_LOCAL_RESPONSE_BYTES`].
+pub fn local_response(local: LocalResponse) -> Result<Response<Body>, String> {
+    if !(200..=599).contains(&local.status) {
+        return Err(format!("status {} is outside 200..=599", local.status));
+    }
+    let status = StatusCode::from_u16(local.status).map_err(|e| e.to_string())?;
+    if local.body.len() > MAX_LOCAL_RESPONSE_BYTES {
+        return Err(format!("body of {} bytes exceeds {MAX_LOCAL_RESPONSE_BYTES}", local.body.len()));
+    }
+    let mut response = Response::new(full(Bytes::from(local.body)));
+    *response.status_mut() = status;
+    for h in &local.headers {
+        let (name, value) = headers::plugin_header(h, None).map_err(|e| e.to_string())?;
+        response.headers_mut().append(name, value);
+    }
+    Ok(response)
+}
+
+/// Policy names become structured-field strings: keep them to visible ASCII without `"` or `\`.
+fn check_quotas(quotas: &[Quota]) -> Result<(), String> {
+    match quotas.iter().find(|q| q.policy.is_empty() || !q.policy.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')) {
+        Some(q) => Err(format!("quota policy name {:?} is not a plain token", q.policy)),
+        None => Ok(()),
+    }
+}
+
+/// Adds `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers):
+/// `"name";q=LIMIT;w=WINDOW_S` and `"name";r=REMAINING;t=RESET_S`, seconds rounded up.
+pub fn add_rate_limit_headers(headers: &mut HeaderMap, quotas: &[Quota]) {
+    if quotas.is_empty() {
+        return;
+    }
+    let policy = quotas
+        .iter()
+        .map(|q| format!("\"{}\";q={};w={}", q.policy, q.limit, q.window_ms.div_ceil(1000)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let state = quotas
+        .iter()
+        .map(|q| format!("\"{}\";r={};t={}", q.policy, q.remaining, q.reset_ms.div_ceil(1000)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state)) {
+        headers.insert("ratelimit-policy", p);
+        headers.insert("ratelimit", s);
+    }
+}
+
+fn micros(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::bindings::portcullis::plugin::types::Header;
+
+    #[test]
+    fn local_response_refuses_bad_status_headers_and_size() {
+        let ok = LocalResponse { status: 403, headers: vec![], body: b"no".to_vec() };
+        assert_eq!(local_response(ok).unwrap().status(), 403);
+        let bad_status = LocalResponse { status: 999, headers: vec![], body: vec![] };
+        assert!(local_response(bad_status).is_err());
+        let informational = LocalResponse { status: 101, headers: vec![], body: vec![] };
+        assert!(local_response(informational).is_err());
+        let crlf = LocalResponse {
+            status: 200,
+            headers: vec![Header { name: "x-a".into(), value: "1\r\nset-cookie: x".into() }],
+            body: vec![],
+        };
+        assert!(local_response(crlf).is_err());
+        let huge = LocalResponse { status: 200, headers: vec![], body: vec![0; MAX_LOCAL_RESPONSE_BYTES + 1] };
+        assert!(local_response(huge).is_err());
+    }
+
+    #[test]
+    fn rate_limit_headers_follow_the_ietf_draft() {
+        let mut h = HeaderMap::new();
+        let q = Quota { policy: "per-second".into(), limit: 10, window_ms: 1000, remaining: 3, reset_ms: 1 };
+        add_rate_limit_headers(&mut h, &[q]);
+        assert_eq!(h["ratelimit-policy"], "\"per-second\";q=10;w=1");
+        assert_eq!(h["ratelimit"], "\"per-second\";r=3;t=1");
+    }
+}

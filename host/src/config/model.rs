@@ -1,0 +1,297 @@
+//! The configuration file as written (TOML), before validation.
+//!
+//! Every table refuses unknown fields so a misspelt key is an error, not a silently ignored
+//! setting. Durations are in milliseconds (`_ms`), sizes in bytes (`_bytes`) or MiB (`_mib`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Client-facing listeners; at least one.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// The admin listener (`/healthz`, `/readyz`).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Identity headers sent upstream.
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    /// Upstreams by name.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Plugins by id.
+    #[serde(default, rename = "plugin")]
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// Routes, in any order: the most specific match wins.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[[listener]]`: one client-facing socket (HTTP/1.1 and h2c).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `ip:port` to bind; port 0 picks a free port.
+    pub address: SocketAddr,
+    /// Time allowed to receive a request head, in ms (hyper's `header_read_timeout`).
+    #[serde(default = "defaults::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Largest request body accepted when a chain buffers it, in bytes (413 beyond).
+    #[serde(default = "defaults::max_buffered_body_bytes")]
+    pub max_buffered_body_bytes: u64,
+}
+
+/// `[admin]`: the operator's listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `ip:port` to bind.
+    #[serde(default = "defaults::admin_address")]
+    pub address: SocketAddr,
+    /// Set to false to run without an admin listener.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { address: defaults::admin_address(), enabled: true }
+    }
+}
+
+/// `[identity]`: header names carrying the verified identity upstream. Client-supplied copies of
+/// these headers are always removed before the chain runs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Header carrying the subject.
+    #[serde(default = "defaults::subject_header")]
+    pub subject_header: String,
+    /// Header carrying the roles, comma-separated.
+    #[serde(default = "defaults::roles_header")]
+    pub roles_header: String,
+    /// Header carrying the scopes, space-separated (as OAuth 2.0 `scope`).
+    #[serde(default = "defaults::scopes_header")]
+    pub scopes_header: String,
+    /// Header carrying the issuer.
+    #[serde(default = "defaults::issuer_header")]
+    pub issuer_header: String,
+    /// More client headers to remove from every request, e.g. `x-internal-token`.
+    #[serde(default)]
+    pub strip_headers: Vec<String>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            subject_header: defaults::subject_header(),
+            roles_header: defaults::roles_header(),
+            scopes_header: defaults::scopes_header(),
+            issuer_header: defaults::issuer_header(),
+            strip_headers: Vec::new(),
+        }
+    }
+}
+
+/// `[upstream.NAME]`: where matched requests go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Endpoints as `host:port`, used round robin.
+    pub endpoints: Vec<String>,
+    /// Time allowed to open a TCP connection, in ms (502 when it fails, 504 when it times out).
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time allowed from sending the request to receiving the response head, in ms (504).
+    #[serde(default = "defaults::response_timeout_ms")]
+    pub response_timeout_ms: u64,
+    /// Idle keep-alive connections kept per endpoint.
+    #[serde(default = "defaults::pool_max_idle")]
+    pub pool_max_idle_per_endpoint: usize,
+    /// How long an idle keep-alive connection is kept, in ms.
+    #[serde(default = "defaults::pool_idle_timeout_ms")]
+    pub pool_idle_timeout_ms: u64,
+}
+
+/// The five plugin kinds of the WIT contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    /// `portcullis:plugin/auth`
+    Auth,
+    /// `portcullis:plugin/rate-limit`
+    RateLimit,
+    /// `portcullis:plugin/validation`
+    Validation,
+    /// `portcullis:plugin/logging`
+    Logging,
+    /// `portcullis:plugin/filter`
+    Filter,
+}
+
+/// What a failing plugin call does to the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// The request fails with a 500 problem response.
+    FailClosed,
+    /// The step is skipped and the chain goes on.
+    FailOpen,
+}
+
+/// A capability a plugin may be granted beyond `log` and `clock`, which every plugin has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Capability {
+    /// The shared key/value store.
+    Kv,
+    /// Outbound HTTP to the origins in `allowed_origins`.
+    HttpClient,
+}
+
+/// `[plugin.ID]`: a component file and how to run it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Path of the `.wasm` component, relative to the configuration file.
+    pub path: PathBuf,
+    /// Which WIT interface the component exports.
+    pub kind: PluginKind,
+    /// Default: `fail-closed`, except `fail-open` for `logging`.
+    #[serde(default)]
+    pub failure_policy: Option<FailurePolicy>,
+    /// Capabilities granted beyond `log` and `clock`.
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+    /// Origins (`scheme://host[:port]`) reachable with `http-client`.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Linear memory per instance, in MiB.
+    #[serde(default = "defaults::memory_mib")]
+    pub memory_mib: u64,
+    /// Time allowed for one call, in ms (enforced with epoch interruption).
+    #[serde(default = "defaults::deadline_ms")]
+    pub deadline_ms: u64,
+    /// Most instances alive at once per configured step; more requests wait for one.
+    #[serde(default = "defaults::max_instances")]
+    pub max_instances: usize,
+    /// Calls after which an instance is replaced by a fresh one (bounds memory growth).
+    #[serde(default = "defaults::max_uses")]
+    pub max_uses_per_instance: u64,
+}
+
+/// `[[route]]`: which requests it takes and what runs on them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique route id, used in logs, metrics and plugin requests.
+    pub id: String,
+    /// Exact host (without port) this route serves; absent serves any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix, matched on whole segments: `/api` matches `/api` and `/api/x`, not `/apix`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Exact path or matchit pattern (`/users/{id}`, `/files/{*rest}`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Allowed methods; empty allows all.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Name of the upstream in `[upstream.NAME]`.
+    pub upstream: String,
+    /// The filter chain, in order.
+    #[serde(default)]
+    pub chain: Vec<StepConfig>,
+}
+
+/// One step of a route's chain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepConfig {
+    /// Plugin id in `[plugin.ID]`.
+    pub plugin: String,
+    /// The plugin's configuration, passed to its `configure` as JSON. A table `{ "$file" =
+    /// "PATH" }` anywhere inside is replaced by the text of that file (relative to the
+    /// configuration file), so keys and JWKS documents can live in their own files.
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+    /// Overrides the plugin's failure policy for this step.
+    #[serde(default)]
+    pub failure_policy: Option<FailurePolicy>,
+}
+
+/// Defaults, named so the docs and the code agree.
+pub mod defaults {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    /// 10 s: generous for real clients, short enough against slowloris.
+    pub fn header_read_timeout_ms() -> u64 {
+        10_000
+    }
+    /// 1 MiB.
+    pub fn max_buffered_body_bytes() -> u64 {
+        1024 * 1024
+    }
+    /// 127.0.0.1:9901, Envoy's admin port, on loopback only.
+    pub fn admin_address() -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 9901))
+    }
+    pub(crate) fn yes() -> bool {
+        true
+    }
+    /// `x-user-id`.
+    pub fn subject_header() -> String {
+        "x-user-id".into()
+    }
+    /// `x-user-roles`.
+    pub fn roles_header() -> String {
+        "x-user-roles".into()
+    }
+    /// `x-user-scopes`.
+    pub fn scopes_header() -> String {
+        "x-user-scopes".into()
+    }
+    /// `x-user-issuer`.
+    pub fn issuer_header() -> String {
+        "x-user-issuer".into()
+    }
+    /// 1 s.
+    pub fn connect_timeout_ms() -> u64 {
+        1_000
+    }
+    /// 15 s, Envoy's route timeout default.
+    pub fn response_timeout_ms() -> u64 {
+        15_000
+    }
+    /// 64.
+    pub fn pool_max_idle() -> usize {
+        64
+    }
+    /// 90 s.
+    pub fn pool_idle_timeout_ms() -> u64 {
+        90_000
+    }
+    /// 64 MiB.
+    pub fn memory_mib() -> u64 {
+        64
+    }
+    /// 100 ms.
+    pub fn deadline_ms() -> u64 {
+        100
+    }
+    /// 64.
+    pub fn max_instances() -> usize {
+        64
+    }
+    /// 10,000 calls.
+    pub fn max_uses() -> u64 {
+        10_000
+    }
+}

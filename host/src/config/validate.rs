@@ -1,0 +1,167 @@
+//! Whole-file checks that serde cannot express: references between sections, names, ranges and
+//! route conflicts. Every problem is collected, not just the first.
+
+use std::collections::HashSet;
+
+use super::model::{Capability, GatewayConfig, PluginKind, RouteConfig};
+use super::Issue;
+
+/// Every problem in `config`, in file order; empty when it holds together.
+pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    if config.listeners.is_empty() {
+        issues.push(Issue::new("listener", "at least one [[listener]] is required"));
+    }
+    for (i, l) in config.listeners.iter().enumerate() {
+        if l.header_read_timeout_ms == 0 {
+            issues.push(Issue::new(format!("listener[{i}].header_read_timeout_ms"), "must be > 0"));
+        }
+    }
+    let id = &config.identity;
+    for (field, name) in [
+        ("identity.subject_header", &id.subject_header),
+        ("identity.roles_header", &id.roles_header),
+        ("identity.scopes_header", &id.scopes_header),
+        ("identity.issuer_header", &id.issuer_header),
+    ] {
+        check_header_name(&mut issues, field, name);
+    }
+    for (i, name) in id.strip_headers.iter().enumerate() {
+        check_header_name(&mut issues, &format!("identity.strip_headers[{i}]"), name);
+    }
+    for (name, u) in &config.upstreams {
+        let at = format!("upstream.{name}");
+        if u.endpoints.is_empty() {
+            issues.push(Issue::new(format!("{at}.endpoints"), "at least one endpoint is required"));
+        }
+        for (i, e) in u.endpoints.iter().enumerate() {
+            let ok = e.parse::<http::uri::Authority>().is_ok_and(|a| a.port_u16().is_some());
+            if !ok {
+                issues.push(Issue::new(
+                    format!("{at}.endpoints[{i}]"),
+                    format!("`{e}` is not host:port"),
+                ));
+            }
+        }
+        for (field, v) in [
+            ("connect_timeout_ms", u.connect_timeout_ms),
+            ("response_timeout_ms", u.response_timeout_ms),
+        ] {
+            if v == 0 {
+                issues.push(Issue::new(format!("{at}.{field}"), "must be > 0"));
+            }
+        }
+    }
+    for (name, p) in &config.plugins {
+        let at = format!("plugin.{name}");
+        if !is_id(name) {
+            issues.push(Issue::new(&at, "plugin ids use a-z, 0-9, `-` and `_`"));
+        }
+        check_range(&mut issues, &format!("{at}.memory_mib"), p.memory_mib, 1, 4096);
+        check_range(&mut issues, &format!("{at}.deadline_ms"), p.deadline_ms, 1, 60_000);
+        check_range(&mut issues, &format!("{at}.max_instances"), p.max_instances as u64, 1, 1024);
+        check_range(&mut issues, &format!("{at}.max_uses_per_instance"), p.max_uses_per_instance, 1, u64::MAX);
+        if !p.allowed_origins.is_empty() && !p.capabilities.contains(&Capability::HttpClient) {
+            issues.push(Issue::new(
+                format!("{at}.allowed_origins"),
+                "needs the `http-client` capability in `capabilities`",
+            ));
+        }
+    }
+    let mut ids = HashSet::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        check_route(config, &mut issues, i, r);
+        if !ids.insert(r.id.as_str()) {
+            issues.push(Issue::new(format!("route[{i}].id"), format!("duplicate route id `{}`", r.id)));
+        }
+    }
+    check_conflicts(config, &mut issues);
+    issues
+}
+
+fn check_route(config: &GatewayConfig, issues: &mut Vec<Issue>, i: usize, r: &RouteConfig) {
+    let at = format!("route[{i}]");
+    if r.id.is_empty() || !r.id.chars().all(|c| c.is_ascii_graphic()) {
+        issues.push(Issue::new(format!("{at}.id"), "must be non-empty visible ASCII"));
+    }
+    match (&r.path_prefix, &r.path) {
+        (Some(p), None) | (None, Some(p)) if p.starts_with('/') => {}
+        (Some(_), Some(_)) => issues.push(Issue::new(&at, "set `path_prefix` or `path`, not both")),
+        (None, None) => issues.push(Issue::new(&at, "one of `path_prefix` or `path` is required")),
+        _ => issues.push(Issue::new(&at, "paths must start with `/`")),
+    }
+    if let Some(host) = &r.host {
+        if host.is_empty() || host.contains(':') || host.chars().any(|c| c.is_ascii_uppercase()) {
+            issues.push(Issue::new(format!("{at}.host"), "a lowercase host name without port"));
+        }
+    }
+    for (j, m) in r.methods.iter().enumerate() {
+        if http::Method::from_bytes(m.as_bytes()).is_err() || m.chars().any(|c| c.is_ascii_lowercase()) {
+            issues.push(Issue::new(format!("{at}.methods[{j}]"), format!("`{m}` is not an uppercase method token")));
+        }
+    }
+    if !config.upstreams.contains_key(&r.upstream) {
+        issues.push(Issue::new(
+            format!("{at}.upstream"),
+            format!("no [upstream.{}] is defined", r.upstream),
+        ));
+    }
+    let mut auth_steps = 0;
+    for (j, step) in r.chain.iter().enumerate() {
+        match config.plugins.get(&step.plugin) {
+            None => issues.push(Issue::new(
+                format!("{at}.chain[{j}].plugin"),
+                format!("no [plugin.{}] is defined", step.plugin),
+            )),
+            Some(p) if p.kind == PluginKind::Auth => auth_steps += 1,
+            Some(_) => {}
+        }
+    }
+    if auth_steps > 1 {
+        issues.push(Issue::new(format!("{at}.chain"), "at most one auth step per chain"));
+    }
+}
+
+/// Two routes with the same host and path (or prefix) and overlapping methods would make the
+/// winner depend on file order: refuse them.
+fn check_conflicts(config: &GatewayConfig, issues: &mut Vec<Issue>) {
+    let routes = &config.routes;
+    for (i, a) in routes.iter().enumerate() {
+        for (j, b) in routes.iter().enumerate().skip(i + 1) {
+            let same_place = a.host == b.host
+                && a.path_prefix.as_deref().map(normalize_prefix) == b.path_prefix.as_deref().map(normalize_prefix)
+                && a.path == b.path;
+            let overlap = a.methods.is_empty()
+                || b.methods.is_empty()
+                || a.methods.iter().any(|m| b.methods.contains(m));
+            if same_place && overlap {
+                issues.push(Issue::new(
+                    format!("route[{j}]"),
+                    format!("matches the same requests as route[{i}] (`{}`)", a.id),
+                ));
+            }
+        }
+    }
+}
+
+/// `/api/` and `/api` are the same segment prefix.
+pub(crate) fn normalize_prefix(prefix: &str) -> &str {
+    let trimmed = prefix.trim_end_matches('/');
+    if trimmed.is_empty() { "/" } else { trimmed }
+}
+
+fn check_header_name(issues: &mut Vec<Issue>, field: &str, name: &str) {
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() || name.chars().any(|c| c.is_ascii_uppercase()) {
+        issues.push(Issue::new(field, format!("`{name}` is not a lowercase header name")));
+    }
+}
+
+fn check_range(issues: &mut Vec<Issue>, field: &str, v: u64, min: u64, max: u64) {
+    if v < min || v > max {
+        issues.push(Issue::new(field, format!("{v} is outside {min}..={max}")));
+    }
+}
+
+fn is_id(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}

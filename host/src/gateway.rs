@@ -1,0 +1,127 @@
+//! A running gateway: the snapshot, the listeners and the admin listener, and their shutdown.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{self, ConfigError};
+use crate::plugin::PluginEngine;
+use crate::snapshot::Snapshot;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid; the message lists every problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener address could not be bound.
+    #[error("cannot bind {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The WebAssembly engine could not be created.
+    #[error("cannot create the plugin engine: {0}")]
+    Engine(String),
+}
+
+/// A started gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
+pub struct Gateway {
+    listener_addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    /// Loads `config_file`, builds the snapshot (compiling and configuring every plugin), binds
+    /// every listener and the admin listener, and starts serving.
+    ///
+    /// Errors: [`StartError::Config`] for any problem in the file or its plugins;
+    /// [`StartError::Bind`] when an address is taken; [`StartError::Engine`].
+    pub async fn start(config_file: &Path) -> Result<Gateway, StartError> {
+        let loaded = config::load(config_file)?;
+        let engine = PluginEngine::new().map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&loaded, &engine).await?));
+        let (shutdown, _) = watch::channel(false);
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut tasks = JoinSet::new();
+
+        let admin_addr = if loaded.config.admin.enabled {
+            let address = loaded.config.admin.address;
+            let listener = TcpListener::bind(address).await.map_err(|source| StartError::Bind { address, source })?;
+            let bound = listener.local_addr().map_err(|source| StartError::Bind { address, source })?;
+            tasks.spawn(crate::admin::serve(listener, ready.clone(), shutdown.subscribe()));
+            Some(bound)
+        } else {
+            None
+        };
+
+        let mut listener_addrs = Vec::new();
+        for listener_config in loaded.config.listeners {
+            let address = listener_config.address;
+            let listener = TcpListener::bind(address).await.map_err(|source| StartError::Bind { address, source })?;
+            listener_addrs.push(listener.local_addr().map_err(|source| StartError::Bind { address, source })?);
+            let (snapshot, rx) = (snapshot.clone(), shutdown.subscribe());
+            tasks.spawn(async move { crate::server::serve(listener, &listener_config, snapshot, rx).await });
+        }
+        ready.store(true, Ordering::Release);
+        tracing::info!(listeners = ?listener_addrs, admin = ?admin_addr, config = %config_file.display(), "portcullis is serving");
+        Ok(Gateway { listener_addrs, admin_addr, snapshot, shutdown, tasks })
+    }
+
+    /// The bound addresses of the listeners, in configuration order.
+    pub fn listener_addrs(&self) -> &[SocketAddr] {
+        &self.listener_addrs
+    }
+
+    /// The bound admin address, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The snapshot currently serving.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to
+    /// [`DRAIN_TIMEOUT`](crate::server::DRAIN_TIMEOUT)), and returns when every listener is done.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        self.shutdown().await;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,103 @@
+//! The `portcullis` command: `run` serves a configuration, `validate` checks one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Portcullis, a programmable API gateway with WebAssembly policy plugins.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configuration until SIGINT or SIGTERM.
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Log format on stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Check a configuration, its plugins and their step configurations, like `nginx -t`.
+    /// Exits 0 when valid; otherwise prints one line per problem (file: field: reason) and
+    /// exits 1.
+    Validate {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Run { config, log_format } => {
+            init_tracing(log_format);
+            runtime.block_on(async {
+                match portcullis::Gateway::start(&config).await {
+                    Ok(gateway) => {
+                        gateway.run_until_signal().await;
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Validate { config } => {
+            init_tracing(LogFormat::Text);
+            runtime.block_on(validate(&config))
+        }
+    }
+}
+
+async fn validate(file: &std::path::Path) -> ExitCode {
+    let result = async {
+        let loaded = portcullis::config::load(file)?;
+        let engine = portcullis::plugin::PluginEngine::new()
+            .map_err(|e| anyhow::anyhow!("cannot create the plugin engine: {e:#}"))?;
+        let snapshot = portcullis::snapshot::Snapshot::build(&loaded, &engine).await?;
+        anyhow::Ok((loaded.config.routes.len(), snapshot.plugins.len()))
+    };
+    match result.await {
+        Ok((routes, plugins)) => {
+            println!("{}: configuration is valid ({routes} routes, {plugins} plugins)", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

@@ -1,0 +1,135 @@
+//! The process's one wasmtime [`Engine`]: async support (host calls that wait never block a
+//! tokio worker), epoch interruption with one ticker thread, the pooling allocator, a bounded
+//! wasm stack, and a cache of compiled components keyed by content hash.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::Gateway;
+use super::host::HostState;
+use super::kv::KvStore;
+
+/// How often the epoch advances. A call's deadline is rounded up to whole ticks, so a plugin
+/// with `deadline_ms = 100` is interrupted between 100 and 105 ms.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Largest linear memory any plugin may be configured with (the pool reserves address space for
+/// it; each store is then held to its plugin's `memory_mib` by `StoreLimits`).
+pub const MAX_MEMORY_BYTES: usize = 4096 * 1024 * 1024;
+
+/// Wasm stack per call, in bytes: deep recursion traps with `stack overflow` instead of
+/// exhausting the host's stack.
+pub const MAX_WASM_STACK_BYTES: usize = 512 * 1024;
+
+/// The engine, its linker with every host capability, and the shared state behind them.
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Linker<HostState>,
+    kv: Arc<KvStore>,
+    compiled: Mutex<HashMap<String, Component>>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for PluginEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEngine").finish_non_exhaustive()
+    }
+}
+
+// === impl PluginEngine ===
+
+impl PluginEngine {
+    /// Creates the engine and starts its epoch ticker thread (stopped when this is dropped).
+    ///
+    /// Errors: wasmtime refuses the configuration (for example, the host cannot reserve the
+    /// pooling allocator's address space).
+    pub fn new() -> wasmtime::Result<Arc<Self>> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(1000)
+            .total_core_instances(4000)
+            .total_memories(1000)
+            .total_tables(2000)
+            .total_stacks(1000)
+            .max_memory_size(MAX_MEMORY_BYTES);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(MAX_WASM_STACK_BYTES)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Gateway::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (ticking, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("portcullis-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(wasmtime::Error::from)?;
+
+        Ok(Arc::new(PluginEngine {
+            engine,
+            linker,
+            kv: Arc::new(KvStore::default()),
+            compiled: Mutex::new(HashMap::new()),
+            ticker_stop,
+        }))
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker with WASI (empty context) and the Portcullis capabilities.
+    pub fn linker(&self) -> &Linker<HostState> {
+        &self.linker
+    }
+
+    /// The in-process key/value store shared by every plugin (namespaced per plugin id).
+    pub fn kv(&self) -> &Arc<KvStore> {
+        &self.kv
+    }
+
+    /// Compiles `bytes` into a component, or returns the one compiled earlier from the same
+    /// content. Blocking: takes tens of milliseconds; call it on a blocking thread.
+    ///
+    /// Returns the component and the content hash (lowercase hex SHA-256).
+    /// Errors: the bytes are not a valid component.
+    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<(Component, String)> {
+        let hash = hex(&Sha256::digest(bytes));
+        if let Some(c) = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(&hash) {
+            return Ok((c.clone(), hash));
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        self.compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash.clone(), component.clone());
+        Ok((component, hash))
+    }
+}
+
+impl Drop for PluginEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,264 @@
+//! Header hygiene on the proxy path (RFC 9110 §7.6.1) and the conversion of plugin-supplied
+//! header edits, which are untrusted input.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::plugin::bindings::portcullis::plugin::types::{Header, HeaderEdits, Identity};
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, RFC 9112 §9.6),
+/// plus `content-length`: hyper re-frames every forwarded body from its size, so the client's
+/// framing is never passed on as is (a desync defence: FIELD-NOTES on `Transfer-Encoding:
+/// ,chunked`).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop fields, every field named in `Connection`, and `content-length`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::CONTENT_LENGTH);
+}
+
+/// The client's `x-request-id` when it is 1..=128 characters of `[A-Za-z0-9._:-]`, else a new
+/// UUID v4.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto`. The
+/// existing `x-forwarded-for` chain is kept as received: it is informational, and plugins see
+/// the TCP peer as the client IP.
+pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &str, scheme: &str) {
+    let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {client_ip}"),
+        None => client_ip.to_owned(),
+    };
+    headers.remove("x-forwarded-for");
+    if let Ok(value) = HeaderValue::from_str(&chain) {
+        headers.insert("x-forwarded-for", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(scheme) {
+        headers.insert("x-forwarded-proto", value);
+    }
+}
+
+/// Header names carrying the verified identity upstream.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    /// Subject header, `x-user-id` by default.
+    pub subject: HeaderName,
+    /// Roles header (comma-separated), `x-user-roles` by default.
+    pub roles: HeaderName,
+    /// Scopes header (space-separated), `x-user-scopes` by default.
+    pub scopes: HeaderName,
+    /// Issuer header, `x-user-issuer` by default.
+    pub issuer: HeaderName,
+    /// Further client headers always removed.
+    pub strip: Vec<HeaderName>,
+}
+
+// === impl IdentityHeaders ===
+
+impl IdentityHeaders {
+    fn all(&self) -> impl Iterator<Item = &HeaderName> {
+        [&self.subject, &self.roles, &self.scopes, &self.issuer].into_iter().chain(self.strip.iter())
+    }
+
+    /// Whether `name` is one of the reserved identity headers.
+    pub fn is_reserved(&self, name: &HeaderName) -> bool {
+        self.all().any(|n| n == name)
+    }
+
+    /// Removes every client-supplied copy of the identity headers. Runs before the chain, on
+    /// every request, so a client can never assert an identity.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        for name in self.all() {
+            headers.remove(name);
+        }
+    }
+
+    /// Sets the identity headers from `identity`. Values that cannot be header values (control
+    /// characters) are left out and logged.
+    pub fn inject(&self, headers: &mut HeaderMap, identity: &Identity) {
+        let mut put = |name: &HeaderName, value: String| match HeaderValue::from_str(&value) {
+            Ok(v) => {
+                headers.insert(name.clone(), v);
+            }
+            Err(_) => tracing::warn!(header = %name, "identity value is not a valid header value; not sent"),
+        };
+        put(&self.subject, identity.subject.clone());
+        if !identity.roles.is_empty() {
+            put(&self.roles, identity.roles.join(","));
+        }
+        if !identity.scopes.is_empty() {
+            put(&self.scopes, identity.scopes.join(" "));
+        }
+        if let Some(issuer) = &identity.issuer {
+            put(&self.issuer, issuer.clone());
+        }
+    }
+}
+
+/// Why a plugin-supplied header was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderRefused {
+    /// Not a valid field name (RFC 9110 §5.1 token).
+    #[error("invalid header name {0:?}")]
+    Name(String),
+    /// Contains CR, LF, NUL or another forbidden byte.
+    #[error("invalid value for header `{0}`")]
+    Value(String),
+    /// A hop-by-hop, framing, `host` or identity header, which only the host sets.
+    #[error("header `{0}` is reserved to the gateway")]
+    Reserved(String),
+}
+
+/// Converts one plugin header, refusing invalid names and values and reserved names.
+pub fn plugin_header(
+    h: &Header,
+    identity: Option<&IdentityHeaders>,
+) -> Result<(HeaderName, HeaderValue), HeaderRefused> {
+    let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeaderRefused::Name(h.name.clone()))?;
+    check_not_reserved(&name, identity)?;
+    let value = HeaderValue::from_str(&h.value).map_err(|_| HeaderRefused::Value(h.name.clone()))?;
+    Ok((name, value))
+}
+
+fn check_not_reserved(name: &HeaderName, identity: Option<&IdentityHeaders>) -> Result<(), HeaderRefused> {
+    let reserved = HOP_BY_HOP.contains(name)
+        || name == header::CONTENT_LENGTH
+        || name == header::HOST
+        || identity.is_some_and(|i| i.is_reserved(name));
+    if reserved { Err(HeaderRefused::Reserved(name.to_string())) } else { Ok(()) }
+}
+
+/// Applies plugin `edits` to `headers` (remove, then set, then append), all or nothing.
+///
+/// Errors: the first refused header; `headers` is then unchanged.
+pub fn apply_edits(
+    headers: &mut HeaderMap,
+    edits: &HeaderEdits,
+    identity: Option<&IdentityHeaders>,
+) -> Result<(), HeaderRefused> {
+    let remove = edits
+        .remove
+        .iter()
+        .map(|n| {
+            let name = HeaderName::from_bytes(n.as_bytes()).map_err(|_| HeaderRefused::Name(n.clone()))?;
+            check_not_reserved(&name, identity).map(|()| name)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let set = edits.set.iter().map(|h| plugin_header(h, identity)).collect::<Result<Vec<_>, _>>()?;
+    let append = edits.append.iter().map(|h| plugin_header(h, identity)).collect::<Result<Vec<_>, _>>()?;
+    for name in remove {
+        headers.remove(name);
+    }
+    for (name, value) in set {
+        headers.insert(name, value);
+    }
+    for (name, value) in append {
+        headers.append(name, value);
+    }
+    Ok(())
+}
+
+/// The header section as WIT records: lowercase names, values as UTF-8 (invalid bytes replaced
+/// by U+FFFD, as the WIT documents).
+pub fn to_wit(headers: &HeaderMap) -> Vec<Header> {
+    headers
+        .iter()
+        .map(|(name, value)| Header {
+            name: name.as_str().to_owned(),
+            value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity_headers() -> IdentityHeaders {
+        IdentityHeaders {
+            subject: HeaderName::from_static("x-user-id"),
+            roles: HeaderName::from_static("x-user-roles"),
+            scopes: HeaderName::from_static("x-user-scopes"),
+            issuer: HeaderName::from_static("x-user-issuer"),
+            strip: vec![],
+        }
+    }
+
+    #[test]
+    fn strip_hop_by_hop_removes_connection_named_and_framing_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static(",chunked"));
+        h.insert("content-length", HeaderValue::from_static("5"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn request_id_keeps_a_sane_client_id_and_replaces_a_bad_one() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("bad id with spaces"));
+        assert_ne!(request_id(&h), "bad id with spaces");
+    }
+
+    #[test]
+    fn apply_edits_refuses_crlf_identity_and_framing_headers_all_or_nothing() {
+        let ids = identity_headers();
+        let mut h = HeaderMap::new();
+        let edit = |name: &str, value: &str| HeaderEdits {
+            remove: vec![],
+            set: vec![Header { name: "x-ok".into(), value: "1".into() }, Header { name: name.into(), value: value.into() }],
+            append: vec![],
+        };
+        assert!(apply_edits(&mut h, &edit("x-evil", "a\r\nb"), Some(&ids)).is_err());
+        assert!(apply_edits(&mut h, &edit("x-user-id", "root"), Some(&ids)).is_err());
+        assert!(apply_edits(&mut h, &edit("content-length", "0"), Some(&ids)).is_err());
+        assert!(apply_edits(&mut h, &edit("bad name", "v"), Some(&ids)).is_err());
+        assert!(h.is_empty(), "nothing applied on refusal");
+        apply_edits(&mut h, &edit("x-fine", "v"), Some(&ids)).unwrap();
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn identity_strip_removes_client_copies() {
+        let ids = identity_headers();
+        let mut h = HeaderMap::new();
+        h.insert("x-user-id", HeaderValue::from_static("admin"));
+        h.insert("x-user-roles", HeaderValue::from_static("admin"));
+        ids.strip(&mut h);
+        assert!(h.is_empty());
+    }
+}

@@ -1,0 +1,252 @@
+//! The request path: route, hygiene, chain, upstream, response phase, and the access and
+//! logging records once the response body is done.
+
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::body::{Body, Counted, boxed, full};
+use crate::chain::{ChainState, Verdict, add_rate_limit_headers};
+use crate::error::GatewayError;
+use crate::plugin::bindings::exports::portcullis::plugin::logging::Exchange;
+use crate::plugin::bindings::portcullis::plugin::types::{Header, RequestHead};
+use crate::snapshot::Snapshot;
+
+/// What the listener knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// Cap on bodies a chain buffers, in bytes.
+    pub max_buffered_body_bytes: u64,
+}
+
+/// Facts about the exchange gathered while serving it, for the access log and logging plugins.
+struct Record {
+    started: Instant,
+    start_ms: u64,
+    head: RequestHead,
+    request_headers: Vec<Header>,
+    route_index: Option<usize>,
+    bytes_in: Arc<AtomicU64>,
+}
+
+/// Serves one request with `snapshot`. Never fails: every error becomes a problem response.
+pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: Arc<ConnInfo>) -> Response<Body> {
+    let started = Instant::now();
+    let start_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    let (mut parts, body) = request.into_parts();
+    let request_id = headers::request_id(&parts.headers);
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .unwrap_or_default();
+    let host = host_of(&authority);
+    let route_index = snapshot.router.find(&host, parts.uri.path(), &parts.method);
+
+    headers::strip_hop_by_hop(&mut parts.headers);
+    snapshot.identity.strip(&mut parts.headers);
+    let request_headers = headers::to_wit(&parts.headers);
+    let head = RequestHead {
+        method: parts.method.to_string(),
+        scheme: conn.scheme.to_owned(),
+        authority: authority.clone(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: request_headers.clone(),
+        client_ip: conn.peer.ip().to_string(),
+        request_id: request_id.clone(),
+        route: route_index.map_or_else(|| "-".to_owned(), |i| snapshot.routes[i].id.to_string()),
+    };
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let counter = bytes_in.clone();
+    let body = Counted::new(boxed(body), Box::new(move |n, _| counter.store(n, Ordering::Relaxed)));
+    let mut record = Record { started, start_ms, head, request_headers, route_index, bytes_in };
+
+    let mut state = ChainState::default();
+    let (mut response, endpoint) = match route_index {
+        None => (GatewayError::NoRoute.into_response(&request_id), None),
+        Some(i) => forward(&snapshot, i, &mut record, parts, Body::new(body), &conn, &mut state).await,
+    };
+
+    add_rate_limit_headers(response.headers_mut(), &state.quotas);
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    let status = response.status().as_u16();
+    let response_headers = headers::to_wit(response.headers());
+    let (response_parts, response_body) = response.into_parts();
+    let finished = Box::new(move |bytes_out: u64, complete: bool| {
+        finish(snapshot, record, state, status, response_headers, endpoint, bytes_out, complete);
+    });
+    Response::from_parts(response_parts, Body::new(Counted::new(response_body, finished)))
+}
+
+/// Runs the chain and, unless it answered itself, the upstream exchange and response phase.
+async fn forward(
+    snapshot: &Snapshot,
+    index: usize,
+    record: &mut Record,
+    mut parts: http::request::Parts,
+    body: Body,
+    conn: &ConnInfo,
+    state: &mut ChainState,
+) -> (Response<Body>, Option<String>) {
+    let route = &snapshot.routes[index];
+    let request_id = record.head.request_id.clone();
+    let (body, buffered) = match route.chain.body_limit() {
+        None => (body, None),
+        Some(wanted) => match buffer(body, wanted.min(conn.max_buffered_body_bytes)).await {
+            Ok(bytes) => (full(bytes.clone()), Some(bytes)),
+            Err(e) => return (e.into_response(&request_id), None),
+        },
+    };
+    let head = &mut record.head;
+    match route.chain.on_request(head, &mut parts.headers, buffered.as_deref(), &snapshot.identity, state).await {
+        Err(e) => return (e.into_response(&request_id), None),
+        Ok(Verdict::Respond(response)) => return (response, None),
+        Ok(Verdict::Continue) => {}
+    }
+    if let Some(identity) = &state.identity {
+        snapshot.identity.inject(&mut parts.headers, identity);
+    }
+    headers::add_forwarded(&mut parts.headers, &head.client_ip, conn.scheme);
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        parts.headers.insert("x-request-id", v);
+    }
+    if !parts.headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&head.authority) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    let endpoint = route.upstream.pick().clone();
+    let upstream_response = route.upstream.send(endpoint.clone(), Request::from_parts(parts, body)).await;
+    let mut response = match upstream_response {
+        Ok(response) => {
+            let (mut response_parts, response_body) = response.into_parts();
+            headers::strip_hop_by_hop(&mut response_parts.headers);
+            Response::from_parts(response_parts, boxed(response_body))
+        }
+        Err(e) => {
+            tracing::warn!(request_id = %request_id, route = %route.id, error = %e, "upstream request failed");
+            return (e.into_response(&request_id), Some(endpoint.to_string()));
+        }
+    };
+    if let Err(e) = route.chain.on_response(head, &mut response, state).await {
+        response = e.into_response(&request_id);
+    }
+    (response, Some(endpoint.to_string()))
+}
+
+/// Reads the whole body, up to `limit` bytes.
+///
+/// Errors: [`GatewayError::BodyTooLarge`] (413) past `limit`, declared or actual;
+/// [`GatewayError::BadBody`] (400) when the body breaks off.
+async fn buffer(mut body: Body, limit: u64) -> Result<Bytes, GatewayError> {
+    if body.size_hint().lower() > limit {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    let mut buffered = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| GatewayError::BadBody(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if (buffered.len() + data.len()) as u64 > limit {
+                return Err(GatewayError::BodyTooLarge { limit });
+            }
+            buffered.extend_from_slice(&data);
+        }
+    }
+    Ok(buffered.freeze())
+}
+
+/// After the response body ended (or the client left): one access log line, and the exchange
+/// record for the route's logging plugins, off the request path.
+#[expect(clippy::too_many_arguments, reason = "the parts of one finished exchange, moved in once")]
+fn finish(
+    snapshot: Arc<Snapshot>,
+    record: Record,
+    state: ChainState,
+    status: u16,
+    response_headers: Vec<Header>,
+    endpoint: Option<String>,
+    bytes_out: u64,
+    complete: bool,
+) {
+    let duration_us = u64::try_from(record.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let head = record.head;
+    let bytes_in = record.bytes_in.load(Ordering::Relaxed);
+    tracing::info!(
+        target: "portcullis::access",
+        request_id = %head.request_id,
+        route = %head.route,
+        method = %head.method,
+        path = %head.path,
+        status,
+        latency_ms = duration_us as f64 / 1000.0,
+        bytes_in,
+        bytes_out,
+        endpoint = endpoint.as_deref().unwrap_or("-"),
+        subject = state.identity.as_ref().map_or("-", |i| i.subject.as_str()),
+        complete,
+        "request"
+    );
+    let Some(index) = record.route_index else { return };
+    if !snapshot.routes[index].chain.has_logging() {
+        return;
+    }
+    let exchange = Exchange {
+        request_id: head.request_id,
+        route: head.route,
+        method: head.method,
+        authority: head.authority,
+        path: head.path,
+        query: head.query,
+        client_ip: head.client_ip,
+        identity: state.identity,
+        status,
+        start_ms: record.start_ms,
+        duration_us,
+        bytes_in,
+        bytes_out,
+        request_headers: record.request_headers,
+        response_headers,
+        endpoint,
+        decisions: state.decisions,
+    };
+    tokio::spawn(async move {
+        snapshot.routes[index].chain.observe(&exchange).await;
+    });
+}
+
+/// The host part of an authority, lowercase, without port (IPv6 literals keep their brackets).
+fn host_of(authority: &str) -> String {
+    let host = if authority.starts_with('[') {
+        authority.split_once(']').map_or(authority, |(h, _)| h).to_owned() + "]"
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h).to_owned()
+    };
+    host.to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_of_drops_the_port_and_lowercases() {
+        assert_eq!(super::host_of("Example.COM:8080"), "example.com");
+        assert_eq!(super::host_of("example.com"), "example.com");
+        assert_eq!(super::host_of("[::1]:80"), "[::1]");
+    }
+}

@@ -1,0 +1,174 @@
+//! The running configuration as one immutable value: router, routes with their chains,
+//! upstreams and plugins. Built whole, off the request path, from a [`LoadedConfig`]; a request
+//! holds the snapshot it started with until it completes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use http::HeaderName;
+
+use crate::chain::{Chain, Step};
+use crate::config::{ConfigError, Issue, LoadedConfig};
+use crate::plugin::{LoadedPlugin, PluginEngine, StepLoadError, StepPool};
+use crate::proxy::headers::IdentityHeaders;
+use crate::router::Router;
+use crate::upstream::Upstream;
+
+/// Largest plugin file accepted, in bytes.
+pub const MAX_PLUGIN_BYTES: u64 = 32 * 1024 * 1024;
+
+/// A route ready to serve.
+#[derive(Debug)]
+pub struct RouteRuntime {
+    /// Route id.
+    pub id: Arc<str>,
+    /// Where its requests go.
+    pub upstream: Arc<Upstream>,
+    /// Its filter chain.
+    pub chain: Chain,
+}
+
+/// Everything the request path reads, immutable.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The routing index.
+    pub router: Router,
+    /// Routes, by the router's index.
+    pub routes: Vec<RouteRuntime>,
+    /// Identity header names.
+    pub identity: IdentityHeaders,
+    /// Loaded plugins by id.
+    pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// Builds a snapshot: compiles every plugin (on blocking threads, reusing components
+    /// compiled before from identical bytes), configures one pool per distinct (plugin, step
+    /// configuration), and indexes the routes.
+    ///
+    /// Errors: [`ConfigError::Invalid`] listing every problem: unreadable or oversized plugin
+    /// files, components that do not compile or lack their kind's export or import what the
+    /// host does not provide, step configurations the plugin refuses (with the plugin's JSON
+    /// pointer), `$file` references that cannot be read, and router conflicts.
+    pub async fn build(loaded: &LoadedConfig, engine: &Arc<PluginEngine>) -> Result<Snapshot, ConfigError> {
+        let config = &loaded.config;
+        let mut issues = Vec::new();
+
+        let router = Router::build(&config.routes).unwrap_or_else(|mut e| {
+            issues.append(&mut e);
+            Router::default()
+        });
+
+        let mut plugins = BTreeMap::new();
+        for (id, plugin_config) in &config.plugins {
+            let path = loaded.resolve(&plugin_config.path);
+            let field = format!("plugin.{id}.path");
+            let engine_for_compile = engine.clone();
+            let compiled = tokio::task::spawn_blocking(move || {
+                let size = std::fs::metadata(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
+                if size > MAX_PLUGIN_BYTES {
+                    return Err(format!("{} is {size} bytes, over the {MAX_PLUGIN_BYTES}-byte cap", path.display()));
+                }
+                let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                engine_for_compile.compile(&bytes).map_err(|e| format!("{} is not a valid component: {e:#}", path.display()))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("compilation task failed: {e}")));
+            match compiled.and_then(|(component, hash)| LoadedPlugin::new(engine.clone(), id, plugin_config, &component, hash)) {
+                Ok(plugin) => {
+                    plugins.insert(id.clone(), Arc::new(plugin));
+                }
+                Err(message) => issues.push(Issue::new(field, message)),
+            }
+        }
+
+        let id = &config.identity;
+        let header = |name: &str| HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static("x-invalid"));
+        let identity = IdentityHeaders {
+            subject: header(&id.subject_header),
+            roles: header(&id.roles_header),
+            scopes: header(&id.scopes_header),
+            issuer: header(&id.issuer_header),
+            strip: id.strip_headers.iter().map(|h| header(h)).collect(),
+        };
+
+        let upstreams: HashMap<&str, Arc<Upstream>> =
+            config.upstreams.iter().map(|(name, u)| (name.as_str(), Arc::new(Upstream::new(name, u)))).collect();
+
+        let mut pools: HashMap<(String, String), Arc<StepPool>> = HashMap::new();
+        let mut routes = Vec::new();
+        for (i, route) in config.routes.iter().enumerate() {
+            let mut steps = Vec::new();
+            for (j, step) in route.chain.iter().enumerate() {
+                let at = format!("route[{i}].chain[{j}].config");
+                let Some(plugin) = plugins.get(&step.plugin) else { continue };
+                let json = match step_config_json(loaded, step.config.as_ref()) {
+                    Ok(json) => json,
+                    Err(message) => {
+                        issues.push(Issue::new(at, message));
+                        continue;
+                    }
+                };
+                let key = (step.plugin.clone(), json.clone());
+                let pool = match pools.get(&key) {
+                    Some(pool) => pool.clone(),
+                    None => match StepPool::new(plugin.clone(), json).await {
+                        Ok(pool) => {
+                            let pool = Arc::new(pool);
+                            pools.insert(key, pool.clone());
+                            pool
+                        }
+                        Err(StepLoadError::Refused(e)) => {
+                            let field = if e.pointer.is_empty() { at } else { format!("{at}{}", e.pointer) };
+                            issues.push(Issue::new(field, format!("refused by plugin `{}`: {}", step.plugin, e.message)));
+                            continue;
+                        }
+                        Err(StepLoadError::Failed(f)) => {
+                            issues.push(Issue::new(at, format!("plugin `{}` failed to configure: {}", step.plugin, f.detail)));
+                            continue;
+                        }
+                    },
+                };
+                steps.push(Step { pool, policy: step.failure_policy.unwrap_or(plugin.policy) });
+            }
+            let Some(upstream) = upstreams.get(route.upstream.as_str()) else { continue };
+            routes.push(RouteRuntime { id: route.id.as_str().into(), upstream: upstream.clone(), chain: Chain::new(steps) });
+        }
+
+        if !issues.is_empty() {
+            return Err(loaded.invalid(issues));
+        }
+        Ok(Snapshot { router, routes, identity, plugins })
+    }
+}
+
+/// The step's TOML table as JSON text, with every `{ "$file" = "PATH" }` table replaced by the
+/// text of that file (relative to the configuration file).
+fn step_config_json(loaded: &LoadedConfig, table: Option<&toml::Table>) -> Result<String, String> {
+    let mut value = match table {
+        Some(t) => serde_json::to_value(t).map_err(|e| e.to_string())?,
+        None => serde_json::Value::Object(serde_json::Map::new()),
+    };
+    resolve_files(loaded, &mut value)?;
+    Ok(value.to_string())
+}
+
+fn resolve_files(loaded: &LoadedConfig, value: &mut serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) if map.len() == 1 && map.contains_key("$file") => {
+            let Some(Value::String(path)) = map.get("$file") else {
+                return Err("`$file` must be a path string".into());
+            };
+            let full = loaded.resolve(std::path::Path::new(path));
+            let text = std::fs::read_to_string(&full).map_err(|e| format!("cannot read `$file` {}: {e}", full.display()))?;
+            *value = Value::String(text);
+            Ok(())
+        }
+        Value::Object(map) => map.values_mut().try_for_each(|v| resolve_files(loaded, v)),
+        Value::Array(items) => items.iter_mut().try_for_each(|v| resolve_files(loaded, v)),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,98 @@
+//! Upstreams: a named set of endpoints, chosen round robin, reached through hyper-util's pooled
+//! client with keep-alive, a connect timeout and a response timeout.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::Body;
+use crate::config::model::UpstreamConfig;
+use crate::error::GatewayError;
+
+/// One upstream.
+#[derive(Debug)]
+pub struct Upstream {
+    name: String,
+    endpoints: Vec<Authority>,
+    next: AtomicUsize,
+    client: Client<HttpConnector, Body>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// Builds the upstream and its connection pool. Endpoints were checked when the
+    /// configuration was validated; unparsable ones are skipped.
+    pub fn new(name: &str, config: &UpstreamConfig) -> Self {
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_millis(config.pool_idle_timeout_ms))
+            .pool_max_idle_per_host(config.pool_max_idle_per_endpoint)
+            .build(connector);
+        Upstream {
+            name: name.to_owned(),
+            endpoints: config.endpoints.iter().filter_map(|e| e.parse().ok()).collect(),
+            next: AtomicUsize::new(0),
+            client,
+            connect_timeout,
+            response_timeout: Duration::from_millis(config.response_timeout_ms),
+        }
+    }
+
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The next endpoint, round robin.
+    pub fn pick(&self) -> &Authority {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len().max(1);
+        &self.endpoints[i]
+    }
+
+    /// Sends `request` (its URI is rewritten to `endpoint`, keeping path and query) and waits
+    /// for the response head.
+    ///
+    /// Errors: [`GatewayError::UpstreamTimeout`] when connecting or the response head takes
+    /// longer than configured; [`GatewayError::UpstreamFailed`] when the connection is refused
+    /// or breaks.
+    pub async fn send(&self, endpoint: Authority, mut request: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
+        let path = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(endpoint.clone());
+        parts.path_and_query = Some(path);
+        *request.uri_mut() = Uri::from_parts(parts).map_err(|e| self.failed(e.to_string()))?;
+        *request.version_mut() = http::Version::HTTP_11;
+
+        let total = self.connect_timeout + self.response_timeout;
+        match tokio::time::timeout(total, self.client.request(request)).await {
+            Err(_) => Err(GatewayError::UpstreamTimeout {
+                upstream: self.name.clone(),
+                detail: format!("no response head from {endpoint} within {} ms", total.as_millis()),
+            }),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) if e.is_connect() && format!("{e:?}").contains("Timeout") => Err(GatewayError::UpstreamTimeout {
+                upstream: self.name.clone(),
+                detail: format!("connect to {endpoint} timed out"),
+            }),
+            Ok(Err(e)) => Err(self.failed(format!("{endpoint}: {e:#}"))),
+        }
+    }
+
+    fn failed(&self, detail: String) -> GatewayError {
+        GatewayError::UpstreamFailed { upstream: self.name.clone(), detail }
+    }
+}

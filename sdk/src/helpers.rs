@@ -1,0 +1,123 @@
+//! Conveniences on the WIT records: header look-up, identities, local responses and edits.
+
+use crate::{Header, HeaderEdits, Identity, LocalResponse, RequestHead};
+
+// === impl RequestHead ===
+
+impl RequestHead {
+    /// The first value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
+    }
+
+    /// Every value of header `name` (case-insensitive), in the order received.
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
+    }
+
+    /// The raw (still percent-encoded) value of query parameter `name`, if present.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query.as_deref()?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then_some(v)
+        })
+    }
+
+    /// The token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1), if present. The
+    /// scheme is matched case-insensitively.
+    pub fn bearer_token(&self) -> Option<&str> {
+        let value = self.header("authorization")?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    }
+}
+
+// === impl Identity ===
+
+impl Identity {
+    /// An identity for `subject` with no issuer, roles or scopes.
+    pub fn new(subject: impl Into<String>) -> Self {
+        Identity { subject: subject.into(), issuer: None, roles: Vec::new(), scopes: Vec::new() }
+    }
+
+    /// Sets the issuer.
+    pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
+        self
+    }
+
+    /// Sets the roles.
+    pub fn with_roles(mut self, roles: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.roles = roles.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the scopes.
+    pub fn with_scopes(mut self, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+// === impl LocalResponse ===
+
+impl LocalResponse {
+    /// A local response with `status` (200..=599), no headers and no body.
+    pub fn new(status: u16) -> Self {
+        LocalResponse { status, headers: Vec::new(), body: Vec::new() }
+    }
+
+    /// An RFC 9457 problem details response: `application/problem+json` with `type` (a URI
+    /// reference; `about:blank` when you have none), `title`, `status` and `detail`.
+    pub fn problem(status: u16, type_uri: &str, title: &str, detail: &str) -> Self {
+        let body = serde_json::json!({
+            "type": type_uri,
+            "title": title,
+            "status": status,
+            "detail": detail,
+        });
+        LocalResponse::new(status)
+            .with_header("content-type", "application/problem+json")
+            .with_body(body.to_string().into_bytes())
+    }
+
+    /// Adds a header field.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push(Header { name: name.to_owned(), value: value.to_owned() });
+        self
+    }
+
+    /// Sets the body.
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+}
+
+// === impl HeaderEdits ===
+
+impl HeaderEdits {
+    /// Replaces every field named `name` with one field of `value`.
+    pub fn set(mut self, name: &str, value: &str) -> Self {
+        self.set.push(Header { name: name.to_owned(), value: value.to_owned() });
+        self
+    }
+
+    /// Adds a field, keeping existing ones of that name.
+    pub fn append(mut self, name: &str, value: &str) -> Self {
+        self.append.push(Header { name: name.to_owned(), value: value.to_owned() });
+        self
+    }
+
+    /// Removes every field named `name`.
+    pub fn remove(mut self, name: &str) -> Self {
+        self.remove.push(name.to_owned());
+        self
+    }
+}
+
+impl Default for HeaderEdits {
+    fn default() -> Self {
+        HeaderEdits { remove: Vec::new(), set: Vec::new(), append: Vec::new() }
+    }
+}

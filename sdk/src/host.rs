@@ -1,0 +1,74 @@
+//! The host's capabilities as plain functions: `log`, `kv`, the clock and the outbound HTTP
+//! client. Compiled for `wasm32` they call the Portcullis host; compiled natively (in a plugin's
+//! unit tests) they call the thread-local fake in [`crate::testing`].
+
+pub use crate::bindings::portcullis::plugin::http_client::{HttpError, OutboundRequest, OutboundResponse};
+pub use crate::bindings::portcullis::plugin::kv::KvError;
+pub use crate::bindings::portcullis::plugin::log::Level;
+
+#[cfg(target_arch = "wasm32")]
+use crate::bindings::portcullis::plugin as imp;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::testing::fake as imp;
+
+/// Emits a log event with extra key/value `fields` into the gateway's log, tagged by the host
+/// with the plugin id and request id. Messages over 16 KiB are truncated by the host.
+pub fn log_with(level: Level, message: &str, fields: &[(&str, &str)]) {
+    let fields: Vec<(String, String)> =
+        fields.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    imp::log::emit(level, message, &fields);
+}
+
+/// Emits a log event at `level`.
+pub fn log(level: Level, message: &str) {
+    imp::log::emit(level, message, &[]);
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch, as the host (or the test fake) sees it.
+pub fn now_ms() -> u64 {
+    imp::clock::now_ms()
+}
+
+/// Sends one outbound HTTP request through the host, which allows only the origins on this
+/// plugin's allow-list. Errors: see [`HttpError`].
+pub fn http_send(request: &OutboundRequest) -> Result<OutboundResponse, HttpError> {
+    imp::http_client::send(request)
+}
+
+/// The plugin's key/value store: shared by all instances of the plugin, namespaced per plugin,
+/// surviving configuration reloads. TTLs are in milliseconds.
+pub mod kv {
+    use super::{KvError, imp};
+
+    /// The value under `key`, or `None`.
+    pub fn get(key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        imp::kv::get(key)
+    }
+
+    /// Stores `value` under `key`, with an optional time to live in milliseconds.
+    pub fn set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), KvError> {
+        imp::kv::set(key, value, ttl_ms)
+    }
+
+    /// Removes `key`; `true` when a live value was removed.
+    pub fn delete(key: &str) -> Result<bool, KvError> {
+        imp::kv::delete(key)
+    }
+
+    /// Adds `delta` to the decimal counter under `key` atomically and returns the new value. An
+    /// absent key counts as 0 and is created with `ttl_ms`; an existing key keeps its expiry.
+    pub fn increment(key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError> {
+        imp::kv::increment(key, delta, ttl_ms)
+    }
+
+    /// Writes `value` only when the current value equals `expected` (`None`: absent). `true` when
+    /// written.
+    pub fn compare_and_swap(
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        ttl_ms: Option<u64>,
+    ) -> Result<bool, KvError> {
+        imp::kv::compare_and_swap(key, expected, value, ttl_ms)
+    }
+}

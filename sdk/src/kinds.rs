@@ -1,0 +1,90 @@
+//! One trait per plugin kind. Every hook has a default, so a plugin overrides only what it needs
+//! (the proxy-wasm `HttpContext` habit: defaults continue).
+
+use serde::de::DeserializeOwned;
+
+use crate::{
+    AuthOutcome, Exchange, FilterAction, HeaderEdits, Identity, RateLimitOutcome, RequestHead,
+    ResponseHead, ValidationOutcome,
+};
+
+/// What every plugin is: a value built once per plugin instance from its typed configuration.
+///
+/// The host passes the step's configuration as JSON text; the SDK deserializes it into
+/// [`Plugin::Config`] (a serde error becomes a [`ConfigError`](crate::ConfigError) whose
+/// `pointer` names the field) and then calls [`Plugin::new`], which may validate further.
+/// A refused configuration is reported at load or reload time, never at request time.
+pub trait Plugin: Sized + 'static {
+    /// The plugin's configuration, deserialized from the step's JSON. Use
+    /// `#[serde(deny_unknown_fields)]` so misspelt fields are refused.
+    type Config: DeserializeOwned;
+
+    /// Builds the plugin from its configuration, or says which field is wrong and why.
+    fn new(config: Self::Config) -> Result<Self, crate::ConfigError>;
+}
+
+/// Kind `auth`: establishes who is calling.
+pub trait Auth: Plugin {
+    /// Called for every request, before the upstream. Default: [`AuthOutcome::Anonymous`].
+    fn authenticate(&self, request: &RequestHead) -> AuthOutcome {
+        let _ = request;
+        AuthOutcome::Anonymous
+    }
+}
+
+/// Kind `rate-limit`: decides whether a request fits its quotas.
+pub trait RateLimit: Plugin {
+    /// Called for every request. Default: allowed, with no quota to report.
+    fn check(&self, request: &RequestHead, identity: Option<&Identity>) -> RateLimitOutcome {
+        let _ = (request, identity);
+        RateLimitOutcome::Allowed(Vec::new())
+    }
+}
+
+/// Kind `validation`: checks a request against rules.
+pub trait Validation: Plugin {
+    /// Bytes of request body this plugin needs to see; `None` (the default) needs no body.
+    fn body_limit(&self) -> Option<u64> {
+        None
+    }
+
+    /// Called for every request; `body` is the buffered body when [`Validation::body_limit`]
+    /// asked for it. Default: [`ValidationOutcome::Valid`].
+    fn validate(
+        &self,
+        request: &RequestHead,
+        identity: Option<&Identity>,
+        body: Option<&[u8]>,
+    ) -> ValidationOutcome {
+        let _ = (request, identity, body);
+        ValidationOutcome::Valid
+    }
+}
+
+/// Kind `logging`: observes each finished exchange, after the response was sent.
+pub trait Logging: Plugin {
+    /// Called once per exchange. Default: does nothing.
+    fn observe(&self, exchange: &Exchange) {
+        let _ = exchange;
+    }
+}
+
+/// Kind `filter`: general request and response processing.
+pub trait Filter: Plugin {
+    /// Called before the upstream. Default: continue with no edits.
+    fn on_request(&self, request: &RequestHead, identity: Option<&Identity>) -> FilterAction {
+        let _ = (request, identity);
+        FilterAction::Continue(HeaderEdits::default())
+    }
+
+    /// Called when the upstream's response head arrives. Default: continue with no edits.
+    fn on_response(
+        &self,
+        request: &RequestHead,
+        identity: Option<&Identity>,
+        response: &ResponseHead,
+    ) -> FilterAction {
+        let _ = (request, identity, response);
+        FilterAction::Continue(HeaderEdits::default())
+    }
+}

@@ -1,0 +1,97 @@
+//! Write Portcullis gateway plugins in Rust.
+//!
+//! A Portcullis plugin is a WebAssembly component implementing one typed kind of the
+//! `portcullis:plugin@0.1.0` WIT package (`wit/` in the repository): `auth`, `rate-limit`,
+//! `validation`, `logging` or `filter`. With this crate a plugin is a configuration type, a
+//! constructor that validates it, the trait of its kind with only the hooks it needs, and one
+//! export macro. Build it with `cargo build --target wasm32-wasip2`; no other tool is needed.
+//!
+//! A whole plugin, a filter that tags requests for the upstream and refuses a blocked path:
+//!
+//! ```
+//! use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, LocalResponse,
+//!                      Plugin, RequestHead};
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct Config {
+//!     tag: String,
+//!     #[serde(default)]
+//!     blocked_prefix: Option<String>,
+//! }
+//!
+//! struct Tagger(Config);
+//!
+//! impl Plugin for Tagger {
+//!     type Config = Config;
+//!     fn new(config: Config) -> Result<Self, ConfigError> {
+//!         if config.tag.is_empty() {
+//!             return Err(ConfigError::new("/tag", "must not be empty"));
+//!         }
+//!         Ok(Tagger(config))
+//!     }
+//! }
+//!
+//! impl Filter for Tagger {
+//!     fn on_request(&self, request: &RequestHead, _identity: Option<&Identity>) -> FilterAction {
+//!         if let Some(prefix) = &self.0.blocked_prefix {
+//!             if request.path.starts_with(prefix.as_str()) {
+//!                 return FilterAction::Respond(LocalResponse::problem(
+//!                     403, "about:blank", "Forbidden", "this path is blocked"));
+//!             }
+//!         }
+//!         FilterAction::Continue(HeaderEdits::default().set("x-tag", &self.0.tag))
+//!     }
+//! }
+//!
+//! portcullis_sdk::export_filter!(Tagger);
+//!
+//! // Unit tests run natively against the SDK's fake host:
+//! use portcullis_sdk::testing;
+//! let tagger: Tagger = testing::configure(r#"{"tag": "blue", "blocked_prefix": "/admin"}"#).unwrap();
+//! let allowed = tagger.on_request(&testing::request("GET", "/api/x").build(), None);
+//! assert_eq!(allowed, FilterAction::Continue(HeaderEdits::default().set("x-tag", "blue")));
+//! let refused = tagger.on_request(&testing::request("GET", "/admin/x").build(), None);
+//! assert!(matches!(refused, FilterAction::Respond(r) if r.status == 403));
+//! let bad = testing::configure::<Tagger>(r#"{"tagg": "blue"}"#).err().unwrap();
+//! assert_eq!(bad.pointer, "/tagg");
+//! ```
+//!
+//! Host capabilities are plain functions: [`log`], [`log_with`], [`kv`], [`now_ms`] and
+//! [`http_send`]. Natively they reach [`testing`]'s fake, so plugin logic is tested with plain
+//! `cargo test`.
+
+mod bindings_mod {
+    pub use crate::bindings::exports::portcullis::plugin::{
+        auth::AuthOutcome,
+        filter::FilterAction,
+        logging::{Exchange, StepDecision},
+        rate_limit::{Limited, Quota, RateLimitOutcome},
+        validation::{Invalid, ValidationOutcome, Violation},
+    };
+    pub use crate::bindings::portcullis::plugin::types::{
+        ConfigError, Header, HeaderEdits, Identity, LocalResponse, RequestHead, ResponseHead,
+    };
+}
+
+#[doc(hidden)]
+pub mod bindings;
+mod config;
+mod export;
+mod helpers;
+mod host;
+mod kinds;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
+pub use bindings_mod::*;
+#[doc(hidden)]
+pub use export::__private;
+pub use host::{
+    HttpError, KvError, Level, OutboundRequest, OutboundResponse, http_send, kv, log, log_with,
+    now_ms,
+};
+pub use kinds::{Auth, Filter, Logging, Plugin, RateLimit, Validation};
+pub use serde;
+pub use serde_json;

@@ -1,0 +1,250 @@
+//! A native fake of the host, so plugin logic is unit-tested with plain `cargo test`.
+//!
+//! Each test thread has its own fake: a `kv` store honouring TTLs against the fake clock, a
+//! record of every log event, a settable clock and an optional outbound HTTP handler. Start a
+//! test with [`reset`] when it depends on that state.
+//!
+//! ```
+//! use portcullis_sdk::testing;
+//! testing::reset();
+//! testing::set_now_ms(1_000);
+//! portcullis_sdk::kv::set("k", b"v", Some(500)).unwrap();
+//! testing::advance_ms(500);
+//! assert_eq!(portcullis_sdk::kv::get("k").unwrap(), None);
+//! ```
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use crate::host::{HttpError, Level, OutboundRequest, OutboundResponse};
+use crate::{ConfigError, Header, Plugin, RequestHead};
+
+/// One log event a plugin emitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Severity.
+    pub level: Level,
+    /// The message text.
+    pub message: String,
+    /// Extra key/value pairs.
+    pub fields: Vec<(String, String)>,
+}
+
+type HttpHandler = Box<dyn FnMut(&OutboundRequest) -> Result<OutboundResponse, HttpError>>;
+
+struct State {
+    now_ms: u64,
+    kv: HashMap<String, (Vec<u8>, Option<u64>)>,
+    logs: Vec<LogRecord>,
+    http: Option<HttpHandler>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        State { now_ms, kv: HashMap::new(), logs: Vec::new(), http: None }
+    }
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
+    STATE.with(|s| f(&mut s.borrow_mut()))
+}
+
+/// Clears this thread's fake: empty store and log, clock at the real current time, no HTTP
+/// handler.
+pub fn reset() {
+    with_state(|s| *s = State::default());
+}
+
+/// Sets the fake clock, in milliseconds since the Unix epoch.
+pub fn set_now_ms(now_ms: u64) {
+    with_state(|s| s.now_ms = now_ms);
+}
+
+/// Moves the fake clock forward by `ms` milliseconds.
+pub fn advance_ms(ms: u64) {
+    with_state(|s| s.now_ms += ms);
+}
+
+/// Every log event emitted on this thread since the last [`reset`].
+pub fn logs() -> Vec<LogRecord> {
+    with_state(|s| s.logs.clone())
+}
+
+/// Answers outbound HTTP requests with `handler` instead of refusing them.
+pub fn set_http_handler(
+    handler: impl FnMut(&OutboundRequest) -> Result<OutboundResponse, HttpError> + 'static,
+) {
+    with_state(|s| s.http = Some(Box::new(handler)));
+}
+
+/// Builds a plugin from JSON configuration text exactly as the host's `configure` call does.
+///
+/// Errors: the same [`ConfigError`] the host would report, with the field's JSON pointer.
+pub fn configure<P: Plugin>(json: &str) -> Result<P, ConfigError> {
+    crate::config::parse::<P>(json)
+}
+
+/// Starts a [`RequestHead`] for `method` and `target` (path with optional `?query`), as the host
+/// would pass it: scheme `http`, authority `example.test`, client IP `127.0.0.1`, route `test`.
+pub fn request(method: &str, target: &str) -> RequestBuilder {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+        None => (target.to_owned(), None),
+    };
+    RequestBuilder(RequestHead {
+        method: method.to_owned(),
+        scheme: "http".to_owned(),
+        authority: "example.test".to_owned(),
+        path,
+        query,
+        headers: Vec::new(),
+        client_ip: "127.0.0.1".to_owned(),
+        request_id: "test-request".to_owned(),
+        route: "test".to_owned(),
+    })
+}
+
+/// Builder for a test [`RequestHead`]; see [`request`].
+#[derive(Debug, Clone)]
+pub struct RequestBuilder(RequestHead);
+
+impl RequestBuilder {
+    /// Adds a header field; the name is lowercased as the host does.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.0.headers.push(Header { name: name.to_ascii_lowercase(), value: value.to_owned() });
+        self
+    }
+
+    /// Sets the client IP address.
+    pub fn client_ip(mut self, ip: &str) -> Self {
+        self.0.client_ip = ip.to_owned();
+        self
+    }
+
+    /// Sets the route id.
+    pub fn route(mut self, route: &str) -> Self {
+        self.0.route = route.to_owned();
+        self
+    }
+
+    /// The finished request head.
+    pub fn build(self) -> RequestHead {
+        self.0
+    }
+}
+
+/// The fake's implementation of each import, with the generated bindings' signatures.
+pub(crate) mod fake {
+    pub mod log {
+        use super::super::{LogRecord, with_state};
+        use crate::host::Level;
+
+        pub fn emit(level: Level, message: &str, fields: &[(String, String)]) {
+            with_state(|s| {
+                s.logs.push(LogRecord { level, message: message.to_owned(), fields: fields.to_vec() });
+            });
+        }
+    }
+
+    pub mod clock {
+        pub fn now_ms() -> u64 {
+            super::super::with_state(|s| s.now_ms)
+        }
+    }
+
+    pub mod http_client {
+        use crate::host::{HttpError, OutboundRequest, OutboundResponse};
+
+        pub fn send(request: &OutboundRequest) -> Result<OutboundResponse, HttpError> {
+            super::super::with_state(|s| match s.http.as_mut() {
+                Some(handler) => handler(request),
+                None => Err(HttpError::NotAllowed("no fake HTTP handler is set".to_owned())),
+            })
+        }
+    }
+
+    pub mod kv {
+        use super::super::{State, with_state};
+        use crate::host::KvError;
+
+        const MAX_KEY: usize = 512;
+        const MAX_VALUE: usize = 64 * 1024;
+
+        fn live<'a>(s: &'a mut State, key: &str) -> Option<&'a mut (Vec<u8>, Option<u64>)> {
+            let now = s.now_ms;
+            if s.kv.get(key).is_some_and(|(_, exp)| exp.is_some_and(|e| e <= now)) {
+                s.kv.remove(key);
+            }
+            s.kv.get_mut(key)
+        }
+
+        fn check(key: &str, value: &[u8]) -> Result<(), KvError> {
+            if key.len() > MAX_KEY || value.len() > MAX_VALUE {
+                return Err(KvError::TooLarge);
+            }
+            Ok(())
+        }
+
+        pub fn get(key: &str) -> Result<Option<Vec<u8>>, KvError> {
+            with_state(|s| Ok(live(s, key).map(|(v, _)| v.clone())))
+        }
+
+        pub fn set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), KvError> {
+            check(key, value)?;
+            with_state(|s| {
+                let expiry = ttl_ms.map(|t| s.now_ms + t);
+                s.kv.insert(key.to_owned(), (value.to_vec(), expiry));
+                Ok(())
+            })
+        }
+
+        pub fn delete(key: &str) -> Result<bool, KvError> {
+            with_state(|s| Ok(live(s, key).is_some() && s.kv.remove(key).is_some()))
+        }
+
+        pub fn increment(key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError> {
+            check(key, b"")?;
+            with_state(|s| {
+                let now = s.now_ms;
+                let (current, expiry) = match live(s, key) {
+                    Some((v, exp)) => {
+                        let n = std::str::from_utf8(v)
+                            .ok()
+                            .and_then(|t| t.parse::<i64>().ok())
+                            .ok_or(KvError::NotANumber)?;
+                        (n, *exp)
+                    }
+                    None => (0, ttl_ms.map(|t| now + t)),
+                };
+                let next = current.checked_add(delta).ok_or(KvError::NotANumber)?;
+                s.kv.insert(key.to_owned(), (next.to_string().into_bytes(), expiry));
+                Ok(next)
+            })
+        }
+
+        pub fn compare_and_swap(
+            key: &str,
+            expected: Option<&[u8]>,
+            value: &[u8],
+            ttl_ms: Option<u64>,
+        ) -> Result<bool, KvError> {
+            check(key, value)?;
+            with_state(|s| {
+                let current = live(s, key).map(|(v, _)| v.clone());
+                if current.as_deref() != expected {
+                    return Ok(false);
+                }
+                let expiry = ttl_ms.map(|t| s.now_ms + t);
+                s.kv.insert(key.to_owned(), (value.to_vec(), expiry));
+                Ok(true)
+            })
+        }
+    }
+}
