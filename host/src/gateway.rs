@@ -51,8 +51,16 @@ impl Gateway {
     /// Errors: [`StartError::Config`] for any problem in the file or its plugins;
     /// [`StartError::Bind`] when an address is taken; [`StartError::Engine`].
     pub async fn start(config_file: &Path) -> Result<Gateway, StartError> {
-        let loaded = config::load(config_file)?;
         let engine = PluginEngine::new().map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        Self::start_with_engine(config_file, engine).await
+    }
+
+    /// [`Gateway::start`] with an existing engine, whose compiled components and `kv` store
+    /// are then shared (tests run many gateways on one engine).
+    ///
+    /// Errors: as [`Gateway::start`].
+    pub async fn start_with_engine(config_file: &Path, engine: Arc<PluginEngine>) -> Result<Gateway, StartError> {
+        let loaded = config::load(config_file)?;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&loaded, &engine).await?));
         let (shutdown, _) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));

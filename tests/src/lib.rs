@@ -1,1 +1,245 @@
+//! Test support for the end-to-end suites in `tests/tests/`: start the real gateway on
+//! ephemeral loopback ports with plugins built from `plugins/` and `tests/guests/` (see
+//! `build.rs`), real upstreams, a real HTTP client, and tokens minted with `jsonwebtoken`.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use portcullis::Gateway;
+use portcullis::plugin::PluginEngine;
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+/// The demo issuer the quickstart's jwt-auth step trusts.
+pub const ISSUER: &str = "https://demo.portcullis.invalid";
+/// The demo audience.
+pub const AUDIENCE: &str = "portcullis-demo";
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace root").to_path_buf()
+}
+
+/// Path of the component built from crate `name` (underscores, e.g. `jwt_auth`).
+pub fn plugin(name: &str) -> PathBuf {
+    Path::new(env!("PORTCULLIS_PLUGIN_DIR")).join(format!("{name}.wasm"))
+}
+
+/// One engine for the whole test binary: compiled components are cached by content hash, so
+/// each plugin compiles once however many gateways a test binary starts.
+pub fn engine() -> Arc<PluginEngine> {
+    static ENGINE: OnceLock<Arc<PluginEngine>> = OnceLock::new();
+    ENGINE.get_or_init(|| PluginEngine::new().expect("creating the plugin engine")).clone()
+}
+
+/// A gateway serving a configuration written to a temporary directory.
+pub struct TestGateway {
+    /// The running gateway.
+    pub gateway: Gateway,
+    /// Its first listener.
+    pub addr: SocketAddr,
+    /// Its admin listener.
+    pub admin: SocketAddr,
+    dir: PathBuf,
+}
+
+impl TestGateway {
+    /// Writes `config` (TOML) to a fresh directory and starts a gateway on it.
+    ///
+    /// # Panics
+    /// When the gateway refuses to start; use [`write_config`] and [`Gateway::start`] to test
+    /// refusals.
+    pub async fn start(config: &str) -> TestGateway {
+        let (dir, file) = write_config(config);
+        let gateway = match Gateway::start_with_engine(&file, engine()).await {
+            Ok(g) => g,
+            Err(e) => panic!("gateway refused the test configuration:\n{e}"),
+        };
+        let addr = gateway.listener_addrs()[0];
+        let admin = gateway.admin_addr().expect("admin listener enabled");
+        TestGateway { gateway, addr, admin, dir }
+    }
+
+    /// `http://ADDR{path}` on the first listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Shuts the gateway down and removes its directory.
+    pub async fn stop(self) {
+        self.gateway.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Writes `config` to `gateway.toml` in a new directory under the system temp dir; returns the
+/// directory and the file.
+pub fn write_config(config: &str) -> (PathBuf, PathBuf) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!("portcullis-e2e-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir_all(&dir).expect("creating a temp dir");
+    let file = dir.join("gateway.toml");
+    std::fs::write(&file, config).expect("writing the test config");
+    (dir, file)
+}
+
+/// A gateway configuration in front of `upstream`, with the first-party plugins and test
+/// guests declared (`jwt`, `audit`, `panic`, `panic-open`), followed by `routes` (TOML).
+pub fn config(upstream: SocketAddr, routes: &str) -> String {
+    let jwks = root().join("examples/quickstart/keys/jwks.json");
+    format!(
+        r#"
+[[listener]]
+address = "127.0.0.1:0"
+
+[admin]
+address = "127.0.0.1:0"
+
+[upstream.app]
+endpoints = ["{upstream}"]
+connect_timeout_ms = 500
+response_timeout_ms = 1000
+
+[plugin.jwt]
+path = "{jwt}"
+kind = "auth"
+
+[plugin.audit]
+path = "{audit}"
+kind = "logging"
+
+[plugin.panic]
+path = "{panic}"
+kind = "filter"
+
+[plugin.panic-open]
+path = "{panic}"
+kind = "filter"
+failure_policy = "fail-open"
+
+{routes}
+"#,
+        jwt = plugin("jwt_auth").display(),
+        audit = plugin("audit_log").display(),
+        panic = plugin("panic_filter").display(),
+        routes = routes.replace("{JWKS}", &jwks.display().to_string()),
+    )
+}
+
+/// The quickstart's jwt-auth step configuration, reading the JWKS file by absolute path.
+pub const JWT_STEP: &str = r#"config = { issuer = "https://demo.portcullis.invalid", audiences = ["portcullis-demo"], jwks = { "$file" = "{JWKS}" } }"#;
+
+/// Starts the echo upstream on an ephemeral loopback port.
+pub async fn echo_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the echo upstream");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(portcullis_demo::serve_echo(listener));
+    addr
+}
+
+/// Starts an upstream that accepts connections and reads, but never answers.
+pub async fn silent_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the silent upstream");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+/// A loopback address where nothing listens.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding");
+    listener.local_addr().expect("local addr")
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Header fields.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON.
+    ///
+    /// # Panics
+    /// When it is not JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// For an echo upstream reply: the values of header `name` the upstream received.
+    pub fn upstream_saw(&self, name: &str) -> Vec<String> {
+        self.json()["headers"][name]
+            .as_array()
+            .map(|v| v.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Sends `request` with a real HTTP/1.1 client and reads the whole response.
+///
+/// # Panics
+/// On connection errors.
+pub async fn send(request: Request<Full<Bytes>>) -> Reply {
+    static CLIENT: OnceLock<Client<HttpConnector, Full<Bytes>>> = OnceLock::new();
+    let client = CLIENT.get_or_init(|| Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build_http());
+    let response = client.request(request).await.expect("sending the request");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("reading the body").to_bytes();
+    Reply { status: parts.status, headers: parts.headers, body }
+}
+
+/// `GET url` with `headers`.
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = Request::get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(request.body(Full::default()).expect("building the request")).await
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Claims the demo issuer would put in a token for `sub`, valid for an hour.
+pub fn claims(sub: &str) -> Value {
+    json!({ "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": now(), "exp": now() + 3600, "roles": ["reader"] })
+}
+
+/// Signs `claims` with RS256 and the quickstart's demo key (`kid` `demo-rs256`).
+pub fn mint(claims: &Value) -> String {
+    mint_with(claims, &root().join("examples/quickstart/keys/demo-only-private-key.pem"))
+}
+
+/// Signs `claims` with RS256 and the RSA key in `pem_file`, `kid` `demo-rs256`.
+pub fn mint_with(claims: &Value, pem_file: &Path) -> String {
+    let pem = std::fs::read(pem_file).expect("reading the signing key");
+    let key = EncodingKey::from_rsa_pem(&pem).expect("an RSA private key");
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("demo-rs256".into());
+    jsonwebtoken::encode(&header, claims, &key).expect("signing")
+}

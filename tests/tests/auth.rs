@@ -1,0 +1,107 @@
+//! The quickstart's `/api/` chain end to end: jwt-auth then audit-log, real tokens.
+
+use portcullis_e2e::{JWT_STEP, TestGateway, claims, config, echo_upstream, get, mint, mint_with, root};
+use serde_json::json;
+
+async fn gateway() -> TestGateway {
+    let upstream = echo_upstream().await;
+    let routes = format!(
+        r#"
+[[route]]
+id = "api"
+path_prefix = "/api/"
+upstream = "app"
+
+[[route.chain]]
+plugin = "jwt"
+{JWT_STEP}
+
+[[route.chain]]
+plugin = "audit"
+
+[[route]]
+id = "public"
+path_prefix = "/public/"
+upstream = "app"
+"#
+    );
+    TestGateway::start(&config(upstream, &routes)).await
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_token_reaches_upstream_with_identity_headers() {
+    let gw = gateway().await;
+    let mut c = claims("alice");
+    c["roles"] = json!(["reader", "writer"]);
+    c["scope"] = json!("orders:read orders:write");
+    let reply = get(&gw.url("/api/orders"), &[("authorization", &bearer(&mint(&c)))]).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.upstream_saw("x-user-id"), ["alice"]);
+    assert_eq!(reply.upstream_saw("x-user-roles"), ["reader,writer"]);
+    assert_eq!(reply.upstream_saw("x-user-scopes"), ["orders:read orders:write"]);
+    assert_eq!(reply.upstream_saw("x-user-issuer"), ["https://demo.portcullis.invalid"]);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_identity_headers_never_reach_upstream() {
+    let gw = gateway().await;
+    let spoof = [("x-user-id", "root"), ("x-user-roles", "admin"), ("x-user-scopes", "all"), ("x-user-issuer", "me")];
+    let public = get(&gw.url("/public/x"), &spoof).await;
+    assert_eq!(public.status, 200);
+    for (name, _) in spoof {
+        assert!(public.upstream_saw(name).is_empty(), "{name} reached the upstream on an anonymous route");
+    }
+    let mut with_token = spoof.to_vec();
+    let auth = bearer(&mint(&claims("alice")));
+    with_token.push(("authorization", &auth));
+    let api = get(&gw.url("/api/x"), &with_token).await;
+    assert_eq!(api.status, 200);
+    assert_eq!(api.upstream_saw("x-user-id"), ["alice"], "exactly the verified subject");
+    assert_eq!(api.upstream_saw("x-user-roles"), ["reader"]);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_tokens_are_refused_with_401_and_a_bearer_challenge() {
+    let gw = gateway().await;
+    let mut expired = claims("alice");
+    expired["exp"] = json!(portcullis_e2e::now() - 3600);
+    let mut wrong_audience = claims("alice");
+    wrong_audience["aud"] = json!("someone-else");
+    let mut exp_as_string = claims("alice");
+    exp_as_string["exp"] = json!((portcullis_e2e::now() + 3600).to_string());
+    let bad_signature = mint_with(&claims("alice"), &root().join("tests/fixtures/attacker-private.pem"));
+    let alg_none = {
+        let valid = mint(&claims("alice"));
+        let payload = valid.split('.').nth(1).unwrap().to_owned();
+        // {"alg":"none","typ":"JWT"}
+        format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.")
+    };
+    let cases = [
+        ("missing", None),
+        ("expired", Some(mint(&expired))),
+        ("wrong audience", Some(mint(&wrong_audience))),
+        ("exp as a string", Some(mint(&exp_as_string))),
+        ("bad signature", Some(bad_signature)),
+        ("alg none", Some(alg_none)),
+        ("garbage", Some("not.a.jwt".to_owned())),
+    ];
+    for (case, token) in cases {
+        let auth = token.map(|t| bearer(&t));
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let reply = get(&gw.url("/api/orders"), &headers).await;
+        assert_eq!(reply.status, 401, "{case}: {:?}", reply.body);
+        let challenge = reply.headers["www-authenticate"].to_str().unwrap();
+        assert!(challenge.starts_with("Bearer realm=\"portcullis\""), "{case}: {challenge}");
+        if case != "missing" {
+            assert!(challenge.contains("error=\"invalid_token\""), "{case}: {challenge}");
+        }
+        assert_eq!(reply.headers["content-type"], "application/problem+json", "{case}");
+    }
+    gw.stop().await;
+}
