@@ -80,6 +80,11 @@ impl Chain {
         Chain { steps, body_limit, has_logging }
     }
 
+    /// The steps, in order.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
     /// Bytes of request body some step needs buffered, if any (the largest of them).
     pub fn body_limit(&self) -> Option<u64> {
         self.body_limit

@@ -1,0 +1,157 @@
+//! Measures, on this machine, in one run:
+//! - one `filter` plugin call on a warm instance, through the host's `StepPool` (host overhead
+//!   of lowering the request head and lifting the answer included);
+//! - one `jwt-auth` call on a warm instance (an RS256 signature check inside wasm);
+//! - whole requests over loopback (sequential, keep-alive, real client and echo upstream) on a
+//!   route with no plugins and on the quickstart's two-step chain (jwt-auth → audit-log).
+//!
+//! Wall-clock medians of several rounds; the machine is shared, so compare numbers from the
+//! same run only.
+
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+use portcullis::chain::ChainState;
+use portcullis::plugin::Call;
+use portcullis::plugin::bindings::portcullis::plugin::types::RequestHead;
+use portcullis_e2e::{JWT_STEP, TestGateway, claims, config, echo_upstream, get, mint};
+
+const CALLS: u32 = 20_000;
+const REQUESTS: u32 = 2_000;
+const ROUNDS: usize = 5;
+
+fn head(token: Option<&str>) -> RequestHead {
+    let mut headers = vec![
+        portcullis::plugin::bindings::portcullis::plugin::types::Header { name: "user-agent".into(), value: "bench".into() },
+        portcullis::plugin::bindings::portcullis::plugin::types::Header { name: "accept".into(), value: "*/*".into() },
+    ];
+    if let Some(t) = token {
+        headers.push(portcullis::plugin::bindings::portcullis::plugin::types::Header {
+            name: "authorization".into(),
+            value: format!("Bearer {t}"),
+        });
+    }
+    RequestHead {
+        method: "GET".into(),
+        scheme: "http".into(),
+        authority: "127.0.0.1:8080".into(),
+        path: "/api/orders".into(),
+        query: None,
+        headers,
+        client_ip: "127.0.0.1".into(),
+        request_id: "bench".into(),
+        route: "bench".into(),
+    }
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let upstream = echo_upstream().await;
+    let routes = format!(
+        r#"
+[[route]]
+id = "bare"
+path_prefix = "/bare/"
+upstream = "app"
+
+[[route]]
+id = "filter"
+path_prefix = "/filter/"
+upstream = "app"
+
+[[route.chain]]
+plugin = "panic"
+
+[[route]]
+id = "jwt"
+path_prefix = "/jwt/"
+upstream = "app"
+
+[[route.chain]]
+plugin = "jwt"
+{JWT_STEP}
+
+[[route]]
+id = "two-step"
+path_prefix = "/api/"
+upstream = "app"
+
+[[route.chain]]
+plugin = "jwt"
+{JWT_STEP}
+
+[[route.chain]]
+plugin = "audit"
+"#
+    );
+    let gw = TestGateway::start(&config(upstream, &routes)).await;
+    let snapshot = gw.gateway.snapshot();
+    let token = mint(&claims("alice"));
+
+    let step = |route: usize| snapshot.routes[route].chain.steps()[0].pool.clone();
+    let (filter, jwt) = (step(1), step(2));
+    let plain = head(None);
+    let authed = head(Some(&token));
+    let mut warm_filter = Vec::new();
+    let mut warm_jwt = Vec::new();
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        for _ in 0..CALLS {
+            filter.call("bench", Call::OnRequest(&plain, None)).await.expect("filter call");
+        }
+        warm_filter.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS));
+        let started = Instant::now();
+        for _ in 0..CALLS / 20 {
+            jwt.call("bench", Call::Authenticate(&authed)).await.expect("jwt call");
+        }
+        warm_jwt.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS / 20));
+    }
+
+    // The whole request phase of the two-step chain, in process (no sockets).
+    let chain = &snapshot.routes[3].chain;
+    let mut request_phase = Vec::new();
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        for _ in 0..CALLS / 20 {
+            let mut h = authed.clone();
+            let mut headers = HeaderMap::new();
+            let mut state = ChainState::default();
+            chain.on_request(&mut h, &mut headers, None, &snapshot.identity, &mut state).await.expect("chain");
+        }
+        request_phase.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS / 20));
+    }
+
+    let auth = format!("Bearer {token}");
+    let mut bare = Vec::new();
+    let mut two_step = Vec::new();
+    for _ in 0..ROUNDS {
+        for (path, headers, out) in
+            [("/bare/x", vec![], &mut bare), ("/api/x", vec![("authorization", auth.as_str())], &mut two_step)]
+        {
+            let url = gw.url(path);
+            let started = Instant::now();
+            for _ in 0..REQUESTS {
+                let reply = get(&url, &headers).await;
+                assert_eq!(reply.status, 200);
+            }
+            out.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(REQUESTS));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    println!("| measurement | median µs | rounds |");
+    println!("|---|---|---|");
+    println!("| filter plugin call, warm instance | {:.2} | {ROUNDS} × {CALLS} |", median(warm_filter));
+    println!("| jwt-auth call (RS256 verify in wasm), warm instance | {:.1} | {ROUNDS} × {} |", median(warm_jwt), CALLS / 20);
+    println!("| two-step chain request phase (jwt-auth, audit-log skipped until after the response) | {:.1} | {ROUNDS} × {} |", median(request_phase), CALLS / 20);
+    let (bare, two_step) = (median(bare), median(two_step));
+    println!("| request, no plugins (loopback round trip incl. client and upstream) | {bare:.1} | {ROUNDS} × {REQUESTS} |");
+    println!("| request, two-step chain jwt-auth → audit-log | {two_step:.1} | {ROUNDS} × {REQUESTS} |");
+    println!("| added by the two-step chain | {:.1} | |", two_step - bare);
+    gw.stop().await;
+}
