@@ -20,7 +20,7 @@ use crate::error::{GatewayError, problem};
 use crate::plugin::bindings::exports::portcullis::plugin::{
     auth::AuthOutcome,
     filter::FilterAction,
-    logging::{Exchange, StepDecision},
+    logging::{Exchange, Phase, StepDecision},
     rate_limit::{Quota, RateLimitOutcome},
     validation::ValidationOutcome,
 };
@@ -126,6 +126,7 @@ impl Chain {
             };
             state.decisions.push(StepDecision {
                 plugin: plugin.id.to_string(),
+                phase: Phase::Request,
                 decision: decision.to_owned(),
                 duration_us: micros(started),
             });
@@ -252,6 +253,7 @@ impl Chain {
             };
             state.decisions.push(StepDecision {
                 plugin: plugin.id.to_string(),
+                phase: Phase::Response,
                 decision: decision.to_owned(),
                 duration_us: micros(started),
             });

@@ -66,7 +66,7 @@ mod bindings_mod {
     pub use crate::bindings::exports::portcullis::plugin::{
         auth::AuthOutcome,
         filter::FilterAction,
-        logging::{Exchange, StepDecision},
+        logging::{Exchange, Phase, StepDecision},
         rate_limit::{Limited, Quota, RateLimitOutcome},
         validation::{Invalid, ValidationOutcome, Violation},
     };

@@ -95,7 +95,7 @@ pub fn write_config(config: &str) -> (PathBuf, PathBuf) {
 }
 
 /// A gateway configuration in front of `upstream`, with the first-party plugins and test
-/// guests declared (`jwt`, `audit`, `panic`, `panic-open`), followed by `routes` (TOML).
+/// guests declared (`jwt`, `audit`, `chaos`, `chaos-open`), followed by `routes` (TOML).
 pub fn config(upstream: SocketAddr, routes: &str) -> String {
     let jwks = root().join("examples/quickstart/keys/jwks.json");
     format!(
@@ -119,20 +119,22 @@ kind = "auth"
 path = "{audit}"
 kind = "logging"
 
-[plugin.panic]
-path = "{panic}"
+[plugin.chaos]
+path = "{chaos}"
 kind = "filter"
+deadline_ms = 50
 
-[plugin.panic-open]
-path = "{panic}"
+[plugin.chaos-open]
+path = "{chaos}"
 kind = "filter"
+deadline_ms = 50
 failure_policy = "fail-open"
 
 {routes}
 "#,
         jwt = plugin("jwt_auth").display(),
         audit = plugin("audit_log").display(),
-        panic = plugin("panic_filter").display(),
+        chaos = plugin("chaos_filter").display(),
         routes = routes.replace("{JWKS}", &jwks.display().to_string()),
     )
 }
@@ -167,6 +169,30 @@ pub async fn silent_upstream() -> SocketAddr {
 pub async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding");
     listener.local_addr().expect("local addr")
+}
+
+/// Everything the gateway logged in this test binary since [`capture_logs`] was first called,
+/// as JSON lines (`tracing-subscriber`'s JSON format).
+pub fn captured_logs() -> Vec<Value> {
+    let buffer = LOGS.lock().unwrap_or_else(|e| e.into_inner());
+    String::from_utf8_lossy(&buffer).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// Installs a global `tracing` subscriber writing JSON lines into memory, once per test binary.
+pub fn capture_logs() {
+    struct Capture;
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            LOGS.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let _ = tracing_subscriber::fmt().json().with_writer(|| Capture).with_max_level(tracing::Level::INFO).try_init();
 }
 
 /// A response, read whole.

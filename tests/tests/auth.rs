@@ -17,7 +17,11 @@ plugin = "jwt"
 {JWT_STEP}
 
 [[route.chain]]
+plugin = "chaos"
+
+[[route.chain]]
 plugin = "audit"
+config = {{ headers = ["authorization", "user-agent"] }}
 
 [[route]]
 id = "public"
@@ -44,6 +48,45 @@ async fn valid_token_reaches_upstream_with_identity_headers() {
     assert_eq!(reply.upstream_saw("x-user-roles"), ["reader,writer"]);
     assert_eq!(reply.upstream_saw("x-user-scopes"), ["orders:read orders:write"]);
     assert_eq!(reply.upstream_saw("x-user-issuer"), ["https://demo.portcullis.invalid"]);
+    assert_eq!(reply.upstream_saw("x-seen-subject"), ["alice"], "later steps see the identity");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_log_records_the_exchange_after_the_response() {
+    portcullis_e2e::capture_logs();
+    let gw = gateway().await;
+    let request_id = "audit-check-1";
+    let token = mint(&claims("alice"));
+    let reply = get(&gw.url("/api/orders"), &[("authorization", &bearer(&token)), ("x-request-id", request_id)]).await;
+    assert_eq!(reply.status, 200);
+    let mut record = None;
+    for _ in 0..100 {
+        record = portcullis_e2e::captured_logs().into_iter().find_map(|line| {
+            let message = line["fields"]["message"].as_str()?;
+            let parsed: serde_json::Value = serde_json::from_str(message).ok()?;
+            (parsed["request_id"] == request_id).then_some(parsed)
+        });
+        if record.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let record = record.expect("an audit record for the request");
+    assert_eq!(record["subject"], "alice");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["route"], "api");
+    assert_eq!(record["headers"]["authorization"], "[redacted]");
+    assert!(record["bytes_out"].as_u64().unwrap() > 0);
+    let decisions: Vec<String> = record["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| format!("{} {} {}", d["plugin"].as_str().unwrap(), d["phase"].as_str().unwrap(), d["decision"].as_str().unwrap()))
+        .collect();
+    assert_eq!(decisions, ["jwt request authenticated", "chaos request continue", "chaos response continue"]);
+    let logged = portcullis_e2e::captured_logs();
+    assert!(!serde_json::to_string(&logged).unwrap().contains(&token), "the token is never logged");
     gw.stop().await;
 }
 

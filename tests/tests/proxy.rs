@@ -85,16 +85,14 @@ async fn request_body_is_streamed_and_reframed() {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trapping_plugin_fails_its_request_and_nothing_else() {
-    let routes = r#"
+const CHAOS_ROUTES: &str = r#"
 [[route]]
 id = "fragile"
 path_prefix = "/fragile/"
 upstream = "app"
 
 [[route.chain]]
-plugin = "panic"
+plugin = "chaos"
 
 [[route]]
 id = "tolerant"
@@ -102,15 +100,18 @@ path_prefix = "/tolerant/"
 upstream = "app"
 
 [[route.chain]]
-plugin = "panic-open"
+plugin = "chaos-open"
 
 [[route]]
 id = "public"
 path_prefix = "/public/"
 upstream = "app"
 "#;
-    let gw = TestGateway::start(&config(echo_upstream().await, routes)).await;
-    let trapped = get(&gw.url("/fragile/x"), &[("x-panic", "1")]).await;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trapping_plugin_fails_its_request_and_nothing_else() {
+    let gw = TestGateway::start(&config(echo_upstream().await, CHAOS_ROUTES)).await;
+    let trapped = get(&gw.url("/fragile/x"), &[("x-chaos", "panic")]).await;
     assert_eq!(trapped.status, 500, "{:?}", trapped.body);
     let problem = trapped.json();
     assert_eq!(problem["type"], "urn:portcullis:problem:plugin-failed");
@@ -122,9 +123,54 @@ upstream = "app"
     assert_eq!(same_route.status, 200, "a fresh instance replaces the trapped one");
     assert_eq!(same_route.upstream_saw("x-filtered"), ["yes"]);
 
-    let tolerated = get(&gw.url("/tolerant/x"), &[("x-panic", "1")]).await;
+    let tolerated = get(&gw.url("/tolerant/x"), &[("x-chaos", "panic")]).await;
     assert_eq!(tolerated.status, 200, "fail-open skips the failed step");
     assert!(tolerated.upstream_saw("x-filtered").is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looping_plugin_is_stopped_at_its_deadline_while_other_routes_answer() {
+    let gw = TestGateway::start(&config(echo_upstream().await, CHAOS_ROUTES)).await;
+    let (looping_url, public_url) = (gw.url("/fragile/x"), gw.url("/public/x"));
+    let looping = tokio::spawn(async move { get(&looping_url, &[("x-chaos", "loop")]).await });
+    let meanwhile = get(&public_url, &[]).await;
+    assert_eq!(meanwhile.status, 200, "another route answers while a plugin loops");
+    let looped = looping.await.unwrap();
+    assert_eq!(looped.status, 500, "{:?}", looped.body);
+    assert_eq!(looped.json()["type"], "urn:portcullis:problem:plugin-failed");
+    assert_eq!(get(&gw.url("/fragile/x"), &[]).await.status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_plugin_output_is_refused_before_use() {
+    let gw = TestGateway::start(&config(echo_upstream().await, CHAOS_ROUTES)).await;
+    for chaos in ["crlf", "status"] {
+        let reply = get(&gw.url("/fragile/x"), &[("x-chaos", chaos)]).await;
+        assert_eq!(reply.status, 500, "{chaos}: {:?}", reply.body);
+        assert!(reply.headers.get("x-evil").is_none());
+    }
+    let tolerated = get(&gw.url("/tolerant/x"), &[("x-chaos", "crlf")]).await;
+    assert_eq!(tolerated.status, 200);
+    assert!(tolerated.upstream_saw("x-injected").is_empty(), "refused edits are not applied");
+    assert!(tolerated.upstream_saw("x-evil").is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_read_timeout_closes_a_slow_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let toml = config(echo_upstream().await, PUBLIC)
+        .replacen("address = \"127.0.0.1:0\"", "address = \"127.0.0.1:0\"\nheader_read_timeout_ms = 200", 1);
+    let gw = TestGateway::start(&toml).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(b"GET /public/x HTTP/1.1\r\nHost: a\r\nX-Slow: ").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the gateway kept a stalled request head open");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
     gw.stop().await;
 }
 

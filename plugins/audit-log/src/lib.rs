@@ -11,7 +11,7 @@
 //!
 //! Configuration reference: `plugins/audit-log/README.md`.
 
-use portcullis_sdk::{ConfigError, Exchange, Level, Logging, Plugin};
+use portcullis_sdk::{ConfigError, Exchange, Level, Logging, Phase, Plugin};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -59,7 +59,13 @@ impl AuditLog {
         let decisions: Vec<Value> = e
             .decisions
             .iter()
-            .map(|d| json!({ "plugin": d.plugin, "decision": d.decision, "duration_us": d.duration_us }))
+            .map(|d| {
+                let phase = match d.phase {
+                    Phase::Request => "request",
+                    Phase::Response => "response",
+                };
+                json!({ "plugin": d.plugin, "phase": phase, "decision": d.decision, "duration_us": d.duration_us })
+            })
             .collect();
         json!({
             "type": "audit",
@@ -118,7 +124,12 @@ mod tests {
             ],
             response_headers: vec![],
             endpoint: Some("127.0.0.1:8081".into()),
-            decisions: vec![StepDecision { plugin: "jwt".into(), decision: "authenticated".into(), duration_us: 30 }],
+            decisions: vec![StepDecision {
+                plugin: "jwt".into(),
+                phase: Phase::Request,
+                decision: "authenticated".into(),
+                duration_us: 30,
+            }],
         }
     }
 
