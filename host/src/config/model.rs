@@ -135,6 +135,19 @@ pub enum PluginKind {
     Filter,
 }
 
+impl std::fmt::Display for PluginKind {
+    /// The kind as written in configuration and WIT: `auth`, `rate-limit`, …
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PluginKind::Auth => "auth",
+            PluginKind::RateLimit => "rate-limit",
+            PluginKind::Validation => "validation",
+            PluginKind::Logging => "logging",
+            PluginKind::Filter => "filter",
+        })
+    }
+}
+
 /// What a failing plugin call does to the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]

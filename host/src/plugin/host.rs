@@ -88,13 +88,14 @@ impl log::Host for HostState {
         }
         let plugin = &*self.grants.plugin_id;
         let request_id = self.request_id.as_str();
-        let fields = FieldList(&fields);
+        let fields = (!fields.is_empty()).then(|| FieldList(&fields).to_string());
+        let fields = fields.as_deref();
         match level {
-            log::Level::Trace => tracing::trace!(target: "portcullis::plugin", plugin, request_id, fields = %fields, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "portcullis::plugin", plugin, request_id, fields = %fields, "{message}"),
-            log::Level::Info => tracing::info!(target: "portcullis::plugin", plugin, request_id, fields = %fields, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "portcullis::plugin", plugin, request_id, fields = %fields, "{message}"),
-            log::Level::Error => tracing::error!(target: "portcullis::plugin", plugin, request_id, fields = %fields, "{message}"),
+            log::Level::Trace => tracing::trace!(target: "portcullis::plugin", plugin, request_id, fields, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "portcullis::plugin", plugin, request_id, fields, "{message}"),
+            log::Level::Info => tracing::info!(target: "portcullis::plugin", plugin, request_id, fields, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "portcullis::plugin", plugin, request_id, fields, "{message}"),
+            log::Level::Error => tracing::error!(target: "portcullis::plugin", plugin, request_id, fields, "{message}"),
         }
         Ok(())
     }

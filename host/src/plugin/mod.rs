@@ -85,7 +85,7 @@ impl LoadedPlugin {
     ) -> Result<Self, String> {
         let pre = engine.linker().instantiate_pre(component).map_err(|e| format!("{e:#}"))?;
         let indices = KindIndices::new(config.kind, &pre).map_err(|e| {
-            format!("the component does not export the `{:?}` kind's interface: {e:#}", config.kind)
+            format!("the component does not export the `{}` kind's interface: {e:#}", config.kind)
         })?;
         let policy = config.failure_policy.unwrap_or(match config.kind {
             PluginKind::Logging => FailurePolicy::FailOpen,
