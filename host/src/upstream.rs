@@ -84,15 +84,39 @@ impl Upstream {
                 detail: format!("no response head from {endpoint} within {} ms", total.as_millis()),
             }),
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_connect() && format!("{e:?}").contains("Timeout") => Err(GatewayError::UpstreamTimeout {
+            Ok(Err(e)) if e.is_connect() && timed_out(&e) => Err(GatewayError::UpstreamTimeout {
                 upstream: self.name.clone(),
                 detail: format!("connect to {endpoint} timed out"),
             }),
-            Ok(Err(e)) => Err(self.failed(format!("{endpoint}: {e:#}"))),
+            Ok(Err(e)) => Err(self.failed(format!("{endpoint}: {}", causes(&e)))),
         }
     }
 
     fn failed(&self, detail: String) -> GatewayError {
         GatewayError::UpstreamFailed { upstream: self.name.clone(), detail }
     }
+}
+
+/// Whether an I/O timeout is anywhere in `error`'s source chain.
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// `error: cause: cause`, for the log.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        next = e.source();
+    }
+    text
 }

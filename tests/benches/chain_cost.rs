@@ -13,23 +13,18 @@ use std::time::{Duration, Instant};
 use http::HeaderMap;
 use portcullis::chain::ChainState;
 use portcullis::plugin::Call;
-use portcullis::plugin::bindings::portcullis::plugin::types::RequestHead;
-use portcullis_e2e::{JWT_STEP, TestGateway, claims, config, echo_upstream, get, mint};
+use portcullis::plugin::bindings::portcullis::plugin::types::{Header, RequestHead};
+use portcullis_e2e::{JWT_CONFIG, TestGateway, claims, config, echo_upstream, get, mint, route};
 
 const CALLS: u32 = 20_000;
 const REQUESTS: u32 = 2_000;
 const ROUNDS: usize = 5;
 
 fn head(token: Option<&str>) -> RequestHead {
-    let mut headers = vec![
-        portcullis::plugin::bindings::portcullis::plugin::types::Header { name: "user-agent".into(), value: "bench".into() },
-        portcullis::plugin::bindings::portcullis::plugin::types::Header { name: "accept".into(), value: "*/*".into() },
-    ];
+    let header = |name: &str, value: String| Header { name: name.into(), value };
+    let mut headers = vec![header("user-agent", "bench".into()), header("accept", "*/*".into())];
     if let Some(t) = token {
-        headers.push(portcullis::plugin::bindings::portcullis::plugin::types::Header {
-            name: "authorization".into(),
-            value: format!("Bearer {t}"),
-        });
+        headers.push(header("authorization", format!("Bearer {t}")));
     }
     RequestHead {
         method: "GET".into(),
@@ -52,43 +47,13 @@ fn median(mut samples: Vec<f64>) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let upstream = echo_upstream().await;
-    let routes = format!(
-        r#"
-[[route]]
-id = "bare"
-path_prefix = "/bare/"
-upstream = "app"
-
-[[route]]
-id = "filter"
-path_prefix = "/filter/"
-upstream = "app"
-
-[[route.chain]]
-plugin = "panic"
-
-[[route]]
-id = "jwt"
-path_prefix = "/jwt/"
-upstream = "app"
-
-[[route.chain]]
-plugin = "jwt"
-{JWT_STEP}
-
-[[route]]
-id = "two-step"
-path_prefix = "/api/"
-upstream = "app"
-
-[[route.chain]]
-plugin = "jwt"
-{JWT_STEP}
-
-[[route.chain]]
-plugin = "audit"
-"#
-    );
+    let routes = [
+        route("bare", "/bare/", &[]),
+        route("filter", "/filter/", &[("chaos", None)]),
+        route("jwt", "/jwt/", &[("jwt", Some(JWT_CONFIG))]),
+        route("two-step", "/api/", &[("jwt", Some(JWT_CONFIG)), ("audit", None)]),
+    ]
+    .concat();
     let gw = TestGateway::start(&config(upstream, &routes)).await;
     let snapshot = gw.gateway.snapshot();
     let token = mint(&claims("alice"));

@@ -139,8 +139,22 @@ failure_policy = "fail-open"
     )
 }
 
-/// The quickstart's jwt-auth step configuration, reading the JWKS file by absolute path.
-pub const JWT_STEP: &str = r#"config = { issuer = "https://demo.portcullis.invalid", audiences = ["portcullis-demo"], jwks = { "$file" = "{JWKS}" } }"#;
+/// The quickstart's jwt-auth step configuration (inline TOML table), reading the JWKS file by
+/// absolute path.
+pub const JWT_CONFIG: &str = r#"{ issuer = "https://demo.portcullis.invalid", audiences = ["portcullis-demo"], jwks = { "$file" = "{JWKS}" } }"#;
+
+/// A `[[route]]` to upstream `app` for `path_prefix`, with chain `steps`: each a plugin id and
+/// an optional inline TOML table for its `config`.
+pub fn route(id: &str, path_prefix: &str, steps: &[(&str, Option<&str>)]) -> String {
+    let mut toml = format!("\n[[route]]\nid = \"{id}\"\npath_prefix = \"{path_prefix}\"\nupstream = \"app\"\n");
+    for (plugin, config) in steps {
+        toml.push_str(&format!("\n[[route.chain]]\nplugin = \"{plugin}\"\n"));
+        if let Some(config) = config {
+            toml.push_str(&format!("config = {config}\n"));
+        }
+    }
+    toml
+}
 
 /// Starts the echo upstream on an ephemeral loopback port.
 pub async fn echo_upstream() -> SocketAddr {

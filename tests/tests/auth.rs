@@ -1,34 +1,15 @@
 //! The quickstart's `/api/` chain end to end: jwt-auth then audit-log, real tokens.
 
-use portcullis_e2e::{JWT_STEP, TestGateway, claims, config, echo_upstream, get, mint, mint_with, root};
+use portcullis_e2e::{JWT_CONFIG, TestGateway, claims, config, echo_upstream, get, mint, mint_with, root, route};
 use serde_json::json;
 
 async fn gateway() -> TestGateway {
     let upstream = echo_upstream().await;
-    let routes = format!(
-        r#"
-[[route]]
-id = "api"
-path_prefix = "/api/"
-upstream = "app"
-
-[[route.chain]]
-plugin = "jwt"
-{JWT_STEP}
-
-[[route.chain]]
-plugin = "chaos"
-
-[[route.chain]]
-plugin = "audit"
-config = {{ headers = ["authorization", "user-agent"] }}
-
-[[route]]
-id = "public"
-path_prefix = "/public/"
-upstream = "app"
-"#
-    );
+    let routes = [
+        route("api", "/api/", &[("jwt", Some(JWT_CONFIG)), ("chaos", None), ("audit", Some(r#"{ headers = ["authorization", "user-agent"] }"#))]),
+        route("public", "/public/", &[]),
+    ]
+    .concat();
     TestGateway::start(&config(upstream, &routes)).await
 }
 

@@ -2,7 +2,10 @@
 
 use portcullis::config;
 use portcullis::snapshot::Snapshot;
-use portcullis_e2e::{config as gateway_config, engine, plugin, root, write_config};
+use portcullis_e2e::{config as gateway_config, engine, plugin, root, route, write_config};
+
+/// A listener and an upstream, nothing else.
+const MINIMAL: &str = "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[upstream.app]\nendpoints = [\"127.0.0.1:9\"]\n";
 
 async fn build(toml: &str) -> Result<Snapshot, String> {
     let (_dir, file) = write_config(toml);
@@ -21,37 +24,15 @@ async fn quickstart_example_is_valid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_refusing_its_step_config_is_reported_with_the_field() {
-    let routes = r#"
-[[route]]
-id = "api"
-path_prefix = "/api/"
-upstream = "app"
-
-[[route.chain]]
-plugin = "jwt"
-config = { issuer = "x", keys = [{ alg = "HS256", secret = "too-short" }] }
-"#;
-    let error = build(&gateway_config("127.0.0.1:9".parse().unwrap(), routes)).await.unwrap_err();
+    let routes = route("api", "/api/", &[("jwt", Some(r#"{ issuer = "x", keys = [{ alg = "HS256", secret = "too-short" }] }"#))]);
+    let error = build(&gateway_config("127.0.0.1:9".parse().unwrap(), &routes)).await.unwrap_err();
     assert!(error.contains("route[0].chain[0].config/keys/0/secret"), "{error}");
     assert!(error.contains("refused by plugin `jwt`"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn component_without_the_configured_kind_is_refused() {
-    let toml = format!(
-        r#"
-[[listener]]
-address = "127.0.0.1:0"
-
-[upstream.app]
-endpoints = ["127.0.0.1:9"]
-
-[plugin.confused]
-path = "{}"
-kind = "filter"
-"#,
-        plugin("jwt_auth").display()
-    );
+    let toml = format!("{MINIMAL}\n[plugin.confused]\npath = \"{}\"\nkind = \"filter\"\n", plugin("jwt_auth").display());
     let error = build(&toml).await.unwrap_err();
     assert!(error.contains("plugin.confused.path"), "{error}");
     assert!(error.contains("does not export"), "{error}");
@@ -63,13 +44,7 @@ async fn missing_or_invalid_plugin_files_are_refused() {
     let junk = dir.join("junk.wasm");
     std::fs::write(&junk, b"not wasm").unwrap();
     let toml = format!(
-        r#"
-[[listener]]
-address = "127.0.0.1:0"
-
-[upstream.app]
-endpoints = ["127.0.0.1:9"]
-
+        r#"{MINIMAL}
 [plugin.missing]
 path = "/nonexistent/plugin.wasm"
 kind = "auth"

@@ -1,18 +1,21 @@
 //! Proxy behaviour end to end: routing, hygiene, request ids, upstream failures, trapping
 //! plugins and failure policies.
 
-use portcullis_e2e::{TestGateway, closed_port, config, echo_upstream, get, silent_upstream};
+use portcullis_e2e::{TestGateway, closed_port, config, echo_upstream, get, route, silent_upstream};
 
-const PUBLIC: &str = r#"
-[[route]]
-id = "public"
-path_prefix = "/public/"
-upstream = "app"
-"#;
+fn public() -> String {
+    route("public", "/public/", &[])
+}
+
+/// `/fragile/` runs the chaos filter fail-closed, `/tolerant/` fail-open, `/public/` nothing.
+fn chaos_routes() -> String {
+    [route("fragile", "/fragile/", &[("chaos", None)]), route("tolerant", "/tolerant/", &[("chaos-open", None)]), public()]
+        .concat()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_path_is_a_404_problem() {
-    let gw = TestGateway::start(&config(echo_upstream().await, PUBLIC)).await;
+    let gw = TestGateway::start(&config(echo_upstream().await, &public())).await;
     let reply = get(&gw.url("/nowhere"), &[]).await;
     assert_eq!(reply.status, 404);
     assert_eq!(reply.headers["content-type"], "application/problem+json");
@@ -25,13 +28,13 @@ async fn unknown_path_is_a_404_problem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_is_502_and_silent_upstream_is_504() {
-    let down = TestGateway::start(&config(closed_port().await, PUBLIC)).await;
+    let down = TestGateway::start(&config(closed_port().await, &public())).await;
     let reply = get(&down.url("/public/x"), &[]).await;
     assert_eq!(reply.status, 502, "{:?}", reply.body);
     assert_eq!(reply.json()["type"], "urn:portcullis:problem:upstream-failed");
     down.stop().await;
 
-    let silent = TestGateway::start(&config(silent_upstream().await, PUBLIC)).await;
+    let silent = TestGateway::start(&config(silent_upstream().await, &public())).await;
     let reply = get(&silent.url("/public/x"), &[]).await;
     assert_eq!(reply.status, 504, "{:?}", reply.body);
     assert_eq!(reply.json()["type"], "urn:portcullis:problem:upstream-timeout");
@@ -40,7 +43,7 @@ async fn upstream_down_is_502_and_silent_upstream_is_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_id_is_kept_or_generated_and_sent_both_ways() {
-    let gw = TestGateway::start(&config(echo_upstream().await, PUBLIC)).await;
+    let gw = TestGateway::start(&config(echo_upstream().await, &public())).await;
     let reply = get(&gw.url("/public/x"), &[("x-request-id", "trace-abc-123")]).await;
     assert_eq!(reply.upstream_saw("x-request-id"), ["trace-abc-123"]);
     assert_eq!(reply.headers["x-request-id"], "trace-abc-123");
@@ -53,7 +56,7 @@ async fn request_id_is_kept_or_generated_and_sent_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_added() {
-    let gw = TestGateway::start(&config(echo_upstream().await, PUBLIC)).await;
+    let gw = TestGateway::start(&config(echo_upstream().await, &public())).await;
     let reply = get(
         &gw.url("/public/x?q=1"),
         &[("connection", "x-secret"), ("x-secret", "1"), ("te", "trailers"), ("x-forwarded-for", "10.9.8.7"), ("x-kept", "yes")],
@@ -73,7 +76,7 @@ async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_added() {
 async fn request_body_is_streamed_and_reframed() {
     use bytes::Bytes;
     use http_body_util::Full;
-    let gw = TestGateway::start(&config(echo_upstream().await, PUBLIC)).await;
+    let gw = TestGateway::start(&config(echo_upstream().await, &public())).await;
     let request = http::Request::post(gw.url("/public/upload"))
         .header("content-type", "text/plain")
         .body(Full::new(Bytes::from_static(b"hello upstream")))
@@ -85,32 +88,10 @@ async fn request_body_is_streamed_and_reframed() {
     gw.stop().await;
 }
 
-const CHAOS_ROUTES: &str = r#"
-[[route]]
-id = "fragile"
-path_prefix = "/fragile/"
-upstream = "app"
-
-[[route.chain]]
-plugin = "chaos"
-
-[[route]]
-id = "tolerant"
-path_prefix = "/tolerant/"
-upstream = "app"
-
-[[route.chain]]
-plugin = "chaos-open"
-
-[[route]]
-id = "public"
-path_prefix = "/public/"
-upstream = "app"
-"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trapping_plugin_fails_its_request_and_nothing_else() {
-    let gw = TestGateway::start(&config(echo_upstream().await, CHAOS_ROUTES)).await;
+    let gw = TestGateway::start(&config(echo_upstream().await, &chaos_routes())).await;
     let trapped = get(&gw.url("/fragile/x"), &[("x-chaos", "panic")]).await;
     assert_eq!(trapped.status, 500, "{:?}", trapped.body);
     let problem = trapped.json();
@@ -131,7 +112,7 @@ async fn trapping_plugin_fails_its_request_and_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn looping_plugin_is_stopped_at_its_deadline_while_other_routes_answer() {
-    let gw = TestGateway::start(&config(echo_upstream().await, CHAOS_ROUTES)).await;
+    let gw = TestGateway::start(&config(echo_upstream().await, &chaos_routes())).await;
     let (looping_url, public_url) = (gw.url("/fragile/x"), gw.url("/public/x"));
     let looping = tokio::spawn(async move { get(&looping_url, &[("x-chaos", "loop")]).await });
     let meanwhile = get(&public_url, &[]).await;
@@ -145,7 +126,7 @@ async fn looping_plugin_is_stopped_at_its_deadline_while_other_routes_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_plugin_output_is_refused_before_use() {
-    let gw = TestGateway::start(&config(echo_upstream().await, CHAOS_ROUTES)).await;
+    let gw = TestGateway::start(&config(echo_upstream().await, &chaos_routes())).await;
     for chaos in ["crlf", "status"] {
         let reply = get(&gw.url("/fragile/x"), &[("x-chaos", chaos)]).await;
         assert_eq!(reply.status, 500, "{chaos}: {:?}", reply.body);
@@ -161,7 +142,7 @@ async fn invalid_plugin_output_is_refused_before_use() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_read_timeout_closes_a_slow_client() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let toml = config(echo_upstream().await, PUBLIC)
+    let toml = config(echo_upstream().await, &public())
         .replacen("address = \"127.0.0.1:0\"", "address = \"127.0.0.1:0\"\nheader_read_timeout_ms = 200", 1);
     let gw = TestGateway::start(&toml).await;
     let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -180,7 +161,7 @@ async fn h2c_prior_knowledge_is_served() {
     use http_body_util::{BodyExt, Full};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
-    let gw = TestGateway::start(&config(echo_upstream().await, PUBLIC)).await;
+    let gw = TestGateway::start(&config(echo_upstream().await, &public())).await;
     let client = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<Bytes>>();
     let response = client.get(gw.url("/public/h2").parse().unwrap()).await.unwrap();
     assert_eq!(response.status(), 200);
@@ -192,7 +173,7 @@ async fn h2c_prior_knowledge_is_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_listener_reports_health_and_readiness() {
-    let gw = TestGateway::start(&config(echo_upstream().await, PUBLIC)).await;
+    let gw = TestGateway::start(&config(echo_upstream().await, &public())).await;
     let health = get(&format!("http://{}/healthz", gw.admin), &[]).await;
     assert_eq!(health.status, 200);
     assert_eq!(health.json()["status"], "ok");

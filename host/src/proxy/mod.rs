@@ -226,9 +226,13 @@ fn finish(
         endpoint,
         decisions: state.decisions,
     };
-    tokio::spawn(async move {
-        snapshot.routes[index].chain.observe(&exchange).await;
-    });
+    // The completion hook runs inside hyper's connection task, so a runtime is there; if a body
+    // were ever dropped elsewhere, the record is dropped rather than panicking.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            snapshot.routes[index].chain.observe(&exchange).await;
+        });
+    }
 }
 
 /// The host part of an authority, lowercase, without port (IPv6 literals keep their brackets).
