@@ -1,10 +1,16 @@
-//! The admin listener: `GET /healthz` (the process is alive) and `GET /readyz` (a snapshot is
-//! loaded and every listener is bound). Both answer JSON. Bound to loopback by default.
+//! The admin listener, bound to loopback by default:
+//!
+//! - `GET /healthz`: the process is alive (`{"status":"ok"}`).
+//! - `GET /readyz`: a snapshot is loaded and every listener is bound (200, else 503).
+//! - `GET /metrics`: Prometheus metrics, text exposition format.
+//! - `GET /plugins`: each loaded plugin's id, kind, content hash (SHA-256), failure policy and
+//!   crash-loop breaker state, as JSON.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -15,19 +21,32 @@ use tokio::sync::watch;
 
 use crate::body::{Body, full};
 use crate::error::problem;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+
+/// What the admin endpoints report on.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Set once every listener is bound.
+    pub ready: Arc<AtomicBool>,
+    /// The serving snapshot.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
+}
 
 /// Serves the admin endpoints until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => return,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let ready = ready.clone();
+        let state = state.clone();
         let service = service_fn(move |request| {
-            let ready = ready.clone();
-            async move { Ok::<_, Infallible>(route(&request, &ready)) }
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(route(&request, &state)) }
         });
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
@@ -38,17 +57,48 @@ pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, mut shutdown: 
     }
 }
 
-fn route(request: &Request<Incoming>, ready: &AtomicBool) -> Response<Body> {
+fn route(request: &Request<Incoming>, state: &AdminState) -> Response<Body> {
     match (request.method(), request.uri().path()) {
-        (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
-        (&Method::GET, "/readyz") if ready.load(Ordering::Acquire) => json(StatusCode::OK, r#"{"status":"ready"}"#),
-        (&Method::GET, "/readyz") => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"starting"}"#),
+        (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        (&Method::GET, "/readyz") if state.ready.load(Ordering::Acquire) => {
+            json(StatusCode::OK, r#"{"status":"ready"}"#.into())
+        }
+        (&Method::GET, "/readyz") => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"starting"}"#.into()),
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(full(Bytes::from(state.metrics.encode())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            response
+        }
+        (&Method::GET, "/plugins") => json(StatusCode::OK, plugins(&state.snapshot.load())),
         _ => problem(StatusCode::NOT_FOUND, "no-route", "Unknown admin endpoint.", "-", None),
     }
 }
 
-fn json(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(full(Bytes::from_static(body.as_bytes())));
+fn plugins(snapshot: &Snapshot) -> String {
+    let list: Vec<_> = snapshot
+        .plugins
+        .values()
+        .map(|p| {
+            serde_json::json!({
+                "id": &*p.id,
+                "kind": p.kind.to_string(),
+                "sha256": p.content_hash,
+                "failure_policy": match p.policy {
+                    crate::config::FailurePolicy::FailClosed => "fail-closed",
+                    crate::config::FailurePolicy::FailOpen => "fail-open",
+                },
+                "breaker": p.breaker_state().label(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "plugins": list }).to_string()
+}
+
+fn json(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     response

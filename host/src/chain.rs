@@ -119,7 +119,7 @@ impl Chain {
             };
             let started = Instant::now();
             let reply = step.pool.call(&head.request_id, call).await;
-            let outcome = reply.and_then(|reply| self.apply(step, reply, head, headers, ids, state));
+            let outcome = reply.and_then(|reply| refusing(step, self.apply(step, reply, head, headers, ids, state)));
             let (decision, verdict) = match outcome {
                 Ok(done) => done,
                 Err(failure) => (fail(step, failure, &head.request_id)?, Verdict::Continue),
@@ -235,7 +235,7 @@ impl Chain {
             let call = Call::OnResponse(head, state.identity.as_ref(), &seen);
             let outcome = step.pool.call(&head.request_id, call).await.and_then(|reply| {
                 let invalid = |e: String| PluginFailure::new(&plugin.id, FailureKind::InvalidOutput(e));
-                match reply {
+                refusing(step, match reply {
                     Reply::Filter(FilterAction::Continue(edits)) => {
                         headers::apply_edits(response.headers_mut(), &edits, None).map_err(|e| invalid(e.to_string()))?;
                         Ok("continue")
@@ -245,7 +245,7 @@ impl Chain {
                         Ok("respond")
                     }
                     _ => Err(invalid("unexpected reply kind".into())),
-                }
+                })
             });
             let decision = match outcome {
                 Ok(d) => d,
@@ -270,6 +270,7 @@ impl Chain {
                 continue;
             }
             if let Err(failure) = step.pool.call(&exchange.request_id, Call::Observe(exchange)).await {
+                plugin.count_failure(&failure);
                 tracing::warn!(
                     plugin = %plugin.id, kind = failure.kind.label(), request_id = %exchange.request_id,
                     detail = %failure.detail, "logging plugin failed"
@@ -279,9 +280,18 @@ impl Chain {
     }
 }
 
+/// Tells the breaker when the host refused what a call returned (the call itself succeeded).
+fn refusing<T>(step: &Step, outcome: Result<T, PluginFailure>) -> Result<T, PluginFailure> {
+    if outcome.is_err() {
+        step.pool.plugin().refused_output();
+    }
+    outcome
+}
+
 /// Applies the failure policy: fail-closed turns the failure into the request's error,
-/// fail-open records it and lets the chain go on.
+/// fail-open records it and lets the chain go on. Every request-path failure is counted here.
 fn fail(step: &Step, failure: PluginFailure, request_id: &str) -> Result<&'static str, GatewayError> {
+    step.pool.plugin().count_failure(&failure);
     tracing::warn!(
         plugin = %failure.plugin, kind = failure.kind.label(), request_id, detail = %failure.detail,
         policy = ?step.policy, "plugin call failed"

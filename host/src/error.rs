@@ -13,7 +13,8 @@ pub enum GatewayError {
     /// No route matches host, path and method (404).
     #[error("no route matches the request")]
     NoRoute,
-    /// A fail-closed plugin step failed (500). The failure is logged, never sent.
+    /// A fail-closed plugin step failed: 500, or 503 when the call was not made because the
+    /// plugin's breaker is open or no instance was free. The failure is logged, never sent.
     #[error(transparent)]
     PluginFailed(PluginFailure),
     /// The request body is larger than the chain buffers (413).
@@ -50,6 +51,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::PluginFailed(f) if f.kind.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BadBody(_) => StatusCode::BAD_REQUEST,
@@ -62,6 +64,7 @@ impl GatewayError {
     pub fn slug(&self) -> &'static str {
         match self {
             GatewayError::NoRoute => "no-route",
+            GatewayError::PluginFailed(f) if f.kind.is_unavailable() => "plugin-unavailable",
             GatewayError::PluginFailed(_) => "plugin-failed",
             GatewayError::BodyTooLarge { .. } => "body-too-large",
             GatewayError::BadBody(_) => "bad-body",
@@ -74,6 +77,9 @@ impl GatewayError {
     fn public_detail(&self) -> String {
         match self {
             GatewayError::NoRoute => "No route of this gateway matches the request.".into(),
+            GatewayError::PluginFailed(f) if f.kind.is_unavailable() => {
+                "A policy plugin is temporarily unavailable.".into()
+            }
             GatewayError::PluginFailed(_) => "A policy plugin failed while handling the request.".into(),
             GatewayError::BodyTooLarge { limit } => format!("The request body exceeds {limit} bytes."),
             GatewayError::BadBody(_) => "The request body could not be read.".into(),

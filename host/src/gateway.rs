@@ -51,7 +51,8 @@ impl Gateway {
     /// Errors: [`StartError::Config`] for any problem in the file or its plugins;
     /// [`StartError::Bind`] when an address is taken; [`StartError::Engine`].
     pub async fn start(config_file: &Path) -> Result<Gateway, StartError> {
-        let engine = PluginEngine::new().map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        let runtime = config::load(config_file)?.config.runtime;
+        let engine = PluginEngine::new(&runtime).map_err(|e| StartError::Engine(format!("{e:#}")))?;
         Self::start_with_engine(config_file, engine).await
     }
 
@@ -70,7 +71,12 @@ impl Gateway {
             let address = loaded.config.admin.address;
             let listener = TcpListener::bind(address).await.map_err(|source| StartError::Bind { address, source })?;
             let bound = listener.local_addr().map_err(|source| StartError::Bind { address, source })?;
-            tasks.spawn(crate::admin::serve(listener, ready.clone(), shutdown.subscribe()));
+            let state = crate::admin::AdminState {
+                ready: ready.clone(),
+                snapshot: snapshot.clone(),
+                metrics: engine.metrics().clone(),
+            };
+            tasks.spawn(crate::admin::serve(listener, state, shutdown.subscribe()));
             Some(bound)
         } else {
             None

@@ -25,6 +25,7 @@ pub mod chain;
 pub mod config;
 pub mod error;
 mod gateway;
+pub mod metrics;
 pub mod plugin;
 pub mod proxy;
 pub mod router;

@@ -75,7 +75,7 @@ fn main() -> ExitCode {
 async fn validate(file: &std::path::Path) -> ExitCode {
     let result = async {
         let loaded = portcullis::config::load(file)?;
-        let engine = portcullis::plugin::PluginEngine::new()
+        let engine = portcullis::plugin::PluginEngine::new(&loaded.config.runtime)
             .map_err(|e| anyhow::anyhow!("cannot create the plugin engine: {e:#}"))?;
         let snapshot = portcullis::snapshot::Snapshot::build(&loaded, &engine).await?;
         anyhow::Ok((loaded.config.routes.len(), snapshot.plugins.len()))

@@ -40,7 +40,7 @@ pub fn plugin(name: &str) -> PathBuf {
 /// each plugin compiles once however many gateways a test binary starts.
 pub fn engine() -> Arc<PluginEngine> {
     static ENGINE: OnceLock<Arc<PluginEngine>> = OnceLock::new();
-    ENGINE.get_or_init(|| PluginEngine::new().expect("creating the plugin engine")).clone()
+    ENGINE.get_or_init(|| PluginEngine::new(&Default::default()).expect("creating the plugin engine")).clone()
 }
 
 /// A gateway serving a configuration written to a temporary directory.
@@ -61,8 +61,16 @@ impl TestGateway {
     /// When the gateway refuses to start; use [`write_config`] and [`Gateway::start`] to test
     /// refusals.
     pub async fn start(config: &str) -> TestGateway {
+        Self::start_with(config, engine()).await
+    }
+
+    /// [`TestGateway::start`] on `engine` (e.g. one with fuel metering).
+    ///
+    /// # Panics
+    /// As [`TestGateway::start`].
+    pub async fn start_with(config: &str, engine: Arc<PluginEngine>) -> TestGateway {
         let (dir, file) = write_config(config);
-        let gateway = match Gateway::start_with_engine(&file, engine()).await {
+        let gateway = match Gateway::start_with_engine(&file, engine).await {
             Ok(g) => g,
             Err(e) => panic!("gateway refused the test configuration:\n{e}"),
         };
@@ -95,7 +103,9 @@ pub fn write_config(config: &str) -> (PathBuf, PathBuf) {
 }
 
 /// A gateway configuration in front of `upstream`, with the first-party plugins and test
-/// guests declared (`jwt`, `audit`, `chaos`, `chaos-open`), followed by `routes` (TOML).
+/// guests declared, followed by `routes` (TOML): `jwt`, `audit`, and the chaos test guest as
+/// `chaos` (fail-closed, 1 s deadline), `chaos-open` (fail-open), `chaos-breaker` (breaker
+/// opens after 3 failures, for 300 ms) and `chaos-fresh` (a fresh instance per request).
 pub fn config(upstream: SocketAddr, routes: &str) -> String {
     let jwks = root().join("examples/quickstart/keys/jwks.json");
     format!(
@@ -122,12 +132,29 @@ kind = "logging"
 [plugin.chaos]
 path = "{chaos}"
 kind = "filter"
-deadline_ms = 50
+capabilities = ["kv"]
+deadline_ms = 1000
+breaker = {{ failures = 1000 }}
 
 [plugin.chaos-open]
 path = "{chaos}"
 kind = "filter"
-deadline_ms = 50
+capabilities = ["kv"]
+failure_policy = "fail-open"
+deadline_ms = 1000
+breaker = {{ failures = 1000 }}
+
+[plugin.chaos-breaker]
+path = "{chaos}"
+kind = "filter"
+capabilities = ["kv"]
+breaker = {{ failures = 3, window_ms = 10000, open_ms = 300 }}
+
+[plugin.chaos-fresh]
+path = "{chaos}"
+kind = "filter"
+capabilities = ["kv"]
+isolation = "request"
 failure_policy = "fail-open"
 
 {routes}
@@ -183,6 +210,29 @@ pub async fn silent_upstream() -> SocketAddr {
 pub async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding");
     listener.local_addr().expect("local addr")
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition, if present.
+/// `labels` is written as it appears, e.g. `plugin="chaos",kind="trap"`.
+pub fn metric(exposition: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{name}{{{labels}}} ");
+    exposition.lines().find_map(|line| line.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+}
+
+/// The admin listener's `/metrics` text.
+pub async fn scrape(gateway: &TestGateway) -> String {
+    let reply = get(&format!("http://{}/metrics", gateway.admin), &[]).await;
+    String::from_utf8_lossy(&reply.body).into_owned()
+}
+
+/// This process's resident set size, in bytes (Linux `/proc/self/status` `VmRSS`).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Everything the gateway logged in this test binary since [`capture_logs`] was first called,

@@ -12,7 +12,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use model::{
-    Capability, FailurePolicy, GatewayConfig, PluginConfig, PluginKind, RouteConfig, StepConfig,
+    BreakerConfig, Capability, FailurePolicy, GatewayConfig, Isolation, PluginConfig, PluginKind, RouteConfig,
+    RuntimeConfig, StepConfig,
 };
 
 /// One problem in a configuration file.

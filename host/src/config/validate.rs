@@ -9,6 +9,7 @@ use super::Issue;
 /// Every problem in `config`, in file order; empty when it holds together.
 pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
     let mut issues = Vec::new();
+    check_range(&mut issues, "runtime.max_wasm_stack_kib", config.runtime.max_wasm_stack_kib, 64, 16 * 1024);
     if config.listeners.is_empty() {
         issues.push(Issue::new("listener", "at least one [[listener]] is required"));
     }
@@ -61,6 +62,15 @@ pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
         check_range(&mut issues, &format!("{at}.deadline_ms"), p.deadline_ms, 1, 60_000);
         check_range(&mut issues, &format!("{at}.max_instances"), p.max_instances as u64, 1, 1024);
         check_range(&mut issues, &format!("{at}.max_uses_per_instance"), p.max_uses_per_instance, 1, u64::MAX);
+        check_range(&mut issues, &format!("{at}.breaker.failures"), u64::from(p.breaker.failures), 1, 1_000_000);
+        check_range(&mut issues, &format!("{at}.breaker.window_ms"), p.breaker.window_ms, 1, 86_400_000);
+        check_range(&mut issues, &format!("{at}.breaker.open_ms"), p.breaker.open_ms, 1, 86_400_000);
+        if p.breaker.max_open_ms < p.breaker.open_ms {
+            issues.push(Issue::new(format!("{at}.breaker.max_open_ms"), "must be at least `open_ms`"));
+        }
+        if p.fuel.is_some() && !config.runtime.fuel_metering {
+            issues.push(Issue::new(format!("{at}.fuel"), "needs `fuel_metering = true` in [runtime]"));
+        }
         if !p.allowed_origins.is_empty() && !p.capabilities.contains(&Capability::HttpClient) {
             issues.push(Issue::new(
                 format!("{at}.allowed_origins"),

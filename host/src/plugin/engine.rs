@@ -14,6 +14,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::bindings::Gateway;
 use super::host::HostState;
 use super::kv::KvStore;
+use crate::config::RuntimeConfig;
+use crate::metrics::Metrics;
 
 /// How often the epoch advances. A call's deadline is rounded up to whole ticks, so a plugin
 /// with `deadline_ms = 100` is interrupted between 100 and 105 ms.
@@ -23,15 +25,14 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// it; each store is then held to its plugin's `memory_mib` by `StoreLimits`).
 pub const MAX_MEMORY_BYTES: usize = 4096 * 1024 * 1024;
 
-/// Wasm stack per call, in bytes: deep recursion traps with `stack overflow` instead of
-/// exhausting the host's stack.
-pub const MAX_WASM_STACK_BYTES: usize = 512 * 1024;
 
 /// The engine, its linker with every host capability, and the shared state behind them.
 pub struct PluginEngine {
     engine: Engine,
     linker: Linker<HostState>,
     kv: Arc<KvStore>,
+    metrics: Arc<Metrics>,
+    fuel_metering: bool,
     compiled: Mutex<HashMap<String, Component>>,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -45,11 +46,14 @@ impl std::fmt::Debug for PluginEngine {
 // === impl PluginEngine ===
 
 impl PluginEngine {
-    /// Creates the engine and starts its epoch ticker thread (stopped when this is dropped).
+    /// Creates the engine with `runtime`'s settings and starts its epoch ticker thread
+    /// (stopped when this is dropped). The wasm stack per call is `max_wasm_stack_kib`: deep
+    /// recursion traps with `stack overflow` instead of exhausting the host's stack.
     ///
     /// Errors: wasmtime refuses the configuration (for example, the host cannot reserve the
     /// pooling allocator's address space).
-    pub fn new() -> wasmtime::Result<Arc<Self>> {
+    pub fn new(runtime: &RuntimeConfig) -> wasmtime::Result<Arc<Self>> {
+        let stack = usize::try_from(runtime.max_wasm_stack_kib * 1024).unwrap_or(usize::MAX);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(1000)
             .total_core_instances(4000)
@@ -61,7 +65,10 @@ impl PluginEngine {
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
-            .max_wasm_stack(MAX_WASM_STACK_BYTES)
+            .consume_fuel(runtime.fuel_metering)
+            .max_wasm_stack(stack)
+            // Host calls run on the async fiber's stack too: keep 1 MiB above the wasm stack.
+            .async_stack_size(stack + 1024 * 1024)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)?;
 
@@ -85,6 +92,8 @@ impl PluginEngine {
             engine,
             linker,
             kv: Arc::new(KvStore::default()),
+            metrics: Arc::new(Metrics::default()),
+            fuel_metering: runtime.fuel_metering,
             compiled: Mutex::new(HashMap::new()),
             ticker_stop,
         }))
@@ -103,6 +112,16 @@ impl PluginEngine {
     /// The in-process key/value store shared by every plugin (namespaced per plugin id).
     pub fn kv(&self) -> &Arc<KvStore> {
         &self.kv
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Whether the engine counts fuel (`[runtime] fuel_metering`).
+    pub fn fuel_metering(&self) -> bool {
+        self.fuel_metering
     }
 
     /// Compiles `bytes` into a component, or returns the one compiled earlier from the same

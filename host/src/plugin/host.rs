@@ -11,8 +11,10 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::portcullis::plugin::{clock, http_client, kv, log, types};
+use super::failure::CapabilityDenied;
 use super::kv::{KvError as StoreError, KvStore};
 use crate::config::Capability;
+use crate::metrics::{Metrics, PluginLabels};
 
 /// Longest log message kept from a plugin, in bytes; longer ones are truncated.
 pub const MAX_LOG_MESSAGE_BYTES: usize = 16 * 1024;
@@ -24,6 +26,8 @@ pub struct Grants {
     pub plugin_id: Arc<str>,
     /// Granted capabilities beyond `log` and `clock`.
     pub capabilities: Vec<Capability>,
+    /// Log events kept per call.
+    pub max_log_events_per_call: u32,
 }
 
 /// Per-store state: WASI's empty context, resource limits, and the plugin's grants.
@@ -34,15 +38,18 @@ pub struct HostState {
     pub(crate) limits: StoreLimits,
     grants: Arc<Grants>,
     kv: Arc<KvStore>,
+    metrics: Arc<Metrics>,
     /// The request the current call serves, for log lines.
-    pub(crate) request_id: String,
+    request_id: String,
+    /// Log events emitted during the current call.
+    log_events: u32,
 }
 
 // === impl HostState ===
 
 impl HostState {
     /// State for one plugin instance, limited to `memory_bytes` of linear memory.
-    pub fn new(grants: Arc<Grants>, kv: Arc<KvStore>, memory_bytes: usize) -> Self {
+    pub fn new(grants: Arc<Grants>, kv: Arc<KvStore>, metrics: Arc<Metrics>, memory_bytes: usize) -> Self {
         HostState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -55,12 +62,27 @@ impl HostState {
                 .build(),
             grants,
             kv,
+            metrics,
             request_id: String::new(),
+            log_events: 0,
         }
     }
 
-    fn granted(&self, capability: Capability) -> bool {
-        self.grants.capabilities.contains(&capability)
+    /// Resets per-call state before a call made for `request_id`.
+    pub(crate) fn begin_call(&mut self, request_id: &str) {
+        self.request_id.clear();
+        self.request_id.push_str(request_id);
+        self.log_events = 0;
+    }
+
+    /// Traps the guest unless `capability` is granted. Load-time checks refuse components that
+    /// import capabilities they are not granted, so this is defence in depth.
+    fn require(&self, capability: Capability, name: &'static str) -> wasmtime::Result<()> {
+        if self.grants.capabilities.contains(&capability) {
+            Ok(())
+        } else {
+            Err(wasmtime::Error::new(CapabilityDenied(name)))
+        }
     }
 }
 
@@ -79,6 +101,12 @@ impl log::Host for HostState {
         mut message: String,
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
+        self.log_events += 1;
+        if self.log_events > self.grants.max_log_events_per_call {
+            let labels = PluginLabels { plugin: self.grants.plugin_id.to_string() };
+            self.metrics.log_events_dropped.get_or_create(&labels).inc();
+            return Ok(());
+        }
         if message.len() > MAX_LOG_MESSAGE_BYTES {
             let mut cut = MAX_LOG_MESSAGE_BYTES;
             while !message.is_char_boundary(cut) {
@@ -118,30 +146,22 @@ impl std::fmt::Display for FieldList<'_> {
 
 impl kv::Host for HostState {
     fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::KvError>> {
-        if !self.granted(Capability::Kv) {
-            return Ok(Err(kv::KvError::Denied));
-        }
+        self.require(Capability::Kv, "kv")?;
         Ok(Ok(self.kv.get(&self.grants.plugin_id, &key)))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<Result<(), kv::KvError>> {
-        if !self.granted(Capability::Kv) {
-            return Ok(Err(kv::KvError::Denied));
-        }
+        self.require(Capability::Kv, "kv")?;
         Ok(self.kv.set(&self.grants.plugin_id, &key, value, ttl_ms).map_err(wit_kv_error))
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, kv::KvError>> {
-        if !self.granted(Capability::Kv) {
-            return Ok(Err(kv::KvError::Denied));
-        }
+        self.require(Capability::Kv, "kv")?;
         Ok(Ok(self.kv.delete(&self.grants.plugin_id, &key)))
     }
 
     fn increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> wasmtime::Result<Result<i64, kv::KvError>> {
-        if !self.granted(Capability::Kv) {
-            return Ok(Err(kv::KvError::Denied));
-        }
+        self.require(Capability::Kv, "kv")?;
         Ok(self.kv.increment(&self.grants.plugin_id, &key, delta, ttl_ms).map_err(wit_kv_error))
     }
 
@@ -152,9 +172,7 @@ impl kv::Host for HostState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<bool, kv::KvError>> {
-        if !self.granted(Capability::Kv) {
-            return Ok(Err(kv::KvError::Denied));
-        }
+        self.require(Capability::Kv, "kv")?;
         Ok(self
             .kv
             .compare_and_swap(&self.grants.plugin_id, &key, expected.as_deref(), value, ttl_ms)
@@ -184,11 +202,8 @@ impl http_client::Host for HostState {
         &mut self,
         request: http_client::OutboundRequest,
     ) -> wasmtime::Result<Result<http_client::OutboundResponse, http_client::HttpError>> {
-        let why = if self.granted(Capability::HttpClient) {
-            format!("outbound HTTP is not available in this Portcullis version (to {})", request.url)
-        } else {
-            "the http-client capability is not granted to this plugin".to_owned()
-        };
+        self.require(Capability::HttpClient, "http-client")?;
+        let why = format!("outbound HTTP is not available in this Portcullis version (to {})", request.url);
         Ok(Err(http_client::HttpError::NotAllowed(why)))
     }
 }

@@ -8,26 +8,29 @@
 //! instance that fails is discarded, never returned to the pool.
 
 pub mod bindings;
+pub mod breaker;
 mod engine;
 mod failure;
 mod host;
+mod imports;
 mod instance;
 pub mod kv;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre};
 
-pub use engine::{EPOCH_TICK, MAX_MEMORY_BYTES, MAX_WASM_STACK_BYTES, PluginEngine};
-pub use failure::{FailureKind, PluginFailure};
+use breaker::{Admission, Breaker};
+pub use engine::{EPOCH_TICK, MAX_MEMORY_BYTES, PluginEngine};
+pub use failure::{CapabilityDenied, FailureKind, PluginFailure};
 pub use host::{Grants, HostState, MAX_LOG_MESSAGE_BYTES};
 pub use instance::{Call, Reply};
 use instance::{Instance, KindIndices};
 
-use crate::config::{FailurePolicy, PluginConfig, PluginKind};
+use crate::config::{FailurePolicy, Isolation, PluginConfig, PluginKind};
 
 /// The configuration a plugin's `configure` refused: JSON pointer and message.
 pub use bindings::portcullis::plugin::types::ConfigError as PluginConfigError;
@@ -50,6 +53,9 @@ pub struct LoadedPlugin {
     deadline: Duration,
     max_instances: usize,
     max_uses: u64,
+    isolation: Isolation,
+    fuel: Option<u64>,
+    breaker: Breaker,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -74,8 +80,10 @@ pub enum StepLoadError {
 impl LoadedPlugin {
     /// Prepares `component` as plugin `id` configured by `config`.
     ///
-    /// Errors (as text for the configuration report): an import the host does not provide
-    /// (for example `wasi:sockets` or an unknown interface), or no export of `config.kind`.
+    /// Errors (as text for the configuration report): imports the host never provides
+    /// (`wasi:sockets`, `wasi:filesystem`, `wasi:http`, unknown interfaces) or capabilities the
+    /// plugin is not granted, all listed; no export of `config.kind`; `fuel` without fuel
+    /// metering.
     pub fn new(
         engine: Arc<PluginEngine>,
         id: &str,
@@ -83,6 +91,10 @@ impl LoadedPlugin {
         component: &Component,
         content_hash: String,
     ) -> Result<Self, String> {
+        imports::check(engine.engine(), component, &config.capabilities)?;
+        if config.fuel.is_some() && !engine.fuel_metering() {
+            return Err("`fuel` needs `fuel_metering = true` in [runtime] when the gateway starts".into());
+        }
         let pre = engine.linker().instantiate_pre(component).map_err(|e| format!("{e:#}"))?;
         let indices = KindIndices::new(config.kind, &pre).map_err(|e| {
             format!("the component does not export the `{}` kind's interface: {e:#}", config.kind)
@@ -96,7 +108,11 @@ impl LoadedPlugin {
             kind: config.kind,
             policy,
             content_hash,
-            grants: Arc::new(Grants { plugin_id: id.into(), capabilities: config.capabilities.clone() }),
+            grants: Arc::new(Grants {
+                plugin_id: id.into(),
+                capabilities: config.capabilities.clone(),
+                max_log_events_per_call: config.max_log_events_per_call,
+            }),
             engine,
             pre,
             indices,
@@ -104,7 +120,37 @@ impl LoadedPlugin {
             deadline: Duration::from_millis(config.deadline_ms),
             max_instances: config.max_instances,
             max_uses: config.max_uses_per_instance,
+            isolation: config.isolation,
+            fuel: config.fuel,
+            breaker: Breaker::new(&config.breaker),
         })
+    }
+
+    /// The crash-loop breaker's state.
+    pub fn breaker_state(&self) -> breaker::BreakerState {
+        self.breaker.state()
+    }
+
+    /// Counts `failure` in `portcullis_plugin_failures_total`. Every failure of this plugin
+    /// passes here once, whether the call failed or the host refused what it returned.
+    pub fn count_failure(&self, failure: &PluginFailure) {
+        self.engine.metrics().plugin_failed(&self.id, failure.kind.label());
+    }
+
+    /// Records a call outcome in the breaker and publishes its state.
+    fn record_outcome(&self, ok: bool, probe: bool) {
+        if self.breaker.record(Instant::now(), ok, probe) {
+            tracing::error!(plugin = %self.id, "crash-loop breaker opened: calls fail fast until a probe succeeds");
+        }
+        let labels = crate::metrics::PluginLabels { plugin: self.id.to_string() };
+        let open = i64::from(self.breaker.state() != breaker::BreakerState::Closed);
+        self.engine.metrics().breaker_open.get_or_create(&labels).set(open);
+    }
+
+    /// A call returned output the host refused: a failure for the breaker too, since the
+    /// call itself reported success.
+    pub fn refused_output(&self) {
+        self.record_outcome(false, false);
     }
 
     /// The per-call deadline.
@@ -118,11 +164,15 @@ impl LoadedPlugin {
     }
 
     async fn instantiate(&self) -> wasmtime::Result<Instance> {
-        let state = HostState::new(self.grants.clone(), self.engine.kv().clone(), self.memory_bytes);
+        let state =
+            HostState::new(self.grants.clone(), self.engine.kv().clone(), self.engine.metrics().clone(), self.memory_bytes);
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(Self::ticks(self.deadline));
+        if self.engine.fuel_metering() {
+            store.set_fuel(u64::MAX)?;
+        }
         let instance = self.pre.instantiate_async(&mut store).await?;
         let guest = self.indices.load(&mut store, &instance)?;
         Ok(Instance { store, guest, uses: 0 })
@@ -189,6 +239,9 @@ impl StepPool {
             .map_err(|e| StepLoadError::Failed(PluginFailure::new(id, FailureKind::Unavailable(format!("{e:#}")))))?;
         let configure_deadline = (self.plugin.deadline * 10).max(Duration::from_secs(1));
         instance.store.set_epoch_deadline(LoadedPlugin::ticks(configure_deadline));
+        if self.plugin.engine.fuel_metering() {
+            instance.store.set_fuel(u64::MAX).map_err(|e| StepLoadError::Failed(PluginFailure::from_wasmtime(id, &e)))?;
+        }
         match instance.configure(&self.config).await {
             Ok(Ok(())) => Ok(instance),
             Ok(Err(refused)) => Err(StepLoadError::Refused(refused)),
@@ -196,18 +249,34 @@ impl StepPool {
         }
     }
 
-    /// Makes `call` on a pooled instance (or a fresh one when none is idle), under the plugin's
-    /// deadline and limits.
+    /// Makes `call` on a pooled instance (or a fresh one when none is idle, or always with
+    /// `isolation = "request"`), under the plugin's deadline, fuel and limits, unless the
+    /// plugin's breaker is open. The caller counts failures with
+    /// [`LoadedPlugin::count_failure`].
     ///
-    /// Errors: a [`PluginFailure`]: timeout, out of memory, trap, or no instance available
-    /// within the deadline (all `max_instances` busy).
+    /// Errors: a [`PluginFailure`]: timeout, out of fuel or memory, trap, capability denied,
+    /// breaker open, or no instance available within the deadline (all `max_instances` busy).
     pub async fn call(&self, request_id: &str, call: Call<'_>) -> Result<Reply, PluginFailure> {
+        let plugin = &self.plugin;
+        let admission = plugin.breaker.admit(Instant::now());
+        let result = match admission {
+            Admission::Refused => Err(PluginFailure::new(&plugin.id, FailureKind::BreakerOpen)),
+            Admission::Allowed | Admission::Probe => self.call_instance(request_id, call).await,
+        };
+        if admission != Admission::Refused {
+            plugin.record_outcome(result.is_ok(), admission == Admission::Probe);
+        }
+        result
+    }
+
+    async fn call_instance(&self, request_id: &str, call: Call<'_>) -> Result<Reply, PluginFailure> {
         let id = &self.plugin.id;
         let _permit = tokio::time::timeout(self.plugin.deadline, self.permits.acquire())
             .await
             .map_err(|_| PluginFailure::new(id, FailureKind::Unavailable("every instance is busy".into())))?
             .map_err(|_| PluginFailure::new(id, FailureKind::Unavailable("pool closed".into())))?;
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let reuse = self.plugin.isolation == Isolation::Reuse;
+        let idle = if reuse { self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() } else { None };
         let mut instance = match idle {
             Some(instance) => instance,
             None => self.fresh().await.map_err(|e| match e {
@@ -218,12 +287,14 @@ impl StepPool {
                 ),
             })?,
         };
-        instance.store.data_mut().request_id.clear();
-        instance.store.data_mut().request_id.push_str(request_id);
+        instance.store.data_mut().begin_call(request_id);
         instance.store.set_epoch_deadline(LoadedPlugin::ticks(self.plugin.deadline));
+        if let Some(fuel) = self.plugin.fuel {
+            instance.store.set_fuel(fuel).map_err(|e| PluginFailure::from_wasmtime(id, &e))?;
+        }
         let reply = instance.invoke(call).await.map_err(|e| PluginFailure::from_wasmtime(id, &e))?;
         instance.uses += 1;
-        if instance.uses < self.plugin.max_uses {
+        if reuse && instance.uses < self.plugin.max_uses {
             self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(instance);
         }
         Ok(reply)

@@ -1,14 +1,27 @@
 //! Test guest: a `filter` plugin that misbehaves when the request asks it to, so the end-to-end
 //! tests can check that a failing plugin fails its own request and nothing else.
 //!
-//! - `x-chaos: panic`: panics (a wasm `unreachable` trap).
-//! - `x-chaos: loop`: loops forever (stopped by the host's epoch deadline).
-//! - `x-chaos: crlf`: asks to set a header whose value contains CR LF (invalid output).
-//! - `x-chaos: status`: answers a local response with status 999 (invalid output).
+//! `x-chaos` selects the behaviour:
+//! - `panic`: panics (a wasm `unreachable` trap).
+//! - `loop`: loops forever (stopped by the host's epoch deadline, or by fuel).
+//! - `oom`: allocates 1 MiB blocks until memory runs out (the host's memory limit).
+//! - `recurse-big`: recurses with 64 KiB frames, which Rust keeps on the shadow stack in linear
+//!   memory (overflows it: out-of-bounds memory access).
+//! - `recurse-small`: recurses with tiny frames (overflows the wasm stack).
+//! - `crlf`: asks to set a header whose value contains CR LF (invalid output).
+//! - `status`: answers a local response with status 999 (invalid output).
+//! - `big-body`: answers a local response with a 10 MiB body (invalid output).
+//! - `log-flood`: emits 10,000 log events, then continues.
+//! - `count`: increments the `kv` counter `hits` and sets `x-count` to its value.
+//! - `calls`: sets `x-calls` to how many `calls` requests this instance has served (memory
+//!   that survives between requests only when instances are reused).
 //! - otherwise: sets `x-filtered: yes` and, when an earlier step established an identity,
 //!   `x-seen-subject: <subject>`.
 
-use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, LocalResponse, Plugin, RequestHead};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, Level, LocalResponse, Plugin, RequestHead};
 use serde::Deserialize;
 
 /// No settings.
@@ -26,6 +39,20 @@ impl Plugin for ChaosFilter {
     }
 }
 
+/// Requests with `x-chaos: calls` served by this instance.
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+#[inline(never)]
+fn recurse_big(n: u64) -> u64 {
+    let frame = black_box([n as u8; 64 * 1024]);
+    if n == 0 { u64::from(frame[0]) } else { recurse_big(n - 1) + u64::from(black_box(&frame)[(n % 1024) as usize]) }
+}
+
+#[inline(never)]
+fn recurse_small(n: u64) -> u64 {
+    if n == 0 { 0 } else { 1 + recurse_small(black_box(n - 1)) }
+}
+
 impl Filter for ChaosFilter {
     fn on_request(&self, request: &RequestHead, identity: Option<&Identity>) -> FilterAction {
         match request.header("x-chaos") {
@@ -33,11 +60,36 @@ impl Filter for ChaosFilter {
             Some("loop") => {
                 let mut n: u64 = 0;
                 loop {
-                    n = std::hint::black_box(n.wrapping_add(1));
+                    n = black_box(n.wrapping_add(1));
                 }
+            }
+            Some("oom") => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            Some("recurse-big") => FilterAction::Continue(HeaderEdits::default().set("x-depth", &recurse_big(1 << 20).to_string())),
+            Some("recurse-small") => {
+                FilterAction::Continue(HeaderEdits::default().set("x-depth", &recurse_small(1 << 40).to_string()))
             }
             Some("crlf") => FilterAction::Continue(HeaderEdits::default().set("x-injected", "a\r\nx-evil: 1")),
             Some("status") => FilterAction::Respond(LocalResponse::new(999)),
+            Some("big-body") => FilterAction::Respond(LocalResponse::new(200).with_body(vec![b'x'; 10 << 20])),
+            Some("log-flood") => {
+                for i in 0..10_000 {
+                    portcullis_sdk::log(Level::Info, &format!("flood {i}"));
+                }
+                FilterAction::Continue(HeaderEdits::default().set("x-filtered", "yes"))
+            }
+            Some("calls") => {
+                let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+                FilterAction::Continue(HeaderEdits::default().set("x-calls", &calls.to_string()))
+            }
+            Some("count") => {
+                let hits = portcullis_sdk::kv::increment("hits", 1, None).unwrap_or(-1);
+                FilterAction::Continue(HeaderEdits::default().set("x-count", &hits.to_string()))
+            }
             _ => {
                 let mut edits = HeaderEdits::default().set("x-filtered", "yes");
                 if let Some(identity) = identity {
