@@ -2,6 +2,7 @@
 //! - one `filter` plugin call on a warm instance, through the host's `StepPool` (host overhead
 //!   of lowering the request head and lifting the answer included);
 //! - one `jwt-auth` call on a warm instance (an RS256 signature check inside wasm);
+//! - a plugin that loops forever, at the default 100 ms deadline: request start to its 500;
 //! - whole requests over loopback (sequential, keep-alive, real client and echo upstream) on a
 //!   route with no plugins and on the quickstart's two-step chain (jwt-auth → audit-log).
 //!
@@ -52,8 +53,13 @@ async fn main() {
         route("filter", "/filter/", &[("chaos", None)]),
         route("jwt", "/jwt/", &[("jwt", Some(JWT_CONFIG))]),
         route("two-step", "/api/", &[("jwt", Some(JWT_CONFIG)), ("audit", None)]),
+        route("looping", "/loop/", &[("looper", None)]),
     ]
-    .concat();
+    .concat()
+        + &format!(
+            "\n[plugin.looper]\npath = \"{}\"\nkind = \"filter\"\ncapabilities = [\"kv\"]\nbreaker = {{ failures = 1000000 }}\n",
+            portcullis_e2e::plugin("chaos_filter").display()
+        );
     let gw = TestGateway::start(&config(upstream, &routes)).await;
     let snapshot = gw.gateway.snapshot();
     let token = mint(&claims("alice"));
@@ -107,6 +113,14 @@ async fn main() {
             out.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(REQUESTS));
         }
     }
+    // A plugin that loops forever, at the default 100 ms deadline: call start to 5xx.
+    let mut looping = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let reply = get(&gw.url("/loop/x"), &[("x-chaos", "loop")]).await;
+        assert_eq!(reply.status, 500);
+        looping.push(started.elapsed().as_secs_f64() * 1e3);
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     println!("| measurement | median µs | rounds |");
@@ -118,5 +132,10 @@ async fn main() {
     println!("| request, no plugins (loopback round trip incl. client and upstream) | {bare:.1} | {ROUNDS} × {REQUESTS} |");
     println!("| request, two-step chain jwt-auth → audit-log | {two_step:.1} | {ROUNDS} × {REQUESTS} |");
     println!("| added by the two-step chain | {:.1} | |", two_step - bare);
+    let (min, max) = looping.iter().fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    println!(
+        "| looping plugin, default 100 ms deadline: request start to 500, ms (min–max {min:.1}–{max:.1}) | {:.1} ms | 20 |",
+        median(looping)
+    );
     gw.stop().await;
 }
