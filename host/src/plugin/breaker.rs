@@ -123,6 +123,15 @@ impl Breaker {
         }
     }
 
+    /// Forgets a probe that never reported (its call was cancelled, e.g. the client went
+    /// away), so the next call can probe instead of the breaker refusing forever.
+    pub fn abandon_probe(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let State::HalfOpen { probing, .. } = &mut *state {
+            *probing = false;
+        }
+    }
+
     /// The current state.
     pub fn state(&self) -> BreakerState {
         match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -176,6 +185,17 @@ mod tests {
         b.record(t0 + ms(152), true, true);
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(b.admit(t0 + ms(153)), Admission::Allowed);
+    }
+
+    #[test]
+    fn breaker_allows_a_new_probe_after_an_abandoned_one() {
+        let (b, t0) = (breaker(), Instant::now());
+        for i in 0..3 {
+            b.record(t0 + ms(i), false, false);
+        }
+        assert_eq!(b.admit(t0 + ms(150)), Admission::Probe);
+        b.abandon_probe();
+        assert_eq!(b.admit(t0 + ms(160)), Admission::Probe);
     }
 
     #[test]

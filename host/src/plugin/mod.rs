@@ -179,6 +179,20 @@ impl LoadedPlugin {
     }
 }
 
+/// Releases a half-open breaker's probe slot if the probe call is dropped before it reports.
+struct ProbeGuard<'a> {
+    breaker: &'a Breaker,
+    pending: bool,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.pending {
+            self.breaker.abandon_probe();
+        }
+    }
+}
+
 /// A plugin configured for one step: a pool of configured instances.
 pub struct StepPool {
     plugin: Arc<LoadedPlugin>,
@@ -214,7 +228,11 @@ impl StepPool {
             .body_limit()
             .await
             .map_err(|e| StepLoadError::Failed(PluginFailure::from_wasmtime(&pool.plugin.id, &e)))?;
-        pool.idle.get_mut().unwrap_or_else(|e| e.into_inner()).push(first);
+        // With request isolation every call gets a fresh instance: the first one only proved
+        // that the configuration is accepted.
+        if pool.plugin.isolation == Isolation::Reuse {
+            pool.idle.get_mut().unwrap_or_else(|e| e.into_inner()).push(first);
+        }
         Ok(pool)
     }
 
@@ -259,13 +277,13 @@ impl StepPool {
     pub async fn call(&self, request_id: &str, call: Call<'_>) -> Result<Reply, PluginFailure> {
         let plugin = &self.plugin;
         let admission = plugin.breaker.admit(Instant::now());
-        let result = match admission {
-            Admission::Refused => Err(PluginFailure::new(&plugin.id, FailureKind::BreakerOpen)),
-            Admission::Allowed | Admission::Probe => self.call_instance(request_id, call).await,
-        };
-        if admission != Admission::Refused {
-            plugin.record_outcome(result.is_ok(), admission == Admission::Probe);
+        if admission == Admission::Refused {
+            return Err(PluginFailure::new(&plugin.id, FailureKind::BreakerOpen));
         }
+        let mut probe = ProbeGuard { breaker: &plugin.breaker, pending: admission == Admission::Probe };
+        let result = self.call_instance(request_id, call).await;
+        probe.pending = false;
+        plugin.record_outcome(result.is_ok(), admission == Admission::Probe);
         result
     }
 
