@@ -5,6 +5,10 @@
 //! - `GET /metrics`: Prometheus metrics, text exposition format.
 //! - `GET /plugins`: each loaded plugin's id, kind, content hash (SHA-256), failure policy and
 //!   crash-loop breaker state, as JSON.
+//! - `POST /reload`: reloads the configuration now; 200 `{"result":"ok"}`, or 422 with an RFC
+//!   9457 problem whose `errors` list every problem (the running configuration keeps serving).
+//! - `GET /reloads`: the recent reload attempts (time, cause, result, error, warnings,
+//!   duration, and each plugin's SHA-256), oldest first.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,6 +26,7 @@ use tokio::sync::watch;
 use crate::body::{Body, full};
 use crate::error::problem;
 use crate::metrics::Metrics;
+use crate::reload::{ReloadCause, Reloader};
 use crate::snapshot::Snapshot;
 
 /// What the admin endpoints report on.
@@ -33,6 +38,8 @@ pub struct AdminState {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
+    /// Performs reloads.
+    pub reloader: Arc<Reloader>,
 }
 
 /// Serves the admin endpoints until `shutdown` turns true.
@@ -46,7 +53,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
         let state = state.clone();
         let service = service_fn(move |request| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(route(&request, &state)) }
+            async move { Ok::<_, Infallible>(route(&request, &state).await) }
         });
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
@@ -57,8 +64,24 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
     }
 }
 
-fn route(request: &Request<Incoming>, state: &AdminState) -> Response<Body> {
+async fn route(request: &Request<Incoming>, state: &AdminState) -> Response<Body> {
     match (request.method(), request.uri().path()) {
+        (&Method::POST, "/reload") => match state.reloader.reload(ReloadCause::Request).await {
+            Ok(()) => json(StatusCode::OK, r#"{"result":"ok"}"#.into()),
+            Err(e) => {
+                let errors: Vec<serde_json::Value> = e.to_string().lines().map(|l| l.into()).collect();
+                problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "reload-failed",
+                    "The configuration was not reloaded; the running one keeps serving.",
+                    "-",
+                    Some(("errors", serde_json::Value::Array(errors))),
+                )
+            }
+        },
+        (&Method::GET, "/reloads") => {
+            json(StatusCode::OK, serde_json::json!({ "reloads": state.reloader.history() }).to_string())
+        }
         (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         (&Method::GET, "/readyz") if state.ready.load(Ordering::Acquire) => {
             json(StatusCode::OK, r#"{"status":"ready"}"#.into())

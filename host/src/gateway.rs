@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{self, ConfigError};
 use crate::plugin::PluginEngine;
+use crate::reload::{ReloadCause, Reloader};
 use crate::snapshot::Snapshot;
 
 /// Why the gateway could not start.
@@ -38,6 +39,7 @@ pub struct Gateway {
     listener_addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     snapshot: Arc<ArcSwap<Snapshot>>,
+    reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -66,6 +68,12 @@ impl Gateway {
         let (shutdown, _) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
         let mut tasks = JoinSet::new();
+        let reloader = Arc::new(Reloader::new(config_file, &loaded.config, engine.clone(), snapshot.clone()));
+        if loaded.config.reload.watch {
+            let debounce = std::time::Duration::from_millis(loaded.config.reload.debounce_ms);
+            tasks.spawn(crate::reload::watch_files(reloader.clone(), debounce, shutdown.subscribe()));
+        }
+        tasks.spawn(crate::reload::on_sighup(reloader.clone(), shutdown.subscribe()));
 
         let admin_addr = if loaded.config.admin.enabled {
             let address = loaded.config.admin.address;
@@ -75,6 +83,7 @@ impl Gateway {
                 ready: ready.clone(),
                 snapshot: snapshot.clone(),
                 metrics: engine.metrics().clone(),
+                reloader: reloader.clone(),
             };
             tasks.spawn(crate::admin::serve(listener, state, shutdown.subscribe()));
             Some(bound)
@@ -92,7 +101,7 @@ impl Gateway {
         }
         ready.store(true, Ordering::Release);
         tracing::info!(listeners = ?listener_addrs, admin = ?admin_addr, config = %config_file.display(), "portcullis is serving");
-        Ok(Gateway { listener_addrs, admin_addr, snapshot, shutdown, tasks })
+        Ok(Gateway { listener_addrs, admin_addr, snapshot, reloader, shutdown, tasks })
     }
 
     /// The bound addresses of the listeners, in configuration order.
@@ -108,6 +117,18 @@ impl Gateway {
     /// The snapshot currently serving.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Reloads the configuration now, as SIGHUP or `POST /reload` do.
+    ///
+    /// Errors: every problem found; the running snapshot keeps serving.
+    pub async fn reload(&self) -> Result<(), ConfigError> {
+        self.reloader.reload(ReloadCause::Request).await
+    }
+
+    /// The recent reload attempts, oldest first.
+    pub fn reloads(&self) -> Vec<crate::reload::ReloadRecord> {
+        self.reloader.history()
     }
 
     /// Stops accepting, lets in-flight requests finish (up to

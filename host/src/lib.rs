@@ -28,6 +28,7 @@ mod gateway;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;

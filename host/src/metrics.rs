@@ -20,6 +20,13 @@ pub struct FailureLabels {
     pub kind: String,
 }
 
+/// Labels of a configuration reload.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `error`.
+    pub result: String,
+}
+
 /// Labels naming a plugin.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabels {
@@ -39,6 +46,8 @@ pub struct Metrics {
     pub log_events_dropped: Family<PluginLabels, Counter>,
     /// `portcullis_plugin_breaker_open{plugin}`: 1 while a plugin's breaker is open or half-open.
     pub breaker_open: Family<PluginLabels, Gauge>,
+    /// `portcullis_config_reloads_total{result}`: reload attempts, `ok` or `error`.
+    pub config_reloads: Family<ReloadLabels, Counter>,
 }
 
 // === impl Metrics ===
@@ -56,7 +65,9 @@ impl Default for Metrics {
         );
         let breaker_open = Family::<PluginLabels, Gauge>::default();
         registry.register("plugin_breaker_open", "1 while a plugin's crash-loop breaker is open", breaker_open.clone());
-        Metrics { registry: Mutex::new(registry), plugin_failures, log_events_dropped, breaker_open }
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register("config_reloads", "Configuration reload attempts, by result", config_reloads.clone());
+        Metrics { registry: Mutex::new(registry), plugin_failures, log_events_dropped, breaker_open, config_reloads }
     }
 }
 

@@ -2,7 +2,8 @@
 //! upstreams and plugins. Built whole, off the request path, from a [`LoadedConfig`]; a request
 //! holds the snapshot it started with until it completes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::HeaderName;
@@ -39,6 +40,9 @@ pub struct Snapshot {
     pub identity: IdentityHeaders,
     /// Loaded plugins by id.
     pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
+    /// Every file this snapshot was built from: the configuration file, plugin files and
+    /// `$file` references. Hot reload watches them.
+    pub sources: BTreeSet<PathBuf>,
 }
 
 // === impl Snapshot ===
@@ -55,6 +59,7 @@ impl Snapshot {
     pub async fn build(loaded: &LoadedConfig, engine: &Arc<PluginEngine>) -> Result<Snapshot, ConfigError> {
         let config = &loaded.config;
         let mut issues = Vec::new();
+        let mut sources = BTreeSet::from([loaded.file.clone()]);
 
         let router = Router::build(&config.routes).unwrap_or_else(|mut e| {
             issues.append(&mut e);
@@ -64,6 +69,7 @@ impl Snapshot {
         let mut plugins = BTreeMap::new();
         for (id, plugin_config) in &config.plugins {
             let path = loaded.resolve(&plugin_config.path);
+            sources.insert(path.clone());
             let field = format!("plugin.{id}.path");
             let engine_for_compile = engine.clone();
             let compiled = tokio::task::spawn_blocking(move || {
@@ -104,7 +110,7 @@ impl Snapshot {
             for (j, step) in route.chain.iter().enumerate() {
                 let at = format!("route[{i}].chain[{j}].config");
                 let Some(plugin) = plugins.get(&step.plugin) else { continue };
-                let json = match step_config_json(loaded, step.config.as_ref()) {
+                let json = match step_config_json(loaded, step.config.as_ref(), &mut sources) {
                     Ok(json) => json,
                     Err(message) => {
                         issues.push(Issue::new(at, message));
@@ -140,22 +146,30 @@ impl Snapshot {
         if !issues.is_empty() {
             return Err(loaded.invalid(issues));
         }
-        Ok(Snapshot { router, routes, identity, plugins })
+        Ok(Snapshot { router, routes, identity, plugins, sources })
     }
 }
 
 /// The step's TOML table as JSON text, with every `{ "$file" = "PATH" }` table replaced by the
 /// text of that file (relative to the configuration file).
-fn step_config_json(loaded: &LoadedConfig, table: Option<&toml::Table>) -> Result<String, String> {
+fn step_config_json(
+    loaded: &LoadedConfig,
+    table: Option<&toml::Table>,
+    sources: &mut BTreeSet<PathBuf>,
+) -> Result<String, String> {
     let mut value = match table {
         Some(t) => serde_json::to_value(t).map_err(|e| e.to_string())?,
         None => serde_json::Value::Object(serde_json::Map::new()),
     };
-    resolve_files(loaded, &mut value)?;
+    resolve_files(loaded, &mut value, sources)?;
     Ok(value.to_string())
 }
 
-fn resolve_files(loaded: &LoadedConfig, value: &mut serde_json::Value) -> Result<(), String> {
+fn resolve_files(
+    loaded: &LoadedConfig,
+    value: &mut serde_json::Value,
+    sources: &mut BTreeSet<PathBuf>,
+) -> Result<(), String> {
     use serde_json::Value;
     match value {
         Value::Object(map) if map.len() == 1 && map.contains_key("$file") => {
@@ -163,12 +177,13 @@ fn resolve_files(loaded: &LoadedConfig, value: &mut serde_json::Value) -> Result
                 return Err("`$file` must be a path string".into());
             };
             let full = loaded.resolve(std::path::Path::new(path));
+            sources.insert(full.clone());
             let text = std::fs::read_to_string(&full).map_err(|e| format!("cannot read `$file` {}: {e}", full.display()))?;
             *value = Value::String(text);
             Ok(())
         }
-        Value::Object(map) => map.values_mut().try_for_each(|v| resolve_files(loaded, v)),
-        Value::Array(items) => items.iter_mut().try_for_each(|v| resolve_files(loaded, v)),
+        Value::Object(map) => map.values_mut().try_for_each(|v| resolve_files(loaded, v, sources)),
+        Value::Array(items) => items.iter_mut().try_for_each(|v| resolve_files(loaded, v, sources)),
         _ => Ok(()),
     }
 }

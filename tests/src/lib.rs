@@ -79,6 +79,11 @@ impl TestGateway {
         TestGateway { gateway, addr, admin, dir }
     }
 
+    /// The configuration file the gateway serves; rewrite it to test reloads.
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.join("gateway.toml")
+    }
+
     /// `http://ADDR{path}` on the first listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
@@ -299,6 +304,14 @@ pub async fn send(request: Request<Full<Bytes>>) -> Reply {
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("reading the body").to_bytes();
     Reply { status: parts.status, headers: parts.headers, body }
+}
+
+/// Replaces `path` with `contents` the way editors and deploy tools do: write a temporary file
+/// beside it, then rename it over the original (an atomic swap for readers).
+pub fn replace_file(path: &Path, contents: &[u8]) {
+    let tmp = path.with_extension("tmp-swap");
+    std::fs::write(&tmp, contents).expect("writing the replacement");
+    std::fs::rename(&tmp, path).expect("renaming the replacement into place");
 }
 
 /// `GET url` with `headers`.

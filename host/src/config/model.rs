@@ -22,6 +22,9 @@ pub struct GatewayConfig {
     /// Settings of the WebAssembly engine, shared by every plugin.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Hot reload.
+    #[serde(default)]
+    pub reload: ReloadConfig,
     /// Identity headers sent upstream.
     #[serde(default)]
     pub identity: IdentityConfig,
@@ -85,6 +88,26 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig { max_wasm_stack_kib: defaults::max_wasm_stack_kib(), fuel_metering: false }
+    }
+}
+
+/// `[reload]`: how the gateway notices configuration and plugin changes. Reloads also happen
+/// on SIGHUP and `POST /reload` on the admin listener, whatever this says.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Watch the configuration file, every plugin file and every `$file` reference.
+    #[serde(default = "defaults::yes")]
+    pub watch: bool,
+    /// Quiet time after the last file event before reloading, in ms (coalesces bursts of
+    /// writes, e.g. an editor's save or a file copied in several writes).
+    #[serde(default = "defaults::debounce_ms")]
+    pub debounce_ms: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig { watch: true, debounce_ms: defaults::debounce_ms() }
     }
 }
 
@@ -385,6 +408,10 @@ pub mod defaults {
     /// 10,000 calls.
     pub fn max_uses() -> u64 {
         10_000
+    }
+    /// 100 ms: reloads land well within a second of the write.
+    pub fn debounce_ms() -> u64 {
+        100
     }
     /// 100 events.
     pub fn max_log_events() -> u32 {

@@ -143,6 +143,15 @@ impl PluginEngine {
     }
 }
 
+impl PluginEngine {
+    /// Drops cached components whose hash is not in `in_use`, so a long run of reloads with
+    /// new builds does not accumulate compiled code. Snapshots still serving keep their own
+    /// references.
+    pub fn retain_compiled(&self, in_use: &std::collections::HashSet<&str>) {
+        self.compiled.lock().unwrap_or_else(|e| e.into_inner()).retain(|hash, _| in_use.contains(hash.as_str()));
+    }
+}
+
 impl Drop for PluginEngine {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);

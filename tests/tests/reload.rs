@@ -1,0 +1,295 @@
+//! Hot reload end to end: real files rewritten under a running gateway, real plugins swapped.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use portcullis_e2e::{TestGateway, echo_upstream, get, metric, plugin, replace_file, rss_bytes, scrape, send, write_config};
+
+/// A directory holding `filter.wasm` (build `a` of the tag filter to start with).
+fn plugin_dir() -> PathBuf {
+    let (dir, _) = write_config("");
+    std::fs::copy(plugin("tag_filter_a"), dir.join("filter.wasm")).unwrap();
+    dir
+}
+
+/// A configuration whose `/tagged/` route runs `filter.wasm` from `dir` with `suffix`, plus
+/// `extra` TOML.
+fn site(upstream: std::net::SocketAddr, dir: &Path, suffix: &str, watch: bool, extra: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+address = "127.0.0.1:0"
+
+[admin]
+address = "127.0.0.1:0"
+
+[reload]
+watch = {watch}
+debounce_ms = 50
+
+[upstream.app]
+endpoints = ["{upstream}"]
+
+[plugin.tag]
+path = "{filter}"
+kind = "filter"
+
+[plugin.counter]
+path = "{chaos}"
+kind = "filter"
+capabilities = ["kv"]
+
+[[route]]
+id = "tagged"
+path_prefix = "/tagged/"
+upstream = "app"
+
+[[route.chain]]
+plugin = "tag"
+config = {{ suffix = "{suffix}" }}
+
+[[route]]
+id = "counted"
+path_prefix = "/counted/"
+upstream = "app"
+
+[[route.chain]]
+plugin = "counter"
+{extra}"#,
+        filter = dir.join("filter.wasm").display(),
+        chaos = plugin("chaos_filter").display(),
+    )
+}
+
+/// The `x-tag` the upstream saw on `/tagged/x`, or the status when it was not 200.
+async fn tag(gw: &TestGateway) -> String {
+    let reply = get(&gw.url("/tagged/x"), &[]).await;
+    if reply.status != 200 {
+        return format!("status {}", reply.status);
+    }
+    reply.upstream_saw("x-tag").concat()
+}
+
+/// Polls until `/tagged/x` is tagged `want`, for at most 5 s; returns how long it took.
+async fn eventually(gw: &TestGateway, want: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = tag(gw).await;
+        if now == want {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "still `{now}`, not `{want}`, after 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn reloads(gw: &TestGateway, result: &str) -> impl Future<Output = f64> {
+    let labels = format!("result=\"{result}\"");
+    let scraped = scrape(gw);
+    async move { metric(&scraped.await, "portcullis_config_reloads_total", &labels).unwrap_or(0.0) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_plugin_file_is_served_without_restart() {
+    let dir = plugin_dir();
+    let gw = TestGateway::start(&site(echo_upstream().await, &dir, "", true, "")).await;
+    assert_eq!(tag(&gw).await, "a");
+    let first_hash = gw.gateway.reloads()[0].plugins["tag"].clone();
+    replace_file(&dir.join("filter.wasm"), &std::fs::read(plugin("tag_filter_b")).unwrap());
+    let took = eventually(&gw, "b").await;
+    println!("plugin file replaced → new behaviour served after {} ms", took.as_millis());
+    let last = gw.gateway.reloads().pop().unwrap();
+    assert_eq!(last.result, "ok");
+    assert_ne!(last.plugins["tag"], first_hash, "/reloads shows the new component's hash");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_config_adds_a_route_and_changes_a_step_config() {
+    let (dir, upstream) = (plugin_dir(), echo_upstream().await);
+    let gw = TestGateway::start(&site(upstream, &dir, "-1", true, "")).await;
+    assert_eq!(tag(&gw).await, "a-1");
+    assert_eq!(get(&gw.url("/extra/x"), &[]).await.status, 404);
+    let extra = "\n[[route]]\nid = \"extra\"\npath_prefix = \"/extra/\"\nupstream = \"app\"\n";
+    replace_file(&gw.config_file(), site(upstream, &dir, "-2", true, extra).as_bytes());
+    let took = eventually(&gw, "a-2").await;
+    println!("config edited → new step config served after {} ms", took.as_millis());
+    assert_eq!(get(&gw.url("/extra/x"), &[]).await.status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_reloads_keep_the_running_snapshot_and_say_why() {
+    let (dir, upstream) = (plugin_dir(), echo_upstream().await);
+    let good = site(upstream, &dir, "", false, "");
+    // Its own engine, so the reload counters are this test's alone (metrics are per process).
+    let own = portcullis::plugin::PluginEngine::new(&Default::default()).unwrap();
+    let gw = TestGateway::start_with(&good, own).await;
+    let config = gw.config_file();
+    let filter = dir.join("filter.wasm");
+    let b = std::fs::read(plugin("tag_filter_b")).unwrap();
+    let conflict = "\n[[route]]\nid = \"again\"\npath_prefix = \"/tagged/\"\nupstream = \"app\"\n";
+    let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
+        ("syntax error", Box::new(|| replace_file(&config, b"[[listener]\naddress = 1")), "gateway.toml: line 1"),
+        ("unknown field", Box::new(|| replace_file(&config, good.replace("debounce_ms", "debounce").as_bytes())), "unknown field `debounce`"),
+        ("missing plugin file", Box::new(|| std::fs::remove_file(&filter).unwrap()), "plugin.tag.path: cannot read"),
+        ("half-written component", Box::new(|| std::fs::write(&filter, &b[..b.len() / 2]).unwrap()), "plugin.tag.path:"),
+        ("plugin refuses its config", Box::new(|| replace_file(&config, good.replace("suffix = \"\"", "suffix = 5").as_bytes())), "route[0].chain[0].config/suffix: refused by plugin `tag`"),
+        ("route conflict", Box::new(|| replace_file(&config, (good.clone() + conflict).as_bytes())), "matches the same requests as route[0]"),
+    ];
+    for (case, break_it, expected) in &cases {
+        break_it();
+        let error = gw.gateway.reload().await.expect_err(case).to_string();
+        assert!(error.contains(expected), "{case}: {error}");
+        assert_eq!(tag(&gw).await, "a", "{case}: the old snapshot keeps serving");
+        let last = gw.gateway.reloads().pop().unwrap();
+        assert_eq!((last.result, last.error.as_deref()), ("error", Some(error.as_str())), "{case}");
+        replace_file(&config, good.as_bytes());
+        std::fs::copy(plugin("tag_filter_a"), &filter).unwrap();
+    }
+    assert_eq!(reloads(&gw, "error").await, 6.0);
+    gw.gateway.reload().await.unwrap();
+    assert_eq!(reloads(&gw, "ok").await, 1.0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_writes_is_coalesced_and_never_loads_a_half_written_file() {
+    let dir = plugin_dir();
+    let gw = TestGateway::start(&site(echo_upstream().await, &dir, "", true, "")).await;
+    let (a, b) = (std::fs::read(plugin("tag_filter_a")).unwrap(), std::fs::read(plugin("tag_filter_b")).unwrap());
+    let (stop, bad) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
+    let url = gw.url("/tagged/x");
+    let watcher = {
+        let (stop, bad) = (stop.clone(), bad.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let reply = get(&url, &[]).await;
+                let tag = reply.upstream_saw("x-tag").concat();
+                if reply.status != 200 || !(tag == "a" || tag == "b") {
+                    bad.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let filter = dir.join("filter.wasm");
+    for i in 0..100 {
+        // In place, not renamed: readers can see the file truncated or half written.
+        let full = if i % 2 == 0 { &a } else { &b };
+        std::fs::write(&filter, &full[..full.len() / 2]).unwrap();
+        std::fs::write(&filter, full).unwrap();
+        tokio::time::sleep(Duration::from_millis(9)).await;
+    }
+    eventually(&gw, "b").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    watcher.await.unwrap();
+    let (ok, failed) = (reloads(&gw, "ok").await, reloads(&gw, "error").await);
+    println!("100 writes in ~1 s → {ok} reloads ok, {failed} refused");
+    assert!(ok + failed <= 20.0, "{ok} + {failed} reloads for one burst");
+    assert_eq!(bad.load(Ordering::Relaxed), 0, "a request failed or saw neither build");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_drop_no_request() {
+    let (dir, upstream) = (plugin_dir(), echo_upstream().await);
+    let gw = TestGateway::start(&site(upstream, &dir, "-1", false, "")).await;
+    let (a, b) = (std::fs::read(plugin("tag_filter_a")).unwrap(), std::fs::read(plugin("tag_filter_b")).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, wrong, errors) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let (stop, sent, wrong, errors, url) = (stop.clone(), sent.clone(), wrong.clone(), errors.clone(), gw.url("/tagged/x"));
+        clients.push(tokio::spawn(async move {
+            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+            while !stop.load(Ordering::Relaxed) {
+                sent.fetch_add(1, Ordering::Relaxed);
+                match client.get(url.parse().unwrap()).await {
+                    Ok(response) if response.status() == 200 => {
+                        use http_body_util::BodyExt;
+                        let body: serde_json::Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+                        let tag = body["headers"]["x-tag"][0].as_str().unwrap_or("").to_owned();
+                        if !["a-1", "a-2", "b-1", "b-2"].contains(&tag.as_str()) {
+                            wrong.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(_) => {
+                        wrong.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let rss_before = rss_bytes();
+    let started = Instant::now();
+    let mut swaps = 0;
+    while swaps < 24 || started.elapsed() < Duration::from_secs(3) {
+        if swaps % 2 == 0 {
+            replace_file(&dir.join("filter.wasm"), if swaps % 4 == 0 { &b } else { &a });
+        } else {
+            let suffix = if swaps % 4 == 1 { "-2" } else { "-1" };
+            replace_file(&gw.config_file(), site(upstream, &dir, suffix, false, "").as_bytes());
+        }
+        gw.gateway.reload().await.unwrap();
+        swaps += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let rss_after = rss_bytes();
+    let (sent, wrong, errors) = (sent.load(Ordering::Relaxed), wrong.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
+    println!(
+        "{swaps} reloads under 16 concurrent clients: {sent} requests, {wrong} wrong or non-200, {errors} connection errors; RSS {} → {} MiB",
+        rss_before >> 20,
+        rss_after >> 20
+    );
+    assert!(sent > 100);
+    assert_eq!((wrong, errors), (0, 0));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_counters_survive_a_reload() {
+    let gw = TestGateway::start(&site(echo_upstream().await, &plugin_dir(), "", false, "")).await;
+    let count = |gw: &TestGateway| {
+        let url = gw.url("/counted/x");
+        async move { get(&url, &[("x-chaos", "count")]).await.upstream_saw("x-count").concat() }
+    };
+    assert_eq!(count(&gw).await, "1");
+    gw.gateway.reload().await.unwrap();
+    assert_eq!(count(&gw).await, "2", "the counter outlived the snapshot");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reload_endpoint_reloads_or_reports_every_problem() {
+    let (dir, upstream) = (plugin_dir(), echo_upstream().await);
+    let good = site(upstream, &dir, "", false, "");
+    let gw = TestGateway::start(&good).await;
+    let post = |gw: &TestGateway| {
+        let url = format!("http://{}/reload", gw.admin);
+        async move { send(http::Request::post(url).body(Full::default()).unwrap()).await }
+    };
+    let ok = post(&gw).await;
+    assert_eq!((ok.status.as_u16(), ok.json()["result"].clone()), (200, "ok".into()));
+    replace_file(&gw.config_file(), good.replace("kind = \"filter\"", "kind = \"filtre\"").as_bytes());
+    let refused = post(&gw).await;
+    assert_eq!(refused.status, 422);
+    let errors = refused.json()["errors"].clone();
+    assert!(errors.to_string().contains("unknown variant `filtre`"), "{errors}");
+    let history = get(&format!("http://{}/reloads", gw.admin), &[]).await.json();
+    let results: Vec<&str> = history["reloads"].as_array().unwrap().iter().map(|r| r["result"].as_str().unwrap()).collect();
+    assert_eq!(results, ["ok", "ok", "error"]);
+    assert_eq!(tag(&gw).await, "a");
+    gw.stop().await;
+}
