@@ -196,7 +196,9 @@ pub async fn watch_files(reloader: Arc<Reloader>, debounce: Duration, mut shutdo
         }
         Err(errors) => tracing::warn!(?errors, "file watch error"),
     };
-    let mut debouncer = match new_debouncer(debounce, None, handler) {
+    // The crate's own delay only needs to pair rename events; the quiet period below is the
+    // operator's `debounce_ms`.
+    let mut debouncer = match new_debouncer(debounce.min(Duration::from_millis(20)), None, handler) {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "cannot watch files; reload with SIGHUP or POST /reload");

@@ -293,3 +293,18 @@ async fn admin_reload_endpoint_reloads_or_reports_every_problem() {
     assert_eq!(tag(&gw).await, "a");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_snapshot_is_freed_once_swapped_out() {
+    let gw = TestGateway::start(&site(echo_upstream().await, &plugin_dir(), "", false, "")).await;
+    assert_eq!(tag(&gw).await, "a");
+    let old = Arc::downgrade(&gw.gateway.snapshot());
+    gw.gateway.reload().await.unwrap();
+    let started = Instant::now();
+    while old.upgrade().is_some() {
+        assert!(started.elapsed() < Duration::from_secs(5), "the old snapshot is still referenced");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(tag(&gw).await, "a");
+    gw.stop().await;
+}

@@ -21,6 +21,9 @@ use crate::metrics::Metrics;
 /// with `deadline_ms = 100` is interrupted between 100 and 105 ms.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Plugin instances alive at once in the whole process (the pooling allocator's capacity).
+pub const MAX_INSTANCES: u32 = 4096;
+
 /// Largest linear memory any plugin may be configured with (the pool reserves address space for
 /// it; each store is then held to its plugin's `memory_mib` by `StoreLimits`).
 pub const MAX_MEMORY_BYTES: usize = 4096 * 1024 * 1024;
@@ -55,11 +58,14 @@ impl PluginEngine {
     pub fn new(runtime: &RuntimeConfig) -> wasmtime::Result<Arc<Self>> {
         let stack = usize::try_from(runtime.max_wasm_stack_kib * 1024).unwrap_or(usize::MAX);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(1000)
-            .total_core_instances(4000)
-            .total_memories(1000)
-            .total_tables(2000)
-            .total_stacks(1000)
+        // Sized for a 1,000-route configuration whose old and new snapshots coexist during a
+        // reload. Slots are address space until used; running out fails a call as
+        // `unavailable` (503), never the process.
+        pool.total_component_instances(MAX_INSTANCES)
+            .total_core_instances(MAX_INSTANCES * 4)
+            .total_memories(MAX_INSTANCES)
+            .total_tables(MAX_INSTANCES * 4)
+            .total_stacks(1024)
             .max_memory_size(MAX_MEMORY_BYTES);
         let mut config = Config::new();
         config

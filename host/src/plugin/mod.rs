@@ -24,7 +24,7 @@ use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre};
 
 use breaker::{Admission, Breaker};
-pub use engine::{EPOCH_TICK, MAX_MEMORY_BYTES, PluginEngine};
+pub use engine::{EPOCH_TICK, MAX_INSTANCES, MAX_MEMORY_BYTES, PluginEngine};
 pub use failure::{CapabilityDenied, FailureKind, PluginFailure};
 pub use host::{Grants, HostState, MAX_LOG_MESSAGE_BYTES};
 pub use instance::{Call, Reply};
@@ -211,7 +211,9 @@ impl std::fmt::Debug for StepPool {
 // === impl StepPool ===
 
 impl StepPool {
-    /// Configures a first instance with `config` (JSON text) and keeps it warm.
+    /// Configures a first instance with `config` (JSON text) to prove the plugin accepts it,
+    /// then lets it go: instances are created on first use and reused after, so a large
+    /// configuration costs memory only for the steps that serve traffic.
     ///
     /// Errors: [`StepLoadError::Refused`] with the plugin's own reason when it rejects the
     /// configuration; [`StepLoadError::Failed`] when it cannot be instantiated or traps.
@@ -228,11 +230,6 @@ impl StepPool {
             .body_limit()
             .await
             .map_err(|e| StepLoadError::Failed(PluginFailure::from_wasmtime(&pool.plugin.id, &e)))?;
-        // With request isolation every call gets a fresh instance: the first one only proved
-        // that the configuration is accepted.
-        if pool.plugin.isolation == Isolation::Reuse {
-            pool.idle.get_mut().unwrap_or_else(|e| e.into_inner()).push(first);
-        }
         Ok(pool)
     }
 
