@@ -208,8 +208,9 @@ pub enum FailurePolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Isolation {
-    /// Instances are configured once and reused for many requests (fast: DESIGN.md measured
-    /// ~0.7 µs per warm call against 20–35 µs for a fresh instance).
+    /// Instances are configured once and reused for many requests (fast: a warm filter call
+    /// costs ~2.5 µs including the host's conversions, measured by `tests/benches/chain_cost.rs`,
+    /// against 20–35 µs to instantiate, before `configure`).
     #[default]
     Reuse,
     /// Every request gets a freshly instantiated and configured instance, dropped afterwards:
