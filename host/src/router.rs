@@ -79,10 +79,10 @@ impl Router {
 impl HostTable {
     fn find(&self, path: &str, method: &Method, methods: &[Vec<Method>]) -> Option<RouteIndex> {
         let allows = |i: &&RouteIndex| methods[**i].is_empty() || methods[**i].contains(method);
-        if let Ok(m) = self.paths.at(path) {
-            if let Some(i) = m.value.iter().find(allows) {
-                return Some(*i);
-            }
+        if let Ok(m) = self.paths.at(path)
+            && let Some(i) = m.value.iter().find(allows)
+        {
+            return Some(*i);
         }
         if self.prefixes.is_empty() {
             return None;

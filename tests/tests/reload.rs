@@ -188,9 +188,12 @@ async fn a_burst_of_writes_is_coalesced_and_never_loads_a_half_written_file() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
     watcher.await.unwrap();
-    let (ok, failed) = (reloads(&gw, "ok").await, reloads(&gw, "error").await);
+    // This gateway's own history (metrics are per process, shared with concurrent tests).
+    let history = gw.gateway.reloads();
+    let ok = history.iter().filter(|r| r.cause == portcullis::reload::ReloadCause::FileChange && r.result == "ok").count();
+    let failed = history.iter().filter(|r| r.result == "error").count();
     println!("100 writes in ~1 s → {ok} reloads ok, {failed} refused");
-    assert!(ok + failed <= 20.0, "{ok} + {failed} reloads for one burst");
+    assert!(ok + failed <= 20, "{ok} + {failed} reloads for one burst");
     assert_eq!(bad.load(Ordering::Relaxed), 0, "a request failed or saw neither build");
     gw.stop().await;
 }

@@ -100,10 +100,10 @@ fn check_route(config: &GatewayConfig, issues: &mut Vec<Issue>, i: usize, r: &Ro
         (None, None) => issues.push(Issue::new(&at, "one of `path_prefix` or `path` is required")),
         _ => issues.push(Issue::new(&at, "paths must start with `/`")),
     }
-    if let Some(host) = &r.host {
-        if host.is_empty() || host.contains(':') || host.chars().any(|c| c.is_ascii_uppercase()) {
-            issues.push(Issue::new(format!("{at}.host"), "a lowercase host name without port"));
-        }
+    if let Some(host) = &r.host
+        && (host.is_empty() || host.contains(':') || host.chars().any(|c| c.is_ascii_uppercase()))
+    {
+        issues.push(Issue::new(format!("{at}.host"), "a lowercase host name without port"));
     }
     for (j, m) in r.methods.iter().enumerate() {
         if http::Method::from_bytes(m.as_bytes()).is_err() || m.chars().any(|c| c.is_ascii_lowercase()) {

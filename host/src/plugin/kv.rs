@@ -44,7 +44,7 @@ impl Entry {
 /// The store. Each namespace has its own lock, so plugins do not contend with each other.
 #[derive(Debug, Default)]
 pub struct KvStore {
-    namespaces: Mutex<HashMap<String, std::sync::Arc<Mutex<HashMap<String, Entry>>>>>,
+    namespaces: Mutex<HashMap<String, Namespace>>,
 }
 
 type Namespace = std::sync::Arc<Mutex<HashMap<String, Entry>>>;

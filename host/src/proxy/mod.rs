@@ -127,10 +127,10 @@ async fn forward(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         parts.headers.insert("x-request-id", v);
     }
-    if !parts.headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&head.authority) {
-            parts.headers.insert(header::HOST, v);
-        }
+    if !parts.headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&head.authority)
+    {
+        parts.headers.insert(header::HOST, v);
     }
     let endpoint = route.upstream.pick().clone();
     let upstream_response = route.upstream.send(endpoint.clone(), Request::from_parts(parts, body)).await;
