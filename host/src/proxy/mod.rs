@@ -59,14 +59,20 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
 
     headers::strip_hop_by_hop(&mut parts.headers);
     snapshot.identity.strip(&mut parts.headers);
-    let request_headers = headers::to_wit(&parts.headers);
+    // Plugins see the headers as WIT records; routes without steps skip the conversion.
+    let chain = route_index.map(|i| &snapshot.routes[i].chain);
+    let has_steps = chain.is_some_and(|c| !c.steps().is_empty());
+    let has_logging = chain.is_some_and(|c| c.has_logging());
+    let request_headers = if has_steps { headers::to_wit(&parts.headers) } else { Vec::new() };
+    // The exchange record keeps the headers as received; filters may edit the plugins' view.
+    let logged_headers = if has_logging { request_headers.clone() } else { Vec::new() };
     let head = RequestHead {
         method: parts.method.to_string(),
         scheme: conn.scheme.to_owned(),
         authority: authority.clone(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
-        headers: request_headers.clone(),
+        headers: request_headers,
         client_ip: conn.peer.ip().to_string(),
         request_id: request_id.clone(),
         route: route_index.map_or_else(|| "-".to_owned(), |i| snapshot.routes[i].id.to_string()),
@@ -74,7 +80,7 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     let bytes_in = Arc::new(AtomicU64::new(0));
     let counter = bytes_in.clone();
     let body = Counted::new(boxed(body), Box::new(move |n, _| counter.store(n, Ordering::Relaxed)));
-    let mut record = Record { started, start_ms, head, request_headers, route_index, bytes_in };
+    let mut record = Record { started, start_ms, head, request_headers: logged_headers, route_index, bytes_in };
 
     let mut state = ChainState::default();
     let (mut response, endpoint) = match route_index {
@@ -87,7 +93,7 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         response.headers_mut().insert("x-request-id", v);
     }
     let status = response.status().as_u16();
-    let response_headers = headers::to_wit(response.headers());
+    let response_headers = if has_logging { headers::to_wit(response.headers()) } else { Vec::new() };
     let (response_parts, response_body) = response.into_parts();
     let finished = Box::new(move |bytes_out: u64, complete: bool| {
         finish(snapshot, record, state, status, response_headers, endpoint, bytes_out, complete);
