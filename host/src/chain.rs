@@ -118,8 +118,14 @@ impl Chain {
                 PluginKind::Logging => continue,
             };
             let started = Instant::now();
-            let reply = step.pool.call(&head.request_id, call).await;
-            let outcome = reply.and_then(|reply| refusing(step, self.apply(step, reply, head, headers, ids, state)));
+            let outcome = match step.pool.call(&head.request_id, call).await {
+                Ok((reply, settle)) => {
+                    let applied = self.apply(step, reply, head, headers, ids, state);
+                    settle.settle(applied.is_ok());
+                    applied
+                }
+                Err(failure) => Err(failure),
+            };
             let (decision, verdict) = match outcome {
                 Ok(done) => done,
                 Err(failure) => (fail(step, failure, &head.request_id)?, Verdict::Continue),
@@ -233,20 +239,23 @@ impl Chain {
             let seen = ResponseHead { status: response.status().as_u16(), headers: headers::to_wit(response.headers()) };
             let started = Instant::now();
             let call = Call::OnResponse(head, state.identity.as_ref(), &seen);
-            let outcome = step.pool.call(&head.request_id, call).await.and_then(|reply| {
-                let invalid = |e: String| PluginFailure::new(&plugin.id, FailureKind::InvalidOutput(e));
-                refusing(step, match reply {
-                    Reply::Filter(FilterAction::Continue(edits)) => {
-                        headers::apply_edits(response.headers_mut(), &edits, None).map_err(|e| invalid(e.to_string()))?;
-                        Ok("continue")
-                    }
-                    Reply::Filter(FilterAction::Respond(local)) => {
-                        *response = local_response(local).map_err(invalid)?;
-                        Ok("respond")
-                    }
-                    _ => Err(invalid("unexpected reply kind".into())),
-                })
-            });
+            let invalid = |e: String| PluginFailure::new(&plugin.id, FailureKind::InvalidOutput(e));
+            let outcome = match step.pool.call(&head.request_id, call).await {
+                Ok((reply, settle)) => {
+                    let applied = match reply {
+                        Reply::Filter(FilterAction::Continue(edits)) => headers::apply_edits(response.headers_mut(), &edits, None)
+                            .map(|()| "continue")
+                            .map_err(|e| invalid(e.to_string())),
+                        Reply::Filter(FilterAction::Respond(local)) => {
+                            local_response(local).map(|r| *response = r).map(|()| "respond").map_err(invalid)
+                        }
+                        _ => Err(invalid("unexpected reply kind".into())),
+                    };
+                    settle.settle(applied.is_ok());
+                    applied
+                }
+                Err(failure) => Err(failure),
+            };
             let decision = match outcome {
                 Ok(d) => d,
                 Err(failure) => fail(step, failure, &head.request_id)?,
@@ -269,23 +278,18 @@ impl Chain {
             if plugin.kind != PluginKind::Logging {
                 continue;
             }
-            if let Err(failure) = step.pool.call(&exchange.request_id, Call::Observe(exchange)).await {
-                plugin.count_failure(&failure);
+            match step.pool.call(&exchange.request_id, Call::Observe(exchange)).await {
+                Ok((_, settle)) => settle.settle(true),
+                Err(failure) => {
+                    plugin.count_failure(&failure);
                 tracing::warn!(
                     plugin = %plugin.id, kind = failure.kind.label(), request_id = %exchange.request_id,
                     detail = %failure.detail, "logging plugin failed"
-                );
+                    );
+                }
             }
         }
     }
-}
-
-/// Tells the breaker when the host refused what a call returned (the call itself succeeded).
-fn refusing<T>(step: &Step, outcome: Result<T, PluginFailure>) -> Result<T, PluginFailure> {
-    if outcome.is_err() {
-        step.pool.plugin().refused_output();
-    }
-    outcome
 }
 
 /// Applies the failure policy: fail-closed turns the failure into the request's error,

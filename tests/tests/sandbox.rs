@@ -132,6 +132,18 @@ async fn breaker_trips_fails_fast_and_recovers_through_a_probe() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_output_trips_the_breaker_like_a_trap() {
+    // Its own engine: the breaker gauge of `chaos-breaker` is asserted by another test.
+    let own = portcullis::plugin::PluginEngine::new(&Default::default()).unwrap();
+    let gw = TestGateway::start_with(&gateway_config(echo_upstream().await, &routes()), own).await;
+    for _ in 0..3 {
+        assert_eq!(get(&gw.url("/breaker/x"), &[("x-chaos", "crlf")]).await.status, 500);
+    }
+    assert_eq!(get(&gw.url("/breaker/x"), &[]).await.status, 503, "three refused answers opened the breaker");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_recovers_at_once_when_a_reload_replaces_the_plugin() {
     // Its own engine: the breaker gauge of `chaos-breaker` is asserted by another test.
     let own = portcullis::plugin::PluginEngine::new(&Default::default()).unwrap();

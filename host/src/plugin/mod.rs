@@ -149,12 +149,6 @@ impl LoadedPlugin {
         self.engine.metrics().breaker_open.get_or_create(&labels).set(open);
     }
 
-    /// A call returned output the host refused: a failure for the breaker too, since the
-    /// call itself reported success.
-    pub fn refused_output(&self) {
-        self.record_outcome(false, false);
-    }
-
     /// The per-call deadline.
     pub fn deadline(&self) -> Duration {
         self.deadline
@@ -181,16 +175,29 @@ impl LoadedPlugin {
     }
 }
 
-/// Releases a half-open breaker's probe slot if the probe call is dropped before it reports.
-struct ProbeGuard<'a> {
-    breaker: &'a Breaker,
-    pending: bool,
+/// The breaker outcome of a call that returned: the caller checks the reply and settles it
+/// once, so output the host refuses counts as a failure exactly like a trap. Dropped unsettled
+/// (the call's future was cancelled), a half-open probe gives its slot back and nothing is
+/// recorded.
+#[must_use = "settle the call's outcome once the reply is checked"]
+pub struct Settle<'a> {
+    plugin: &'a LoadedPlugin,
+    probe: bool,
+    settled: bool,
 }
 
-impl Drop for ProbeGuard<'_> {
+impl Settle<'_> {
+    /// Records whether the call, including the host's checks of its reply, succeeded.
+    pub fn settle(mut self, ok: bool) {
+        self.settled = true;
+        self.plugin.record_outcome(ok, self.probe);
+    }
+}
+
+impl Drop for Settle<'_> {
     fn drop(&mut self) {
-        if self.pending {
-            self.breaker.abandon_probe();
+        if !self.settled && self.probe {
+            self.plugin.breaker.abandon_probe();
         }
     }
 }
@@ -268,22 +275,26 @@ impl StepPool {
 
     /// Makes `call` on a pooled instance (or a fresh one when none is idle, or always with
     /// `isolation = "request"`), under the plugin's deadline, fuel and limits, unless the
-    /// plugin's breaker is open. The caller counts failures with
-    /// [`LoadedPlugin::count_failure`].
+    /// plugin's breaker is open. A failed call is recorded in the breaker here; a reply comes
+    /// with the [`Settle`] the caller completes after checking it. The caller counts failures
+    /// with [`LoadedPlugin::count_failure`].
     ///
     /// Errors: a [`PluginFailure`]: timeout, out of fuel or memory, trap, capability denied,
     /// breaker open, or no instance available within the deadline (all `max_instances` busy).
-    pub async fn call(&self, request_id: &str, call: Call<'_>) -> Result<Reply, PluginFailure> {
-        let plugin = &self.plugin;
+    pub async fn call(&self, request_id: &str, call: Call<'_>) -> Result<(Reply, Settle<'_>), PluginFailure> {
+        let plugin = &*self.plugin;
         let admission = plugin.breaker.admit(Instant::now());
         if admission == Admission::Refused {
             return Err(PluginFailure::new(&plugin.id, FailureKind::BreakerOpen));
         }
-        let mut probe = ProbeGuard { breaker: &plugin.breaker, pending: admission == Admission::Probe };
-        let result = self.call_instance(request_id, call).await;
-        probe.pending = false;
-        plugin.record_outcome(result.is_ok(), admission == Admission::Probe);
-        result
+        let settle = Settle { plugin, probe: admission == Admission::Probe, settled: false };
+        match self.call_instance(request_id, call).await {
+            Ok(reply) => Ok((reply, settle)),
+            Err(failure) => {
+                settle.settle(false);
+                Err(failure)
+            }
+        }
     }
 
     async fn call_instance(&self, request_id: &str, call: Call<'_>) -> Result<Reply, PluginFailure> {
