@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use portcullis_e2e::{TestGateway, echo_upstream, get, metric, plugin, replace_file, rss_bytes, scrape, send, write_config};
+use portcullis_e2e::{
+    TestGateway, config, echo_upstream, get, metric, plugin, replace_file, route, rss_bytes, scrape, send, write_config,
+};
 
 /// A directory holding `filter.wasm` (build `a` of the tag filter to start with).
 fn plugin_dir() -> PathBuf {
@@ -16,52 +18,20 @@ fn plugin_dir() -> PathBuf {
     dir
 }
 
-/// A configuration whose `/tagged/` route runs `filter.wasm` from `dir` with `suffix`, plus
-/// `extra` TOML.
+/// The harness configuration plus a `/tagged/` route running `filter.wasm` from `dir` with
+/// `suffix`, a `/counted/` route running the chaos guest (which counts in `kv`), and `extra`
+/// TOML.
 fn site(upstream: std::net::SocketAddr, dir: &Path, suffix: &str, watch: bool, extra: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-
-[reload]
-watch = {watch}
-debounce_ms = 50
-
-[upstream.app]
-endpoints = ["{upstream}"]
-
-[plugin.tag]
-path = "{filter}"
-kind = "filter"
-
-[plugin.counter]
-path = "{chaos}"
-kind = "filter"
-capabilities = ["kv"]
-
-[[route]]
-id = "tagged"
-path_prefix = "/tagged/"
-upstream = "app"
-
-[[route.chain]]
-plugin = "tag"
-config = {{ suffix = "{suffix}" }}
-
-[[route]]
-id = "counted"
-path_prefix = "/counted/"
-upstream = "app"
-
-[[route.chain]]
-plugin = "counter"
-{extra}"#,
-        filter = dir.join("filter.wasm").display(),
-        chaos = plugin("chaos_filter").display(),
+    let tag_config = format!(r#"{{ suffix = "{suffix}" }}"#);
+    let routes = [route("tagged", "/tagged/", &[("tag", Some(&tag_config))]), route("counted", "/counted/", &[("chaos", None)])];
+    let filter = dir.join("filter.wasm");
+    config(
+        upstream,
+        &format!(
+            "[reload]\nwatch = {watch}\ndebounce_ms = 50\n\n[plugin.tag]\npath = \"{}\"\nkind = \"filter\"\n{}{extra}",
+            filter.display(),
+            routes.concat()
+        ),
     )
 }
 
