@@ -33,18 +33,19 @@ where
 pub type OnDone = Box<dyn FnOnce(u64, bool) + Send>;
 
 /// Counts the data bytes of `inner` and calls `on_done` once. Size hints pass through, so
-/// hyper frames the body exactly as it would the inner one.
-pub struct Counted {
-    inner: Body,
+/// hyper frames the body exactly as it would the inner one. Generic so the request body is
+/// wrapped as it comes from hyper and boxed once.
+pub struct Counted<B: HttpBody = Body> {
+    inner: B,
     bytes: u64,
     on_done: Option<OnDone>,
 }
 
 // === impl Counted ===
 
-impl Counted {
+impl<B: HttpBody> Counted<B> {
     /// Wraps `inner`.
-    pub fn new(inner: Body, on_done: OnDone) -> Self {
+    pub fn new(inner: B, on_done: OnDone) -> Self {
         Counted { inner, bytes: 0, on_done: Some(on_done) }
     }
 
@@ -55,7 +56,11 @@ impl Counted {
     }
 }
 
-impl HttpBody for Counted {
+impl<B> HttpBody for Counted<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -63,7 +68,7 @@ impl HttpBody for Counted {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -86,7 +91,7 @@ impl HttpBody for Counted {
     }
 }
 
-impl Drop for Counted {
+impl<B: HttpBody> Drop for Counted<B> {
     fn drop(&mut self) {
         let complete = self.inner.is_end_stream();
         self.finish(complete);

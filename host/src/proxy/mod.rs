@@ -79,7 +79,7 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     };
     let bytes_in = Arc::new(AtomicU64::new(0));
     let counter = bytes_in.clone();
-    let body = Counted::new(boxed(body), Box::new(move |n, _| counter.store(n, Ordering::Relaxed)));
+    let body = Counted::new(body, Box::new(move |n, _| counter.store(n, Ordering::Relaxed)));
     let mut record = Record { started, start_ms, head, request_headers: logged_headers, route_index, bytes_in };
 
     let mut state = ChainState::default();
