@@ -8,6 +8,8 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 
+use crate::error::GatewayError;
+
 /// Error type of proxied bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -26,6 +28,61 @@ where
     B::Error: Into<BoxError>,
 {
     body.map_err(Into::into).boxed_unsync()
+}
+
+/// A request body read into memory only when a chain step asks for it.
+pub struct LazyBody {
+    streaming: Option<Body>,
+    buffered: Option<Bytes>,
+    limit: u64,
+}
+
+impl LazyBody {
+    /// Wraps `body`; at most `limit` bytes will be buffered.
+    pub fn new(body: Body, limit: u64) -> Self {
+        LazyBody { streaming: Some(body), buffered: None, limit }
+    }
+
+    /// The whole body, read on first use.
+    ///
+    /// Errors: [`GatewayError::BodyTooLarge`] (413) past the limit, declared or actual;
+    /// [`GatewayError::BadBody`] (400) when the body breaks off.
+    pub async fn bytes(&mut self) -> Result<&Bytes, GatewayError> {
+        if let Some(body) = self.streaming.take() {
+            self.buffered = Some(buffer(body, self.limit).await?);
+        }
+        Ok(self.buffered.get_or_insert_with(Bytes::new))
+    }
+
+    /// The body to forward: the buffered bytes, or the untouched stream.
+    pub fn into_body(self) -> Body {
+        match (self.streaming, self.buffered) {
+            (Some(body), _) => body,
+            (None, Some(bytes)) => full(bytes),
+            (None, None) => full(Bytes::new()),
+        }
+    }
+}
+
+/// Reads the whole body, up to `limit` bytes.
+///
+/// Errors: [`GatewayError::BodyTooLarge`] (413) past `limit`, declared or actual;
+/// [`GatewayError::BadBody`] (400) when the body breaks off.
+pub async fn buffer(mut body: Body, limit: u64) -> Result<Bytes, GatewayError> {
+    if body.size_hint().lower() > limit {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    let mut buffered = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| GatewayError::BadBody(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if (buffered.len() + data.len()) as u64 > limit {
+                return Err(GatewayError::BodyTooLarge { limit });
+            }
+            buffered.extend_from_slice(&data);
+        }
+    }
+    Ok(buffered.freeze())
 }
 
 /// Called once with the number of data bytes that went through, when the body ended (`true`)

@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
-use crate::body::{Body, full};
+use crate::body::{Body, LazyBody, full};
 use crate::config::{FailurePolicy, PluginKind};
 use crate::error::{GatewayError, problem};
 use crate::plugin::bindings::exports::portcullis::plugin::{
@@ -25,7 +25,7 @@ use crate::plugin::bindings::exports::portcullis::plugin::{
     validation::ValidationOutcome,
 };
 use crate::plugin::bindings::portcullis::plugin::types::{
-    Identity, LocalResponse, RequestHead, ResponseHead,
+    HeaderEdits, Identity, LocalResponse, RequestHead, ResponseHead,
 };
 use crate::plugin::{Call, FailureKind, PluginFailure, Reply, StepPool};
 use crate::proxy::headers::{self, IdentityHeaders};
@@ -59,6 +59,8 @@ pub struct ChainState {
     pub quotas: Vec<Quota>,
     /// Each step's decision, for the logging plugins and the access log.
     pub decisions: Vec<StepDecision>,
+    /// Query parameters an auth step asked to remove before forwarding (its credential).
+    pub remove_query_params: Vec<String>,
 }
 
 /// Go on to the upstream, or answer now.
@@ -96,24 +98,37 @@ impl Chain {
     }
 
     /// Runs the request phase. `head` is what plugins see; `headers` is what goes upstream, and
-    /// both receive filter edits.
+    /// both receive filter edits and an auth step's credential removal. `body` is read when the
+    /// first step that asked for it runs.
     ///
-    /// Errors: [`GatewayError::PluginFailed`] when a fail-closed step fails.
+    /// Errors: [`GatewayError::PluginFailed`] when a fail-closed step fails;
+    /// [`GatewayError::BodyTooLarge`] (413) when the body exceeds the `body-limit` of a step
+    /// that reads it; [`GatewayError::BadBody`] when it cannot be read.
     pub async fn on_request(
         &self,
         head: &mut RequestHead,
         headers: &mut HeaderMap,
-        body: Option<&[u8]>,
+        body: &mut LazyBody,
         ids: &IdentityHeaders,
         state: &mut ChainState,
     ) -> Result<Verdict, GatewayError> {
         for step in &self.steps {
             let plugin = step.pool.plugin();
             let identity = state.identity.as_ref();
+            let bytes = match (plugin.kind, step.pool.body_limit()) {
+                (PluginKind::Validation, Some(limit)) => {
+                    let bytes = body.bytes().await?.clone();
+                    if bytes.len() as u64 > limit {
+                        return Err(GatewayError::BodyTooLarge { limit });
+                    }
+                    Some(bytes)
+                }
+                _ => None,
+            };
             let call = match plugin.kind {
                 PluginKind::Auth => Call::Authenticate(head),
                 PluginKind::RateLimit => Call::Check(head, identity),
-                PluginKind::Validation => Call::Validate(head, identity, body),
+                PluginKind::Validation => Call::Validate(head, identity, bytes.as_deref()),
                 PluginKind::Filter => Call::OnRequest(head, identity),
                 PluginKind::Logging => continue,
             };
@@ -156,11 +171,17 @@ impl Chain {
         let id = &step.pool.plugin().id;
         let invalid = |e: String| PluginFailure::new(id, FailureKind::InvalidOutput(e));
         Ok(match reply {
-            Reply::Auth(AuthOutcome::Authenticated(identity)) => {
-                if identity.subject.is_empty() {
+            Reply::Auth(AuthOutcome::Authenticated(done)) => {
+                if done.identity.subject.is_empty() {
                     return Err(invalid("authenticated identity has an empty subject".into()));
                 }
-                state.identity = Some(identity);
+                if !done.remove_headers.is_empty() {
+                    let edits = HeaderEdits { remove: done.remove_headers, set: Vec::new(), append: Vec::new() };
+                    headers::apply_edits(headers, &edits, Some(ids)).map_err(|e| invalid(e.to_string()))?;
+                    head.headers = headers::to_wit(headers);
+                }
+                state.remove_query_params.extend(done.remove_query_params);
+                state.identity = Some(done.identity);
                 ("authenticated", Verdict::Continue)
             }
             Reply::Auth(AuthOutcome::Anonymous) => ("anonymous", Verdict::Continue),

@@ -1,4 +1,5 @@
-//! The `portcullis` command: `run` serves a configuration, `validate` checks one.
+//! The `portcullis` command: `run` serves a configuration, `validate` checks one, `audit
+//! verify` checks an audit file's hash chain.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,22 @@ enum Command {
         /// The configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of an audit file written by the `audit` capability. Exits 0 and
+    /// prints the record count and last hash when intact; otherwise prints the first broken
+    /// record (`FILE: record N (line L): reason`) and exits 1.
+    Verify {
+        /// The audit file (JSON Lines).
+        file: PathBuf,
     },
 }
 
@@ -68,6 +85,25 @@ fn main() -> ExitCode {
         Command::Validate { config } => {
             init_tracing(LogFormat::Text);
             runtime.block_on(validate(&config))
+        }
+        Command::Audit { command: AuditCommand::Verify { file } } => verify_audit(&file),
+    }
+}
+
+fn verify_audit(file: &std::path::Path) -> ExitCode {
+    let opened = std::fs::File::open(file).map(std::io::BufReader::new);
+    match opened.and_then(portcullis::plugin::audit::verify) {
+        Ok(Ok((records, last))) => {
+            println!("{}: intact, {records} records, last hash {last}", file.display());
+            ExitCode::SUCCESS
+        }
+        Ok(Err(broken)) => {
+            println!("{}: {broken}", file.display());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", file.display());
+            ExitCode::FAILURE
         }
     }
 }

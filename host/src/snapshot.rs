@@ -70,6 +70,7 @@ impl Snapshot {
         for (id, plugin_config) in &config.plugins {
             let path = loaded.resolve(&plugin_config.path);
             sources.insert(path.clone());
+            let audit_file = plugin_config.audit_file.as_deref().map(|f| loaded.resolve(f));
             let field = format!("plugin.{id}.path");
             let engine_for_compile = engine.clone();
             let compiled = tokio::task::spawn_blocking(move || {
@@ -82,7 +83,9 @@ impl Snapshot {
             })
             .await
             .unwrap_or_else(|e| Err(format!("compilation task failed: {e}")));
-            match compiled.and_then(|(component, hash)| LoadedPlugin::new(engine.clone(), id, plugin_config, &component, hash)) {
+            match compiled.and_then(|(component, hash)| {
+                LoadedPlugin::new(engine.clone(), id, plugin_config, &component, hash, audit_file.as_deref())
+            }) {
                 Ok(plugin) => {
                     plugins.insert(id.clone(), Arc::new(plugin));
                 }

@@ -1,6 +1,6 @@
 //! Conveniences on the WIT records: header look-up, identities, local responses and edits.
 
-use crate::{Header, HeaderEdits, Identity, LocalResponse, RequestHead};
+use crate::{AuthOutcome, Authenticated, Header, HeaderEdits, Identity, LocalResponse, RequestHead};
 
 // === impl RequestHead ===
 
@@ -56,6 +56,42 @@ impl Identity {
     pub fn with_scopes(mut self, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.scopes = scopes.into_iter().map(Into::into).collect();
         self
+    }
+}
+
+// === impl AuthOutcome ===
+
+impl AuthOutcome {
+    /// `authenticated` with `identity`, removing nothing from the forwarded request.
+    pub fn authenticated(identity: Identity) -> Self {
+        AuthOutcome::Authenticated(Authenticated::new(identity))
+    }
+}
+
+// === impl Authenticated ===
+
+impl Authenticated {
+    /// A successful authentication of `identity` that removes nothing.
+    pub fn new(identity: Identity) -> Self {
+        Authenticated { identity, remove_headers: Vec::new(), remove_query_params: Vec::new() }
+    }
+
+    /// Also removes header `name` (the credential) before the request goes upstream.
+    pub fn hiding_header(mut self, name: &str) -> Self {
+        self.remove_headers.push(name.to_ascii_lowercase());
+        self
+    }
+
+    /// Also removes query parameter `name` (the credential) before the request goes upstream.
+    pub fn hiding_query_param(mut self, name: &str) -> Self {
+        self.remove_query_params.push(name.to_owned());
+        self
+    }
+}
+
+impl From<Authenticated> for AuthOutcome {
+    fn from(done: Authenticated) -> Self {
+        AuthOutcome::Authenticated(done)
     }
 }
 

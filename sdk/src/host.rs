@@ -2,6 +2,7 @@
 //! client. Compiled for `wasm32` they call the Portcullis host; compiled natively (in a plugin's
 //! unit tests) they call the thread-local fake in [`crate::testing`].
 
+pub use crate::bindings::portcullis::plugin::audit::AuditError;
 pub use crate::bindings::portcullis::plugin::http_client::{HttpError, OutboundRequest, OutboundResponse};
 pub use crate::bindings::portcullis::plugin::kv::KvError;
 pub use crate::bindings::portcullis::plugin::log::Level;
@@ -33,6 +34,16 @@ pub fn now_ms() -> u64 {
 /// plugin's allow-list. Errors: see [`HttpError`].
 pub fn http_send(request: &OutboundRequest) -> Result<OutboundResponse, HttpError> {
     imp::http_client::send(request)
+}
+
+/// Appends `record` (one JSON object on one line) to the plugin's hash-chained audit trail and
+/// returns its hash (64 lowercase hex digits). Needs the `audit` capability; the host adds the
+/// `prev` and `hash` members.
+///
+/// Errors: [`AuditError::InvalidRecord`] for a record that is not a non-empty one-line JSON
+/// object under 64 KiB; [`AuditError::Unavailable`] when the sink cannot be written.
+pub fn audit_append(record: &str) -> Result<String, AuditError> {
+    imp::audit::append(record)
 }
 
 /// The plugin's key/value store: shared by all instances of the plugin, namespaced per plugin,

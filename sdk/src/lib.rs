@@ -58,13 +58,13 @@
 //! assert_eq!(bad.pointer, "/tagg");
 //! ```
 //!
-//! Host capabilities are plain functions: [`log`], [`log_with`], [`kv`], [`now_ms`] and
-//! [`http_send`]. Natively they reach [`testing`]'s fake, so plugin logic is tested with plain
+//! Host capabilities are plain functions: [`log`], [`log_with`], [`kv`], [`now_ms`],
+//! [`http_send`] and [`audit_append`]. Natively they reach [`testing`]'s fake, so plugin logic is tested with plain
 //! `cargo test`.
 
 mod bindings_mod {
     pub use crate::bindings::exports::portcullis::plugin::{
-        auth::AuthOutcome,
+        auth::{AuthOutcome, Authenticated},
         filter::FilterAction,
         logging::{Exchange, Phase, StepDecision},
         rate_limit::{Limited, Quota, RateLimitOutcome},
@@ -89,8 +89,8 @@ pub use bindings_mod::*;
 #[doc(hidden)]
 pub use export::__private;
 pub use host::{
-    HttpError, KvError, Level, OutboundRequest, OutboundResponse, http_send, kv, log, log_with,
-    now_ms,
+    AuditError, HttpError, KvError, Level, OutboundRequest, OutboundResponse, audit_append,
+    http_send, kv, log, log_with, now_ms,
 };
 pub use kinds::{Auth, Filter, Logging, Plugin, RateLimit, Validation};
 pub use serde;

@@ -1,7 +1,8 @@
 //! A native fake of the host, so plugin logic is unit-tested with plain `cargo test`.
 //!
 //! Each test thread has its own fake: a `kv` store honouring TTLs against the fake clock, a
-//! record of every log event, a settable clock and an optional outbound HTTP handler. Start a
+//! record of every log event and audit record, a settable clock and an optional outbound HTTP
+//! handler. Start a
 //! test with [`reset`] when it depends on that state.
 //!
 //! ```
@@ -36,6 +37,7 @@ struct State {
     now_ms: u64,
     kv: HashMap<String, (Vec<u8>, Option<u64>)>,
     logs: Vec<LogRecord>,
+    audit: Vec<String>,
     http: Option<HttpHandler>,
 }
 
@@ -44,7 +46,7 @@ impl Default for State {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        State { now_ms, kv: HashMap::new(), logs: Vec::new(), http: None }
+        State { now_ms, kv: HashMap::new(), logs: Vec::new(), audit: Vec::new(), http: None }
     }
 }
 
@@ -75,6 +77,12 @@ pub fn advance_ms(ms: u64) {
 /// Every log event emitted on this thread since the last [`reset`].
 pub fn logs() -> Vec<LogRecord> {
     with_state(|s| s.logs.clone())
+}
+
+/// Every record appended with [`crate::audit_append`] on this thread since the last [`reset`],
+/// as the plugin gave it (without the host's `prev` and `hash`).
+pub fn audit_records() -> Vec<String> {
+    with_state(|s| s.audit.clone())
 }
 
 /// Answers outbound HTTP requests with `handler` instead of refusing them.
@@ -156,6 +164,21 @@ pub(crate) mod fake {
     pub mod clock {
         pub fn now_ms() -> u64 {
             super::super::with_state(|s| s.now_ms)
+        }
+    }
+
+    pub mod audit {
+        use crate::host::AuditError;
+
+        pub fn append(record: &str) -> Result<String, AuditError> {
+            let parsed: Result<serde_json::Map<String, serde_json::Value>, _> = serde_json::from_str(record);
+            if record.contains('\n') || parsed.is_err() {
+                return Err(AuditError::InvalidRecord("not a one-line JSON object".to_owned()));
+            }
+            super::super::with_state(|s| {
+                s.audit.push(record.to_owned());
+                Ok(format!("{:064x}", s.audit.len()))
+            })
         }
     }
 

@@ -256,6 +256,8 @@ pub enum Capability {
     Kv,
     /// Outbound HTTP to the origins in `allowed_origins`.
     HttpClient,
+    /// The hash-chained audit trail (`audit_file`, or stdout when absent).
+    Audit,
 }
 
 /// `[plugin.ID]`: a component file and how to run it.
@@ -275,6 +277,10 @@ pub struct PluginConfig {
     /// Origins (`scheme://host[:port]`) reachable with `http-client`.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// JSON Lines file the `audit` capability appends hash-chained records to, relative to the
+    /// configuration file; absent: the gateway's stdout.
+    #[serde(default)]
+    pub audit_file: Option<PathBuf>,
     /// Linear memory per instance, in MiB.
     #[serde(default = "defaults::memory_mib")]
     pub memory_mib: u64,

@@ -77,6 +77,14 @@ pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
                 "needs the `http-client` capability in `capabilities`",
             ));
         }
+        for (k, origin) in p.allowed_origins.iter().enumerate() {
+            if let Err(why) = crate::plugin::outbound::Origin::parse(origin) {
+                issues.push(Issue::new(format!("{at}.allowed_origins[{k}]"), why));
+            }
+        }
+        if p.audit_file.is_some() && !p.capabilities.contains(&Capability::Audit) {
+            issues.push(Issue::new(format!("{at}.audit_file"), "needs the `audit` capability in `capabilities`"));
+        }
     }
     let mut ids = HashSet::new();
     for (i, r) in config.routes.iter().enumerate() {

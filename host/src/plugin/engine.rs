@@ -11,9 +11,12 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::audit::AuditSinks;
 use super::bindings::Gateway;
-use super::host::HostState;
+use super::clock::Clock;
+use super::host::{HostState, Shared};
 use super::kv::KvStore;
+use super::outbound::Outbound;
 use crate::config::RuntimeConfig;
 use crate::metrics::Metrics;
 
@@ -33,8 +36,8 @@ pub const MAX_MEMORY_BYTES: usize = 4096 * 1024 * 1024;
 pub struct PluginEngine {
     engine: Engine,
     linker: Linker<HostState>,
-    kv: Arc<KvStore>,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    audit: AuditSinks,
     fuel_metering: bool,
     compiled: Mutex<HashMap<String, Component>>,
     ticker_stop: Arc<AtomicBool>,
@@ -54,7 +57,7 @@ impl PluginEngine {
     /// recursion traps with `stack overflow` instead of exhausting the host's stack.
     ///
     /// Errors: wasmtime refuses the configuration (for example, the host cannot reserve the
-    /// pooling allocator's address space).
+    /// pooling allocator's address space), or the outbound TLS client cannot be built.
     pub fn new(runtime: &RuntimeConfig) -> wasmtime::Result<Arc<Self>> {
         let stack = usize::try_from(runtime.max_wasm_stack_kib * 1024).unwrap_or(usize::MAX);
         let mut pool = PoolingAllocationConfig::default();
@@ -94,11 +97,18 @@ impl PluginEngine {
             })
             .map_err(wasmtime::Error::from)?;
 
+        let clock = Clock::default();
+        let shared = Arc::new(Shared {
+            kv: Arc::new(KvStore::new(clock.clone())),
+            metrics: Arc::new(Metrics::default()),
+            outbound: Outbound::new().map_err(wasmtime::Error::from)?,
+            clock,
+        });
         Ok(Arc::new(PluginEngine {
             engine,
             linker,
-            kv: Arc::new(KvStore::default()),
-            metrics: Arc::new(Metrics::default()),
+            shared,
+            audit: AuditSinks::default(),
             fuel_metering: runtime.fuel_metering,
             compiled: Mutex::new(HashMap::new()),
             ticker_stop,
@@ -117,12 +127,27 @@ impl PluginEngine {
 
     /// The in-process key/value store shared by every plugin (namespaced per plugin id).
     pub fn kv(&self) -> &Arc<KvStore> {
-        &self.kv
+        &self.shared.kv
     }
 
     /// The process's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+        &self.shared.metrics
+    }
+
+    /// The clock plugins read and `kv` TTLs run on. Tests move it with [`Clock::advance`].
+    pub fn clock(&self) -> &Clock {
+        &self.shared.clock
+    }
+
+    /// What every store shares.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The audit sinks opened so far (they outlive snapshots).
+    pub fn audit_sinks(&self) -> &AuditSinks {
+        &self.audit
     }
 
     /// Whether the engine counts fuel (`[runtime] fuel_metering`).

@@ -1,18 +1,22 @@
 //! The store's state type and the host side of every capability (`log`, `kv`, `clock`,
-//! `http-client`), implemented on it as wasmtime's `wasi-config` does.
+//! `http-client`, `audit`), implemented on it as wasmtime's `wasi-config` does.
 //!
 //! WASI is linked because Rust's `std` imports it, with an empty context: no environment,
 //! arguments, preopened directories, sockets or inherited stdio.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::portcullis::plugin::{clock, http_client, kv, log, types};
+use super::audit::{AuditError, Sink};
+use super::bindings::portcullis::plugin::{audit, clock, http_client, kv, log, types};
+use super::clock::Clock;
 use super::failure::CapabilityDenied;
 use super::kv::{KvError as StoreError, KvStore};
+use super::outbound::{MAX_REQUESTS_PER_CALL, Origin, Outbound};
 use crate::config::Capability;
 use crate::metrics::{Metrics, PluginLabels};
 
@@ -28,6 +32,24 @@ pub struct Grants {
     pub capabilities: Vec<Capability>,
     /// Log events kept per call.
     pub max_log_events_per_call: u32,
+    /// Origins reachable with `http-client`.
+    pub origins: Vec<Origin>,
+    /// Where `audit.append` writes, when `audit` is granted.
+    pub audit: Option<Arc<Sink>>,
+}
+
+/// What every store of the engine shares: the `kv` store, metrics, the outbound HTTP client and
+/// the clock.
+#[derive(Debug)]
+pub struct Shared {
+    /// The `kv` backend.
+    pub kv: Arc<KvStore>,
+    /// Process metrics.
+    pub metrics: Arc<Metrics>,
+    /// The `http-client` backend.
+    pub outbound: Outbound,
+    /// The clock plugins read and TTLs run on.
+    pub clock: Clock,
 }
 
 /// Per-store state: WASI's empty context, resource limits, and the plugin's grants.
@@ -37,19 +59,25 @@ pub struct HostState {
     /// Memory, table and instance limits for this store.
     pub(crate) limits: StoreLimits,
     grants: Arc<Grants>,
-    kv: Arc<KvStore>,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
     /// The request the current call serves, for log lines.
     request_id: String,
     /// Log events emitted during the current call.
     log_events: u32,
+    /// Outbound requests made during the current call.
+    http_requests: u32,
+    /// When the current call started, its running-time budget, and the time spent waiting on
+    /// outbound requests (which does not count against the budget).
+    started: Instant,
+    budget: Duration,
+    waited: Duration,
 }
 
 // === impl HostState ===
 
 impl HostState {
     /// State for one plugin instance, limited to `memory_bytes` of linear memory.
-    pub fn new(grants: Arc<Grants>, kv: Arc<KvStore>, metrics: Arc<Metrics>, memory_bytes: usize) -> Self {
+    pub fn new(grants: Arc<Grants>, shared: Arc<Shared>, memory_bytes: usize) -> Self {
         HostState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -61,18 +89,34 @@ impl HostState {
                 .trap_on_grow_failure(true)
                 .build(),
             grants,
-            kv,
-            metrics,
+            shared,
             request_id: String::new(),
             log_events: 0,
+            http_requests: 0,
+            started: Instant::now(),
+            budget: Duration::ZERO,
+            waited: Duration::ZERO,
         }
     }
 
-    /// Resets per-call state before a call made for `request_id`.
-    pub(crate) fn begin_call(&mut self, request_id: &str) {
+    /// Resets per-call state before a call made for `request_id` with `budget` of running
+    /// time (the plugin's deadline).
+    pub(crate) fn begin_call(&mut self, request_id: &str, budget: Duration) {
         self.request_id.clear();
         self.request_id.push_str(request_id);
         self.log_events = 0;
+        self.http_requests = 0;
+        self.started = Instant::now();
+        self.budget = budget;
+        self.waited = Duration::ZERO;
+    }
+
+    /// Called when the epoch deadline passes: the running time left, or none when the call
+    /// has used its budget. Time spent waiting on outbound HTTP is not running time, so a call
+    /// that waited gets its deadline moved by that much.
+    pub(crate) fn budget_left(&self) -> Option<Duration> {
+        let ran = self.started.elapsed().saturating_sub(self.waited);
+        self.budget.checked_sub(ran).filter(|left| !left.is_zero())
     }
 
     /// Traps the guest unless `capability` is granted. Load-time checks refuse components that
@@ -104,7 +148,7 @@ impl log::Host for HostState {
         self.log_events += 1;
         if self.log_events > self.grants.max_log_events_per_call {
             let labels = PluginLabels { plugin: self.grants.plugin_id.to_string() };
-            self.metrics.log_events_dropped.get_or_create(&labels).inc();
+            self.shared.metrics.log_events_dropped.get_or_create(&labels).inc();
             return Ok(());
         }
         if message.len() > MAX_LOG_MESSAGE_BYTES {
@@ -147,22 +191,22 @@ impl std::fmt::Display for FieldList<'_> {
 impl kv::Host for HostState {
     fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
-        Ok(Ok(self.kv.get(&self.grants.plugin_id, &key)))
+        Ok(Ok(self.shared.kv.get(&self.grants.plugin_id, &key)))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<Result<(), kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
-        Ok(self.kv.set(&self.grants.plugin_id, &key, value, ttl_ms).map_err(wit_kv_error))
+        Ok(self.shared.kv.set(&self.grants.plugin_id, &key, value, ttl_ms).map_err(wit_kv_error))
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
-        Ok(Ok(self.kv.delete(&self.grants.plugin_id, &key)))
+        Ok(Ok(self.shared.kv.delete(&self.grants.plugin_id, &key)))
     }
 
     fn increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> wasmtime::Result<Result<i64, kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
-        Ok(self.kv.increment(&self.grants.plugin_id, &key, delta, ttl_ms).map_err(wit_kv_error))
+        Ok(self.shared.kv.increment(&self.grants.plugin_id, &key, delta, ttl_ms).map_err(wit_kv_error))
     }
 
     fn compare_and_swap(
@@ -174,7 +218,7 @@ impl kv::Host for HostState {
     ) -> wasmtime::Result<Result<bool, kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
         Ok(self
-            .kv
+            .shared.kv
             .compare_and_swap(&self.grants.plugin_id, &key, expected.as_deref(), value, ttl_ms)
             .map_err(wit_kv_error))
     }
@@ -190,20 +234,41 @@ fn wit_kv_error(e: StoreError) -> kv::KvError {
 
 impl clock::Host for HostState {
     fn now_ms(&mut self) -> wasmtime::Result<u64> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-        Ok(u64::try_from(now.as_millis())?)
+        Ok(self.shared.clock.now_ms())
     }
 }
 
 impl http_client::Host for HostState {
-    /// Outbound HTTP is part of the contract from 0.1.0 so plugins can be written against it;
-    /// the host does not send requests yet, and says so to the plugin as an error value.
     async fn send(
         &mut self,
         request: http_client::OutboundRequest,
     ) -> wasmtime::Result<Result<http_client::OutboundResponse, http_client::HttpError>> {
         self.require(Capability::HttpClient, "http-client")?;
-        let why = format!("outbound HTTP is not available in this Portcullis version (to {})", request.url);
-        Ok(Err(http_client::HttpError::NotAllowed(why)))
+        self.http_requests += 1;
+        if self.http_requests > MAX_REQUESTS_PER_CALL {
+            let why = format!("at most {MAX_REQUESTS_PER_CALL} outbound requests per plugin call");
+            return Ok(Err(http_client::HttpError::NotAllowed(why)));
+        }
+        let url = request.url.clone();
+        let started = Instant::now();
+        let outcome = self.shared.outbound.send(&self.grants.origins, request).await;
+        self.waited += started.elapsed();
+        if let Err(e) = &outcome {
+            tracing::debug!(plugin = %self.grants.plugin_id, request_id = %self.request_id, %url, error = ?e, "outbound request failed");
+        }
+        Ok(outcome)
+    }
+}
+
+impl audit::Host for HostState {
+    fn append(&mut self, record: String) -> wasmtime::Result<Result<String, audit::AuditError>> {
+        self.require(Capability::Audit, "audit")?;
+        let Some(sink) = &self.grants.audit else {
+            return Ok(Err(audit::AuditError::Unavailable("no audit sink is configured".into())));
+        };
+        Ok(sink.append(&record).map_err(|e| match e {
+            AuditError::InvalidRecord(why) => audit::AuditError::InvalidRecord(why),
+            AuditError::Unavailable(why) => audit::AuditError::Unavailable(why),
+        }))
     }
 }

@@ -32,6 +32,9 @@ fn refusal(name: &str, granted: &[Capability]) -> Option<&'static str> {
         ("portcullis:plugin", "portcullis:plugin/http-client") => {
             (!granted.contains(&Capability::HttpClient)).then_some("the `http-client` capability is not granted")
         }
+        ("portcullis:plugin", "portcullis:plugin/audit") => {
+            (!granted.contains(&Capability::Audit)).then_some("the `audit` capability is not granted")
+        }
         // Linked with an empty context: no environment, arguments, stdio, or preopens.
         ("wasi:io" | "wasi:cli" | "wasi:clocks" | "wasi:random", _) => None,
         ("wasi:sockets", _) => Some("plugins get no network access; use the `http-client` capability"),

@@ -1,12 +1,13 @@
 //! The in-process backend of the `kv` capability: one namespace per plugin id, TTLs, atomic
-//! increment and compare-and-swap, and a cap on entries per namespace.
+//! increment and compare-and-swap, and caps on entries and bytes per namespace.
 //!
 //! Values live as long as the process, across configuration reloads, because the store belongs
 //! to the [`PluginEngine`](super::PluginEngine), not to a snapshot.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+
+use super::clock::Clock;
 
 /// Largest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
@@ -14,6 +15,10 @@ pub const MAX_KEY_BYTES: usize = 512;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Most live entries per plugin namespace.
 pub const MAX_ENTRIES_PER_NAMESPACE: usize = 100_000;
+/// Most key and value bytes per plugin namespace (64 MiB).
+pub const MAX_BYTES_PER_NAMESPACE: usize = 64 * 1024 * 1024;
+/// Writes to a namespace between two sweeps of its expired entries.
+const SWEEP_EVERY_WRITES: u32 = 4096;
 
 /// Why a `kv` call failed; mirrors the WIT `kv-error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,7 +26,8 @@ pub enum KvError {
     /// Key over [`MAX_KEY_BYTES`] or value over [`MAX_VALUE_BYTES`].
     #[error("key or value too large")]
     TooLarge,
-    /// The namespace holds [`MAX_ENTRIES_PER_NAMESPACE`] live entries.
+    /// The namespace holds [`MAX_ENTRIES_PER_NAMESPACE`] live entries or
+    /// [`MAX_BYTES_PER_NAMESPACE`] bytes.
     #[error("namespace full")]
     QuotaExceeded,
     /// `increment` on a value that is not a decimal i64, or an overflow.
@@ -32,40 +38,111 @@ pub enum KvError {
 #[derive(Debug)]
 struct Entry {
     value: Vec<u8>,
-    expires: Option<Instant>,
+    /// Expiry in the store clock's milliseconds.
+    expires: Option<u64>,
 }
 
 impl Entry {
-    fn live(&self, now: Instant) -> bool {
+    fn live(&self, now: u64) -> bool {
         self.expires.is_none_or(|e| e > now)
     }
 }
 
+/// One plugin's keys, with the bytes they hold.
+#[derive(Debug, Default)]
+struct Space {
+    map: HashMap<String, Entry>,
+    bytes: usize,
+    writes: u32,
+}
+
+impl Space {
+    fn live(&self, key: &str, now: u64) -> Option<&Entry> {
+        self.map.get(key).filter(|e| e.live(now))
+    }
+
+    /// Inserts after making room: expired entries are swept every few thousand writes, and
+    /// when the namespace would exceed a cap.
+    ///
+    /// Errors: [`KvError::QuotaExceeded`] when live entries alone fill a cap.
+    fn put(&mut self, key: &str, entry: Entry, now: u64) -> Result<(), KvError> {
+        self.writes += 1;
+        if self.writes >= SWEEP_EVERY_WRITES {
+            self.sweep(now);
+        }
+        let new = key.len() + entry.value.len();
+        if !self.fits(key, new) {
+            self.sweep(now);
+            if !self.fits(key, new) {
+                return Err(KvError::QuotaExceeded);
+            }
+        }
+        let old = self.map.get(key).map_or(0, |e| key.len() + e.value.len());
+        self.bytes = self.bytes - old + new;
+        self.map.insert(key.to_owned(), entry);
+        Ok(())
+    }
+
+    /// Whether `key` with `new` bytes of key and value fits the caps.
+    fn fits(&self, key: &str, new: usize) -> bool {
+        let old = self.map.get(key).map(|e| key.len() + e.value.len());
+        (old.is_some() || self.map.len() < MAX_ENTRIES_PER_NAMESPACE)
+            && self.bytes - old.unwrap_or(0) + new <= MAX_BYTES_PER_NAMESPACE
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Entry> {
+        let entry = self.map.remove(key)?;
+        self.bytes -= key.len() + entry.value.len();
+        Some(entry)
+    }
+
+    fn sweep(&mut self, now: u64) {
+        self.writes = 0;
+        let mut freed = 0;
+        self.map.retain(|k, e| {
+            let keep = e.live(now);
+            if !keep {
+                freed += k.len() + e.value.len();
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+}
+
 /// The store. Each namespace has its own lock, so plugins do not contend with each other.
+/// TTLs run on the engine's [`Clock`], the one plugins read.
 #[derive(Debug, Default)]
 pub struct KvStore {
     namespaces: Mutex<HashMap<String, Namespace>>,
+    clock: Clock,
 }
 
-type Namespace = std::sync::Arc<Mutex<HashMap<String, Entry>>>;
+type Namespace = std::sync::Arc<Mutex<Space>>;
 
 // === impl KvStore ===
 
 impl KvStore {
+    /// An empty store whose TTLs run on `clock`.
+    pub fn new(clock: Clock) -> Self {
+        KvStore { namespaces: Mutex::default(), clock }
+    }
+
     fn namespace(&self, ns: &str) -> Namespace {
         let mut all = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
         all.entry(ns.to_owned()).or_default().clone()
     }
 
-    fn with<R>(&self, ns: &str, f: impl FnOnce(&mut HashMap<String, Entry>, Instant) -> R) -> R {
+    fn with<R>(&self, ns: &str, f: impl FnOnce(&mut Space, u64) -> R) -> R {
         let namespace = self.namespace(ns);
-        let mut map = namespace.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut map, Instant::now())
+        let now = self.clock.now_ms();
+        let mut space = namespace.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut space, now)
     }
 
     /// The live value of `key` in namespace `ns`.
     pub fn get(&self, ns: &str, key: &str) -> Option<Vec<u8>> {
-        self.with(ns, |map, now| map.get(key).filter(|e| e.live(now)).map(|e| e.value.clone()))
+        self.with(ns, |space, now| space.live(key, now).map(|e| e.value.clone()))
     }
 
     /// Stores `value`; `ttl_ms` none keeps it until deleted.
@@ -73,16 +150,12 @@ impl KvStore {
     /// Errors: [`KvError::TooLarge`], [`KvError::QuotaExceeded`].
     pub fn set(&self, ns: &str, key: &str, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), KvError> {
         check_sizes(key, &value)?;
-        self.with(ns, |map, now| {
-            make_room(map, key, now)?;
-            map.insert(key.to_owned(), Entry { value, expires: expiry(now, ttl_ms) });
-            Ok(())
-        })
+        self.with(ns, |space, now| space.put(key, Entry { value, expires: expiry(now, ttl_ms) }, now))
     }
 
     /// Removes `key`; true when a live value was removed.
     pub fn delete(&self, ns: &str, key: &str) -> bool {
-        self.with(ns, |map, now| map.remove(key).is_some_and(|e| e.live(now)))
+        self.with(ns, |space, now| space.remove(key).is_some_and(|e| e.live(now)))
     }
 
     /// Adds `delta` to the decimal counter at `key` and returns the new value; an absent key
@@ -91,14 +164,13 @@ impl KvStore {
     /// Errors: [`KvError::NotANumber`], [`KvError::TooLarge`], [`KvError::QuotaExceeded`].
     pub fn increment(&self, ns: &str, key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError> {
         check_sizes(key, b"")?;
-        self.with(ns, |map, now| {
-            let (current, expires) = match map.get(key).filter(|e| e.live(now)) {
+        self.with(ns, |space, now| {
+            let (current, expires) = match space.live(key, now) {
                 Some(e) => (parse_counter(&e.value)?, e.expires),
                 None => (0, expiry(now, ttl_ms)),
             };
             let next = current.checked_add(delta).ok_or(KvError::NotANumber)?;
-            make_room(map, key, now)?;
-            map.insert(key.to_owned(), Entry { value: next.to_string().into_bytes(), expires });
+            space.put(key, Entry { value: next.to_string().into_bytes(), expires }, now)?;
             Ok(next)
         })
     }
@@ -116,13 +188,11 @@ impl KvStore {
         ttl_ms: Option<u64>,
     ) -> Result<bool, KvError> {
         check_sizes(key, &value)?;
-        self.with(ns, |map, now| {
-            let current = map.get(key).filter(|e| e.live(now)).map(|e| e.value.as_slice());
-            if current != expected {
+        self.with(ns, |space, now| {
+            if space.live(key, now).map(|e| e.value.as_slice()) != expected {
                 return Ok(false);
             }
-            make_room(map, key, now)?;
-            map.insert(key.to_owned(), Entry { value, expires: expiry(now, ttl_ms) });
+            space.put(key, Entry { value, expires: expiry(now, ttl_ms) }, now)?;
             Ok(true)
         })
     }
@@ -135,25 +205,12 @@ fn check_sizes(key: &str, value: &[u8]) -> Result<(), KvError> {
     Ok(())
 }
 
-fn expiry(now: Instant, ttl_ms: Option<u64>) -> Option<Instant> {
-    ttl_ms.map(|t| now + std::time::Duration::from_millis(t))
+fn expiry(now: u64, ttl_ms: Option<u64>) -> Option<u64> {
+    ttl_ms.map(|t| now.saturating_add(t))
 }
 
 fn parse_counter(value: &[u8]) -> Result<i64, KvError> {
     std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()).ok_or(KvError::NotANumber)
-}
-
-/// Before inserting a new key into a full namespace, reclaim expired entries; refuse if still
-/// full.
-fn make_room(map: &mut HashMap<String, Entry>, key: &str, now: Instant) -> Result<(), KvError> {
-    if map.len() < MAX_ENTRIES_PER_NAMESPACE || map.contains_key(key) {
-        return Ok(());
-    }
-    map.retain(|_, e| e.live(now));
-    if map.len() >= MAX_ENTRIES_PER_NAMESPACE {
-        return Err(KvError::QuotaExceeded);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -182,6 +239,34 @@ mod tests {
         kv.set("a", "k", b"v".to_vec(), Some(0)).unwrap();
         assert_eq!(kv.get("a", "k"), None);
         assert!(!kv.delete("a", "k"));
+    }
+
+    #[test]
+    fn kv_byte_cap_refuses_live_data_and_reclaims_expired() {
+        let kv = KvStore::default();
+        let value = vec![0u8; MAX_VALUE_BYTES];
+        let fits = MAX_BYTES_PER_NAMESPACE / (MAX_VALUE_BYTES + 8);
+        for i in 0..fits {
+            kv.set("a", &format!("k{i:06}"), value.clone(), Some(1)).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        // Everything above has expired: the next writes reclaim it instead of failing.
+        for i in 0..fits {
+            kv.set("a", &format!("n{i:06}"), value.clone(), None).unwrap();
+        }
+        assert_eq!(kv.set("a", "one-too-many", value.clone(), None), Err(KvError::QuotaExceeded));
+        // Replacing an existing key with a value of the same size still fits.
+        assert_eq!(kv.set("a", "n000000", value, None), Ok(()));
+    }
+
+    #[test]
+    fn kv_ttl_runs_on_the_store_clock() {
+        let clock = Clock::default();
+        let kv = KvStore::new(clock.clone());
+        kv.set("a", "k", b"v".to_vec(), Some(60_000)).unwrap();
+        assert!(kv.get("a", "k").is_some());
+        clock.advance(std::time::Duration::from_secs(61));
+        assert_eq!(kv.get("a", "k"), None);
     }
 
     #[test]

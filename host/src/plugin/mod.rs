@@ -9,26 +9,29 @@
 //! memory limits and optional fuel, and an instance that fails is discarded, never returned to
 //! the pool.
 
+pub mod audit;
 pub mod bindings;
 pub mod breaker;
+pub mod clock;
 mod engine;
 mod failure;
 mod host;
 mod imports;
 mod instance;
 pub mod kv;
+pub mod outbound;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use wasmtime::Store;
+use wasmtime::{Store, UpdateDeadline};
 use wasmtime::component::{Component, InstancePre};
 
 use breaker::{Admission, Breaker};
 pub use engine::{EPOCH_TICK, MAX_INSTANCES, MAX_MEMORY_BYTES, PluginEngine};
 pub use failure::{CapabilityDenied, FailureKind, PluginFailure};
-pub use host::{Grants, HostState, MAX_LOG_MESSAGE_BYTES};
+pub use host::{Grants, HostState, MAX_LOG_MESSAGE_BYTES, Shared};
 pub use instance::{Call, Reply};
 use instance::{Instance, KindIndices};
 
@@ -80,20 +83,29 @@ pub enum StepLoadError {
 // === impl LoadedPlugin ===
 
 impl LoadedPlugin {
-    /// Prepares `component` as plugin `id` configured by `config`.
+    /// Prepares `component` as plugin `id` configured by `config`; `audit_file` is its
+    /// `audit_file` resolved against the configuration file's directory.
     ///
     /// Errors (as text for the configuration report): imports the host never provides
     /// (`wasi:sockets`, `wasi:filesystem`, `wasi:http`, unknown interfaces) or capabilities the
     /// plugin is not granted, all listed; no export of `config.kind`; `fuel` without fuel
-    /// metering.
+    /// metering; an `allowed_origins` entry that is not an origin; an audit file that cannot be
+    /// opened or does not end with a chained record.
     pub fn new(
         engine: Arc<PluginEngine>,
         id: &str,
         config: &PluginConfig,
         component: &Component,
         content_hash: String,
+        audit_file: Option<&std::path::Path>,
     ) -> Result<Self, String> {
         imports::check(engine.engine(), component, &config.capabilities)?;
+        let origins = config.allowed_origins.iter().map(|o| outbound::Origin::parse(o)).collect::<Result<Vec<_>, _>>()?;
+        let audit = if config.capabilities.contains(&crate::config::Capability::Audit) {
+            Some(engine.audit_sinks().open(audit_file)?)
+        } else {
+            None
+        };
         if config.fuel.is_some() && !engine.fuel_metering() {
             return Err("`fuel` needs `fuel_metering = true` in [runtime] when the gateway starts".into());
         }
@@ -114,6 +126,8 @@ impl LoadedPlugin {
                 plugin_id: id.into(),
                 capabilities: config.capabilities.clone(),
                 max_log_events_per_call: config.max_log_events_per_call,
+                origins,
+                audit,
             }),
             engine,
             pre,
@@ -160,11 +174,17 @@ impl LoadedPlugin {
     }
 
     async fn instantiate(&self) -> wasmtime::Result<Instance> {
-        let state =
-            HostState::new(self.grants.clone(), self.engine.kv().clone(), self.engine.metrics().clone(), self.memory_bytes);
+        let state = HostState::new(self.grants.clone(), self.engine.shared().clone(), self.memory_bytes);
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
+        // Past the deadline, a call that spent time waiting on outbound HTTP gets that time
+        // back; otherwise it traps (`Trap::Interrupt`, reported as a timeout).
+        store.epoch_deadline_callback(|ctx| {
+            Ok(match ctx.data().budget_left() {
+                Some(left) => UpdateDeadline::Continue(Self::ticks(left)),
+                None => UpdateDeadline::Interrupt,
+            })
+        });
         store.set_epoch_deadline(Self::ticks(self.deadline));
         if self.engine.fuel_metering() {
             store.set_fuel(u64::MAX)?;
@@ -262,6 +282,7 @@ impl StepPool {
             .await
             .map_err(|e| StepLoadError::Failed(PluginFailure::new(id, FailureKind::Unavailable(format!("{e:#}")))))?;
         let configure_deadline = (self.plugin.deadline * 10).max(Duration::from_secs(1));
+        instance.store.data_mut().begin_call("configure", configure_deadline);
         instance.store.set_epoch_deadline(LoadedPlugin::ticks(configure_deadline));
         if self.plugin.engine.fuel_metering() {
             instance.store.set_fuel(u64::MAX).map_err(|e| StepLoadError::Failed(PluginFailure::from_wasmtime(id, &e)))?;
@@ -315,7 +336,7 @@ impl StepPool {
                 ),
             })?,
         };
-        instance.store.data_mut().begin_call(request_id);
+        instance.store.data_mut().begin_call(request_id, self.plugin.deadline);
         instance.store.set_epoch_deadline(LoadedPlugin::ticks(self.plugin.deadline));
         if let Some(fuel) = self.plugin.fuel {
             instance.store.set_fuel(fuel).map_err(|e| PluginFailure::from_wasmtime(id, &e))?;

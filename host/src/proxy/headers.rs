@@ -21,6 +21,12 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// Whether `name` is one of the fixed hop-by-hop fields (not counting those a `Connection`
+/// field names).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
 /// Removes hop-by-hop fields, every field named in `Connection`, and `content-length`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -186,6 +192,50 @@ pub fn apply_edits(
     Ok(())
 }
 
+/// `uri` without the query parameters named in `names` (compared with their names as sent and
+/// percent-decoded), keeping every other parameter in order. The query goes away when it ends
+/// up empty.
+pub fn strip_query_params(uri: &http::Uri, names: &[String]) -> http::Uri {
+    let Some(query) = uri.query() else { return uri.clone() };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            let decoded = percent_decode(name);
+            !names.iter().any(|n| n == name || decoded.as_deref() == Some(n.as_str()))
+        })
+        .collect();
+    let path_and_query = if kept.is_empty() { uri.path().to_owned() } else { format!("{}?{}", uri.path(), kept.join("&")) };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = path_and_query.parse().ok().or(parts.path_and_query);
+    http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+/// `%XX` and `+` decoding of a query component; none when the result is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// The header section as WIT records: lowercase names, values as UTF-8 (invalid bytes replaced
 /// by U+FFFD, as the WIT documents).
 pub fn to_wit(headers: &HeaderMap) -> Vec<Header> {
@@ -250,6 +300,17 @@ mod tests {
         assert!(h.is_empty(), "nothing applied on refusal");
         apply_edits(&mut h, &edit("x-fine", "v"), Some(&ids)).unwrap();
         assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn strip_query_params_removes_only_the_named_parameters() {
+        let names = vec!["apikey".to_owned()];
+        let uri: http::Uri = "/v1/items?apikey=s3cret&page=2&%61pikey=x&apikeyx=1".parse().unwrap();
+        assert_eq!(strip_query_params(&uri, &names), "/v1/items?page=2&apikeyx=1");
+        let only: http::Uri = "/v1?apikey=s3cret".parse().unwrap();
+        assert_eq!(strip_query_params(&only, &names), "/v1");
+        let none: http::Uri = "/v1".parse().unwrap();
+        assert_eq!(strip_query_params(&none, &names), "/v1");
     }
 
     #[test]

@@ -8,13 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
-use http_body::Body as _;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::body::{Body, Counted, boxed, full};
+use crate::body::{Body, Counted, LazyBody, boxed};
 use crate::chain::{ChainState, Verdict, add_rate_limit_headers};
 use crate::error::GatewayError;
 use crate::plugin::bindings::exports::portcullis::plugin::logging::Exchange;
@@ -113,18 +110,20 @@ async fn forward(
 ) -> (Response<Body>, Option<String>) {
     let route = &snapshot.routes[index];
     let request_id = record.head.request_id.clone();
-    let (body, buffered) = match route.chain.body_limit() {
-        None => (body, None),
-        Some(wanted) => match buffer(body, wanted.min(conn.max_buffered_body_bytes)).await {
-            Ok(bytes) => (full(bytes.clone()), Some(bytes)),
-            Err(e) => return (e.into_response(&request_id), None),
-        },
-    };
+    // Read only when the first step that needs the body runs, so a request refused earlier in
+    // the chain (by auth, say) is never buffered.
+    let limit = route.chain.body_limit().unwrap_or(0).min(conn.max_buffered_body_bytes);
+    let mut body = LazyBody::new(body, limit);
     let head = &mut record.head;
-    match route.chain.on_request(head, &mut parts.headers, buffered.as_deref(), &snapshot.identity, state).await {
+    match route.chain.on_request(head, &mut parts.headers, &mut body, &snapshot.identity, state).await {
         Err(e) => return (e.into_response(&request_id), None),
         Ok(Verdict::Respond(response)) => return (response, None),
         Ok(Verdict::Continue) => {}
+    }
+    let body = body.into_body();
+    if !state.remove_query_params.is_empty() {
+        parts.uri = headers::strip_query_params(&parts.uri, &state.remove_query_params);
+        head.query = parts.uri.query().map(str::to_owned);
     }
     if let Some(identity) = &state.identity {
         snapshot.identity.inject(&mut parts.headers, identity);
@@ -155,27 +154,6 @@ async fn forward(
         response = e.into_response(&request_id);
     }
     (response, Some(endpoint.to_string()))
-}
-
-/// Reads the whole body, up to `limit` bytes.
-///
-/// Errors: [`GatewayError::BodyTooLarge`] (413) past `limit`, declared or actual;
-/// [`GatewayError::BadBody`] (400) when the body breaks off.
-async fn buffer(mut body: Body, limit: u64) -> Result<Bytes, GatewayError> {
-    if body.size_hint().lower() > limit {
-        return Err(GatewayError::BodyTooLarge { limit });
-    }
-    let mut buffered = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| GatewayError::BadBody(e.to_string()))?;
-        if let Ok(data) = frame.into_data() {
-            if (buffered.len() + data.len()) as u64 > limit {
-                return Err(GatewayError::BodyTooLarge { limit });
-            }
-            buffered.extend_from_slice(&data);
-        }
-    }
-    Ok(buffered.freeze())
 }
 
 /// After the response body ended (or the client left): one access log line, and the exchange

@@ -187,7 +187,7 @@ impl Auth for JwtAuth {
         };
         let now_s = i64::try_from(portcullis_sdk::now_ms() / 1000).unwrap_or(i64::MAX);
         match self.verify(token, now_s) {
-            Ok(identity) => AuthOutcome::Authenticated(identity),
+            Ok(identity) => AuthOutcome::authenticated(identity),
             Err(refusal) => AuthOutcome::Denied(self.challenge(Some(refusal))),
         }
     }

@@ -1,0 +1,200 @@
+//! The host side of the `http-client` capability: outbound HTTP(S) from plugins, to the origins
+//! on each plugin's allow-list only, with bounded time and response size.
+//!
+//! The client is hyper-util's pooled client over rustls (ring, webpki roots; TLS 1.2 and 1.3,
+//! SNI and hostname verification). Redirects are not followed: a 3xx is returned to the plugin
+//! as is, so a redirect can never lead outside the allow-list.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::bindings::portcullis::plugin::http_client::{HttpError, OutboundRequest, OutboundResponse};
+use super::bindings::portcullis::plugin::types::Header;
+
+/// Largest response body returned to a plugin, in bytes (1 MiB).
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Largest request body a plugin may send, in bytes (64 KiB).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Total time for one exchange when the plugin asks for none, in ms.
+pub const DEFAULT_TIMEOUT_MS: u32 = 5_000;
+/// Longest total time a plugin may ask for, in ms.
+pub const MAX_TIMEOUT_MS: u32 = 10_000;
+/// Time allowed to establish a connection (TCP and TLS), in ms.
+pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// Outbound requests one plugin call may make.
+pub const MAX_REQUESTS_PER_CALL: u32 = 4;
+
+/// An origin a plugin may reach: scheme, lowercase host, and port (defaulted from the scheme).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+// === impl Origin ===
+
+impl Origin {
+    /// Parses `scheme://host[:port]` as written in `allowed_origins` (RFC 6454 §4 origins).
+    ///
+    /// Errors: a scheme other than `http`/`https`, no host, or a path, query or userinfo.
+    pub fn parse(text: &str) -> Result<Origin, String> {
+        let uri: Uri = text.parse().map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+        let origin = Origin::of(&uri).ok_or_else(|| format!("`{text}` needs an http or https scheme and a host"))?;
+        let has_path = uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty());
+        if has_path || text.contains('@') {
+            return Err(format!("`{text}` must be an origin, `scheme://host[:port]`, without path, query or userinfo"));
+        }
+        Ok(origin)
+    }
+
+    /// The origin of an absolute `http`/`https` URI.
+    fn of(uri: &Uri) -> Option<Origin> {
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return None,
+        };
+        let host = uri.host()?.to_ascii_lowercase();
+        Some(Origin { port: uri.port_u16().unwrap_or(default_port), scheme, host })
+    }
+}
+
+/// The shared outbound client.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+// === impl Outbound ===
+
+impl Outbound {
+    /// A client with a connection pool (idle connections closed after 30 s).
+    ///
+    /// Errors: rustls refuses its safe default protocol versions with the ring provider (a
+    /// build problem, not a runtime condition).
+    pub fn new() -> Result<Self, rustls::Error> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)));
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        Ok(Outbound { client })
+    }
+
+    /// Sends `request` if its origin is in `allowed`, and reads the whole response.
+    ///
+    /// Errors, as the plugin sees them: `not-allowed` (origin not on the list), `invalid-request`
+    /// (bad method, URL, header, or a body over [`MAX_REQUEST_BYTES`]), `connect` (DNS, TCP or
+    /// TLS failure, or the connection broke), `timeout` (past the request's `timeout-ms`, default
+    /// [`DEFAULT_TIMEOUT_MS`], capped at [`MAX_TIMEOUT_MS`]), `too-large` (a response body over
+    /// [`MAX_RESPONSE_BYTES`]).
+    pub async fn send(&self, allowed: &[Origin], request: OutboundRequest) -> Result<OutboundResponse, HttpError> {
+        let uri: Uri = request.url.parse().map_err(|e| HttpError::InvalidRequest(format!("bad URL: {e}")))?;
+        let origin = Origin::of(&uri)
+            .ok_or_else(|| HttpError::InvalidRequest("the URL must be absolute http or https".into()))?;
+        if !allowed.contains(&origin) {
+            return Err(HttpError::NotAllowed(format!("{origin} is not in this plugin's allowed_origins")));
+        }
+        let method = Method::from_bytes(request.method.as_bytes())
+            .map_err(|_| HttpError::InvalidRequest(format!("bad method {:?}", request.method)))?;
+        if request.body.len() > MAX_REQUEST_BYTES {
+            return Err(HttpError::InvalidRequest(format!("request body over {MAX_REQUEST_BYTES} bytes")));
+        }
+        let mut builder = Request::builder().method(method).uri(uri);
+        for h in &request.headers {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| HttpError::InvalidRequest(format!("bad header name {:?}", h.name)))?;
+            if crate::proxy::headers::is_hop_by_hop(&name) || name == http::header::HOST || name == http::header::CONTENT_LENGTH {
+                continue;
+            }
+            let value = HeaderValue::from_str(&h.value)
+                .map_err(|_| HttpError::InvalidRequest(format!("bad value for header {}", h.name)))?;
+            builder = builder.header(name, value);
+        }
+        let outbound = builder
+            .body(Full::new(Bytes::from(request.body)))
+            .map_err(|e| HttpError::InvalidRequest(e.to_string()))?;
+        let timeout = Duration::from_millis(u64::from(request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS).min(MAX_TIMEOUT_MS)));
+        let exchange = async {
+            let response = self.client.request(outbound).await.map_err(|e| HttpError::Connect(error_chain(&e)))?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_RESPONSE_BYTES).collect().await.map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    HttpError::TooLarge
+                } else {
+                    HttpError::Connect(format!("reading the response: {e}"))
+                }
+            })?;
+            let headers = parts
+                .headers
+                .iter()
+                .map(|(n, v)| Header { name: n.as_str().to_owned(), value: String::from_utf8_lossy(v.as_bytes()).into_owned() })
+                .collect();
+            Ok(OutboundResponse { status: parts.status.as_u16(), headers, body: body.to_bytes().to_vec() })
+        };
+        tokio::time::timeout(timeout, exchange).await.map_err(|_| HttpError::Timeout)?
+    }
+}
+
+/// The error and its sources, `a: b: c`, for the plugin's message.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_normalize_scheme_host_and_default_port() {
+        assert_eq!(Origin::parse("HTTPS://Auth.Example.com").unwrap(), Origin::parse("https://auth.example.com:443").unwrap());
+        assert_eq!(Origin::parse("http://127.0.0.1:8080").unwrap().to_string(), "http://127.0.0.1:8080");
+        assert_ne!(Origin::parse("http://a.example").unwrap(), Origin::parse("https://a.example").unwrap());
+        for bad in ["ftp://x", "https://x/path", "https://user@x", "x.example", "https://x?q=1"] {
+            assert!(Origin::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_outside_the_allow_list_are_refused_before_any_connection() {
+        let outbound = Outbound::new().unwrap();
+        let allowed = [Origin::parse("http://127.0.0.1:9").unwrap()];
+        let request = |url: &str| OutboundRequest {
+            method: "GET".into(),
+            url: url.into(),
+            headers: vec![],
+            body: vec![],
+            timeout_ms: Some(100),
+        };
+        assert!(matches!(outbound.send(&allowed, request("http://127.0.0.2:9/")).await, Err(HttpError::NotAllowed(_))));
+        assert!(matches!(outbound.send(&allowed, request("https://127.0.0.1:9/")).await, Err(HttpError::NotAllowed(_))));
+        assert!(matches!(outbound.send(&allowed, request("/relative")).await, Err(HttpError::InvalidRequest(_))));
+        assert!(matches!(outbound.send(&allowed, request("http://127.0.0.1:9/")).await, Err(HttpError::Connect(_))));
+    }
+}
