@@ -1,0 +1,348 @@
+//! `rate-limit`: a Portcullis `rate-limit` plugin enforcing one or more quotas per key with the
+//! generic cell rate algorithm (GCRA, ITU-T I.371; the algorithm behind Redis' `redis-cell` and
+//! Envoy's and Stripe's limiters).
+//!
+//! **Why GCRA rather than a token bucket:** it is a token bucket stated as one number per key,
+//! the *theoretical arrival time* (TAT). One value means one atomic `kv` compare-and-swap per
+//! quota per request, so every instance of the plugin (and every gateway sharing a store)
+//! counts exactly, with no refill timer and no separate "last refill" field to keep consistent.
+//! A quota of `requests` per `window_ms` admits a burst of `requests` and then one request every
+//! `window_ms / requests`; an idle key's state expires from `kv` once it is fully replenished.
+//!
+//! Each request is checked against every quota in order. When one refuses, the quotas already
+//! taken for that request are given back, so a request refused by an hourly quota does not use
+//! up the per-second one. The host renders the quotas as `RateLimit-Policy` and `RateLimit`
+//! fields (draft-ietf-httpapi-ratelimit-headers) on every response and answers 429 with
+//! `Retry-After` (RFC 6585 §4) when limited.
+//!
+//! Configuration reference: `plugins/rate-limit/README.md`.
+
+use portcullis_sdk::{ConfigError, Identity, KvError, Limited, Plugin, Quota, RateLimit, RateLimitOutcome, RequestHead, kv};
+use serde::Deserialize;
+
+/// What requests are counted together.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum KeyBy {
+    /// The identity subject from an earlier auth step; anonymous requests fall back to the
+    /// client IP (keys `sub:…` and `ip:…` never collide).
+    Subject,
+    /// The client IP address the host saw.
+    ClientIp,
+    /// The value of a request header (e.g. a tenant id); requests without it fall back to the
+    /// client IP.
+    Header(String),
+    /// Everyone on the route shares one quota.
+    Route,
+}
+
+/// Where a key's counter lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    /// One counter per route (the default): the same client has separate quotas on two routes.
+    #[default]
+    Route,
+    /// One counter per plugin step configuration, shared by every route using it.
+    Global,
+}
+
+/// One quota.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Policy name, a token such as `per-second`; shown in the RateLimit fields.
+    pub name: String,
+    /// Requests allowed per window (also the largest burst). At least 1.
+    pub requests: u64,
+    /// Window length in milliseconds, 1 ms to 31 days.
+    pub window_ms: u64,
+}
+
+/// The step configuration (JSON).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How requests are grouped. Default: `"client-ip"`.
+    #[serde(default = "defaults::key")]
+    pub key: KeyBy,
+    /// Per route (default) or shared across routes.
+    #[serde(default)]
+    pub scope: Scope,
+    /// The quotas, checked in order. At least one.
+    pub limits: Vec<LimitConfig>,
+}
+
+mod defaults {
+    pub fn key() -> super::KeyBy {
+        super::KeyBy::ClientIp
+    }
+}
+
+/// The configured plugin.
+pub struct RateLimiter {
+    config: Config,
+}
+
+const MAX_WINDOW_MS: u64 = 31 * 24 * 3600 * 1000;
+/// Compare-and-swap attempts per quota before the request is refused as contended.
+const MAX_CAS_ATTEMPTS: u32 = 64;
+
+impl Plugin for RateLimiter {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, ConfigError> {
+        if config.limits.is_empty() {
+            return Err(ConfigError::new("/limits", "at least one limit is required"));
+        }
+        for (i, l) in config.limits.iter().enumerate() {
+            let token = !l.name.is_empty() && l.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !token {
+                return Err(ConfigError::new(format!("/limits/{i}/name"), "use letters, digits, `-`, `_` and `.`"));
+            }
+            if config.limits[..i].iter().any(|o| o.name == l.name) {
+                return Err(ConfigError::new(format!("/limits/{i}/name"), "duplicate limit name"));
+            }
+            if l.requests == 0 || l.requests > 1_000_000_000 {
+                return Err(ConfigError::new(format!("/limits/{i}/requests"), "must be 1 to 1000000000"));
+            }
+            if l.window_ms == 0 || l.window_ms > MAX_WINDOW_MS {
+                return Err(ConfigError::new(format!("/limits/{i}/window_ms"), "must be 1 ms to 31 days"));
+            }
+        }
+        if let KeyBy::Header(name) = &config.key {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+                return Err(ConfigError::new("/key/header", "must be a header name"));
+            }
+        }
+        Ok(RateLimiter { config })
+    }
+}
+
+/// A quota's state after a decision, in microseconds.
+struct Decision {
+    allowed: bool,
+    /// New TAT written when allowed (for a rollback).
+    tat_us: u64,
+    remaining: u64,
+    reset_us: u64,
+    retry_after_us: u64,
+}
+
+impl RateLimiter {
+    /// The counter key for this request, without the policy name.
+    fn key(&self, request: &RequestHead, identity: Option<&Identity>) -> String {
+        let who = match (&self.config.key, identity) {
+            (KeyBy::Subject, Some(id)) => format!("sub:{}", id.subject),
+            (KeyBy::Header(name), _) => match request.header(name) {
+                Some(v) => format!("hdr:{v}"),
+                None => format!("ip:{}", request.client_ip),
+            },
+            (KeyBy::Route, _) => "route".to_owned(),
+            (KeyBy::Subject | KeyBy::ClientIp, _) => format!("ip:{}", request.client_ip),
+        };
+        let mut key = match self.config.scope {
+            Scope::Route => format!("rl:{}:{who}", request.route),
+            Scope::Global => format!("rl::{who}"),
+        };
+        // kv keys are capped at 512 bytes; a long header value is cut, which only merges keys
+        // that share their first 400 bytes.
+        if key.len() > 400 {
+            let mut cut = 400;
+            while !key.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            key.truncate(cut);
+        }
+        key
+    }
+
+    /// Takes one request from quota `limit` under `key` at `now_us`, atomically.
+    fn take(limit: &LimitConfig, key: &str, now_us: u64) -> Result<Decision, KvError> {
+        let window_us = limit.window_ms * 1000;
+        let interval_us = (window_us / limit.requests).max(1);
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let stored = kv::get(key)?;
+            let tat = stored.as_deref().and_then(parse_u64).unwrap_or(0).max(now_us);
+            let new_tat = tat + interval_us;
+            let allow_at = new_tat.saturating_sub(window_us);
+            if now_us < allow_at {
+                return Ok(Decision {
+                    allowed: false,
+                    tat_us: tat,
+                    remaining: 0,
+                    reset_us: tat - now_us,
+                    retry_after_us: allow_at - now_us,
+                });
+            }
+            let ttl_ms = (new_tat - now_us).div_ceil(1000) + 1;
+            if kv::compare_and_swap(key, stored.as_deref(), new_tat.to_string().as_bytes(), Some(ttl_ms))? {
+                let used = new_tat - now_us;
+                return Ok(Decision {
+                    allowed: true,
+                    tat_us: new_tat,
+                    remaining: (window_us - used.min(window_us)) / interval_us,
+                    reset_us: used,
+                    retry_after_us: 0,
+                });
+            }
+        }
+        Err(KvError::Unavailable("too much contention on one rate-limit key".to_owned()))
+    }
+
+    /// Gives back one request taken from `key` (best effort: the key moved on if it changed).
+    fn give_back(limit: &LimitConfig, key: &str, taken_tat: u64) {
+        let interval_us = ((limit.window_ms * 1000) / limit.requests).max(1);
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Ok(stored) = kv::get(key) else { return };
+            let Some(tat) = stored.as_deref().and_then(parse_u64) else { return };
+            if tat < taken_tat.saturating_sub(limit.window_ms * 1000) {
+                return;
+            }
+            let back = tat.saturating_sub(interval_us).to_string();
+            match kv::compare_and_swap(key, stored.as_deref(), back.as_bytes(), Some(limit.window_ms + 1)) {
+                Ok(true) | Err(_) => return,
+                Ok(false) => continue,
+            }
+        }
+    }
+}
+
+fn parse_u64(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+fn quota(limit: &LimitConfig, d: &Decision) -> Quota {
+    Quota {
+        policy: limit.name.clone(),
+        limit: limit.requests,
+        window_ms: limit.window_ms,
+        remaining: d.remaining,
+        reset_ms: d.reset_us.div_ceil(1000),
+    }
+}
+
+impl RateLimit for RateLimiter {
+    fn check(&self, request: &RequestHead, identity: Option<&Identity>) -> RateLimitOutcome {
+        let now_us = portcullis_sdk::now_ms().saturating_mul(1000);
+        let base = self.key(request, identity);
+        let mut taken: Vec<(usize, String, u64)> = Vec::new();
+        let mut quotas = Vec::new();
+        for (i, limit) in self.config.limits.iter().enumerate() {
+            let key = format!("{base}:{}", limit.name);
+            let decision = match Self::take(limit, &key, now_us) {
+                Ok(d) => d,
+                Err(e) => {
+                    // The store is full or unreachable: admit the request rather than lock every
+                    // client out, and say so in the log.
+                    portcullis_sdk::log(portcullis_sdk::Level::Warn, &format!("rate-limit store error, request admitted: {e:?}"));
+                    continue;
+                }
+            };
+            quotas.push(quota(limit, &decision));
+            if !decision.allowed {
+                for (j, key, tat) in &taken {
+                    Self::give_back(&self.config.limits[*j], key, *tat);
+                }
+                return RateLimitOutcome::Limited(Limited {
+                    quotas,
+                    retry_after_ms: decision.retry_after_us.div_ceil(1000),
+                });
+            }
+            taken.push((i, key, decision.tat_us));
+        }
+        RateLimitOutcome::Allowed(quotas)
+    }
+}
+
+portcullis_sdk::export_rate_limit!(RateLimiter);
+
+#[cfg(test)]
+mod tests {
+    use portcullis_sdk::testing;
+
+    use super::*;
+
+    fn limiter(json: &str) -> RateLimiter {
+        testing::configure(json).unwrap()
+    }
+
+    fn check(p: &RateLimiter, ip: &str) -> RateLimitOutcome {
+        p.check(&testing::request("GET", "/").client_ip(ip).build(), None)
+    }
+
+    #[test]
+    fn admits_the_burst_then_limits_until_the_window_replenishes() {
+        testing::reset();
+        testing::set_now_ms(1_000_000);
+        let p = limiter(r#"{"limits": [{"name": "per-minute", "requests": 3, "window_ms": 60000}]}"#);
+        for remaining in [2, 1, 0] {
+            match check(&p, "10.0.0.1") {
+                RateLimitOutcome::Allowed(q) => assert_eq!(q[0].remaining, remaining),
+                other => panic!("{other:?}"),
+            }
+        }
+        let RateLimitOutcome::Limited(l) = check(&p, "10.0.0.1") else { panic!("fourth request allowed") };
+        assert_eq!(l.retry_after_ms, 20_000, "one request every 20 s");
+        assert!(matches!(check(&p, "10.0.0.2"), RateLimitOutcome::Allowed(_)), "other clients have their own quota");
+        testing::advance_ms(20_000);
+        assert!(matches!(check(&p, "10.0.0.1"), RateLimitOutcome::Allowed(_)));
+        assert!(matches!(check(&p, "10.0.0.1"), RateLimitOutcome::Limited(_)));
+        testing::advance_ms(60_000);
+        for _ in 0..3 {
+            assert!(matches!(check(&p, "10.0.0.1"), RateLimitOutcome::Allowed(_)));
+        }
+    }
+
+    #[test]
+    fn a_refusal_by_one_quota_gives_back_the_others() {
+        testing::reset();
+        testing::set_now_ms(5_000_000);
+        let p = limiter(
+            r#"{"limits": [{"name": "per-second", "requests": 10, "window_ms": 1000},
+                           {"name": "per-hour", "requests": 2, "window_ms": 3600000}]}"#,
+        );
+        assert!(matches!(check(&p, "a"), RateLimitOutcome::Allowed(_)));
+        assert!(matches!(check(&p, "a"), RateLimitOutcome::Allowed(_)));
+        for _ in 0..5 {
+            let RateLimitOutcome::Limited(l) = check(&p, "a") else { panic!("hourly quota not enforced") };
+            assert_eq!(l.quotas.len(), 2);
+            assert_eq!(l.quotas[1].policy, "per-hour");
+        }
+        // Only the two admitted requests count against the per-second quota.
+        let RateLimitOutcome::Limited(l) = check(&p, "a") else { panic!() };
+        assert_eq!(l.quotas[0].remaining, 7);
+    }
+
+    #[test]
+    fn keys_by_subject_header_and_route() {
+        testing::reset();
+        let by_subject = limiter(r#"{"key": "subject", "limits": [{"name": "q", "requests": 1, "window_ms": 60000}]}"#);
+        let req = testing::request("GET", "/").build();
+        let alice = Identity::new("alice");
+        assert!(matches!(by_subject.check(&req, Some(&alice)), RateLimitOutcome::Allowed(_)));
+        assert!(matches!(by_subject.check(&req, Some(&alice)), RateLimitOutcome::Limited(_)));
+        assert!(matches!(by_subject.check(&req, None), RateLimitOutcome::Allowed(_)), "anonymous falls back to the IP");
+        let by_header = limiter(r#"{"key": {"header": "x-tenant"}, "limits": [{"name": "q", "requests": 1, "window_ms": 60000}]}"#);
+        let t1 = testing::request("GET", "/").header("x-tenant", "t1").build();
+        let t2 = testing::request("GET", "/").header("x-tenant", "t2").build();
+        assert!(matches!(by_header.check(&t1, None), RateLimitOutcome::Allowed(_)));
+        assert!(matches!(by_header.check(&t2, None), RateLimitOutcome::Allowed(_)));
+        assert!(matches!(by_header.check(&t1, None), RateLimitOutcome::Limited(_)));
+        let by_route = limiter(r#"{"key": "route", "limits": [{"name": "q", "requests": 1, "window_ms": 60000}]}"#);
+        let other_route = testing::request("GET", "/").route("other").build();
+        assert!(matches!(by_route.check(&req, None), RateLimitOutcome::Allowed(_)));
+        assert!(matches!(by_route.check(&other_route, None), RateLimitOutcome::Allowed(_)));
+        assert!(matches!(by_route.check(&req, Some(&alice)), RateLimitOutcome::Limited(_)));
+    }
+
+    #[test]
+    fn configuration_errors_name_the_field() {
+        let err = |json: &str| testing::configure::<RateLimiter>(json).err().unwrap().pointer;
+        assert_eq!(err(r#"{"limits": []}"#), "/limits");
+        assert_eq!(err(r#"{"limits": [{"name": "a b", "requests": 1, "window_ms": 1}]}"#), "/limits/0/name");
+        assert_eq!(err(r#"{"limits": [{"name": "a", "requests": 0, "window_ms": 1}]}"#), "/limits/0/requests");
+        assert_eq!(err(r#"{"limits": [{"name": "a", "requests": 1, "window_ms": 0}]}"#), "/limits/0/window_ms");
+        assert_eq!(err(r#"{"key": "nope", "limits": []}"#), "/key");
+    }
+}
