@@ -1,10 +1,15 @@
 //! `audit-log`: a Portcullis `logging` plugin that writes one JSON audit record per finished
-//! exchange through the host's `log` capability (target `portcullis::plugin`, field
-//! `plugin=<id>`), after the response was sent.
+//! exchange to the host's `audit` sink, after the response was sent (it never adds latency and
+//! is fail-open, as every logging step is by default).
 //!
-//! The record carries the time, request id, route, method, path, client IP, identity subject,
-//! status, latency in milliseconds, bytes in and out, the upstream endpoint and each plugin's
-//! decision. Request headers are left out except those named in `headers`; credentials
+//! The sink is the plugin's `audit_file` in the gateway configuration (JSON Lines), or the
+//! gateway's stdout when none is set. The host hash-chains the records: each carries `prev`,
+//! the hash of the record before it, and `hash`, so `portcullis audit verify FILE` finds the
+//! first record that was edited, removed or reordered.
+//!
+//! The record carries the time (RFC 3339, UTC, and `time_ms`), request id, route, method, path,
+//! client IP, identity subject, status, latency in milliseconds, bytes in and out, the upstream
+//! endpoint and each plugin's decision. Request headers are left out except those named in `headers`; credentials
 //! (`authorization`, `proxy-authorization`, `cookie`, `set-cookie`, `x-api-key`, and any in
 //! `redact`) are always replaced by `"[redacted]"`. The query string is never recorded: it
 //! often carries API keys.
@@ -69,6 +74,7 @@ impl AuditLog {
             .collect();
         json!({
             "type": "audit",
+            "time": rfc3339(e.start_ms),
             "time_ms": e.start_ms,
             "request_id": e.request_id,
             "route": e.route,
@@ -90,8 +96,35 @@ impl AuditLog {
 
 impl Logging for AuditLog {
     fn observe(&self, exchange: &Exchange) {
-        portcullis_sdk::log(Level::Info, &self.record(exchange).to_string());
+        if let Err(e) = portcullis_sdk::audit_append(&self.record(exchange).to_string()) {
+            let detail = format!("audit record for request {} not written: {e:?}", exchange.request_id);
+            portcullis_sdk::log(Level::Error, &detail);
+        }
     }
+}
+
+/// `ms` since the Unix epoch as RFC 3339 UTC with milliseconds, e.g.
+/// `2026-11-21T22:18:28.123Z` (days to civil date: H. Hinnant's `civil_from_days`).
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
 }
 
 portcullis_sdk::export_logging!(AuditLog);
@@ -141,16 +174,23 @@ mod tests {
         )
         .unwrap();
         plugin.observe(&exchange());
-        let logs = testing::logs();
-        assert_eq!(logs.len(), 1);
-        let record: Value = serde_json::from_str(&logs[0].message).unwrap();
+        let records = testing::audit_records();
+        assert_eq!(records.len(), 1);
+        let record: Value = serde_json::from_str(&records[0]).unwrap();
         assert_eq!(record["headers"]["authorization"], "[redacted]");
         assert_eq!(record["headers"]["x-session"], "[redacted]");
         assert_eq!(record["headers"]["user-agent"], "curl");
         assert_eq!(record["subject"], "alice");
         assert_eq!(record["latency_ms"], 1.5);
         assert_eq!(record["decisions"][0]["decision"], "authenticated");
-        assert!(!logs[0].message.contains("secret"), "{}", logs[0].message);
+        assert!(!records[0].contains("secret"), "{}", records[0]);
+    }
+
+    #[test]
+    fn rfc3339_formats_utc_with_milliseconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_001), "2000-02-29T00:00:00.001Z");
+        assert_eq!(rfc3339(1_795_299_508_123), "2026-11-21T22:18:28.123Z");
     }
 
     #[test]

@@ -3,11 +3,12 @@
 use portcullis_sdk::Identity;
 use serde_json::Value;
 
-use crate::{Config, Refusal};
+use crate::{Issuer, Refusal};
 
-/// Checks `claims` at `now_s` and builds the identity.
-pub(crate) fn check(config: &Config, claims: &Value, now_s: i64) -> Result<Identity, Refusal> {
-    let leeway = i64::try_from(config.leeway_seconds).unwrap_or(i64::MAX);
+/// Checks `claims` for `config`'s issuer at `now_s`, allowing `leeway_seconds` of clock skew,
+/// and builds the identity.
+pub(crate) fn check(config: &Issuer, leeway_seconds: u64, claims: &Value, now_s: i64) -> Result<Identity, Refusal> {
+    let leeway = i64::try_from(leeway_seconds).unwrap_or(i64::MAX);
     let exp = numeric_date(claims, "exp")?.ok_or(Refusal::ClaimsRejected)?;
     if now_s > exp.saturating_add(leeway) {
         return Err(Refusal::Expired);

@@ -1,9 +1,15 @@
 //! `jwt-auth`: a Portcullis `auth` plugin that verifies JSON Web Tokens (RFC 7519) sent as
-//! `Authorization: Bearer <token>` (RFC 6750 §2.1).
+//! bearer tokens (RFC 6750).
 //!
+//! - Several issuers per step, each with its own audiences, keys and claim mapping; a token is
+//!   checked against the issuer its `iss` names, with that issuer's keys only.
 //! - Keys come from the configuration: PEM keys (`pem`), HMAC secrets (`secret`) and JWKs
-//!   (`jwk`), and a JWKS document (`jwks`, RFC 7517 §5) inline or from a file through the
-//!   host's `{ "$file" = "keys/jwks.json" }` reference.
+//!   (`jwk`), a JWKS document (`jwks`, RFC 7517 §5) inline or from a file through the host's
+//!   `{ "$file" = "keys/jwks.json" }` reference, or a JWKS URL (`jwks_url`) fetched through the
+//!   host's `http-client` and cached (see [`jwks`](crate::jwks) for max-age, refetch on an
+//!   unknown `kid` with a cooldown, single-flight refresh and bounded stale keys).
+//! - The token comes from `Authorization: Bearer` by default, or from the headers and cookies
+//!   listed in `token_sources`.
 //! - Each key is pinned to one algorithm. A token whose `alg` differs from its key's is refused,
 //!   so `alg: none` and HS256-signed-with-the-RSA-public-key tokens never verify. Tokens whose
 //!   header embeds keys or key URLs (`jwk`, `jku`, `x5u`, `x5c`) are refused outright.
@@ -21,17 +27,21 @@
 //! Configuration reference: `plugins/jwt-auth/README.md`.
 
 mod claims;
+mod jwks;
 mod keys;
 
+use std::cell::RefCell;
+
+use base64::Engine as _;
 use portcullis_sdk::{Auth, AuthOutcome, ConfigError, Identity, LocalResponse, Plugin, RequestHead};
 use serde::Deserialize;
 
 pub use keys::KeyConfig;
 
-/// The step configuration (JSON).
+/// One trusted issuer: its `iss`, audiences, keys and claim mapping.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub struct IssuerConfig {
     /// The expected `iss` claim.
     pub issuer: String,
     /// Accepted `aud` values; when empty, `aud` is not checked.
@@ -43,15 +53,83 @@ pub struct Config {
     /// A JWKS document: JSON text (as `$file` gives it) or an inline object.
     #[serde(default)]
     pub jwks: Option<serde_json::Value>,
-    /// Allowed clock skew for `exp`, `nbf` and `iat`, in seconds.
-    #[serde(default = "defaults::leeway_seconds")]
-    pub leeway_seconds: u64,
+    /// A JWKS URL fetched through `http-client` (its origin must be in `allowed_origins`).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
     /// Dotted path of the claim holding roles.
     #[serde(default = "defaults::roles_claim")]
     pub roles_claim: String,
     /// Claims that must be present besides `exp`, `iss` and `sub`.
     #[serde(default)]
     pub required_claims: Vec<String>,
+}
+
+/// Where a token may be found, tried in order: `{ "header": NAME, "scheme": SCHEME }` (scheme
+/// optional; with it the value must be `<scheme> <token>`, scheme matched case-insensitively)
+/// or `{ "cookie": NAME }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TokenSource {
+    /// A header.
+    Header(HeaderSource),
+    /// A cookie.
+    Cookie(CookieSource),
+}
+
+/// A token in a header.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderSource {
+    /// Header name.
+    pub header: String,
+    /// Authentication scheme before the token, e.g. `Bearer`; none: the whole value.
+    #[serde(default)]
+    pub scheme: Option<String>,
+}
+
+/// A token in a cookie.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CookieSource {
+    /// Cookie name.
+    pub cookie: String,
+}
+
+/// The step configuration (JSON). Either `issuers`, or one issuer given at the top level
+/// (`issuer`, `audiences`, `keys`, `jwks`, `jwks_url`, `roles_claim`, `required_claims`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Trusted issuers; a token is checked against the one its `iss` names.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// Shorthand for a single issuer.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Shorthand: that issuer's audiences.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Shorthand: that issuer's keys.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// Shorthand: that issuer's JWKS document.
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// Shorthand: that issuer's JWKS URL.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Shorthand: that issuer's roles claim.
+    #[serde(default)]
+    pub roles_claim: Option<String>,
+    /// Shorthand: that issuer's required claims.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Where tokens are read from, in order. Default: `Authorization: Bearer`.
+    #[serde(default = "defaults::token_sources")]
+    pub token_sources: Vec<TokenSource>,
+    /// Allowed clock skew for `exp`, `nbf` and `iat`, in seconds.
+    #[serde(default = "defaults::leeway_seconds")]
+    pub leeway_seconds: u64,
     /// When false, a request without a token continues as anonymous instead of getting 401.
     #[serde(default = "defaults::yes")]
     pub require_token: bool,
@@ -61,6 +139,9 @@ pub struct Config {
     /// The `realm` of the `WWW-Authenticate` challenge.
     #[serde(default = "defaults::realm")]
     pub realm: String,
+    /// JWKS URL caching.
+    #[serde(default)]
+    pub jwks_cache: jwks::CacheConfig,
 }
 
 mod defaults {
@@ -79,35 +160,102 @@ mod defaults {
     pub fn realm() -> String {
         "portcullis".into()
     }
+    pub fn token_sources() -> Vec<super::TokenSource> {
+        vec![super::TokenSource::Header(super::HeaderSource { header: "authorization".into(), scheme: Some("Bearer".into()) })]
+    }
+}
+
+/// An issuer ready to verify tokens.
+pub(crate) struct Issuer {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub roles_claim: String,
+    pub required_claims: Vec<String>,
+    keys: Vec<keys::Key>,
+    remote: Option<jwks::Remote>,
 }
 
 /// The configured plugin.
 pub struct JwtAuth {
     config: Config,
-    keys: Vec<keys::Key>,
+    issuers: Vec<Issuer>,
+    /// Keys fetched from each issuer's `jwks_url`, parsed once per document version.
+    remote_keys: RefCell<Vec<jwks::Local>>,
 }
 
 impl Plugin for JwtAuth {
     type Config = Config;
 
     fn new(mut config: Config) -> Result<Self, ConfigError> {
-        if config.issuer.is_empty() {
-            return Err(ConfigError::new("/issuer", "must not be empty"));
+        let mut configs = std::mem::take(&mut config.issuers);
+        let at_issuers = configs.len();
+        if let Some(issuer) = config.issuer.take() {
+            configs.push(IssuerConfig {
+                issuer,
+                audiences: std::mem::take(&mut config.audiences),
+                keys: std::mem::take(&mut config.keys),
+                jwks: config.jwks.take(),
+                jwks_url: config.jwks_url.take(),
+                roles_claim: config.roles_claim.take().unwrap_or_else(defaults::roles_claim),
+                required_claims: std::mem::take(&mut config.required_claims),
+            });
+        } else if !config.keys.is_empty() || config.jwks.is_some() || config.jwks_url.is_some() || !config.audiences.is_empty() {
+            return Err(ConfigError::new("/issuer", "is required when `keys`, `jwks`, `jwks_url` or `audiences` are given at the top level"));
+        }
+        if configs.is_empty() {
+            return Err(ConfigError::new("/issuers", "at least one issuer is required (`issuers`, or `issuer` with its keys)"));
+        }
+        let mut issuers = Vec::new();
+        for (i, c) in configs.into_iter().enumerate() {
+            // Errors point into `issuers` for listed issuers and at the top level for the
+            // shorthand.
+            let base = if i < at_issuers { format!("/issuers/{i}") } else { String::new() };
+            issuers.push(Issuer::load(c, &base, &config.jwks_cache)?);
+        }
+        for (i, a) in issuers.iter().enumerate() {
+            if issuers[..i].iter().any(|b| b.issuer == a.issuer) {
+                return Err(ConfigError::new(format!("/issuers/{i}/issuer"), "duplicate issuer"));
+            }
         }
         if config.realm.contains(['"', '\\']) || config.realm.chars().any(char::is_control) {
             return Err(ConfigError::new("/realm", "must not contain quotes, backslashes or control characters"));
         }
+        if config.token_sources.is_empty() {
+            return Err(ConfigError::new("/token_sources", "at least one source is required"));
+        }
+        config.jwks_cache.check()?;
+        let remote_keys = RefCell::new(issuers.iter().map(|_| jwks::Local::default()).collect());
+        Ok(JwtAuth { config, issuers, remote_keys })
+    }
+}
+
+impl Issuer {
+    fn load(c: IssuerConfig, base: &str, cache: &jwks::CacheConfig) -> Result<Issuer, ConfigError> {
+        if c.issuer.is_empty() {
+            return Err(ConfigError::new(format!("{base}/issuer"), "must not be empty"));
+        }
         let mut keys = Vec::new();
-        for (i, key) in config.keys.iter().enumerate() {
-            keys.push(key.load().map_err(|e| ConfigError::new(format!("/keys/{i}{}", e.0), e.1))?);
+        for (i, key) in c.keys.iter().enumerate() {
+            keys.push(key.load().map_err(|e| ConfigError::new(format!("{base}/keys/{i}{}", e.0), e.1))?);
         }
-        if let Some(jwks) = config.jwks.take() {
-            keys.extend(keys::load_jwks(jwks).map_err(|e| ConfigError::new(format!("/jwks{}", e.0), e.1))?);
+        if let Some(doc) = c.jwks {
+            keys.extend(keys::load_jwks(doc).map_err(|e| ConfigError::new(format!("{base}/jwks{}", e.0), e.1))?);
         }
-        if keys.is_empty() {
-            return Err(ConfigError::new("", "at least one key is required in `keys` or `jwks`"));
+        let remote = match c.jwks_url {
+            Some(url) => Some(jwks::Remote::new(url, cache).map_err(|m| ConfigError::new(format!("{base}/jwks_url"), m))?),
+            None => None,
+        };
+        if keys.is_empty() && remote.is_none() {
+            return Err(ConfigError::new(base.to_owned(), "at least one key is required in `keys`, `jwks` or `jwks_url`"));
         }
-        Ok(JwtAuth { config, keys })
+        Ok(Issuer {
+            issuer: c.issuer,
+            audiences: c.audiences,
+            roles_claim: c.roles_claim,
+            required_claims: c.required_claims,
+            keys,
+            remote,
+        })
     }
 }
 
@@ -144,6 +292,10 @@ impl Refusal {
 impl JwtAuth {
     /// Verifies `token` at `now_s` (seconds since the Unix epoch) and returns the identity.
     ///
+    /// The token's unverified `iss` picks the issuer; that issuer's keys (configured, or
+    /// fetched from its `jwks_url` and cached) must verify the signature before any claim is
+    /// trusted.
+    ///
     /// Errors: the [`Refusal`] the client is told.
     pub fn verify(&self, token: &str, now_s: i64) -> Result<Identity, Refusal> {
         if token.len() > self.config.max_token_bytes {
@@ -153,13 +305,44 @@ impl JwtAuth {
         if header.jwk.is_some() || header.jku.is_some() || header.x5u.is_some() || header.x5c.is_some() {
             return Err(Refusal::Invalid);
         }
-        let claims = self
-            .keys
+        let claimed_issuer = unverified_issuer(token).ok_or(Refusal::Malformed)?;
+        let (index, issuer) = self
+            .issuers
             .iter()
-            .filter(|k| k.alg == header.alg && (header.kid.is_none() || k.kid == header.kid))
-            .find_map(|k| k.verify(token))
-            .ok_or(Refusal::Invalid)?;
-        claims::check(&self.config, &claims, now_s)
+            .enumerate()
+            .find(|(_, i)| i.issuer == claimed_issuer)
+            .ok_or(Refusal::ClaimsRejected)?;
+        let matches = |k: &&keys::Key| k.alg == header.alg && (k.kid.is_none() || header.kid.is_none() || k.kid == header.kid);
+        let mut claims = issuer.keys.iter().filter(matches).find_map(|k| k.verify(token));
+        if claims.is_none() {
+            if let Some(remote) = &issuer.remote {
+                let mut cache = self.remote_keys.borrow_mut();
+                let local = &mut cache[index];
+                remote.refresh(local, header.kid.as_deref(), portcullis_sdk::now_ms());
+                claims = local.keys().iter().filter(matches).find_map(|k| k.verify(token));
+            }
+        }
+        let claims = claims.ok_or(Refusal::Invalid)?;
+        claims::check(issuer, self.config.leeway_seconds, &claims, now_s)
+    }
+
+    /// The token from the first configured source that has one.
+    fn token<'a>(&self, request: &'a RequestHead) -> Option<&'a str> {
+        self.config.token_sources.iter().find_map(|source| match source {
+            TokenSource::Header(HeaderSource { header, scheme: Some(scheme) }) => {
+                let value = request.header(header)?;
+                let (got, token) = value.split_once(' ')?;
+                got.eq_ignore_ascii_case(scheme).then(|| token.trim()).filter(|t| !t.is_empty())
+            }
+            TokenSource::Header(HeaderSource { header, scheme: None }) => request.header(header).map(str::trim).filter(|t| !t.is_empty()),
+            TokenSource::Cookie(CookieSource { cookie }) => request
+                .headers_named("cookie")
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .find(|(name, _)| name == cookie)
+                .map(|(_, value)| value.trim_matches('"'))
+                .filter(|t| !t.is_empty()),
+        })
     }
 
     fn challenge(&self, refusal: Option<Refusal>) -> LocalResponse {
@@ -178,7 +361,7 @@ impl JwtAuth {
 
 impl Auth for JwtAuth {
     fn authenticate(&self, request: &RequestHead) -> AuthOutcome {
-        let Some(token) = request.bearer_token() else {
+        let Some(token) = self.token(request) else {
             return if self.config.require_token {
                 AuthOutcome::Denied(self.challenge(None))
             } else {
@@ -191,6 +374,15 @@ impl Auth for JwtAuth {
             Err(refusal) => AuthOutcome::Denied(self.challenge(Some(refusal))),
         }
     }
+}
+
+/// The `iss` claim of a token, read without verifying it (only to choose the issuer whose
+/// keys must then verify the token).
+fn unverified_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
 }
 
 portcullis_sdk::export_auth!(JwtAuth);

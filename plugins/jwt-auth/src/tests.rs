@@ -189,3 +189,158 @@ fn jwt_config_errors_name_the_field() {
     let none = json!({ "issuer": "i" });
     assert!(testing::configure::<JwtAuth>(&none.to_string()).is_err());
 }
+
+// RFC 7515 Appendix A: the specification's own examples.
+const RFC7515_A1_HS256: &str = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+const RFC7515_A1_KEY: &str = "AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow";
+const RFC7515_A3_ES256: &str = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q";
+const RFC7515_A5_NONE: &str = "eyJhbGciOiJub25lIn0.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.";
+
+fn rfc_key(alg: &str, jwk: Value) -> crate::keys::Key {
+    let config: crate::KeyConfig = serde_json::from_value(json!({ "alg": alg, "jwk": jwk })).unwrap();
+    config.load().ok().unwrap()
+}
+
+#[test]
+fn jwt_rfc7515_appendix_examples_verify_and_tampered_ones_fail() {
+    let hs = rfc_key("HS256", json!({ "kty": "oct", "alg": "HS256", "k": RFC7515_A1_KEY }));
+    let claims = hs.verify(RFC7515_A1_HS256).expect("RFC 7515 A.1 must verify");
+    assert_eq!(claims["iss"], "joe");
+    let es = rfc_key(
+        "ES256",
+        json!({ "kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0" }),
+    );
+    assert!(es.verify(RFC7515_A3_ES256).is_some(), "RFC 7515 A.3 must verify");
+    // The same signatures over another payload, or with another key, must not.
+    let forged_payload = format!("eyJhbGciOiJFUzI1NiJ9.{}.{}", b64(&json!({"iss": "joe", "admin": true})), RFC7515_A3_ES256.rsplit('.').next().unwrap());
+    assert!(es.verify(&forged_payload).is_none());
+    assert!(es.verify(RFC7515_A1_HS256).is_none(), "a key never verifies another algorithm");
+    assert!(hs.verify(RFC7515_A3_ES256).is_none());
+    // A.5, the unsecured JWS: refused as malformed before any key is tried.
+    let p: JwtAuth = testing::configure(&json!({ "issuer": "joe", "keys": [{ "alg": "HS256", "jwk": { "kty": "oct", "alg": "HS256", "k": RFC7515_A1_KEY } }] }).to_string()).unwrap();
+    assert_eq!(p.verify(RFC7515_A5_NONE, 1_300_819_000).unwrap_err(), Refusal::Malformed);
+    // A.1 has a valid signature but no `sub`: the claims, not the signature, refuse it.
+    assert_eq!(p.verify(RFC7515_A1_HS256, 1_300_819_000).unwrap_err(), Refusal::ClaimsRejected);
+}
+
+fn hs256(secret: &str, kid: &str, claims: &Value) -> String {
+    sign(Algorithm::HS256, Some(kid), &EncodingKey::from_secret(secret.as_bytes()), claims)
+}
+
+#[test]
+fn jwt_several_issuers_each_with_their_own_keys_and_audiences() {
+    testing::reset();
+    let other_secret = "another-issuer-secret-of-at-least-32-bytes";
+    let p: JwtAuth = testing::configure(
+        &json!({ "issuers": [
+            { "issuer": "https://a.test", "audiences": ["api"], "keys": [{ "kid": "a", "alg": "HS256", "secret": SECRET }] },
+            { "issuer": "https://b.test", "keys": [{ "kid": "b", "alg": "HS256", "secret": other_secret }], "roles_claim": "groups" },
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let a = json!({ "sub": "alice", "iss": "https://a.test", "aud": "api", "exp": NOW + 60 });
+    let b = json!({ "sub": "bob", "iss": "https://b.test", "exp": NOW + 60, "groups": ["ops"] });
+    assert_eq!(p.verify(&hs256(SECRET, "a", &a), NOW).unwrap().subject, "alice");
+    assert_eq!(p.verify(&hs256(other_secret, "b", &b), NOW).unwrap().roles, ["ops"]);
+    // Issuer B's token signed with issuer A's key: B's keys are the only ones tried.
+    assert_eq!(p.verify(&hs256(SECRET, "b", &b), NOW).unwrap_err(), Refusal::Invalid);
+    let unknown = json!({ "sub": "eve", "iss": "https://evil.test", "exp": NOW + 60 });
+    assert_eq!(p.verify(&hs256(SECRET, "a", &unknown), NOW).unwrap_err(), Refusal::ClaimsRejected);
+}
+
+#[test]
+fn jwt_reads_tokens_from_configured_headers_and_cookies() {
+    testing::reset();
+    testing::set_now_ms(u64::try_from(NOW).unwrap() * 1000);
+    let p: JwtAuth = testing::configure(
+        &json!({ "issuer": "https://issuer.test", "keys": [{ "alg": "HS256", "secret": SECRET }],
+                 "token_sources": [{ "cookie": "access_token" }, { "header": "x-jwt" }] })
+        .to_string(),
+    )
+    .unwrap();
+    let token = hs256(SECRET, "k", &claims());
+    let cookie = testing::request("GET", "/").header("cookie", &format!("theme=dark; access_token={token}")).build();
+    assert!(matches!(p.authenticate(&cookie), AuthOutcome::Authenticated(_)));
+    let header = testing::request("GET", "/").header("x-jwt", &token).build();
+    assert!(matches!(p.authenticate(&header), AuthOutcome::Authenticated(_)));
+    let bearer = testing::request("GET", "/").header("authorization", &format!("Bearer {token}")).build();
+    assert!(matches!(p.authenticate(&bearer), AuthOutcome::Denied(_)), "Authorization is not a configured source");
+}
+
+/// A fake JWKS endpoint: serves `doc` (shared so a test can rotate it) or fails.
+fn serve_jwks(doc: &std::rc::Rc<std::cell::RefCell<Option<String>>>, fetches: &std::rc::Rc<std::cell::Cell<u32>>) {
+    let (doc, fetches) = (doc.clone(), fetches.clone());
+    testing::set_http_handler(move |req| {
+        assert_eq!(req.url, "https://idp.test/jwks.json");
+        fetches.set(fetches.get() + 1);
+        match doc.borrow().clone() {
+            Some(body) => Ok(portcullis_sdk::OutboundResponse { status: 200, headers: vec![], body: body.into_bytes() }),
+            None => Err(portcullis_sdk::HttpError::Connect("connection refused".into())),
+        }
+    });
+}
+
+fn jwks_of(kids: &[&str]) -> String {
+    let keys: Vec<Value> = kids
+        .iter()
+        .map(|kid| json!({ "kty": "oct", "alg": "HS256", "kid": kid, "k": b64_bytes(SECRET.as_bytes()) }))
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+fn b64_bytes(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[test]
+fn jwt_jwks_url_is_cached_refetched_on_rotation_after_a_cooldown_and_kept_stale_within_bounds() {
+    testing::reset();
+    let start_ms = u64::try_from(NOW).unwrap() * 1000;
+    testing::set_now_ms(start_ms);
+    let doc = std::rc::Rc::new(std::cell::RefCell::new(Some(jwks_of(&["k1"]))));
+    let fetches = std::rc::Rc::new(std::cell::Cell::new(0));
+    serve_jwks(&doc, &fetches);
+    let p: JwtAuth = testing::configure(
+        &json!({ "issuer": "https://issuer.test", "jwks_url": "https://idp.test/jwks.json",
+                 "jwks_cache": { "max_age_ms": 60000, "refetch_cooldown_ms": 10000, "max_stale_ms": 120000 } })
+        .to_string(),
+    )
+    .unwrap();
+    let now_s = |p: &JwtAuth, kid: &str| {
+        let at = i64::try_from(portcullis_sdk::now_ms() / 1000).unwrap();
+        let mut c = claims();
+        c["exp"] = json!(at + 600);
+        p.verify(&hs256(SECRET, kid, &c), at)
+    };
+    assert!(now_s(&p, "k1").is_ok());
+    assert!(now_s(&p, "k1").is_ok());
+    assert_eq!(fetches.get(), 1, "cached");
+    // A second instance shares the fetched document through kv.
+    let other: JwtAuth = testing::configure(&json!({ "issuer": "https://issuer.test", "jwks_url": "https://idp.test/jwks.json" }).to_string()).unwrap();
+    assert!(now_s(&other, "k1").is_ok());
+    assert_eq!(fetches.get(), 1, "shared, not fetched again");
+    // Rotation: k2 appears at the IdP. Within the cooldown an unknown kid does not refetch.
+    *doc.borrow_mut() = Some(jwks_of(&["k1", "k2"]));
+    assert_eq!(now_s(&p, "k2").unwrap_err(), Refusal::Invalid);
+    assert_eq!(fetches.get(), 1);
+    testing::advance_ms(10_001);
+    assert!(now_s(&p, "k2").is_ok(), "refetched after the cooldown");
+    assert_eq!(fetches.get(), 2);
+    for _ in 0..5 {
+        let _ = now_s(&p, "random-kid");
+    }
+    assert!(fetches.get() <= 3, "unknown kids cannot cause a fetch storm");
+    // The IdP goes down: keys past max-age stay in use until max_stale_ms, then 401.
+    *doc.borrow_mut() = None;
+    testing::advance_ms(90_000);
+    assert!(now_s(&p, "k1").is_ok(), "stale keys are still used while the endpoint fails");
+    testing::advance_ms(120_000);
+    assert_eq!(now_s(&p, "k1").unwrap_err(), Refusal::Invalid, "past max_stale_ms the keys are dropped");
+    // It comes back: the next attempt after the cooldown restores service.
+    *doc.borrow_mut() = Some(jwks_of(&["k1"]));
+    testing::advance_ms(10_001);
+    assert!(now_s(&p, "k1").is_ok());
+}
