@@ -10,7 +10,19 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Packages built for the tests: the plugins of `plugins/` and the guests of `tests/guests/`.
-const PACKAGES: [&str; 6] = ["jwt-auth", "audit-log", "chaos-filter", "socket-filter", "tag-filter-a", "tag-filter-b"];
+const PACKAGES: [&str; 11] = [
+    "jwt-auth",
+    "audit-log",
+    "rate-limit",
+    "rbac",
+    "api-key-auth",
+    "request-validation",
+    "oauth2-introspection",
+    "chaos-filter",
+    "socket-filter",
+    "tag-filter-a",
+    "tag-filter-b",
+];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
-cargo build --profile plugin --target wasm32-wasip2 -p jwt-auth -p audit-log
+cargo build --profile plugin --target wasm32-wasip2 -p jwt-auth -p rbac -p rate-limit -p request-validation -p audit-log
 cargo build --release -p portcullis -p portcullis-demo
 
 target/release/demo-upstream --listen 127.0.0.1:8081 &

@@ -3,6 +3,10 @@
 //!   of lowering the request head and lifting the answer included);
 //! - one `jwt-auth` call on a warm instance (an RS256 signature check inside wasm);
 //! - a plugin that loops forever, at the default 100 ms deadline: request start to its 500;
+//! - the request phase of a one-step chain for each first-party plugin on a warm instance
+//!   (rbac, rate-limit with a quota never reached, api-key-auth, request-validation with a JSON
+//!   Schema and a 60-byte body), host conversions included; and audit-log's `observe` with its
+//!   write to the hash-chained audit file;
 //! - whole requests over loopback (sequential, keep-alive, real client and echo upstream) on a
 //!   route with no plugins and on the quickstart's two-step chain (jwt-auth → audit-log).
 //!
@@ -12,6 +16,7 @@
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
+use portcullis::body::{LazyBody, full};
 use portcullis::chain::ChainState;
 use portcullis::plugin::Call;
 use portcullis::plugin::bindings::portcullis::plugin::types::{Header, RequestHead};
@@ -54,6 +59,11 @@ async fn main() {
         route("jwt", "/jwt/", &[("jwt", Some(JWT_CONFIG))]),
         route("two-step", "/api/", &[("jwt", Some(JWT_CONFIG)), ("audit", None)]),
         route("looping", "/loop/", &[("looper", None)]),
+        route("rbac", "/rbac/", &[("rbac", Some(r#"{ rules = [{ path = "/admin/**", roles = ["admin"] }, { methods = ["GET"], path = "/api/**", roles = ["reader"] }] }"#))]),
+        route("ratelimit", "/rl/", &[("ratelimit", Some(r#"{ key = "client-ip", limits = [{ name = "s", requests = 1000000000, window_ms = 1000 }, { name = "h", requests = 1000000000, window_ms = 3600000 }] }"#))]),
+        route("apikey", "/key/", &[("apikey", Some(r#"{ keys = [{ key = "k-bench-0123456789", subject = "svc", roles = ["reader"] }] }"#))]),
+        route("validate", "/validate/", &[("validate", Some(r#"{ methods = ["GET"], content_types = ["application/json"], body_schema = { type = "object", required = ["item", "quantity"], properties = { item = { type = "string", minLength = 1 }, quantity = { type = "integer", minimum = 1 } } } }"#))]),
+        route("audit", "/audit/", &[("audit", None)]),
     ]
     .concat()
         + &format!(
@@ -92,10 +102,69 @@ async fn main() {
             let mut h = authed.clone();
             let mut headers = HeaderMap::new();
             let mut state = ChainState::default();
-            chain.on_request(&mut h, &mut headers, None, &snapshot.identity, &mut state).await.expect("chain");
+            let mut body = LazyBody::new(full(bytes::Bytes::new()), 0);
+            chain.on_request(&mut h, &mut headers, &mut body, &snapshot.identity, &mut state).await.expect("chain");
         }
         request_phase.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS / 20));
     }
+
+    // One-step chains, one per first-party plugin, through `Chain::on_request`.
+    let mut per_plugin = Vec::new();
+    let order_body = bytes::Bytes::from_static(br#"{"item": "bolt", "quantity": 3, "note": "bench order"}"#);
+    for (index, name) in [(5, "rbac"), (6, "rate-limit"), (7, "api-key-auth"), (8, "request-validation")] {
+        let chain = &snapshot.routes[index].chain;
+        let mut request = authed.clone();
+        request.headers.push(Header { name: "x-api-key".into(), value: "k-bench-0123456789".into() });
+        request.headers.push(Header { name: "content-type".into(), value: "application/json".into() });
+        let identity = portcullis::plugin::bindings::portcullis::plugin::types::Identity {
+            subject: "alice".into(),
+            issuer: None,
+            roles: vec!["reader".into()],
+            scopes: vec![],
+        };
+        let mut samples = Vec::new();
+        for _ in 0..ROUNDS {
+            let started = Instant::now();
+            for _ in 0..CALLS / 4 {
+                let mut h = request.clone();
+                let mut headers = HeaderMap::new();
+                let mut state = ChainState { identity: Some(identity.clone()), ..ChainState::default() };
+                let mut body = LazyBody::new(full(order_body.clone()), 1024 * 1024);
+                let verdict = chain.on_request(&mut h, &mut headers, &mut body, &snapshot.identity, &mut state).await.expect("chain");
+                assert!(matches!(verdict, portcullis::chain::Verdict::Continue), "{name}: {verdict:?}");
+            }
+            samples.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS / 4));
+        }
+        per_plugin.push((name, median(samples)));
+    }
+    let exchange = portcullis::plugin::bindings::exports::portcullis::plugin::logging::Exchange {
+        request_id: "bench".into(),
+        route: "audit".into(),
+        method: "GET".into(),
+        authority: "127.0.0.1:8080".into(),
+        path: "/audit/x".into(),
+        query: None,
+        client_ip: "127.0.0.1".into(),
+        identity: None,
+        status: 200,
+        start_ms: 1,
+        duration_us: 350,
+        bytes_in: 0,
+        bytes_out: 120,
+        request_headers: authed.headers.clone(),
+        response_headers: vec![],
+        endpoint: Some("127.0.0.1:8081".into()),
+        decisions: vec![],
+    };
+    let mut audit = Vec::new();
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        for _ in 0..CALLS / 4 {
+            snapshot.routes[9].chain.observe(&exchange).await;
+        }
+        audit.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS / 4));
+    }
+    per_plugin.push(("audit-log (observe + chained file append)", median(audit)));
 
     let auth = format!("Bearer {token}");
     let mut bare = Vec::new();
@@ -128,6 +197,9 @@ async fn main() {
     println!("| filter plugin call, warm instance | {:.2} | {ROUNDS} × {CALLS} |", median(warm_filter));
     println!("| jwt-auth call (RS256 verify in wasm), warm instance | {:.1} | {ROUNDS} × {} |", median(warm_jwt), CALLS / 20);
     println!("| two-step chain request phase (jwt-auth, audit-log skipped until after the response) | {:.1} | {ROUNDS} × {} |", median(request_phase), CALLS / 20);
+    for (name, us) in &per_plugin {
+        println!("| {name}, one-step chain request phase, warm instance | {us:.1} | {ROUNDS} × {} |", CALLS / 4);
+    }
     let (bare, two_step) = (median(bare), median(two_step));
     println!("| request, no plugins (loopback round trip incl. client and upstream) | {bare:.1} | {ROUNDS} × {REQUESTS} |");
     println!("| request, two-step chain jwt-auth → audit-log | {two_step:.1} | {ROUNDS} × {REQUESTS} |");

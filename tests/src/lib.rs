@@ -89,6 +89,27 @@ impl TestGateway {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The records of `audit.jsonl` beside the configuration, waiting up to 2 s for at least
+    /// `count` (logging steps run after the response).
+    pub async fn audit_records(&self, count: usize) -> Vec<Value> {
+        let path = self.dir.join("audit.jsonl");
+        let mut records = Vec::new();
+        for _ in 0..100 {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            records = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            if records.len() >= count {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        records
+    }
+
+    /// The directory holding the configuration (and the audit file).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Shuts the gateway down and removes its directory.
     pub async fn stop(self) {
         self.gateway.shutdown().await;
@@ -108,10 +129,17 @@ pub fn write_config(config: &str) -> (PathBuf, PathBuf) {
 }
 
 /// A gateway configuration in front of `upstream`, with the first-party plugins and test
-/// guests declared, followed by `routes` (TOML): `jwt`, `audit`, and the chaos test guest as
+/// guests declared, followed by `routes` (TOML): `jwt`, `audit` (to `audit.jsonl` beside the
+/// configuration), `ratelimit`, `rbac`, `apikey`, `validate`, and the chaos test guest as
 /// `chaos` (fail-closed, 1 s deadline), `chaos-open` (fail-open), `chaos-breaker` (breaker
 /// opens after 3 failures, for 300 ms) and `chaos-fresh` (a fresh instance per request).
 pub fn config(upstream: SocketAddr, routes: &str) -> String {
+    config_with(upstream, "", routes)
+}
+
+/// [`config`] with more TOML (e.g. `[plugin.ID]` tables that name a test server's origin)
+/// before the routes.
+pub fn config_with(upstream: SocketAddr, extra: &str, routes: &str) -> String {
     let jwks = root().join("examples/quickstart/keys/jwks.json");
     format!(
         r#"
@@ -129,10 +157,30 @@ response_timeout_ms = 1000
 [plugin.jwt]
 path = "{jwt}"
 kind = "auth"
+capabilities = ["kv", "http-client"]
 
 [plugin.audit]
 path = "{audit}"
 kind = "logging"
+capabilities = ["audit"]
+audit_file = "audit.jsonl"
+
+[plugin.ratelimit]
+path = "{ratelimit}"
+kind = "rate-limit"
+capabilities = ["kv"]
+
+[plugin.rbac]
+path = "{rbac}"
+kind = "filter"
+
+[plugin.apikey]
+path = "{apikey}"
+kind = "auth"
+
+[plugin.validate]
+path = "{validate}"
+kind = "validation"
 
 [plugin.chaos]
 path = "{chaos}"
@@ -162,10 +210,16 @@ capabilities = ["kv"]
 isolation = "request"
 failure_policy = "fail-open"
 
+{extra}
+
 {routes}
 "#,
         jwt = plugin("jwt_auth").display(),
         audit = plugin("audit_log").display(),
+        ratelimit = plugin("rate_limit").display(),
+        rbac = plugin("rbac").display(),
+        apikey = plugin("api_key_auth").display(),
+        validate = plugin("request_validation").display(),
         chaos = plugin("chaos_filter").display(),
         routes = routes.replace("{JWKS}", &jwks.display().to_string()),
     )
@@ -321,6 +375,51 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
         request = request.header(*name, *value);
     }
     send(request.body(Full::default()).expect("building the request")).await
+}
+
+/// A plain HTTP/1.1 server on an ephemeral loopback port answering every request with
+/// `handler(method, path, headers, body)` (status, content type, body): a real server for
+/// the plugins' outbound calls (JWKS, token introspection). Dropping the guard stops it.
+pub async fn serve<F>(handler: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(&http::Method, &str, &HeaderMap, &[u8]) -> (u16, &'static str, String) + Send + Sync + 'static,
+{
+    use hyper::service::service_fn;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding a test server");
+    let addr = listener.local_addr().expect("local addr");
+    let handler = Arc::new(handler);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let handler = handler.clone();
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let (status, content_type, text) = handler(&parts.method, parts.uri.path(), &parts.headers, &body);
+                        let mut response = hyper::Response::new(Full::new(Bytes::from(text)));
+                        *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                        response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Sends `method url` with `headers` and `body`.
+pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(request.body(Full::new(Bytes::from(body.to_owned()))).expect("building the request")).await
 }
 
 /// Seconds since the Unix epoch.

@@ -41,19 +41,8 @@ async fn audit_log_records_the_exchange_after_the_response() {
     let token = mint(&claims("alice"));
     let reply = get(&gw.url("/api/orders"), &[("authorization", &bearer(&token)), ("x-request-id", request_id)]).await;
     assert_eq!(reply.status, 200);
-    let mut record = None;
-    for _ in 0..100 {
-        record = portcullis_e2e::captured_logs().into_iter().find_map(|line| {
-            let message = line["fields"]["message"].as_str()?;
-            let parsed: serde_json::Value = serde_json::from_str(message).ok()?;
-            (parsed["request_id"] == request_id).then_some(parsed)
-        });
-        if record.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let record = record.expect("an audit record for the request");
+    let records = gw.audit_records(1).await;
+    let record = records.iter().find(|r| r["request_id"] == request_id).expect("an audit record for the request").clone();
     assert_eq!(record["subject"], "alice");
     assert_eq!(record["status"], 200);
     assert_eq!(record["route"], "api");
@@ -66,8 +55,11 @@ async fn audit_log_records_the_exchange_after_the_response() {
         .map(|d| format!("{} {} {}", d["plugin"].as_str().unwrap(), d["phase"].as_str().unwrap(), d["decision"].as_str().unwrap()))
         .collect();
     assert_eq!(decisions, ["jwt request authenticated", "chaos request continue", "chaos response continue"]);
+    assert!(record["hash"].as_str().is_some_and(|h| h.len() == 64), "chained by the host");
     let logged = portcullis_e2e::captured_logs();
     assert!(!serde_json::to_string(&logged).unwrap().contains(&token), "the token is never logged");
+    let audit = std::fs::read_to_string(gw.dir().join("audit.jsonl")).unwrap();
+    assert!(!audit.contains(&token), "nor written to the audit trail");
     gw.stop().await;
 }
 

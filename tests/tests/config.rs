@@ -18,8 +18,8 @@ async fn quickstart_example_is_valid() {
     let file = root().join("examples/quickstart/portcullis.toml");
     let loaded = config::load(&file).unwrap();
     let snapshot = Snapshot::build(&loaded, &engine()).await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(snapshot.routes.len(), 2);
-    assert_eq!(snapshot.plugins.len(), 2);
+    assert_eq!(snapshot.routes.len(), 3);
+    assert_eq!(snapshot.plugins.len(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,7 +32,7 @@ async fn plugin_refusing_its_step_config_is_reported_with_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn component_without_the_configured_kind_is_refused() {
-    let toml = format!("{MINIMAL}\n[plugin.confused]\npath = \"{}\"\nkind = \"filter\"\n", plugin("jwt_auth").display());
+    let toml = format!("{MINIMAL}\n[plugin.confused]\npath = \"{}\"\nkind = \"auth\"\n", plugin("rbac").display());
     let error = build(&toml).await.unwrap_err();
     assert!(error.contains("plugin.confused.path"), "{error}");
     assert!(error.contains("does not export"), "{error}");
