@@ -59,6 +59,38 @@ impl Identity {
     }
 }
 
+/// Whether `text` can stand inside an RFC 9110 §5.6.4 quoted-string as is: no `"`, `\\` or
+/// control characters. Check configured realms and descriptions with it at `configure` time.
+pub fn is_quotable(text: &str) -> bool {
+    !text.contains(['"', '\\']) && !text.chars().any(char::is_control)
+}
+
+/// Decodes a query-string component: `%XX` escapes and `+` as a space (the
+/// `application/x-www-form-urlencoded` convention). None when an escape is malformed or the
+/// result is not UTF-8.
+pub fn percent_decode(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                out.push(u8::from_str_radix(raw.get(i + 1..i + 3)?, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 // === impl AuthOutcome ===
 
 impl AuthOutcome {
@@ -115,6 +147,19 @@ impl LocalResponse {
         LocalResponse::new(status)
             .with_header("content-type", "application/problem+json")
             .with_body(body.to_string().into_bytes())
+    }
+
+    /// A `401 Unauthorized` problem (`urn:portcullis:problem:unauthorized`, `detail` as its
+    /// detail) with an RFC 6750 §3 challenge: `Bearer realm="REALM"`, and with `error` (e.g.
+    /// `invalid_token`) also `error="ERROR", error_description="DETAIL"`. `realm` and `detail`
+    /// must pass [`is_quotable`](crate::is_quotable).
+    pub fn bearer_unauthorized(realm: &str, error: Option<&str>, detail: &str) -> Self {
+        let challenge = match error {
+            None => format!("Bearer realm=\"{realm}\""),
+            Some(error) => format!("Bearer realm=\"{realm}\", error=\"{error}\", error_description=\"{detail}\""),
+        };
+        LocalResponse::problem(401, "urn:portcullis:problem:unauthorized", "Unauthorized", detail)
+            .with_header("www-authenticate", &challenge)
     }
 
     /// Adds a header field.

@@ -92,6 +92,7 @@ pub use host::{
     AuditError, HttpError, KvError, Level, OutboundRequest, OutboundResponse, audit_append,
     http_send, kv, log, log_with, now_ms,
 };
+pub use helpers::{is_quotable, percent_decode};
 pub use kinds::{Auth, Filter, Logging, Plugin, RateLimit, Validation};
 pub use serde;
 pub use serde_json;

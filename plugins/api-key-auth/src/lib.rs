@@ -171,36 +171,11 @@ impl ApiKeyAuth {
     }
 }
 
-/// Percent-decodes a query value (`+` is a space); none when it is not UTF-8 or malformed.
-fn decode_query_value(raw: &str) -> Option<String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = raw.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 impl Auth for ApiKeyAuth {
     fn authenticate(&self, request: &RequestHead) -> AuthOutcome {
         let from_header = request.header(&self.config.header).map(|v| v.trim().to_owned());
         let from_query = match (&from_header, &self.config.query_param) {
-            (None, Some(q)) => request.query_param(q).map(decode_query_value),
+            (None, Some(q)) => request.query_param(q).map(portcullis_sdk::percent_decode),
             _ => None,
         };
         let key = match (from_header, from_query) {

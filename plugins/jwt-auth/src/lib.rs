@@ -217,7 +217,7 @@ impl Plugin for JwtAuth {
                 return Err(ConfigError::new(format!("/issuers/{i}/issuer"), "duplicate issuer"));
             }
         }
-        if config.realm.contains(['"', '\\']) || config.realm.chars().any(char::is_control) {
+        if !portcullis_sdk::is_quotable(&config.realm) {
             return Err(ConfigError::new("/realm", "must not contain quotes, backslashes or control characters"));
         }
         if config.token_sources.is_empty() {
@@ -346,16 +346,10 @@ impl JwtAuth {
     }
 
     fn challenge(&self, refusal: Option<Refusal>) -> LocalResponse {
-        let realm = &self.config.realm;
-        let (header, detail) = match refusal {
-            None => (format!("Bearer realm=\"{realm}\""), "An access token is required"),
-            Some(r) => (
-                format!("Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"", r.description()),
-                r.description(),
-            ),
-        };
-        LocalResponse::problem(401, "urn:portcullis:problem:unauthorized", "Unauthorized", detail)
-            .with_header("www-authenticate", &header)
+        match refusal {
+            None => LocalResponse::bearer_unauthorized(&self.config.realm, None, "An access token is required"),
+            Some(r) => LocalResponse::bearer_unauthorized(&self.config.realm, Some("invalid_token"), r.description()),
+        }
     }
 }
 

@@ -128,7 +128,7 @@ impl Plugin for Introspection {
         if config.client_id.is_empty() {
             return Err(ConfigError::new("/client_id", "must not be empty"));
         }
-        if config.realm.contains(['"', '\\']) || config.realm.chars().any(char::is_control) {
+        if !portcullis_sdk::is_quotable(&config.realm) {
             return Err(ConfigError::new("/realm", "must not contain quotes, backslashes or control characters"));
         }
         if config.timeout_ms == 0 || config.timeout_ms > 10_000 {
@@ -255,14 +255,11 @@ impl Introspection {
     }
 
     fn challenge(&self, error: bool) -> LocalResponse {
-        let realm = &self.config.realm;
-        let (header, detail) = if error {
-            (format!("Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"The access token is invalid\""), "The access token is invalid")
+        if error {
+            LocalResponse::bearer_unauthorized(&self.config.realm, Some("invalid_token"), "The access token is invalid")
         } else {
-            (format!("Bearer realm=\"{realm}\""), "An access token is required")
-        };
-        LocalResponse::problem(401, "urn:portcullis:problem:unauthorized", "Unauthorized", detail)
-            .with_header("www-authenticate", &header)
+            LocalResponse::bearer_unauthorized(&self.config.realm, None, "An access token is required")
+        }
     }
 }
 

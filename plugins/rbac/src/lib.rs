@@ -155,7 +155,7 @@ impl Plugin for Rbac {
                 return Err(ConfigError::new(format!("/rules/{i}/roles/{j}"), "must not be empty"));
             }
         }
-        if config.realm.contains(['"', '\\']) || config.realm.chars().any(char::is_control) {
+        if !portcullis_sdk::is_quotable(&config.realm) {
             return Err(ConfigError::new("/realm", "must not contain quotes, backslashes or control characters"));
         }
         Ok(Rbac { config, patterns })
@@ -212,10 +212,9 @@ impl Filter for Rbac {
         let realm = &self.config.realm;
         match self.decide(request, identity) {
             Decision::Allow => FilterAction::Continue(HeaderEdits::default()),
-            Decision::Unauthenticated => FilterAction::Respond(
-                LocalResponse::problem(401, "urn:portcullis:problem:unauthorized", "Unauthorized", "Authentication is required")
-                    .with_header("www-authenticate", &format!("Bearer realm=\"{realm}\"")),
-            ),
+            Decision::Unauthenticated => {
+                FilterAction::Respond(LocalResponse::bearer_unauthorized(realm, None, "Authentication is required"))
+            }
             Decision::Forbidden { missing_scopes } => {
                 let mut response = LocalResponse::problem(
                     403,
