@@ -325,3 +325,22 @@ allowed_origins = ["http://{server}"]
     assert_eq!(get(&url, &[("authorization", &token("k1"))]).await.status, 401, "keys dropped past max_stale_ms");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_counters_survive_a_configuration_reload() {
+    let upstream = echo_upstream().await;
+    let limit = r#"{ limits = [{ name = "per-hour", requests = 3, window_ms = 3600000 }] }"#;
+    let routes = route("limited", "/limited/", &[("ratelimit", Some(limit))]);
+    let gw = TestGateway::start(&config(upstream, &routes)).await;
+    let url = gw.url("/limited/x");
+    for _ in 0..3 {
+        assert_eq!(get(&url, &[]).await.status, 200);
+    }
+    // A new snapshot with a new route and a new plugin instance pool for the same step.
+    let more = [routes.clone(), route("other", "/other/", &[])].concat();
+    std::fs::write(gw.config_file(), config(upstream, &more)).unwrap();
+    gw.gateway.reload().await.unwrap();
+    assert_eq!(get(&gw.url("/other/x"), &[]).await.status, 200, "the new configuration serves");
+    assert_eq!(get(&url, &[]).await.status, 429, "the quota used before the reload still counts");
+    gw.stop().await;
+}
