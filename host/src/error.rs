@@ -13,6 +13,11 @@ pub enum GatewayError {
     /// No route matches host, path and method (404).
     #[error("no route matches the request")]
     NoRoute,
+    /// The request is ambiguous or malformed before routing (400): a path that cannot be
+    /// normalized, `Host` and authority disagreeing, a refused header name. The reason is
+    /// safe to show.
+    #[error("bad request: {0}")]
+    BadRequest(String),
     /// A fail-closed plugin step failed: 500, or 503 when the call was not made because the
     /// plugin's breaker is open or no instance was free. The failure is logged, never sent.
     #[error(transparent)]
@@ -51,6 +56,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::PluginFailed(f) if f.kind.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -64,6 +70,7 @@ impl GatewayError {
     pub fn slug(&self) -> &'static str {
         match self {
             GatewayError::NoRoute => "no-route",
+            GatewayError::BadRequest(_) => "bad-request",
             GatewayError::PluginFailed(f) if f.kind.is_unavailable() => "plugin-unavailable",
             GatewayError::PluginFailed(_) => "plugin-failed",
             GatewayError::BodyTooLarge { .. } => "body-too-large",
@@ -77,6 +84,7 @@ impl GatewayError {
     fn public_detail(&self) -> String {
         match self {
             GatewayError::NoRoute => "No route of this gateway matches the request.".into(),
+            GatewayError::BadRequest(why) => format!("The request is malformed: {why}."),
             GatewayError::PluginFailed(f) if f.kind.is_unavailable() => {
                 "A policy plugin is temporarily unavailable.".into()
             }

@@ -38,6 +38,7 @@ pub async fn serve(
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(100);
     let graceful = GracefulShutdown::new();
     let max_body = config.max_buffered_body_bytes;
+    let hygiene = Arc::new(proxy::hygiene::Hygiene::new(config));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -52,7 +53,7 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ConnInfo { peer, scheme: "http", max_buffered_body_bytes: max_body });
+        let conn = Arc::new(ConnInfo { peer, scheme: "http", max_buffered_body_bytes: max_body, hygiene: hygiene.clone() });
         let snapshot = snapshot.clone();
         let service = service_fn(move |request| {
             let (snapshot, conn) = (snapshot.load_full(), conn.clone());

@@ -66,7 +66,7 @@ async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_added() {
     assert!(reply.upstream_saw("x-secret").is_empty());
     assert!(reply.upstream_saw("te").is_empty());
     assert_eq!(reply.upstream_saw("x-kept"), ["yes"]);
-    assert_eq!(reply.upstream_saw("x-forwarded-for"), ["10.9.8.7, 127.0.0.1"]);
+    assert_eq!(reply.upstream_saw("x-forwarded-for"), ["127.0.0.1"], "an untrusted client's chain is replaced");
     assert_eq!(reply.upstream_saw("x-forwarded-proto"), ["http"]);
     assert_eq!(reply.json()["query"], "q=1");
     gw.stop().await;

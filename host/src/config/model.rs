@@ -51,6 +51,28 @@ pub struct ListenerConfig {
     /// Largest request body accepted when a chain buffers it, in bytes (413 beyond).
     #[serde(default = "defaults::max_buffered_body_bytes")]
     pub max_buffered_body_bytes: u64,
+    /// What to do with request header names containing `_` (they can collide with `-` names
+    /// in CGI-style backends, e.g. `x_user_id` read as `x-user-id`).
+    #[serde(default)]
+    pub headers_with_underscores: UnderscoreHeaders,
+    /// Peers (CIDRs, e.g. `10.0.0.0/8`, or single addresses) whose `x-forwarded-for` is
+    /// believed. Default: none, so the client IP is always the TCP peer.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// `headers_with_underscores` (as nginx's `underscores_in_headers off` and Envoy's
+/// `headers_with_underscores_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnderscoreHeaders {
+    /// Remove such fields before routing (nginx's default).
+    #[default]
+    Drop,
+    /// Answer 400.
+    Reject,
+    /// Keep them.
+    Allow,
 }
 
 /// `[admin]`: the operator's listener.

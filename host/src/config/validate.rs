@@ -17,6 +17,11 @@ pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
         if l.header_read_timeout_ms == 0 {
             issues.push(Issue::new(format!("listener[{i}].header_read_timeout_ms"), "must be > 0"));
         }
+        for (k, cidr) in l.trusted_proxies.iter().enumerate() {
+            if let Err(why) = crate::proxy::hygiene::parse_cidr(cidr) {
+                issues.push(Issue::new(format!("listener[{i}].trusted_proxies[{k}]"), why));
+            }
+        }
     }
     let id = &config.identity;
     for (field, name) in [

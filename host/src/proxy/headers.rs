@@ -55,23 +55,6 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
-/// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto`. The
-/// existing `x-forwarded-for` chain is kept as received: it is informational, and plugins see
-/// the TCP peer as the client IP.
-pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &str, scheme: &str) {
-    let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {client_ip}"),
-        None => client_ip.to_owned(),
-    };
-    headers.remove("x-forwarded-for");
-    if let Ok(value) = HeaderValue::from_str(&chain) {
-        headers.insert("x-forwarded-for", value);
-    }
-    if let Ok(value) = HeaderValue::from_str(scheme) {
-        headers.insert("x-forwarded-proto", value);
-    }
-}
-
 /// Header names carrying the verified identity upstream.
 #[derive(Debug, Clone)]
 pub struct IdentityHeaders {

@@ -2,6 +2,8 @@
 //! logging records once the response body is done.
 
 pub mod headers;
+pub mod hygiene;
+pub mod path;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +29,8 @@ pub struct ConnInfo {
     pub scheme: &'static str,
     /// Cap on bodies a chain buffers, in bytes.
     pub max_buffered_body_bytes: u64,
+    /// The listener's request hygiene settings.
+    pub hygiene: Arc<hygiene::Hygiene>,
 }
 
 /// Facts about the exchange gathered while serving it, for the access log and logging plugins.
@@ -45,6 +49,7 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     let start_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
     let (mut parts, body) = request.into_parts();
     let request_id = headers::request_id(&parts.headers);
+    let refused = conn.hygiene.apply(&mut parts).err();
     let authority = parts
         .uri
         .authority()
@@ -52,7 +57,8 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
         .unwrap_or_default();
     let host = host_of(&authority);
-    let route_index = snapshot.router.find(&host, parts.uri.path(), &parts.method);
+    let route_index = if refused.is_none() { snapshot.router.find(&host, parts.uri.path(), &parts.method) } else { None };
+    let client_ip = conn.hygiene.client_ip(conn.peer.ip(), &parts.headers);
 
     headers::strip_hop_by_hop(&mut parts.headers);
     snapshot.identity.strip(&mut parts.headers);
@@ -70,7 +76,7 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         headers: request_headers,
-        client_ip: conn.peer.ip().to_string(),
+        client_ip: client_ip.to_string(),
         request_id: request_id.clone(),
         route: route_index.map_or_else(|| "-".to_owned(), |i| snapshot.routes[i].id.to_string()),
     };
@@ -80,9 +86,10 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     let mut record = Record { started, start_ms, head, request_headers: logged_headers, route_index, bytes_in };
 
     let mut state = ChainState::default();
-    let (mut response, endpoint) = match route_index {
-        None => (GatewayError::NoRoute.into_response(&request_id), None),
-        Some(i) => forward(&snapshot, i, &mut record, parts, Body::new(body), &conn, &mut state).await,
+    let (mut response, endpoint) = match (refused, route_index) {
+        (Some(e), _) => (e.into_response(&request_id), None),
+        (None, None) => (GatewayError::NoRoute.into_response(&request_id), None),
+        (None, Some(i)) => forward(&snapshot, i, &mut record, parts, Body::new(body), &conn, &mut state).await,
     };
 
     add_rate_limit_headers(response.headers_mut(), &state.quotas);
@@ -128,7 +135,7 @@ async fn forward(
     if let Some(identity) = &state.identity {
         snapshot.identity.inject(&mut parts.headers, identity);
     }
-    headers::add_forwarded(&mut parts.headers, &head.client_ip, conn.scheme);
+    conn.hygiene.forward(&mut parts.headers, conn.peer.ip(), conn.scheme);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         parts.headers.insert("x-request-id", v);
     }

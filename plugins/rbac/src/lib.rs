@@ -15,7 +15,7 @@
 //!
 //! Path patterns are split on `/`: a literal segment matches itself, `*` matches any one
 //! segment, and a final `**` matches any rest, including nothing (`/admin/**` matches `/admin`
-//! and `/admin/a/b`). The host normalizes paths before plugins see them (issue 7 tightens this).
+//! and `/admin/a/b`). The host normalizes paths (dot segments, `%2e`, `//`) before plugins see them.
 //!
 //! Configuration reference: `plugins/rbac/README.md`.
 

@@ -1,0 +1,195 @@
+//! Request hygiene before routing: path normalization ([`super::path`]), `Host` and
+//! `:authority` agreement, header names with underscores, and the client IP behind trusted
+//! proxies.
+//!
+//! - **Host and authority.** An HTTP/2 `:authority` (or an HTTP/1.1 absolute-form target) and a
+//!   `Host` field that name different hosts are refused with 400: the router and the upstream
+//!   could otherwise disagree on which host the request is for (RFC 9110 §7.2, RFC 9113
+//!   §8.3.1).
+//! - **Underscores.** Header names with `_` are dropped by default (nginx's
+//!   `underscores_in_headers off`), rejected with 400, or kept, per listener. CGI-style backends
+//!   map `-` to `_`, so `x_user_id` could otherwise pose as `x-user-id`.
+//! - **Client IP.** The TCP peer, unless the peer is in `trusted_proxies`: then the rightmost
+//!   `x-forwarded-for` address that is not itself a trusted proxy (the first hop the trusted
+//!   chain cannot vouch for). Upstream, an untrusted peer's `x-forwarded-for` is replaced by
+//!   the peer; a trusted peer's chain is kept and the peer appended (RFC 7239 §5.2 reasoning).
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderValue, header};
+use ipnet::IpNet;
+
+use super::path;
+use crate::config::model::{ListenerConfig, UnderscoreHeaders};
+use crate::error::GatewayError;
+
+/// A listener's hygiene settings, parsed once.
+#[derive(Debug, Clone, Default)]
+pub struct Hygiene {
+    underscores: UnderscoreHeaders,
+    trusted: Vec<IpNet>,
+}
+
+/// Parses `10.0.0.0/8` or a single address (a /32 or /128).
+///
+/// Errors: neither form.
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{text}` is not an address or CIDR block"))
+}
+
+impl Hygiene {
+    /// The settings of `listener` (validated at load, so bad entries cannot occur here).
+    pub fn new(listener: &ListenerConfig) -> Self {
+        Hygiene {
+            underscores: listener.headers_with_underscores,
+            trusted: listener.trusted_proxies.iter().filter_map(|c| parse_cidr(c).ok()).collect(),
+        }
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Normalizes the request in place: the path (and so the URI), underscore headers.
+    ///
+    /// Errors: [`GatewayError::BadRequest`] for a path [`path::normalize`] refuses, a
+    /// `Host`/authority mismatch, or an underscore header when they are rejected.
+    pub fn apply(&self, parts: &mut http::request::Parts) -> Result<(), GatewayError> {
+        let normalized = path::normalize(parts.uri.path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+        if normalized != parts.uri.path() {
+            let path_and_query = match parts.uri.query() {
+                Some(q) => format!("{normalized}?{q}"),
+                None => normalized,
+            };
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.path_and_query =
+                Some(path_and_query.parse().map_err(|_| GatewayError::BadRequest("the path cannot be normalized".into()))?);
+            parts.uri = http::Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest("the path cannot be normalized".into()))?;
+        }
+        if let (Some(authority), Some(host)) = (parts.uri.authority(), parts.headers.get(header::HOST)) {
+            if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) {
+                return Err(GatewayError::BadRequest("`Host` and the request target's authority differ".into()));
+            }
+        }
+        if parts.headers.get_all(header::HOST).iter().count() > 1 {
+            return Err(GatewayError::BadRequest("more than one `Host` field".into()));
+        }
+        if self.underscores != UnderscoreHeaders::Allow {
+            let named: Vec<_> = parts.headers.keys().filter(|n| n.as_str().contains('_')).cloned().collect();
+            if !named.is_empty() && self.underscores == UnderscoreHeaders::Reject {
+                return Err(GatewayError::BadRequest(format!("header names with underscores are refused ({})", named[0])));
+            }
+            for name in named {
+                parts.headers.remove(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The client IP plugins see, from the TCP `peer` and, behind trusted proxies, the
+    /// `x-forwarded-for` chain.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let chain: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map_while(|hop| hop.trim().parse::<IpAddr>().ok())
+            .collect();
+        chain.iter().rev().copied().find(|ip| !self.trusts(*ip)).or_else(|| chain.first().copied()).unwrap_or(peer)
+    }
+
+    /// Sets `x-forwarded-for` for the upstream: the trusted chain plus `peer`, or `peer` alone
+    /// when the peer is not trusted; and `x-forwarded-proto`.
+    pub fn forward(&self, headers: &mut HeaderMap, peer: IpAddr, scheme: &str) {
+        let peer = peer.to_canonical();
+        let existing: Vec<String> = if self.trusts(peer) {
+            headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect()
+        } else {
+            Vec::new()
+        };
+        let chain = existing.into_iter().chain(std::iter::once(peer.to_string())).collect::<Vec<_>>().join(", ");
+        headers.remove("x-forwarded-for");
+        if let Ok(value) = HeaderValue::from_str(&chain) {
+            headers.insert("x-forwarded-for", value);
+        }
+        if let Ok(value) = HeaderValue::from_str(scheme) {
+            headers.insert("x-forwarded-proto", value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hygiene(trusted: &[&str], underscores: UnderscoreHeaders) -> Hygiene {
+        Hygiene { underscores, trusted: trusted.iter().map(|c| parse_cidr(c).unwrap()).collect() }
+    }
+
+    fn xff(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn client_ip_believes_forwarded_for_only_from_trusted_peers() {
+        let h = hygiene(&["10.0.0.0/8", "192.168.1.1"], UnderscoreHeaders::Drop);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Untrusted peer: its claims are ignored.
+        assert_eq!(h.client_ip(ip("203.0.113.9"), &xff("1.2.3.4")), ip("203.0.113.9"));
+        // Trusted peer: the rightmost address that is not a trusted proxy.
+        assert_eq!(h.client_ip(ip("10.1.1.1"), &xff("6.6.6.6, 198.51.100.7, 10.2.2.2")), ip("198.51.100.7"));
+        assert_eq!(h.client_ip(ip("192.168.1.1"), &xff("198.51.100.7")), ip("198.51.100.7"));
+        // Trusted peer without a chain, or with garbage: the peer.
+        assert_eq!(h.client_ip(ip("10.1.1.1"), &HeaderMap::new()), ip("10.1.1.1"));
+        assert_eq!(h.client_ip(ip("10.1.1.1"), &xff("not-an-ip")), ip("10.1.1.1"));
+    }
+
+    #[test]
+    fn forwarded_for_is_replaced_for_untrusted_peers_and_appended_for_trusted_ones() {
+        let h = hygiene(&["10.0.0.0/8"], UnderscoreHeaders::Drop);
+        let mut spoofed = xff("1.2.3.4");
+        h.forward(&mut spoofed, "203.0.113.9".parse().unwrap(), "http");
+        assert_eq!(spoofed["x-forwarded-for"], "203.0.113.9");
+        let mut chained = xff("198.51.100.7");
+        h.forward(&mut chained, "10.1.1.1".parse().unwrap(), "https");
+        assert_eq!(chained["x-forwarded-for"], "198.51.100.7, 10.1.1.1");
+        assert_eq!(chained["x-forwarded-proto"], "https");
+    }
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder().uri(uri);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn apply_normalizes_the_path_and_checks_host_and_underscores() {
+        let drop = hygiene(&[], UnderscoreHeaders::Drop);
+        let mut p = parts("/api/%2e%2e//admin?x=1", &[("x_user_id", "root"), ("x-ok", "1")]);
+        drop.apply(&mut p).unwrap();
+        assert_eq!(p.uri, "/admin?x=1");
+        assert!(!p.headers.contains_key("x_user_id"));
+        assert!(p.headers.contains_key("x-ok"));
+        let reject = hygiene(&[], UnderscoreHeaders::Reject);
+        assert!(reject.apply(&mut parts("/", &[("x_user_id", "root")])).is_err());
+        let allow = hygiene(&[], UnderscoreHeaders::Allow);
+        let mut kept = parts("/", &[("x_user_id", "root")]);
+        allow.apply(&mut kept).unwrap();
+        assert!(kept.headers.contains_key("x_user_id"));
+        assert!(drop.apply(&mut parts("http://a.example/x", &[("host", "b.example")])).is_err());
+        drop.apply(&mut parts("http://a.example/x", &[("host", "A.example")])).unwrap();
+        assert!(drop.apply(&mut parts("/x", &[("host", "a"), ("host", "b")])).is_err());
+        assert!(drop.apply(&mut parts("/a%2fb", &[])).is_err());
+    }
+}
