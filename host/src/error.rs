@@ -18,6 +18,12 @@ pub enum GatewayError {
     /// safe to show.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The request target is longer than the listener allows (414).
+    #[error("request target longer than {limit} bytes")]
+    UriTooLong {
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// A fail-closed plugin step failed: 500, or 503 when the call was not made because the
     /// plugin's breaker is open or no instance was free. The failure is logged, never sent.
     #[error(transparent)]
@@ -57,6 +63,7 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             GatewayError::PluginFailed(f) if f.kind.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -71,6 +78,7 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => "no-route",
             GatewayError::BadRequest(_) => "bad-request",
+            GatewayError::UriTooLong { .. } => "uri-too-long",
             GatewayError::PluginFailed(f) if f.kind.is_unavailable() => "plugin-unavailable",
             GatewayError::PluginFailed(_) => "plugin-failed",
             GatewayError::BodyTooLarge { .. } => "body-too-large",
@@ -85,6 +93,7 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => "No route of this gateway matches the request.".into(),
             GatewayError::BadRequest(why) => format!("The request is malformed: {why}."),
+            GatewayError::UriTooLong { limit } => format!("The request target exceeds {limit} bytes."),
             GatewayError::PluginFailed(f) if f.kind.is_unavailable() => {
                 "A policy plugin is temporarily unavailable.".into()
             }

@@ -81,3 +81,39 @@ async fn behind_a_trusted_proxy_the_forwarded_client_ip_is_used_and_the_chain_ke
     assert_eq!(records[0]["client_ip"], "198.51.100.7", "plugins see the first untrusted hop");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_get_431_and_414_and_excess_connections_are_closed() {
+    let upstream = echo_upstream().await;
+    let text = config(upstream, &route("public", "/", &[]))
+        .replacen("address = \"127.0.0.1:0\"\n", "address = \"127.0.0.1:0\"\nmax_connections = 2\nmax_request_header_bytes = 16384\n", 1);
+    let gw = TestGateway::start(&text).await;
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    assert_eq!(raw(&gw, &get("/x", &many)).await.0, 431, "more than 100 header fields");
+    let big = format!("x-big: {}\r\n", "a".repeat(20_000));
+    assert_eq!(raw(&gw, &get("/x", &big)).await.0, 431, "a head over max_request_header_bytes");
+    let (status, body) = raw(&gw, &get(&format!("/{}", "a".repeat(9000)), "")).await;
+    assert_eq!(status, 414, "{body}");
+    assert!(body.contains("uri-too-long"));
+    assert_eq!(raw(&gw, &get("/x", "x-fine: 1\r\n")).await.0, 200);
+    // Two idle keep-alive connections fill the listener; a third is closed on accept.
+    let addr = gw.url("").trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\nhost: gw.test\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf[9..12], b"200");
+        held.push(s);
+    }
+    let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _ = third.write_all(b"GET /x HTTP/1.1\r\nhost: gw.test\r\n\r\n").await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), third.read_to_end(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the third connection is closed unanswered: {:?}", String::from_utf8_lossy(&buf));
+    drop(held);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(raw(&gw, &get("/x", "")).await.0, 200, "room again once they close");
+    gw.stop().await;
+}

@@ -59,6 +59,20 @@ pub struct ListenerConfig {
     /// believed. Default: none, so the client IP is always the TCP peer.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Largest request head (request line and header fields), in bytes; 431 beyond
+    /// (HTTP/1.1: hyper's read buffer, at least 8192; HTTP/2: `SETTINGS_MAX_HEADER_LIST_SIZE`).
+    #[serde(default = "defaults::max_request_header_bytes")]
+    pub max_request_header_bytes: u64,
+    /// Most request header fields; 431 beyond.
+    #[serde(default = "defaults::max_request_headers")]
+    pub max_request_headers: u64,
+    /// Longest request target (path and query), in bytes; 414 beyond.
+    #[serde(default = "defaults::max_uri_bytes")]
+    pub max_uri_bytes: u64,
+    /// Most connections open at once on this listener; connections past it are closed as soon
+    /// as they are accepted.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u64,
 }
 
 /// `headers_with_underscores` (as nginx's `underscores_in_headers off` and Envoy's
@@ -377,6 +391,22 @@ pub mod defaults {
 
     /// 10 s: generous for real clients, short enough against slowloris.
     pub fn header_read_timeout_ms() -> u64 {
+        10_000
+    }
+    /// 64 KiB, as Envoy's edge `max_request_headers_kb`.
+    pub fn max_request_header_bytes() -> u64 {
+        64 * 1024
+    }
+    /// 100, as Envoy's and hyper's defaults.
+    pub fn max_request_headers() -> u64 {
+        100
+    }
+    /// 8 KiB, as nginx's `large_client_header_buffers` line size.
+    pub fn max_uri_bytes() -> u64 {
+        8 * 1024
+    }
+    /// 10,000 per listener.
+    pub fn max_connections() -> u64 {
         10_000
     }
     /// 1 MiB.

@@ -17,6 +17,11 @@ pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
         if l.header_read_timeout_ms == 0 {
             issues.push(Issue::new(format!("listener[{i}].header_read_timeout_ms"), "must be > 0"));
         }
+        let at = |f: &str| format!("listener[{i}].{f}");
+        check_range(&mut issues, &at("max_request_header_bytes"), l.max_request_header_bytes, 8192, 1024 * 1024);
+        check_range(&mut issues, &at("max_request_headers"), l.max_request_headers, 1, 1000);
+        check_range(&mut issues, &at("max_uri_bytes"), l.max_uri_bytes, 256, 65_534);
+        check_range(&mut issues, &at("max_connections"), l.max_connections, 1, 1_000_000);
         for (k, cidr) in l.trusted_proxies.iter().enumerate() {
             if let Err(why) = crate::proxy::hygiene::parse_cidr(cidr) {
                 issues.push(Issue::new(format!("listener[{i}].trusted_proxies[{k}]"), why));

@@ -29,6 +29,8 @@ pub struct ConnInfo {
     pub scheme: &'static str,
     /// Cap on bodies a chain buffers, in bytes.
     pub max_buffered_body_bytes: u64,
+    /// Longest request target, in bytes (414 beyond).
+    pub max_uri_bytes: u64,
     /// The listener's request hygiene settings.
     pub hygiene: Arc<hygiene::Hygiene>,
 }
@@ -49,7 +51,12 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     let start_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
     let (mut parts, body) = request.into_parts();
     let request_id = headers::request_id(&parts.headers);
-    let refused = conn.hygiene.apply(&mut parts).err();
+    let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) as u64;
+    let refused = if target_len > conn.max_uri_bytes {
+        Some(GatewayError::UriTooLong { limit: conn.max_uri_bytes })
+    } else {
+        conn.hygiene.apply(&mut parts).err()
+    };
     let authority = parts
         .uri
         .authority()
