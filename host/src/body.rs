@@ -96,6 +96,7 @@ pub struct Counted<B: HttpBody = Body> {
     inner: B,
     bytes: u64,
     on_done: Option<OnDone>,
+    failed: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 // === impl Counted ===
@@ -103,7 +104,14 @@ pub struct Counted<B: HttpBody = Body> {
 impl<B: HttpBody> Counted<B> {
     /// Wraps `inner`.
     pub fn new(inner: B, on_done: OnDone) -> Self {
-        Counted { inner, bytes: 0, on_done: Some(on_done) }
+        Counted { inner, bytes: 0, on_done: Some(on_done), failed: None }
+    }
+
+    /// Also sets `flag` when the inner body yields an error (as opposed to being dropped
+    /// early), so the proxy can tell a broken client body (400) from a broken upstream (502).
+    pub fn flag_errors(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.failed = Some(flag);
+        self
     }
 
     fn finish(&mut self, complete: bool) {
@@ -133,7 +141,12 @@ where
                 }
             }
             Poll::Ready(None) => self.finish(true),
-            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(flag) = &self.failed {
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.finish(false);
+            }
             Poll::Pending => {}
         }
         polled

@@ -74,6 +74,17 @@ impl Hygiene {
                 return Err(GatewayError::BadRequest("`Host` and the request target's authority differ".into()));
             }
         }
+        // hyper already refuses most malformed framing; refuse the ambiguous rest, as Envoy
+        // does by default: both framings at once, or any transfer coding but a lone `chunked`.
+        let codings: Vec<&[u8]> = parts.headers.get_all(header::TRANSFER_ENCODING).iter().map(HeaderValue::as_bytes).collect();
+        if !codings.is_empty() {
+            if parts.headers.contains_key(header::CONTENT_LENGTH) {
+                return Err(GatewayError::BadRequest("both `Content-Length` and `Transfer-Encoding`".into()));
+            }
+            if codings.len() != 1 || !codings[0].eq_ignore_ascii_case(b"chunked") {
+                return Err(GatewayError::BadRequest("`Transfer-Encoding` other than `chunked`".into()));
+            }
+        }
         if parts.headers.get_all(header::HOST).iter().count() > 1 {
             return Err(GatewayError::BadRequest("more than one `Host` field".into()));
         }

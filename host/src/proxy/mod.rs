@@ -89,7 +89,8 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     };
     let bytes_in = Arc::new(AtomicU64::new(0));
     let counter = bytes_in.clone();
-    let body = Counted::new(body, Box::new(move |n, _| counter.store(n, Ordering::Relaxed)));
+    let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body = Counted::new(body, Box::new(move |n, _| counter.store(n, Ordering::Relaxed))).flag_errors(body_failed.clone());
     let mut record = Record { started, start_ms, head, request_headers: logged_headers, route_index, bytes_in };
 
     let mut state = ChainState::default();
@@ -98,6 +99,15 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         (None, None) => (GatewayError::NoRoute.into_response(&request_id), None),
         (None, Some(i)) => forward(&snapshot, i, &mut record, parts, Body::new(body), &conn, &mut state).await,
     };
+    // The client's body broke off (bad chunk, early close): its fault, not the upstream's.
+    if body_failed.load(Ordering::Relaxed) && response.status() == http::StatusCode::BAD_GATEWAY {
+        response = GatewayError::BadBody("the request body is malformed or incomplete".into()).into_response(&request_id);
+    }
+    // After a malformed request the connection's framing cannot be trusted: close it
+    // (RFC 9112 §6.3, and what a desync defence needs).
+    if matches!(response.status(), http::StatusCode::BAD_REQUEST | http::StatusCode::URI_TOO_LONG) {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
 
     add_rate_limit_headers(response.headers_mut(), &state.quotas);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
