@@ -94,18 +94,22 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     let mut record = Record { started, start_ms, head, request_headers: logged_headers, route_index, bytes_in };
 
     let mut state = ChainState::default();
+    let mut must_close = refused.is_some();
     let (mut response, endpoint) = match (refused, route_index) {
         (Some(e), _) => (e.into_response(&request_id), None),
         (None, None) => (GatewayError::NoRoute.into_response(&request_id), None),
         (None, Some(i)) => forward(&snapshot, i, &mut record, parts, Body::new(body), &conn, &mut state).await,
     };
     // The client's body broke off (bad chunk, early close): its fault, not the upstream's.
-    if body_failed.load(Ordering::Relaxed) && response.status() == http::StatusCode::BAD_GATEWAY {
-        response = GatewayError::BadBody("the request body is malformed or incomplete".into()).into_response(&request_id);
+    if body_failed.load(Ordering::Relaxed) {
+        must_close = true;
+        if response.status() == http::StatusCode::BAD_GATEWAY {
+            response = GatewayError::BadBody("the request body is malformed or incomplete".into()).into_response(&request_id);
+        }
     }
-    // After a malformed request the connection's framing cannot be trusted: close it
-    // (RFC 9112 §6.3, and what a desync defence needs).
-    if matches!(response.status(), http::StatusCode::BAD_REQUEST | http::StatusCode::URI_TOO_LONG) {
+    // After a request refused before routing, or a broken body, the connection's framing
+    // cannot be trusted: close it (RFC 9112 §6.3, and what a desync defence needs).
+    if must_close {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 
