@@ -185,8 +185,8 @@ fn split_line(line: &str) -> Result<(String, &str, &str), String> {
         return Err("too short for a chained record".into());
     }
     let (body, suffix) = line.split_at(line.len() - SUFFIX_LEN);
-    let prev = suffix.strip_prefix(",\"prev\":\"").map(|s| &s[..64]);
-    let hash = suffix.get(73..).and_then(|s| s.strip_prefix("\",\"hash\":\"")).map(|s| &s[..64]);
+    let prev = suffix.strip_prefix(",\"prev\":\"").and_then(|s| s.get(..64));
+    let hash = suffix.get(73..).and_then(|s| s.strip_prefix("\",\"hash\":\"")).and_then(|s| s.get(..64));
     let ends = suffix.ends_with("\"}");
     match (prev, hash, ends) {
         (Some(prev), Some(hash), true) if is_hex64(prev) && is_hex64(hash) => Ok((format!("{body}}}"), prev, hash)),
@@ -285,6 +285,16 @@ mod tests {
         let broken = check(&path).unwrap_err();
         assert_eq!((broken.record, broken.line), (2, 2));
         assert!(broken.reason.contains("prev"), "{broken}");
+    }
+
+    #[test]
+    fn verify_reports_garbage_lines_instead_of_panicking() {
+        // A suffix of the right length whose 64-byte `prev` slice would split a character.
+        let suffix_len_line = format!("{{\"a\":1,\"prev\":\"a{}x", "é".repeat(69));
+        for garbage in ["x", "{}", suffix_len_line.as_str(), "\u{0}\u{0}\u{0}"] {
+            let broken = verify(std::io::Cursor::new(format!("{garbage}\n"))).unwrap().unwrap_err();
+            assert_eq!(broken.record, 1, "{garbage:?}");
+        }
     }
 
     #[test]
