@@ -85,9 +85,19 @@ pub async fn buffer(mut body: Body, limit: u64) -> Result<Bytes, GatewayError> {
     Ok(buffered.freeze())
 }
 
-/// Called once with the number of data bytes that went through, when the body ended (`true`)
-/// or was dropped before its end (`false`).
-pub type OnDone = Box<dyn FnOnce(u64, bool) + Send>;
+/// How a counted body finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// Every frame was read.
+    Complete,
+    /// The inner body yielded an error (a bad chunk, a peer that went away mid-body).
+    Failed,
+    /// It was dropped before its end (nobody read the rest).
+    Dropped,
+}
+
+/// Called once with the number of data bytes that went through and how the body finished.
+pub type OnDone = Box<dyn FnOnce(u64, BodyEnd) + Send>;
 
 /// Counts the data bytes of `inner` and calls `on_done` once. Size hints pass through, so
 /// hyper frames the body exactly as it would the inner one. Generic so the request body is
@@ -96,7 +106,6 @@ pub struct Counted<B: HttpBody = Body> {
     inner: B,
     bytes: u64,
     on_done: Option<OnDone>,
-    failed: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 // === impl Counted ===
@@ -104,19 +113,12 @@ pub struct Counted<B: HttpBody = Body> {
 impl<B: HttpBody> Counted<B> {
     /// Wraps `inner`.
     pub fn new(inner: B, on_done: OnDone) -> Self {
-        Counted { inner, bytes: 0, on_done: Some(on_done), failed: None }
+        Counted { inner, bytes: 0, on_done: Some(on_done) }
     }
 
-    /// Also sets `flag` when the inner body yields an error (as opposed to being dropped
-    /// early), so the proxy can tell a broken client body (400) from a broken upstream (502).
-    pub fn flag_errors(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
-        self.failed = Some(flag);
-        self
-    }
-
-    fn finish(&mut self, complete: bool) {
+    fn finish(&mut self, end: BodyEnd) {
         if let Some(done) = self.on_done.take() {
-            done(self.bytes, complete);
+            done(self.bytes, end);
         }
     }
 }
@@ -140,13 +142,8 @@ where
                     self.bytes += data.len() as u64;
                 }
             }
-            Poll::Ready(None) => self.finish(true),
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(flag) = &self.failed {
-                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                self.finish(false);
-            }
+            Poll::Ready(None) => self.finish(BodyEnd::Complete),
+            Poll::Ready(Some(Err(_))) => self.finish(BodyEnd::Failed),
             Poll::Pending => {}
         }
         polled
@@ -163,7 +160,7 @@ where
 
 impl<B: HttpBody> Drop for Counted<B> {
     fn drop(&mut self) {
-        let complete = self.inner.is_end_stream();
-        self.finish(complete);
+        let end = if self.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Dropped };
+        self.finish(end);
     }
 }

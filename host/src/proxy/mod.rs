@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
-use crate::body::{Body, Counted, LazyBody, boxed};
+use crate::body::{Body, BodyEnd, Counted, LazyBody, boxed};
 use crate::chain::{ChainState, Verdict, add_rate_limit_headers};
 use crate::error::GatewayError;
 use crate::plugin::bindings::exports::portcullis::plugin::logging::Exchange;
@@ -90,7 +90,14 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     let bytes_in = Arc::new(AtomicU64::new(0));
     let counter = bytes_in.clone();
     let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let body = Counted::new(body, Box::new(move |n, _| counter.store(n, Ordering::Relaxed))).flag_errors(body_failed.clone());
+    let failed = body_failed.clone();
+    let body = Counted::new(
+        body,
+        Box::new(move |n, end| {
+            counter.store(n, Ordering::Relaxed);
+            failed.store(end == BodyEnd::Failed, Ordering::Relaxed);
+        }),
+    );
     let mut record = Record { started, start_ms, head, request_headers: logged_headers, route_index, bytes_in };
 
     let mut state = ChainState::default();
@@ -120,8 +127,8 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     let status = response.status().as_u16();
     let response_headers = if has_logging { headers::to_wit(response.headers()) } else { Vec::new() };
     let (response_parts, response_body) = response.into_parts();
-    let finished = Box::new(move |bytes_out: u64, complete: bool| {
-        finish(snapshot, record, state, status, response_headers, endpoint, bytes_out, complete);
+    let finished = Box::new(move |bytes_out: u64, end: BodyEnd| {
+        finish(snapshot, record, state, status, response_headers, endpoint, bytes_out, end == BodyEnd::Complete);
     });
     Response::from_parts(response_parts, Body::new(Counted::new(response_body, finished)))
 }
