@@ -59,7 +59,7 @@ impl Hygiene {
     /// `Host`/authority mismatch, or an underscore header when they are rejected.
     pub fn apply(&self, parts: &mut http::request::Parts) -> Result<(), GatewayError> {
         let normalized = path::normalize(parts.uri.path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-        if normalized != parts.uri.path() {
+        if let std::borrow::Cow::Owned(normalized) = normalized {
             let path_and_query = match parts.uri.query() {
                 Some(q) => format!("{normalized}?{q}"),
                 None => normalized,
