@@ -122,8 +122,6 @@ impl Plugin for RateLimiter {
 /// A quota's state after a decision, in microseconds.
 struct Decision {
     allowed: bool,
-    /// New TAT written when allowed (for a rollback).
-    tat_us: u64,
     remaining: u64,
     reset_us: u64,
     retry_after_us: u64,
@@ -169,7 +167,6 @@ impl RateLimiter {
             if now_us < allow_at {
                 return Ok(Decision {
                     allowed: false,
-                    tat_us: tat,
                     remaining: 0,
                     reset_us: tat - now_us,
                     retry_after_us: allow_at - now_us,
@@ -180,7 +177,6 @@ impl RateLimiter {
                 let used = new_tat - now_us;
                 return Ok(Decision {
                     allowed: true,
-                    tat_us: new_tat,
                     remaining: (window_us - used.min(window_us)) / interval_us,
                     reset_us: used,
                     retry_after_us: 0,
@@ -190,15 +186,13 @@ impl RateLimiter {
         Err(KvError::Unavailable("too much contention on one rate-limit key".to_owned()))
     }
 
-    /// Gives back one request taken from `key` (best effort: the key moved on if it changed).
-    fn give_back(limit: &LimitConfig, key: &str, taken_tat: u64) {
+    /// Gives back one request taken from `key` (best effort: when the key has expired there
+    /// is nothing to give back).
+    fn give_back(limit: &LimitConfig, key: &str) {
         let interval_us = ((limit.window_ms * 1000) / limit.requests).max(1);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let Ok(stored) = kv::get(key) else { return };
             let Some(tat) = stored.as_deref().and_then(parse_u64) else { return };
-            if tat < taken_tat.saturating_sub(limit.window_ms * 1000) {
-                return;
-            }
             let back = tat.saturating_sub(interval_us).to_string();
             match kv::compare_and_swap(key, stored.as_deref(), back.as_bytes(), Some(limit.window_ms + 1)) {
                 Ok(true) | Err(_) => return,
@@ -226,7 +220,7 @@ impl RateLimit for RateLimiter {
     fn check(&self, request: &RequestHead, identity: Option<&Identity>) -> RateLimitOutcome {
         let now_us = portcullis_sdk::now_ms().saturating_mul(1000);
         let base = self.key(request, identity);
-        let mut taken: Vec<(usize, String, u64)> = Vec::new();
+        let mut taken: Vec<(usize, String)> = Vec::new();
         let mut quotas = Vec::new();
         for (i, limit) in self.config.limits.iter().enumerate() {
             let key = format!("{base}:{}", limit.name);
@@ -241,15 +235,15 @@ impl RateLimit for RateLimiter {
             };
             quotas.push(quota(limit, &decision));
             if !decision.allowed {
-                for (j, key, tat) in &taken {
-                    Self::give_back(&self.config.limits[*j], key, *tat);
+                for (j, key) in &taken {
+                    Self::give_back(&self.config.limits[*j], key);
                 }
                 return RateLimitOutcome::Limited(Limited {
                     quotas,
                     retry_after_ms: decision.retry_after_us.div_ceil(1000),
                 });
             }
-            taken.push((i, key, decision.tat_us));
+            taken.push((i, key));
         }
         RateLimitOutcome::Allowed(quotas)
     }
