@@ -379,7 +379,8 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
 
 /// A plain HTTP/1.1 server on an ephemeral loopback port answering every request with
 /// `handler(method, path, headers, body)` (status, content type, body): a real server for
-/// the plugins' outbound calls (JWKS, token introspection). Dropping the guard stops it.
+/// the plugins' outbound calls (JWKS, token introspection). Aborting the returned task stops
+/// it whole, open keep-alive connections included, so later requests are refused.
 pub async fn serve<F>(handler: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
 where
     F: Fn(&http::Method, &str, &HeaderMap, &[u8]) -> (u16, &'static str, String) + Send + Sync + 'static,
@@ -389,10 +390,13 @@ where
     let addr = listener.local_addr().expect("local addr");
     let handler = Arc::new(handler);
     let task = tokio::spawn(async move {
+        // Connections live in this set, owned by the accept task: aborting it drops them all.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
+            while connections.try_join_next().is_some() {}
             let handler = handler.clone();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                     let handler = handler.clone();
                     async move {

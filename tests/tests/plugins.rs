@@ -243,8 +243,10 @@ allowed_origins = ["http://{server}"]
     // Nothing listens any more: connection refused is 503 too, never a hang or a 500.
     task.abort();
     let _ = task.await;
+    let before = calls.load(Ordering::SeqCst);
     let refused = get(&url, &[("authorization", "Bearer yet-another-token")]).await;
-    assert!(refused.status == 503, "{:?}", refused.body);
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert_eq!(calls.load(Ordering::SeqCst), before, "the server really is gone");
     gw.stop().await;
 }
 
