@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Packages built for the tests: the plugins of `plugins/` and the guests of `tests/guests/`.
-const PACKAGES: [&str; 11] = [
+const PACKAGES: [&str; 12] = [
     "jwt-auth",
     "audit-log",
     "rate-limit",
@@ -18,6 +18,7 @@ const PACKAGES: [&str; 11] = [
     "api-key-auth",
     "request-validation",
     "oauth2-introspection",
+    "mtls-auth",
     "chaos-filter",
     "socket-filter",
     "tag-filter-a",

@@ -3,10 +3,12 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
+use tokio::time::{Instant, Sleep};
 
 use crate::error::GatewayError;
 
@@ -67,6 +69,7 @@ impl LazyBody {
 /// Reads the whole body, up to `limit` bytes.
 ///
 /// Errors: [`GatewayError::BodyTooLarge`] (413) past `limit`, declared or actual;
+/// [`GatewayError::RequestTimeout`] (408) when a [`Timed`] body runs out of time;
 /// [`GatewayError::BadBody`] (400) when the body breaks off.
 pub async fn buffer(mut body: Body, limit: u64) -> Result<Bytes, GatewayError> {
     if body.size_hint().lower() > limit {
@@ -74,7 +77,10 @@ pub async fn buffer(mut body: Body, limit: u64) -> Result<Bytes, GatewayError> {
     }
     let mut buffered = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| GatewayError::BadBody(e.to_string()))?;
+        let frame = frame.map_err(|e| match e.downcast_ref::<BodyTimeout>() {
+            Some(timeout) => GatewayError::RequestTimeout(timeout.to_string()),
+            None => GatewayError::BadBody(e.to_string()),
+        })?;
         if let Ok(data) = frame.into_data() {
             if (buffered.len() + data.len()) as u64 > limit {
                 return Err(GatewayError::BodyTooLarge { limit });
@@ -92,6 +98,8 @@ pub enum BodyEnd {
     Complete,
     /// The inner body yielded an error (a bad chunk, a peer that went away mid-body).
     Failed,
+    /// A [`Timed`] body ran out of time.
+    TimedOut,
     /// It was dropped before its end (nobody read the rest).
     Dropped,
 }
@@ -143,7 +151,10 @@ where
                 }
             }
             Poll::Ready(None) => self.finish(BodyEnd::Complete),
-            Poll::Ready(Some(Err(_))) => self.finish(BodyEnd::Failed),
+            Poll::Ready(Some(Err(e))) => {
+                let end = if e.is::<BodyTimeout>() { BodyEnd::TimedOut } else { BodyEnd::Failed };
+                self.finish(end);
+            }
             Poll::Pending => {}
         }
         polled
@@ -162,5 +173,91 @@ impl<B: HttpBody> Drop for Counted<B> {
     fn drop(&mut self) {
         let end = if self.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Dropped };
         self.finish(end);
+    }
+}
+
+/// A request body that did not arrive in time (see [`Timed`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BodyTimeout {
+    /// No data for longer than the idle timeout.
+    #[error("no request body data for {0} ms")]
+    Idle(u128),
+    /// The whole body took longer than the total timeout.
+    #[error("request body not complete within {0} ms")]
+    Total(u128),
+}
+
+/// A body with an idle timeout (longest gap between frames) and a total deadline; running
+/// past either yields a [`BodyTimeout`] error and then ends. hyper has neither (FIELD-NOTES),
+/// and without them a client can hold a request open by trickling its body. A body that is
+/// already at its end costs no timer.
+pub struct Timed<B> {
+    inner: B,
+    idle: Duration,
+    total: Duration,
+    /// The idle and total timers; none for an empty body.
+    timers: Option<Timers>,
+    failed: bool,
+}
+
+/// The idle timer, then the total one.
+type Timers = (Pin<Box<Sleep>>, Pin<Box<Sleep>>);
+
+// === impl Timed ===
+
+impl<B: HttpBody> Timed<B> {
+    /// Wraps `inner`: each frame must arrive within `idle` of the previous one (or of now),
+    /// and the whole body within `total` of now.
+    pub fn new(inner: B, idle: Duration, total: Duration) -> Self {
+        let timers = (!inner.is_end_stream()).then(|| {
+            let now = Instant::now();
+            (Box::pin(tokio::time::sleep_until(now + idle)), Box::pin(tokio::time::sleep_until(now + total)))
+        });
+        Timed { inner, idle, total, timers, failed: false }
+    }
+}
+
+impl<B> HttpBody for Timed<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        let polled = Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into);
+        let (idle, total) = (self.idle, self.total);
+        let Some((idle_sleep, total_sleep)) = self.timers.as_mut() else { return polled };
+        let expired = match &polled {
+            Poll::Ready(Some(Ok(_))) => {
+                idle_sleep.as_mut().reset(Instant::now() + idle);
+                None
+            }
+            Poll::Pending if total_sleep.as_mut().poll(cx).is_ready() => Some(BodyTimeout::Total(total.as_millis())),
+            Poll::Pending if idle_sleep.as_mut().poll(cx).is_ready() => Some(BodyTimeout::Idle(idle.as_millis())),
+            _ => None,
+        };
+        match expired {
+            Some(timeout) => {
+                self.failed = true;
+                Poll::Ready(Some(Err(Box::new(timeout))))
+            }
+            None => polled,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

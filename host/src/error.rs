@@ -34,6 +34,10 @@ pub enum GatewayError {
         /// The limit, in bytes.
         limit: u64,
     },
+    /// The request body did not arrive within the listener's body timeouts (408, RFC 9110
+    /// §15.5.9); the connection is closed.
+    #[error("request timeout: {0}")]
+    RequestTimeout(String),
     /// The request body could not be read (400).
     #[error("request body could not be read: {0}")]
     BadBody(String),
@@ -68,6 +72,7 @@ impl GatewayError {
             GatewayError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BadBody(_) => StatusCode::BAD_REQUEST,
+            GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -83,6 +88,7 @@ impl GatewayError {
             GatewayError::PluginFailed(_) => "plugin-failed",
             GatewayError::BodyTooLarge { .. } => "body-too-large",
             GatewayError::BadBody(_) => "bad-body",
+            GatewayError::RequestTimeout(_) => "request-timeout",
             GatewayError::UpstreamFailed { .. } => "upstream-failed",
             GatewayError::UpstreamTimeout { .. } => "upstream-timeout",
         }
@@ -100,6 +106,7 @@ impl GatewayError {
             GatewayError::PluginFailed(_) => "A policy plugin failed while handling the request.".into(),
             GatewayError::BodyTooLarge { limit } => format!("The request body exceeds {limit} bytes."),
             GatewayError::BadBody(_) => "The request body could not be read.".into(),
+            GatewayError::RequestTimeout(_) => "The request body was not received in time.".into(),
             GatewayError::UpstreamFailed { .. } => "The upstream service could not be reached.".into(),
             GatewayError::UpstreamTimeout { .. } => "The upstream service did not answer in time.".into(),
         }

@@ -92,12 +92,12 @@ impl Gateway {
         };
 
         let mut listener_addrs = Vec::new();
-        for listener_config in loaded.config.listeners {
+        for (index, listener_config) in loaded.config.listeners.into_iter().enumerate() {
             let address = listener_config.address;
             let listener = TcpListener::bind(address).await.map_err(|source| StartError::Bind { address, source })?;
             listener_addrs.push(listener.local_addr().map_err(|source| StartError::Bind { address, source })?);
             let (snapshot, rx) = (snapshot.clone(), shutdown.subscribe());
-            tasks.spawn(async move { crate::server::serve(listener, &listener_config, snapshot, rx).await });
+            tasks.spawn(async move { crate::server::serve(listener, index, &listener_config, snapshot, rx).await });
         }
         ready.store(true, Ordering::Release);
         tracing::info!(listeners = ?listener_addrs, admin = ?admin_addr, config = %config_file.display(), "portcullis is serving");
@@ -131,8 +131,8 @@ impl Gateway {
         self.reloader.history()
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to
-    /// [`DRAIN_TIMEOUT`](crate::server::DRAIN_TIMEOUT)), and returns when every listener is done.
+    /// Stops accepting, lets in-flight requests finish (up to each listener's
+    /// `drain_timeout_ms`), and returns when every listener is done.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}

@@ -32,6 +32,7 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;
 
 pub use gateway::{Gateway, StartError};

@@ -1,25 +1,34 @@
-//! Listeners: accept connections and serve HTTP/1.1 and HTTP/2 (h2c, prior knowledge or
-//! upgrade-free sniffing by hyper-util's `auto` builder), with hyper's timer installed so the
-//! header-read timeout applies (FIELD-NOTES: without a timer it silently does nothing).
+//! Listeners: accept connections, terminate TLS when configured, and serve HTTP/1.1 and HTTP/2.
+//!
+//! - Clear text: hyper-util's `auto` builder sniffs the HTTP/2 preface (h2c with prior
+//!   knowledge) and otherwise speaks HTTP/1.1.
+//! - TLS: the rustls configuration is read from the serving snapshot at each handshake (so
+//!   reloaded certificates apply to new connections), and the protocol follows the ALPN result:
+//!   `h2` is HTTP/2 only, anything else HTTP/1.1 only (FIELD-NOTES: do not sniff over TLS).
+//! - hyper's timer is installed so the header-read timeout applies (FIELD-NOTES: without a
+//!   timer it silently does nothing).
+//! - Each connection is driven here rather than by hyper-util's `GracefulShutdown`, so that one
+//!   place handles the keep-alive idle timeout and the drain: both call hyper's
+//!   `graceful_shutdown` (HTTP/1.1: close after the response in progress; HTTP/2: GOAWAY, then
+//!   let open streams finish).
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::config::model::ListenerConfig;
 use crate::proxy::{self, ConnInfo};
 use crate::snapshot::Snapshot;
 
-/// How long in-flight requests may take to finish after shutdown begins.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 concurrent streams per connection (Envoy's edge recommendation).
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// HTTP/2 initial stream flow-control window, in bytes (64 KiB, Envoy's edge value).
@@ -27,14 +36,124 @@ pub const H2_STREAM_WINDOW_BYTES: u32 = 64 * 1024;
 /// HTTP/2 initial connection flow-control window, in bytes (1 MiB, Envoy's edge value).
 pub const H2_CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
 
-/// Accepts on `listener` until `shutdown` turns true, then drains in-flight connections for up
-/// to [`DRAIN_TIMEOUT`]. Each request is served with the snapshot current when it arrived.
+/// The three ways a connection is served: sniffing (clear text), and one protocol each for
+/// the ALPN results of a TLS handshake.
+struct Builders {
+    sniff: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+/// Per-listener settings every connection task needs.
+struct Listener {
+    index: usize,
+    builders: Builders,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    hygiene: Arc<proxy::hygiene::Hygiene>,
+    max_buffered_body_bytes: u64,
+    max_uri_bytes: u64,
+    body_idle_timeout: Duration,
+    body_timeout: Duration,
+    keep_alive_timeout: Duration,
+    handshake_timeout: Duration,
+}
+
+/// When a connection last finished a request, and how many it has in flight.
+#[derive(Default)]
+struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds since the connection was accepted, when the last request finished.
+    last_done_ms: AtomicU64,
+}
+
+/// One request in flight on a connection; dropping it (the handler finished or was cancelled
+/// because the client went away) records the time.
+struct InFlight {
+    activity: Arc<Activity>,
+    accepted: Instant,
+}
+
+impl InFlight {
+    fn start(activity: Arc<Activity>, accepted: Instant) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight { activity, accepted }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let done_ms = u64::try_from(self.accepted.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.activity.last_done_ms.store(done_ms, Ordering::Release);
+        self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Accepts on `listener` (the `index`th of the configuration) until `shutdown` turns true, then
+/// drains: open connections are asked to finish (see the module docs) and are closed when
+/// `drain_timeout_ms` is up. Each request is served with the snapshot current when it arrived.
 pub async fn serve(
     listener: TcpListener,
+    index: usize,
     config: &ListenerConfig,
     snapshot: Arc<ArcSwap<Snapshot>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let state = Arc::new(Listener {
+        index,
+        builders: builders(config),
+        snapshot,
+        hygiene: Arc::new(proxy::hygiene::Hygiene::new(config)),
+        max_buffered_body_bytes: config.max_buffered_body_bytes,
+        max_uri_bytes: config.max_uri_bytes,
+        body_idle_timeout: Duration::from_millis(config.body_idle_timeout_ms),
+        body_timeout: Duration::from_millis(config.body_timeout_ms),
+        keep_alive_timeout: Duration::from_millis(config.keep_alive_timeout_ms),
+        handshake_timeout: Duration::from_millis(config.tls.as_ref().map_or(10_000, |t| t.handshake_timeout_ms)),
+    });
+    let tls = config.tls.is_some();
+    let connections = Arc::new(tokio::sync::Semaphore::new(usize::try_from(config.max_connections).unwrap_or(usize::MAX)));
+    let mut tasks = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = config.max_connections, "connection refused: listener at max_connections");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            if tls {
+                serve_tls(stream, peer, state, shutdown).await;
+            } else {
+                let conn = state.conn_info(peer, "http", None);
+                drive(&state.builders.sniff, TokioIo::new(stream), state.clone(), conn, shutdown).await;
+            }
+        });
+    }
+    drop(listener);
+    let drain = Duration::from_millis(config.drain_timeout_ms);
+    let drained = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(open = tasks.len(), "drain deadline reached; closing the remaining connections");
+        tasks.shutdown().await;
+    }
+}
+
+fn builders(config: &ListenerConfig) -> Builders {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let header_bytes = usize::try_from(config.max_request_header_bytes).unwrap_or(usize::MAX);
     builder
@@ -52,52 +171,107 @@ pub async fn serve(
         .initial_stream_window_size(H2_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(H2_CONNECTION_WINDOW_BYTES)
         .max_header_list_size(u32::try_from(config.max_request_header_bytes).unwrap_or(u32::MAX));
-    let connections = Arc::new(tokio::sync::Semaphore::new(usize::try_from(config.max_connections).unwrap_or(usize::MAX)));
-    let graceful = GracefulShutdown::new();
-    let max_body = config.max_buffered_body_bytes;
-    let hygiene = Arc::new(proxy::hygiene::Hygiene::new(config));
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = config.max_connections, "connection refused: listener at max_connections");
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ConnInfo {
+    Builders { http1: builder.clone().http1_only(), http2: builder.clone().http2_only(), sniff: builder }
+}
+
+// === impl Listener ===
+
+impl Listener {
+    fn conn_info(&self, peer: std::net::SocketAddr, scheme: &'static str, client_cert: Option<proxy::ClientCert>) -> Arc<ConnInfo> {
+        Arc::new(ConnInfo {
             peer,
-            scheme: "http",
-            max_buffered_body_bytes: max_body,
-            max_uri_bytes: config.max_uri_bytes,
-            hygiene: hygiene.clone(),
-        });
-        let snapshot = snapshot.clone();
-        let service = service_fn(move |request| {
-            let (snapshot, conn) = (snapshot.load_full(), conn.clone());
-            async move { Ok::<_, Infallible>(proxy::handle(request, snapshot, conn).await) }
-        });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let watched = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = watched.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+            scheme,
+            client_cert,
+            max_buffered_body_bytes: self.max_buffered_body_bytes,
+            max_uri_bytes: self.max_uri_bytes,
+            body_idle_timeout: self.body_idle_timeout,
+            body_timeout: self.body_timeout,
+            hygiene: self.hygiene.clone(),
+        })
     }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!("drain deadline reached; closing remaining connections");
+}
+
+/// Runs the TLS handshake (bounded by `handshake_timeout_ms`) with the snapshot's server
+/// configuration, then serves the protocol ALPN chose.
+async fn serve_tls(stream: TcpStream, peer: std::net::SocketAddr, state: Arc<Listener>, shutdown: watch::Receiver<bool>) {
+    let Some(config) = state.snapshot.load().listener_tls.get(state.index).cloned().flatten() else {
+        tracing::error!(%peer, "listener has TLS settings but the snapshot has no TLS configuration");
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let stream = match tokio::time::timeout(state.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    let client_cert = session.peer_certificates().and_then(|chain| chain.first()).map(|der| {
+        let facts = crate::tls::describe(der);
+        proxy::ClientCert { subject: facts.subject, dns_names: facts.dns_names, uris: facts.uris, sha256: facts.sha256 }
+    });
+    let conn = state.conn_info(peer, "https", client_cert);
+    let builder = if h2 { &state.builders.http2 } else { &state.builders.http1 };
+    drive(builder, TokioIo::new(stream), state.clone(), conn, shutdown).await;
+}
+
+/// Serves one connection until it ends, asking it to finish gracefully when it has been idle
+/// for `keep_alive_timeout_ms` or when shutdown begins.
+async fn drive<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    state: Arc<Listener>,
+    conn: Arc<ConnInfo>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let accepted = Instant::now();
+    let activity = Arc::new(Activity::default());
+    let tracked = activity.clone();
+    let snapshot = state.snapshot.clone();
+    let service = service_fn(move |request| {
+        let (snapshot, conn) = (snapshot.load_full(), conn.clone());
+        let in_flight = InFlight::start(tracked.clone(), accepted);
+        async move {
+            let response = proxy::handle(request, snapshot, conn).await;
+            drop(in_flight);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let keep_alive = state.keep_alive_timeout;
+    let mut closing = false;
+    loop {
+        let idle_at = accepted + Duration::from_millis(activity.last_done_ms.load(Ordering::Acquire)) + keep_alive;
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = tokio::time::sleep_until(idle_at.into()), if !closing => {
+                let still_idle = activity.in_flight.load(Ordering::Acquire) == 0
+                    && accepted + Duration::from_millis(activity.last_done_ms.load(Ordering::Acquire)) + keep_alive <= Instant::now();
+                if still_idle {
+                    tracing::debug!(%peer, "closing a keep-alive connection idle past keep_alive_timeout_ms");
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
     }
 }

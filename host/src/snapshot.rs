@@ -40,9 +40,12 @@ pub struct Snapshot {
     pub identity: IdentityHeaders,
     /// Loaded plugins by id.
     pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
-    /// Every file this snapshot was built from: the configuration file, plugin files and
-    /// `$file` references. Hot reload watches them.
+    /// Every file this snapshot was built from: the configuration file, plugin files,
+    /// `$file` references, certificates and keys. Hot reload watches them.
     pub sources: BTreeSet<PathBuf>,
+    /// Each listener's TLS configuration, by listener index (none: clear text). A listener
+    /// reads it at every handshake, so renewed certificates apply to new connections.
+    pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
 }
 
 // === impl Snapshot ===
@@ -103,8 +106,33 @@ impl Snapshot {
             strip: id.strip_headers.iter().map(|h| header(h)).collect(),
         };
 
-        let upstreams: HashMap<&str, Arc<Upstream>> =
-            config.upstreams.iter().map(|(name, u)| (name.as_str(), Arc::new(Upstream::new(name, u)))).collect();
+        let mut listener_tls = Vec::new();
+        for (i, listener) in config.listeners.iter().enumerate() {
+            let built = listener.tls.as_ref().map(|tls| {
+                crate::tls::server_config(loaded, tls, &format!("listener[{i}].tls"), &mut sources)
+            });
+            listener_tls.push(match built {
+                None => None,
+                Some(Ok(server)) => Some(server),
+                Some(Err(mut e)) => {
+                    issues.append(&mut e);
+                    None
+                }
+            });
+        }
+
+        let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
+        for (name, u) in &config.upstreams {
+            let tls = u.tls.as_ref().map(|tls| {
+                crate::tls::client_config(loaded, tls, &format!("upstream.{name}.tls"), &mut sources)
+            });
+            match tls.transpose() {
+                Ok(tls) => {
+                    upstreams.insert(name.as_str(), Arc::new(Upstream::new(name, u, tls)));
+                }
+                Err(issue) => issues.push(issue),
+            }
+        }
 
         let mut pools: HashMap<(String, String), Arc<StepPool>> = HashMap::new();
         let mut routes = Vec::new();
@@ -149,7 +177,7 @@ impl Snapshot {
         if !issues.is_empty() {
             return Err(loaded.invalid(issues));
         }
-        Ok(Snapshot { router, routes, identity, plugins, sources })
+        Ok(Snapshot { router, routes, identity, plugins, sources, listener_tls })
     }
 }
 

@@ -71,7 +71,7 @@ mod bindings_mod {
         validation::{Invalid, ValidationOutcome, Violation},
     };
     pub use crate::bindings::portcullis::plugin::types::{
-        ConfigError, Header, HeaderEdits, Identity, LocalResponse, RequestHead, ResponseHead,
+        ClientCert, ConfigError, Header, HeaderEdits, Identity, LocalResponse, RequestHead, ResponseHead,
     };
 }
 

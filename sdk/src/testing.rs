@@ -114,6 +114,7 @@ pub fn request(method: &str, target: &str) -> RequestBuilder {
         query,
         headers: Vec::new(),
         client_ip: "127.0.0.1".to_owned(),
+        client_cert: None,
         request_id: "test-request".to_owned(),
         route: "test".to_owned(),
     })
@@ -133,6 +134,13 @@ impl RequestBuilder {
     /// Sets the client IP address.
     pub fn client_ip(mut self, ip: &str) -> Self {
         self.0.client_ip = ip.to_owned();
+        self
+    }
+
+    /// Sets the verified client certificate (mutual TLS); the scheme becomes `https`.
+    pub fn client_cert(mut self, cert: crate::ClientCert) -> Self {
+        self.0.scheme = "https".to_owned();
+        self.0.client_cert = Some(cert);
         self
     }
 

@@ -40,6 +40,7 @@ fn head(token: Option<&str>) -> RequestHead {
         query: None,
         headers,
         client_ip: "127.0.0.1".into(),
+        client_cert: None,
         request_id: "bench".into(),
         route: "bench".into(),
     }
@@ -145,6 +146,7 @@ async fn main() {
         path: "/audit/x".into(),
         query: None,
         client_ip: "127.0.0.1".into(),
+        client_cert: None,
         identity: None,
         status: 200,
         start_ms: 1,

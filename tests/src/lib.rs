@@ -2,6 +2,8 @@
 //! ephemeral loopback ports with plugins built from `plugins/` and `tests/guests/` (see
 //! `build.rs`), real upstreams, a real HTTP client, and tokens minted with `jsonwebtoken`.
 
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -130,7 +132,7 @@ pub fn write_config(config: &str) -> (PathBuf, PathBuf) {
 
 /// A gateway configuration in front of `upstream`, with the first-party plugins and test
 /// guests declared, followed by `routes` (TOML): `jwt`, `audit` (to `audit.jsonl` beside the
-/// configuration), `ratelimit`, `rbac`, `apikey`, `validate`, and the chaos test guest as
+/// configuration), `ratelimit`, `rbac`, `apikey`, `validate`, `mtls`, and the chaos test guest as
 /// `chaos` (fail-closed, 1 s deadline), `chaos-open` (fail-open), `chaos-breaker` (breaker
 /// opens after 3 failures, for 300 ms) and `chaos-fresh` (a fresh instance per request).
 pub fn config(upstream: SocketAddr, routes: &str) -> String {
@@ -182,6 +184,10 @@ kind = "auth"
 path = "{validate}"
 kind = "validation"
 
+[plugin.mtls]
+path = "{mtls}"
+kind = "auth"
+
 [plugin.chaos]
 path = "{chaos}"
 kind = "filter"
@@ -220,6 +226,7 @@ failure_policy = "fail-open"
         rbac = plugin("rbac").display(),
         apikey = plugin("api_key_auth").display(),
         validate = plugin("request_validation").display(),
+        mtls = plugin("mtls_auth").display(),
         chaos = plugin("chaos_filter").display(),
         routes = routes.replace("{JWKS}", &jwks.display().to_string()),
     )

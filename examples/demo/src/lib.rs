@@ -26,8 +26,9 @@ pub async fn serve_echo(listener: TcpListener) {
     }
 }
 
-/// Answers with the request as JSON. Header values are arrays, in the order received.
-async fn echo(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Answers with the request as JSON (`method`, `version`, `path`, `query`, `headers`, `body`).
+/// Header values are arrays, in the order received.
+pub async fn echo(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let mut headers = serde_json::Map::new();
@@ -39,6 +40,7 @@ async fn echo(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infal
     }
     let doc = serde_json::json!({
         "method": parts.method.as_str(),
+        "version": format!("{:?}", parts.version),
         "path": parts.uri.path(),
         "query": parts.uri.query(),
         "headers": headers,

@@ -39,7 +39,8 @@ pub struct GatewayConfig {
     pub routes: Vec<RouteConfig>,
 }
 
-/// `[[listener]]`: one client-facing socket (HTTP/1.1 and h2c).
+/// `[[listener]]`: one client-facing socket: HTTP/1.1 and h2c in clear text, or TLS with
+/// HTTP/1.1 and HTTP/2 chosen by ALPN when `[listener.tls]` is present.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
@@ -73,6 +74,87 @@ pub struct ListenerConfig {
     /// as they are accepted.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: u64,
+    /// Longest gap between two chunks of a request body, in ms; 408 when exceeded.
+    #[serde(default = "defaults::body_idle_timeout_ms")]
+    pub body_idle_timeout_ms: u64,
+    /// Longest time to receive a whole request body, counted from the request head, in ms;
+    /// 408 when exceeded.
+    #[serde(default = "defaults::body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// How long a connection may stay open with no request in flight, in ms; it is then
+    /// closed (HTTP/1.1) or sent GOAWAY (HTTP/2). For HTTP/1.1 the wait for the next request
+    /// head is also bounded by `header_read_timeout_ms`.
+    #[serde(default = "defaults::keep_alive_timeout_ms")]
+    pub keep_alive_timeout_ms: u64,
+    /// On shutdown (SIGTERM, SIGINT), how long in-flight requests may take to finish, in ms;
+    /// connections still open then are closed.
+    #[serde(default = "defaults::drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// TLS termination; absent: clear text.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+/// `[listener.tls]`: TLS 1.2 and 1.3 with rustls. Certificate, key and CA files are read when
+/// the configuration is loaded and again on every reload (they are watched like plugin files),
+/// so a renewed certificate is served to new connections without dropping open ones.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// Certificates, chosen by the client's SNI among the DNS names of each certificate
+    /// (subject alternative names, `*.` wildcards included). The first one is also served to
+    /// clients that send no SNI (IP address clients); a client whose SNI matches none is
+    /// refused during the handshake (`unrecognized_name`).
+    pub certificates: Vec<CertificateConfig>,
+    /// PEM file of the CA certificates that client certificates must chain to. Present:
+    /// mutual TLS, and plugins see the verified client certificate (`request-head.client-cert`).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Whether a client certificate is required (default) or only verified when sent.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// ALPN protocols offered, in order of preference: `h2` and `http/1.1`.
+    #[serde(default = "defaults::alpn")]
+    pub alpn: Vec<String>,
+    /// Lowest TLS version: `1.2` (default) or `1.3`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// Time allowed for the TLS handshake, in ms; the connection is closed after it.
+    #[serde(default = "defaults::tls_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+/// One certificate chain and its private key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM file: the end-entity certificate first, then intermediates.
+    pub cert_file: PathBuf,
+    /// PEM file: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// `client_auth` of `[listener.tls]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuth {
+    /// A handshake without a valid client certificate fails.
+    #[default]
+    Required,
+    /// Clients may connect without a certificate; one that is sent must be valid.
+    Optional,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 (RFC 5246) and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 (RFC 8446) only.
+    #[serde(rename = "1.3")]
+    Tls13,
 }
 
 /// `headers_with_underscores` (as nginx's `underscores_in_headers off` and Envoy's
@@ -187,6 +269,13 @@ impl Default for IdentityConfig {
 pub struct UpstreamConfig {
     /// Endpoints as `host:port`, used round robin.
     pub endpoints: Vec<String>,
+    /// The HTTP version spoken to the endpoints: `http1` (default) or `http2` (prior knowledge
+    /// in clear text, ALPN `h2` over TLS).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints; absent: clear text.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
     /// Time allowed to open a TCP connection, in ms (502 when it fails, 504 when it times out).
     #[serde(default = "defaults::connect_timeout_ms")]
     pub connect_timeout_ms: u64,
@@ -199,6 +288,36 @@ pub struct UpstreamConfig {
     /// How long an idle keep-alive connection is kept, in ms.
     #[serde(default = "defaults::pool_idle_timeout_ms")]
     pub pool_idle_timeout_ms: u64,
+}
+
+/// `protocol` of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with a keep-alive pool.
+    #[default]
+    Http1,
+    /// HTTP/2, many requests multiplexed on one connection per endpoint.
+    Http2,
+}
+
+/// `[upstream.NAME.tls]`: TLS from the gateway to the endpoints (rustls, TLS 1.2 and 1.3).
+/// The server certificate is always verified against the roots and the server name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM file of the CA certificates trusted for the endpoints; absent: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Name sent as SNI and checked against the certificate; absent: each endpoint's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM certificate chain the gateway presents to the endpoints (mutual TLS).
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// The five plugin kinds of the WIT contract.
@@ -407,6 +526,30 @@ pub mod defaults {
     }
     /// 10,000 per listener.
     pub fn max_connections() -> u64 {
+        10_000
+    }
+    /// 30 s, half of nginx's `client_body_timeout`.
+    pub fn body_idle_timeout_ms() -> u64 {
+        30_000
+    }
+    /// 5 min.
+    pub fn body_timeout_ms() -> u64 {
+        300_000
+    }
+    /// 60 s, under nginx's 75 s `keepalive_timeout` so most clients see the close coming.
+    pub fn keep_alive_timeout_ms() -> u64 {
+        60_000
+    }
+    /// 10 s.
+    pub fn drain_timeout_ms() -> u64 {
+        10_000
+    }
+    /// `h2`, then `http/1.1`.
+    pub fn alpn() -> Vec<String> {
+        vec!["h2".into(), "http/1.1".into()]
+    }
+    /// 10 s.
+    pub fn tls_handshake_timeout_ms() -> u64 {
         10_000
     }
     /// 1 MiB.

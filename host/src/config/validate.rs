@@ -22,6 +22,28 @@ pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
         check_range(&mut issues, &at("max_request_headers"), l.max_request_headers, 1, 1000);
         check_range(&mut issues, &at("max_uri_bytes"), l.max_uri_bytes, 256, 65_534);
         check_range(&mut issues, &at("max_connections"), l.max_connections, 1, 1_000_000);
+        for (field, v) in [
+            ("body_idle_timeout_ms", l.body_idle_timeout_ms),
+            ("body_timeout_ms", l.body_timeout_ms),
+            ("keep_alive_timeout_ms", l.keep_alive_timeout_ms),
+        ] {
+            check_range(&mut issues, &at(field), v, 1, 86_400_000);
+        }
+        check_range(&mut issues, &at("drain_timeout_ms"), l.drain_timeout_ms, 0, 3_600_000);
+        if let Some(tls) = &l.tls {
+            if tls.certificates.is_empty() {
+                issues.push(Issue::new(at("tls.certificates"), "at least one certificate is required"));
+            }
+            for (k, alpn) in tls.alpn.iter().enumerate() {
+                if !matches!(alpn.as_str(), "h2" | "http/1.1") {
+                    issues.push(Issue::new(at(&format!("tls.alpn[{k}]")), format!("`{alpn}` is not `h2` or `http/1.1`")));
+                }
+            }
+            if tls.alpn.is_empty() {
+                issues.push(Issue::new(at("tls.alpn"), "offer at least one of `h2` and `http/1.1`"));
+            }
+            check_range(&mut issues, &at("tls.handshake_timeout_ms"), tls.handshake_timeout_ms, 1, 600_000);
+        }
         for (k, cidr) in l.trusted_proxies.iter().enumerate() {
             if let Err(why) = crate::proxy::hygiene::parse_cidr(cidr) {
                 issues.push(Issue::new(format!("listener[{i}].trusted_proxies[{k}]"), why));
@@ -52,6 +74,16 @@ pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
                     format!("{at}.endpoints[{i}]"),
                     format!("`{e}` is not host:port"),
                 ));
+            }
+        }
+        if let Some(tls) = &u.tls {
+            if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+                issues.push(Issue::new(format!("{at}.tls"), "set both `client_cert_file` and `client_key_file`, or neither"));
+            }
+            if let Some(name) = &tls.server_name
+                && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+            {
+                issues.push(Issue::new(format!("{at}.tls.server_name"), format!("`{name}` is not a DNS name or IP address")));
             }
         }
         for (field, v) in [

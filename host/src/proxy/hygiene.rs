@@ -69,10 +69,10 @@ impl Hygiene {
                 Some(path_and_query.parse().map_err(|_| GatewayError::BadRequest("the path cannot be normalized".into()))?);
             parts.uri = http::Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest("the path cannot be normalized".into()))?;
         }
-        if let (Some(authority), Some(host)) = (parts.uri.authority(), parts.headers.get(header::HOST)) {
-            if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) {
-                return Err(GatewayError::BadRequest("`Host` and the request target's authority differ".into()));
-            }
+        if let (Some(authority), Some(host)) = (parts.uri.authority(), parts.headers.get(header::HOST))
+            && !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
+        {
+            return Err(GatewayError::BadRequest("`Host` and the request target's authority differ".into()));
         }
         // hyper already refuses most malformed framing; refuse the ambiguous rest, as Envoy
         // does by default: both framings at once, or any transfer coding but a lone `chunked`.

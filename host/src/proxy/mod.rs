@@ -13,11 +13,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
-use crate::body::{Body, BodyEnd, Counted, LazyBody, boxed};
+use crate::body::{Body, BodyEnd, Counted, LazyBody, Timed, boxed};
 use crate::chain::{ChainState, Verdict, add_rate_limit_headers};
 use crate::error::GatewayError;
 use crate::plugin::bindings::exports::portcullis::plugin::logging::Exchange;
 use crate::plugin::bindings::portcullis::plugin::types::{Header, RequestHead};
+
+/// A verified client certificate as plugins see it (WIT `client-cert`).
+pub use crate::plugin::bindings::portcullis::plugin::types::ClientCert;
 use crate::snapshot::Snapshot;
 
 /// What the listener knows about the connection a request came on.
@@ -27,6 +30,12 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// `http` or `https`.
     pub scheme: &'static str,
+    /// The client certificate verified in the TLS handshake (mutual TLS).
+    pub client_cert: Option<ClientCert>,
+    /// Longest gap between request body chunks (408 beyond).
+    pub body_idle_timeout: std::time::Duration,
+    /// Longest time to receive a request body, from the request head (408 beyond).
+    pub body_timeout: std::time::Duration,
     /// Cap on bodies a chain buffers, in bytes.
     pub max_buffered_body_bytes: u64,
     /// Longest request target, in bytes (414 beyond).
@@ -84,18 +93,25 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         query: parts.uri.query().map(str::to_owned),
         headers: request_headers,
         client_ip: client_ip.to_string(),
+        client_cert: conn.client_cert.clone(),
         request_id: request_id.clone(),
         route: route_index.map_or_else(|| "-".to_owned(), |i| snapshot.routes[i].id.to_string()),
     };
     let bytes_in = Arc::new(AtomicU64::new(0));
     let counter = bytes_in.clone();
-    let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let failed = body_failed.clone();
+    // 0: fine, 1: broke off, 2: timed out.
+    let body_fault = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let fault = body_fault.clone();
     let body = Counted::new(
-        body,
+        Timed::new(body, conn.body_idle_timeout, conn.body_timeout),
         Box::new(move |n, end| {
             counter.store(n, Ordering::Relaxed);
-            failed.store(end == BodyEnd::Failed, Ordering::Relaxed);
+            let code = match end {
+                BodyEnd::Failed => 1,
+                BodyEnd::TimedOut => 2,
+                BodyEnd::Complete | BodyEnd::Dropped => 0,
+            };
+            fault.store(code, Ordering::Relaxed);
         }),
     );
     let mut record = Record { started, start_ms, head, request_headers: logged_headers, route_index, bytes_in };
@@ -107,12 +123,22 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         (None, None) => (GatewayError::NoRoute.into_response(&request_id), None),
         (None, Some(i)) => forward(&snapshot, i, &mut record, parts, Body::new(body), &conn, &mut state).await,
     };
-    // The client's body broke off (bad chunk, early close): its fault, not the upstream's.
-    if body_failed.load(Ordering::Relaxed) {
+    // The client's body broke off (bad chunk, early close) or timed out: its fault, not the
+    // upstream's.
+    let fault = body_fault.load(Ordering::Relaxed);
+    if fault != 0 {
         must_close = true;
         if response.status() == http::StatusCode::BAD_GATEWAY {
-            response = GatewayError::BadBody("the request body is malformed or incomplete".into()).into_response(&request_id);
+            let error = if fault == 2 {
+                GatewayError::RequestTimeout("the request body was not received in time".into())
+            } else {
+                GatewayError::BadBody("the request body is malformed or incomplete".into())
+            };
+            response = error.into_response(&request_id);
         }
+    }
+    if response.status() == http::StatusCode::REQUEST_TIMEOUT {
+        must_close = true;
     }
     // After a request refused before routing, or a broken body, the connection's framing
     // cannot be trusted: close it (RFC 9112 §6.3, and what a desync defence needs).
