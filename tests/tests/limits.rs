@@ -1,0 +1,170 @@
+//! Time and connection limits on loopback, each bounded in time: slow request bodies get 408,
+//! idle keep-alive connections are closed (HTTP/1.1) or sent GOAWAY (HTTP/2), a connection
+//! flood is capped at `max_connections` without starving later clients, and shutdown drains
+//! in-flight requests up to `drain_timeout_ms`.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use portcullis_e2e::{TestGateway, config, echo_upstream, route, serve, silent_upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `config` with `settings` (TOML lines) added to its listener.
+fn listener_with(config: String, settings: &str) -> String {
+    config.replacen("address = \"127.0.0.1:0\"\n", &format!("address = \"127.0.0.1:0\"\n{settings}\n"), 1)
+}
+
+/// Reads until the peer closes (at most `limit`): the bytes, and whether it closed in time.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await.is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_bodies_get_408_and_the_connection_is_closed() {
+    let upstream = echo_upstream().await;
+    // `validated` buffers the body for its validation step; `streamed` sends it upstream as it
+    // comes.
+    let validate = r#"{ max_body_bytes = 1024 }"#;
+    let routes = [route("validated", "/validated", &[("validate", Some(validate))]), route("streamed", "/", &[])].concat();
+    let toml = listener_with(config(upstream, &routes), "body_idle_timeout_ms = 300\nbody_timeout_ms = 900");
+    let gw = TestGateway::start(&toml).await;
+
+    for path in ["/validated", "/streamed"] {
+        // Idle: two bytes of ten, then nothing.
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!("POST {path} HTTP/1.1\r\nhost: gw.test\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{{\"");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let (text, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        assert!(closed, "{path}: the connection must be closed");
+        assert!(text.starts_with("HTTP/1.1 408"), "{path}: {text}");
+        assert!(text.contains("urn:portcullis:problem:request-timeout"), "{path}: {text}");
+        assert!(text.to_ascii_lowercase().contains("connection: close"), "{path}: {text}");
+        assert!(started.elapsed() >= Duration::from_millis(250), "{path}: not before the idle timeout");
+
+        // Total: a byte every 100 ms never trips the idle timeout but runs past the total.
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!("POST {path} HTTP/1.1\r\nhost: gw.test\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let trickle = async {
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if stream.write_all(b" ").await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(1500), trickle).await;
+        let (text, _) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        assert!(text.starts_with("HTTP/1.1 408"), "{path}: {text}");
+        assert!(started.elapsed() >= Duration::from_millis(850), "{path}: not before the total timeout");
+    }
+    // A body that arrives in time is unaffected.
+    let reply = portcullis_e2e::request("POST", &gw.url("/streamed"), &[], "on time").await;
+    assert_eq!(reply.status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed_http1_and_http2() {
+    let upstream = echo_upstream().await;
+    let toml = listener_with(config(upstream, &route("all", "/", &[])), "keep_alive_timeout_ms = 400");
+    let gw = TestGateway::start(&toml).await;
+
+    // HTTP/1.1: two requests on one connection, then silence.
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..2 {
+        stream.write_all(b"GET /a HTTP/1.1\r\nhost: gw.test\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 16 * 1024];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let idle_since = Instant::now();
+    let (_, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed, "an idle HTTP/1.1 connection is closed");
+    assert!(idle_since.elapsed() >= Duration::from_millis(150), "not while it was in use");
+
+    // HTTP/2 (prior knowledge): the connection ends with GOAWAY once idle.
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{}/b", gw.addr)).body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection is shut down");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_is_capped_and_later_clients_are_served() {
+    let upstream = echo_upstream().await;
+    let toml = listener_with(config(upstream, &route("all", "/", &[])), "max_connections = 32\nheader_read_timeout_ms = 500");
+    let gw = TestGateway::start(&toml).await;
+    // 300 connections that send a partial head and stall (slowloris).
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let _ = stream.write_all(b"GET / HTTP/1.1\r\nhost: gw.test\r\nx-slow: ").await;
+        flood.push(stream);
+    }
+    // Those past the cap are closed at once; the rest when their head times out.
+    let started = Instant::now();
+    let mut closed_early = 0;
+    for stream in &mut flood {
+        let mut buf = [0u8; 512];
+        let read = tokio::time::timeout(Duration::from_millis(300).saturating_sub(started.elapsed()), stream.read(&mut buf)).await;
+        if matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
+            closed_early += 1;
+        }
+    }
+    assert!(closed_early >= 300 - 32, "only {closed_early} of the connections past the cap were closed at once");
+    for stream in &mut flood {
+        let (_, closed) = read_until_closed(stream, Duration::from_secs(5)).await;
+        assert!(closed, "a stalled head is cut off by header_read_timeout_ms");
+    }
+    drop(flood);
+    // The slots are free again.
+    let reply = portcullis_e2e::get(&gw.url("/after"), &[]).await;
+    assert_eq!(reply.status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests_up_to_the_drain_timeout() {
+    // An upstream that answers after 500 ms.
+    let (slow, _task) = serve(|_, _, _, _| {
+        std::thread::sleep(Duration::from_millis(500));
+        (200, "text/plain", "late but whole".into())
+    })
+    .await;
+    let gw = TestGateway::start(&listener_with(config(slow, &route("all", "/", &[])), "drain_timeout_ms = 3000")).await;
+    let url = gw.url("/slow");
+    let in_flight = tokio::spawn(async move { portcullis_e2e::get(&url, &[]).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let addr = gw.addr;
+    let stopped = Instant::now();
+    gw.stop().await;
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200, "the in-flight request finishes during the drain");
+    assert_eq!(reply.body, "late but whole");
+    assert!(stopped.elapsed() < Duration::from_secs(3), "the drain ends when the last request does");
+    assert!(TcpStream::connect(addr).await.is_err(), "no new connections after shutdown");
+
+    // An upstream that never answers: the drain gives up at its deadline.
+    let gw = TestGateway::start(&listener_with(config(silent_upstream().await, &route("all", "/", &[])), "drain_timeout_ms = 300")).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(b"GET /stuck HTTP/1.1\r\nhost: gw.test\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = Instant::now();
+    gw.stop().await;
+    assert!(stopped.elapsed() < Duration::from_secs(2), "shutdown is bounded by drain_timeout_ms");
+    let (_, closed) = read_until_closed(&mut stream, Duration::from_secs(2)).await;
+    assert!(closed, "the stuck connection is closed");
+}
