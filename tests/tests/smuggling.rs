@@ -157,3 +157,123 @@ async fn every_smuggling_case_is_rejected_or_forwarded_once_with_clean_framing()
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     gw.stop().await;
 }
+
+/// An HTTP/2 frame: 24-bit length, type, flags, 31-bit stream id, payload (RFC 9113 §4.1).
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut out = vec![len[1], len[2], len[3], kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An HPACK block of literal fields without indexing and without Huffman coding (RFC 7541
+/// §6.2.2), so any bytes, CR and LF included, reach the server's decoder as written.
+fn hpack(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.push(0x00);
+        for text in [name, value] {
+            assert!(text.len() < 127, "one-byte lengths only");
+            out.push(u8::try_from(text.len()).unwrap());
+            out.extend_from_slice(text.as_bytes());
+        }
+    }
+    out
+}
+
+/// What an HTTP/2 server did with stream 1.
+#[derive(Debug, PartialEq, Eq)]
+enum H2Answer {
+    /// Response headers; the status when it was sent as a static-table index (200, 400, …).
+    Headers(Option<u16>),
+    /// RST_STREAM on stream 1.
+    Reset,
+    /// GOAWAY for the connection.
+    GoAway,
+    /// Nothing within the time limit.
+    Silence,
+}
+
+/// Sends the preface, SETTINGS and `request` frames on a fresh h2c connection, and reads frames
+/// until stream 1 is answered.
+async fn h2_send(gw: &TestGateway, request: &[u8]) -> H2Answer {
+    let addr = gw.url("").trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(frame(4, 0, 0, &[]));
+    bytes.extend_from_slice(request);
+    stream.write_all(&bytes).await.unwrap();
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            if stream.read_exact(&mut head).await.is_err() {
+                return H2Answer::Silence;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if stream.read_exact(&mut payload).await.is_err() {
+                return H2Answer::Silence;
+            }
+            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            match (head[3], id) {
+                (1, 1) => {
+                    // Static table indices 8..=14 are :status 200, 204, 206, 304, 400, 404, 500.
+                    let status = match payload.first() {
+                        Some(0x88) => Some(200),
+                        Some(0x8c) => Some(400),
+                        Some(b) if (0x88..=0x8e).contains(b) => Some(0),
+                        _ => None,
+                    };
+                    return H2Answer::Headers(status);
+                }
+                (3, 1) => return H2Answer::Reset,
+                (7, _) => return H2Answer::GoAway,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), read).await.unwrap_or(H2Answer::Silence)
+}
+
+fn h2_get(extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut fields = vec![(":method", "GET"), (":scheme", "http"), (":path", "/s"), (":authority", "gw")];
+    fields.extend_from_slice(extra);
+    frame(1, 0x4 | 0x1, 1, &hpack(&fields))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_h2_requests_are_reset_and_never_forwarded() {
+    let (upstream, seen) = recording_upstream().await;
+    let gw = TestGateway::start(&config(upstream, &route("all", "/", &[]))).await;
+    let mut post_with_wrong_length = frame(1, 0x4, 1, &hpack(&[(":method", "POST"), (":scheme", "http"), (":path", "/s"), (":authority", "gw"), ("content-length", "3")]));
+    post_with_wrong_length.extend(frame(0, 0x1, 1, b"abcdefgh"));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("transfer-encoding in h2", h2_get(&[("transfer-encoding", "chunked")])),
+        ("connection-specific header", h2_get(&[("connection", "keep-alive")])),
+        ("CRLF in a header value", h2_get(&[("x-a", "1\r\nx-injected: 2")])),
+        ("LF in a header value", h2_get(&[("x-a", "1\nGET /smuggled HTTP/1.1")])),
+        ("NUL in a header value", h2_get(&[("x-a", "a\0b")])),
+        ("uppercase header name", h2_get(&[("X-Upper", "1")])),
+        ("DATA longer than content-length", post_with_wrong_length),
+    ];
+    let mut failures = Vec::new();
+    for (name, bytes) in cases {
+        seen.lock().unwrap().clear();
+        let answer = h2_send(&gw, &bytes).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let forwarded = forwarded_requests(&seen.lock().unwrap());
+        let rejected = matches!(answer, H2Answer::Reset | H2Answer::GoAway | H2Answer::Headers(Some(400)));
+        if !rejected || forwarded != 0 {
+            failures.push(format!("{name}: server answered {answer:?}; upstream got {forwarded} request(s)"));
+        }
+    }
+    // The same frames without the defect are served, exactly once.
+    seen.lock().unwrap().clear();
+    let answer = h2_send(&gw, &h2_get(&[("x-a", "1")])).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(answer, H2Answer::Headers(Some(200)));
+    assert_eq!(forwarded_requests(&seen.lock().unwrap()), 1);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    gw.stop().await;
+}
