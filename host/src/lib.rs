@@ -24,6 +24,7 @@ pub mod body;
 pub mod chain;
 pub mod config;
 pub mod error;
+pub mod fuzzing;
 mod gateway;
 pub mod metrics;
 pub mod plugin;

@@ -98,14 +98,18 @@ impl LoadedConfig {
 pub fn load(file: &Path) -> Result<LoadedConfig, ConfigError> {
     let text = std::fs::read_to_string(file)
         .map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
-    let invalid = |issues| ConfigError::Invalid { file: file.to_owned(), issues };
-    let config = parse(&text).map_err(|issue| invalid(vec![issue]))?;
-    let issues = validate::check(&config);
-    if !issues.is_empty() {
-        return Err(invalid(issues));
-    }
+    let config = check_text(&text).map_err(|issues| ConfigError::Invalid { file: file.to_owned(), issues })?;
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok(LoadedConfig { file: file.to_owned(), base_dir, config })
+}
+
+/// Parses and checks configuration text, without reading any file it names.
+///
+/// Errors: every problem found, as [`load`] reports them (without the file name).
+pub fn check_text(text: &str) -> Result<GatewayConfig, Vec<Issue>> {
+    let config = parse(text).map_err(|issue| vec![issue])?;
+    let issues = validate::check(&config);
+    if issues.is_empty() { Ok(config) } else { Err(issues) }
 }
 
 /// Parses TOML text into the model; the issue names the field path and line.
