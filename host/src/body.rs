@@ -79,6 +79,7 @@ pub async fn buffer(mut body: Body, limit: u64) -> Result<Bytes, GatewayError> {
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| match e.downcast_ref::<BodyTimeout>() {
             Some(timeout) => GatewayError::RequestTimeout(timeout.to_string()),
+            None if e.is::<http_body_util::LengthLimitError>() => GatewayError::BodyTooLarge { limit },
             None => GatewayError::BadBody(e.to_string()),
         })?;
         if let Ok(data) = frame.into_data() {
@@ -100,6 +101,8 @@ pub enum BodyEnd {
     Failed,
     /// A [`Timed`] body ran out of time.
     TimedOut,
+    /// A `Limited` body grew past its limit.
+    TooLarge,
     /// It was dropped before its end (nobody read the rest).
     Dropped,
 }
@@ -152,7 +155,13 @@ where
             }
             Poll::Ready(None) => self.finish(BodyEnd::Complete),
             Poll::Ready(Some(Err(e))) => {
-                let end = if e.is::<BodyTimeout>() { BodyEnd::TimedOut } else { BodyEnd::Failed };
+                let end = if e.is::<BodyTimeout>() {
+                    BodyEnd::TimedOut
+                } else if e.is::<http_body_util::LengthLimitError>() {
+                    BodyEnd::TooLarge
+                } else {
+                    BodyEnd::Failed
+                };
                 self.finish(end);
             }
             Poll::Pending => {}

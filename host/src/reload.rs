@@ -7,7 +7,8 @@
 //! admin listener. Reloads are serialized. Requests in flight keep the snapshot they started
 //! with; the old snapshot and its instances are freed when the last of them completes.
 //! Listener, admin and `[runtime]` settings are fixed at start: a reload that changes them
-//! keeps the running ones and says so.
+//! keeps the running ones and says so. The exception is a listener's TLS material and options
+//! (certificates, client CA, ALPN, versions), rebuilt with every snapshot.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -75,9 +76,24 @@ pub struct Reloader {
     history: Mutex<VecDeque<ReloadRecord>>,
 }
 
-/// The settings a reload cannot change, as text for comparison.
+/// The settings a reload cannot change, as text for comparison. A listener's TLS settings
+/// other than whether it has TLS and its handshake timeout are not among them: its rustls
+/// configuration is rebuilt with every snapshot.
 fn fixed_settings(config: &GatewayConfig) -> String {
-    format!("{:?}{:?}{:?}", config.listeners, config.admin, config.runtime)
+    let listeners: Vec<String> = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let tls = l.tls.as_ref().map(|t| t.handshake_timeout_ms);
+            let limits = (l.max_request_header_bytes, l.max_request_headers, l.max_uri_bytes, l.max_connections);
+            let timeouts = (l.header_read_timeout_ms, l.body_idle_timeout_ms, l.body_timeout_ms, l.keep_alive_timeout_ms, l.drain_timeout_ms);
+            format!(
+                "{:?}",
+                (l.address, l.max_buffered_body_bytes, l.headers_with_underscores, &l.trusted_proxies, limits, timeouts, tls)
+            )
+        })
+        .collect();
+    format!("{listeners:?}{:?}{:?}", config.admin, config.runtime)
 }
 
 // === impl Reloader ===

@@ -117,6 +117,7 @@ mod tests {
             methods: methods.iter().map(|m| (*m).to_owned()).collect(),
             upstream: "u".into(),
             chain: Vec::new(),
+            max_body_bytes: 1024,
         }
     }
 

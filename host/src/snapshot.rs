@@ -27,6 +27,8 @@ pub struct RouteRuntime {
     pub upstream: Arc<Upstream>,
     /// Its filter chain.
     pub chain: Chain,
+    /// Largest request body accepted, in bytes (413 beyond).
+    pub max_body_bytes: u64,
 }
 
 /// Everything the request path reads, immutable.
@@ -171,7 +173,12 @@ impl Snapshot {
                 steps.push(Step { pool, policy: step.failure_policy.unwrap_or(plugin.policy) });
             }
             let Some(upstream) = upstreams.get(route.upstream.as_str()) else { continue };
-            routes.push(RouteRuntime { id: route.id.as_str().into(), upstream: upstream.clone(), chain: Chain::new(steps) });
+            routes.push(RouteRuntime {
+                id: route.id.as_str().into(),
+                upstream: upstream.clone(),
+                chain: Chain::new(steps),
+                max_body_bytes: route.max_body_bytes,
+            });
         }
 
         if !issues.is_empty() {

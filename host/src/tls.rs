@@ -62,6 +62,9 @@ pub fn server_config(
         sources.insert(key_path.clone());
         match certified_key(&cert_path, &key_path) {
             Ok(key) => {
+                if key.end_entity_cert().is_ok_and(|der| !currently_valid(der)) {
+                    tracing::warn!(cert_file = %cert_path.display(), "{field}: the certificate is expired or not yet valid; clients will refuse it");
+                }
                 if let Err(why) = resolver.add(key, i == 0) {
                     issues.push(Issue::new(format!("{field}.cert_file"), why));
                 }
@@ -252,6 +255,12 @@ impl ResolvesServerCert for SniResolver {
             .or_else(|| name.split_once('.').and_then(|(_, parent)| self.wildcard.get(parent)))
             .cloned()
     }
+}
+
+/// Whether now is within the certificate's validity period (true when it does not parse:
+/// rustls has the final word).
+fn currently_valid(der: &CertificateDer<'_>) -> bool {
+    X509Certificate::from_der(der.as_ref()).map_or(true, |(_, cert)| cert.validity().is_valid())
 }
 
 /// What a certificate says about its subject, as plugins see a verified client certificate.

@@ -71,6 +71,32 @@ async fn slow_request_bodies_get_408_and_the_connection_is_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_past_the_route_limit_get_413_declared_or_streamed() {
+    let upstream = echo_upstream().await;
+    let small = route("small", "/small", &[]).replacen("upstream = \"app\"\n", "upstream = \"app\"\nmax_body_bytes = 16\n", 1);
+    let routes = [small, route("default", "/", &[])].concat();
+    let gw = TestGateway::start(&config(upstream, &routes)).await;
+    // Declared: refused before the body is read, and the connection is closed.
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(b"POST /small HTTP/1.1\r\nhost: gw.test\r\ncontent-length: 17\r\n\r\n").await.unwrap();
+    let (text, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 413") && closed, "{text}");
+    assert!(text.contains("urn:portcullis:problem:body-too-large"), "{text}");
+    // Streamed (chunked): cut off when it grows past the limit.
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let chunked = b"POST /small HTTP/1.1\r\nhost: gw.test\r\ntransfer-encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n";
+    stream.write_all(chunked).await.unwrap();
+    let (text, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 413") && closed, "{text}");
+    // At the limit, and on a route with the default limit, bodies pass.
+    let reply = portcullis_e2e::request("POST", &gw.url("/small"), &[], "0123456789abcdef").await;
+    assert_eq!(reply.status, 200);
+    let reply = portcullis_e2e::request("POST", &gw.url("/other"), &[], &"x".repeat(64 * 1024)).await;
+    assert_eq!(reply.status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_are_closed_http1_and_http2() {
     let upstream = echo_upstream().await;
     let toml = listener_with(config(upstream, &route("all", "/", &[])), "keep_alive_timeout_ms = 400");

@@ -66,7 +66,7 @@ async fn tls_listener_serves_http1_and_h2_by_alpn_and_picks_certificates_by_sni(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_listener_refuses_tls_1_1_and_plain_http() {
+async fn tls_listener_refuses_old_versions_expired_certificates_and_plain_http() {
     let dir = pki_dir("versions");
     let pki = Pki::new(&dir, "server");
     let api = pki.issue("api", "api.test", &["api.test"], &[], false);
@@ -76,6 +76,18 @@ async fn tls_listener_refuses_tls_1_1_and_plain_http() {
     assert_ne!(old.exit, 0, "TLS 1.1 must be refused: {old:?}");
     let strict = curl(gw.addr, "api.test", "/", &pki.ca_file, &["--tlsv1.3"]).await;
     assert_eq!((strict.exit, strict.status), (0, 200), "{strict:?}");
+    gw.stop().await;
+
+    // An expired server certificate is loaded (an expiry must not stop a start or reload), and
+    // clients refuse it.
+    let expired = pki.issue("expired", "api.test", &["api.test"], &[], true);
+    let gw = TestGateway::start(&with_tls(config(upstream, &route("all", "/", &[])), &certificates(&[&expired]))).await;
+    let refused = curl(gw.addr, "api.test", "/", &pki.ca_file, &[]).await;
+    assert_eq!(refused.exit, 60, "curl refuses an expired server certificate: {refused:?}");
+    assert!(refused.stderr.contains("expired"), "{refused:?}");
+    gw.stop().await;
+    let gw = TestGateway::start(&with_tls(config(upstream, &route("all", "/", &[])), &certificates(&[&api]))).await;
+
     // Clear-text HTTP on a TLS port gets no HTTP answer.
     let plain = tokio::time::timeout(Duration::from_secs(5), async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -486,6 +486,11 @@ pub struct RouteConfig {
     /// The filter chain, in order.
     #[serde(default)]
     pub chain: Vec<StepConfig>,
+    /// Largest request body accepted on this route, in bytes, whether it is streamed upstream
+    /// or buffered: 413 when `Content-Length` declares more (the body is not read) or when a
+    /// streamed body grows past it.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: u64,
 }
 
 /// One step of a route's chain.
@@ -551,6 +556,10 @@ pub mod defaults {
     /// 10 s.
     pub fn tls_handshake_timeout_ms() -> u64 {
         10_000
+    }
+    /// 10 MiB: ten times nginx's `client_max_body_size`, for APIs that take uploads.
+    pub fn max_body_bytes() -> u64 {
+        10 * 1024 * 1024
     }
     /// 1 MiB.
     pub fn max_buffered_body_bytes() -> u64 {

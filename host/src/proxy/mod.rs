@@ -74,6 +74,14 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         .unwrap_or_default();
     let host = host_of(&authority);
     let route_index = if refused.is_none() { snapshot.router.find(&host, parts.uri.path(), &parts.method) } else { None };
+    let max_body = route_index.map_or(u64::MAX, |i| snapshot.routes[i].max_body_bytes);
+    // A declared length over the route's limit is refused before reading a byte of it.
+    let refused = match refused {
+        None if route_index.is_some() && http_body::Body::size_hint(&body).lower() > max_body => {
+            Some(GatewayError::BodyTooLarge { limit: max_body })
+        }
+        other => other,
+    };
     let client_ip = conn.hygiene.client_ip(conn.peer.ip(), &parts.headers);
 
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -99,16 +107,21 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     };
     let bytes_in = Arc::new(AtomicU64::new(0));
     let counter = bytes_in.clone();
-    // 0: fine, 1: broke off, 2: timed out.
+    // 0: fine, 1: broke off, 2: timed out, 3: grew past the route's limit.
     let body_fault = Arc::new(std::sync::atomic::AtomicU8::new(0));
     let fault = body_fault.clone();
     let body = Counted::new(
-        Timed::new(body, conn.body_idle_timeout, conn.body_timeout),
+        Timed::new(
+            http_body_util::Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)),
+            conn.body_idle_timeout,
+            conn.body_timeout,
+        ),
         Box::new(move |n, end| {
             counter.store(n, Ordering::Relaxed);
             let code = match end {
                 BodyEnd::Failed => 1,
                 BodyEnd::TimedOut => 2,
+                BodyEnd::TooLarge => 3,
                 BodyEnd::Complete | BodyEnd::Dropped => 0,
             };
             fault.store(code, Ordering::Relaxed);
@@ -129,10 +142,10 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     if fault != 0 {
         must_close = true;
         if response.status() == http::StatusCode::BAD_GATEWAY {
-            let error = if fault == 2 {
-                GatewayError::RequestTimeout("the request body was not received in time".into())
-            } else {
-                GatewayError::BadBody("the request body is malformed or incomplete".into())
+            let error = match fault {
+                2 => GatewayError::RequestTimeout("the request body was not received in time".into()),
+                3 => GatewayError::BodyTooLarge { limit: max_body },
+                _ => GatewayError::BadBody("the request body is malformed or incomplete".into()),
             };
             response = error.into_response(&request_id);
         }
@@ -173,7 +186,7 @@ async fn forward(
     let request_id = record.head.request_id.clone();
     // Read only when the first step that needs the body runs, so a request refused earlier in
     // the chain (by auth, say) is never buffered.
-    let limit = route.chain.body_limit().unwrap_or(0).min(conn.max_buffered_body_bytes);
+    let limit = route.chain.body_limit().unwrap_or(0).min(conn.max_buffered_body_bytes).min(route.max_body_bytes);
     let mut body = LazyBody::new(body, limit);
     let head = &mut record.head;
     match route.chain.on_request(head, &mut parts.headers, &mut body, &snapshot.identity, state).await {
