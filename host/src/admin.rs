@@ -7,6 +7,9 @@
 //!   crash-loop breaker state, as JSON.
 //! - `POST /reload`: reloads the configuration now; 200 `{"result":"ok"}`, or 422 with an RFC
 //!   9457 problem whose `errors` list every problem (the running configuration keeps serving).
+//! - `GET /status`: JSON with each upstream endpoint's health (available, active check
+//!   verdict, ejection, requests in flight, totals, recent error rate and latency), each
+//!   plugin's SHA-256, breaker state and failure count, and the last reload.
 //! - `GET /reloads`: the recent reload attempts (time, cause, result, error, warnings,
 //!   duration, and each plugin's SHA-256), oldest first.
 
@@ -96,6 +99,7 @@ async fn route(request: &Request<Incoming>, state: &AdminState) -> Response<Body
             response
         }
         (&Method::GET, "/plugins") => json(StatusCode::OK, plugins(&state.snapshot.load())),
+        (&Method::GET, "/status") => json(StatusCode::OK, status(state)),
         _ => problem(StatusCode::NOT_FOUND, "no-route", "Unknown admin endpoint.", "-", None),
     }
 }
@@ -118,6 +122,29 @@ fn plugins(snapshot: &Snapshot) -> String {
         })
         .collect();
     serde_json::json!({ "plugins": list }).to_string()
+}
+
+fn status(state: &AdminState) -> String {
+    let snapshot = state.snapshot.load();
+    let upstreams: serde_json::Map<String, serde_json::Value> = snapshot
+        .upstreams
+        .iter()
+        .map(|(name, u)| (name.clone(), serde_json::json!({ "endpoints": u.status() })))
+        .collect();
+    let plugins: serde_json::Map<String, serde_json::Value> = snapshot
+        .plugins
+        .iter()
+        .map(|(id, p)| {
+            let plugin = serde_json::json!({
+                "sha256": p.content_hash,
+                "breaker": p.breaker_state().label(),
+                "failures_since_load": p.failure_count(),
+            });
+            (id.clone(), plugin)
+        })
+        .collect();
+    let last_reload = state.reloader.history().pop();
+    serde_json::json!({ "upstreams": upstreams, "plugins": plugins, "last_reload": last_reload }).to_string()
 }
 
 fn json(status: StatusCode, body: String) -> Response<Body> {

@@ -94,6 +94,7 @@ pub async fn buffer(mut body: Body, limit: u64) -> Result<Bytes, GatewayError> {
 
 /// How a counted body finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum BodyEnd {
     /// Every frame was read.
     Complete,
@@ -105,6 +106,38 @@ pub enum BodyEnd {
     TooLarge,
     /// It was dropped before its end (nobody read the rest).
     Dropped,
+}
+
+/// Remembers how a body ended, for the request handler to read after the exchange (set from
+/// [`Counted`]'s completion hook, which may run on another task).
+#[derive(Debug)]
+pub struct BodyEndCell(std::sync::atomic::AtomicU8);
+
+impl Default for BodyEndCell {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BodyEndCell {
+    const UNSET: u8 = u8::MAX;
+
+    /// An empty cell.
+    pub fn new() -> Self {
+        BodyEndCell(std::sync::atomic::AtomicU8::new(Self::UNSET))
+    }
+
+    /// Records `end`.
+    pub fn set(&self, end: BodyEnd) {
+        self.0.store(end as u8, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How the body ended; none while it has not.
+    pub fn get(&self) -> Option<BodyEnd> {
+        let ends = [BodyEnd::Complete, BodyEnd::Failed, BodyEnd::TimedOut, BodyEnd::TooLarge, BodyEnd::Dropped];
+        let code = self.0.load(std::sync::atomic::Ordering::Acquire);
+        ends.into_iter().find(|e| *e as u8 == code)
+    }
 }
 
 /// Called once with the number of data bytes that went through and how the body finished.

@@ -49,6 +49,12 @@ pub enum GatewayError {
         /// Why, for the log.
         detail: String,
     },
+    /// Every endpoint of the upstream is marked unhealthy by active checks or ejected (503).
+    #[error("upstream `{upstream}` has no healthy endpoint")]
+    NoHealthyUpstream {
+        /// Upstream name.
+        upstream: String,
+    },
     /// The upstream did not connect or answer in time (504).
     #[error("upstream `{upstream}` timed out: {detail}")]
     UpstreamTimeout {
@@ -75,6 +81,7 @@ impl GatewayError {
             GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -91,6 +98,7 @@ impl GatewayError {
             GatewayError::RequestTimeout(_) => "request-timeout",
             GatewayError::UpstreamFailed { .. } => "upstream-failed",
             GatewayError::UpstreamTimeout { .. } => "upstream-timeout",
+            GatewayError::NoHealthyUpstream { .. } => "no-healthy-upstream",
         }
     }
 
@@ -109,6 +117,7 @@ impl GatewayError {
             GatewayError::RequestTimeout(_) => "The request body was not received in time.".into(),
             GatewayError::UpstreamFailed { .. } => "The upstream service could not be reached.".into(),
             GatewayError::UpstreamTimeout { .. } => "The upstream service did not answer in time.".into(),
+            GatewayError::NoHealthyUpstream { .. } => "No healthy instance of the upstream service is available.".into(),
         }
     }
 

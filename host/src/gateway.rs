@@ -74,6 +74,7 @@ impl Gateway {
             tasks.spawn(crate::reload::watch_files(reloader.clone(), debounce, shutdown.subscribe()));
         }
         tasks.spawn(crate::reload::on_sighup(reloader.clone(), shutdown.subscribe()));
+        tasks.spawn(crate::health::run_checks(snapshot.clone(), shutdown.subscribe()));
 
         let admin_addr = if loaded.config.admin.enabled {
             let address = loaded.config.admin.address;

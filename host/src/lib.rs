@@ -25,6 +25,7 @@ pub mod chain;
 pub mod config;
 pub mod error;
 pub mod fuzzing;
+pub mod health;
 mod gateway;
 pub mod metrics;
 pub mod plugin;

@@ -139,7 +139,8 @@ impl Reloader {
             if fixed_settings(&loaded.config) != self.fixed {
                 warnings.push("listener, admin and runtime settings changed: they need a restart; the running ones are kept".to_owned());
             }
-            Snapshot::build(&loaded, &self.engine).await
+            let previous = self.snapshot.load_full();
+            Snapshot::build_after(&loaded, &self.engine, Some(&previous)).await
         }
         .await;
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -45,6 +45,8 @@ pub struct Snapshot {
     /// Every file this snapshot was built from: the configuration file, plugin files,
     /// `$file` references, certificates and keys. Hot reload watches them.
     pub sources: BTreeSet<PathBuf>,
+    /// Upstreams by name.
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// Each listener's TLS configuration, by listener index (none: clear text). A listener
     /// reads it at every handshake, so renewed certificates apply to new connections.
     pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
@@ -62,6 +64,18 @@ impl Snapshot {
     /// host does not provide, step configurations the plugin refuses (with the plugin's JSON
     /// pointer), `$file` references that cannot be read, and router conflicts.
     pub async fn build(loaded: &LoadedConfig, engine: &Arc<PluginEngine>) -> Result<Snapshot, ConfigError> {
+        Self::build_after(loaded, engine, None).await
+    }
+
+    /// [`Snapshot::build`] to replace `previous`: endpoints both have keep what health checks
+    /// and outlier detection learned about them.
+    ///
+    /// Errors: as [`Snapshot::build`].
+    pub async fn build_after(
+        loaded: &LoadedConfig,
+        engine: &Arc<PluginEngine>,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigError> {
         let config = &loaded.config;
         let mut issues = Vec::new();
         let mut sources = BTreeSet::from([loaded.file.clone()]);
@@ -123,14 +137,15 @@ impl Snapshot {
             });
         }
 
-        let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
+        let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
         for (name, u) in &config.upstreams {
             let tls = u.tls.as_ref().map(|tls| {
                 crate::tls::client_config(loaded, tls, &format!("upstream.{name}.tls"), &mut sources)
             });
             match tls.transpose() {
                 Ok(tls) => {
-                    upstreams.insert(name.as_str(), Arc::new(Upstream::new(name, u, tls)));
+                    let before = previous.and_then(|p| p.upstreams.get(name)).map(Arc::as_ref);
+                    upstreams.insert(name.clone(), Arc::new(Upstream::new(name, u, tls, before)));
                 }
                 Err(issue) => issues.push(issue),
             }
@@ -184,7 +199,7 @@ impl Snapshot {
         if !issues.is_empty() {
             return Err(loaded.invalid(issues));
         }
-        Ok(Snapshot { router, routes, identity, plugins, sources, listener_tls })
+        Ok(Snapshot { router, routes, identity, plugins, sources, upstreams, listener_tls })
     }
 }
 

@@ -1,7 +1,9 @@
-//! Upstreams: a named set of endpoints, chosen round robin, reached through hyper-util's pooled
-//! client with keep-alive, a connect timeout and a response timeout; over HTTP/1.1 or HTTP/2,
-//! in clear text or TLS (hyper-rustls, see [`crate::tls::client_config`]).
+//! Upstreams: a named set of endpoints, chosen round robin or by fewest requests in flight
+//! among the available ones ([`crate::health`]), reached through hyper-util's pooled client with
+//! keep-alive, a connect timeout and a response timeout; over HTTP/1.1 or HTTP/2, in clear text
+//! or TLS (hyper-rustls, see [`crate::tls::client_config`]).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -14,15 +16,28 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::Body;
-use crate::config::model::{UpstreamConfig, UpstreamProtocol};
+use crate::config::model::{HealthCheckConfig, LoadBalancing, OutlierConfig, UpstreamConfig, UpstreamProtocol};
 use crate::error::GatewayError;
+use crate::health::{EndpointHealth, EndpointStatus, Outcome};
+
+/// One endpoint of an upstream and what is known about its health.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `host:port`.
+    pub address: Authority,
+    /// Shared with the next snapshot's endpoint of the same upstream and address.
+    pub health: Arc<EndpointHealth>,
+}
 
 /// One upstream.
 #[derive(Debug)]
 pub struct Upstream {
     name: String,
-    endpoints: Vec<Authority>,
+    endpoints: Vec<Endpoint>,
     next: AtomicUsize,
+    load_balancing: LoadBalancing,
+    health_check: Option<HealthCheckConfig>,
+    outlier: OutlierConfig,
     scheme: Scheme,
     client: Client<HttpsConnector<HttpConnector>, Body>,
     connect_timeout: Duration,
@@ -35,8 +50,9 @@ impl Upstream {
     /// Builds the upstream and its connection pool: TLS with `tls` when given (its ALPN says
     /// `h2` or `http/1.1`), clear text otherwise; HTTP/2 uses prior knowledge in clear text.
     /// Endpoints were checked when the configuration was validated; unparsable ones are
-    /// skipped.
-    pub fn new(name: &str, config: &UpstreamConfig, tls: Option<rustls::ClientConfig>) -> Self {
+    /// skipped. An endpoint that `previous` (the same upstream in the snapshot being replaced)
+    /// also has keeps its health.
+    pub fn new(name: &str, config: &UpstreamConfig, tls: Option<rustls::ClientConfig>, previous: Option<&Upstream>) -> Self {
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
@@ -67,8 +83,20 @@ impl Upstream {
             .build(connector);
         Upstream {
             name: name.to_owned(),
-            endpoints: config.endpoints.iter().filter_map(|e| e.parse().ok()).collect(),
+            endpoints: config
+                .endpoints
+                .iter()
+                .filter_map(|e| e.parse::<Authority>().ok())
+                .map(|address| {
+                    let known = previous.and_then(|p| p.endpoints.iter().find(|e| e.address == address));
+                    let health = known.map_or_else(Arc::default, |e| e.health.clone());
+                    Endpoint { address, health }
+                })
+                .collect(),
             next: AtomicUsize::new(0),
+            load_balancing: config.load_balancing,
+            health_check: config.health_check.clone(),
+            outlier: config.outlier_detection.clone(),
             scheme,
             client,
             connect_timeout,
@@ -81,19 +109,78 @@ impl Upstream {
         &self.name
     }
 
-    /// The next endpoint, round robin.
-    pub fn pick(&self) -> &Authority {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len().max(1);
-        &self.endpoints[i]
+    /// Its endpoints, in configuration order.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
     }
 
-    /// Sends `request` (its URI is rewritten to `endpoint`, keeping path and query) and waits
-    /// for the response head.
+    /// Its active health check settings, when configured.
+    pub fn health_check(&self) -> Option<&HealthCheckConfig> {
+        self.health_check.as_ref()
+    }
+
+    /// Each endpoint's health, for `/status`.
+    pub fn status(&self) -> Vec<EndpointStatus> {
+        self.endpoints.iter().map(|e| e.health.status(e.address.as_str())).collect()
+    }
+
+    /// Chooses an available endpoint by the upstream's `load_balancing`.
+    ///
+    /// Errors: [`GatewayError::NoHealthyUpstream`] (503) when active checks or ejections leave
+    /// none.
+    pub fn pick(&self) -> Result<&Endpoint, GatewayError> {
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let available = (0..n).map(|k| &self.endpoints[(start + k) % n.max(1)]).filter(|e| e.health.is_available());
+        let chosen = match self.load_balancing {
+            LoadBalancing::RoundRobin => available.into_iter().next(),
+            LoadBalancing::LeastRequests => available.min_by_key(|e| e.health.outstanding()),
+        };
+        chosen.ok_or_else(|| GatewayError::NoHealthyUpstream { upstream: self.name.clone() })
+    }
+
+    /// Sends `request` to `endpoint` (its URI is rewritten, keeping path and query), waits for
+    /// the response head, and records the outcome for outlier detection: a 5xx, a connection
+    /// error or a timeout counts as a failure, and enough in a row eject the endpoint unless it
+    /// is the last one available.
     ///
     /// Errors: [`GatewayError::UpstreamTimeout`] when connecting or the response head takes
     /// longer than configured; [`GatewayError::UpstreamFailed`] when the connection is refused
     /// or breaks.
-    pub async fn send(&self, endpoint: Authority, mut request: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
+    pub async fn send(&self, endpoint: &Endpoint, request: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
+        let in_flight = endpoint.health.start();
+        let result = self.exchange(&endpoint.address, request).await;
+        let outcome = match &result {
+            Ok(response) if response.status().is_server_error() => Outcome::Failure,
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        };
+        if let Some(health) = in_flight.finish(outcome, &self.outlier) {
+            let others = self.endpoints.iter().any(|e| !Arc::ptr_eq(&e.health, &health) && e.health.is_available());
+            if others {
+                crate::health::eject(&health, &self.outlier, &self.name, endpoint.address.as_str());
+            }
+        }
+        result
+    }
+
+    /// One active health check of `endpoint`: whether `GET path` answers 2xx or 3xx within the
+    /// check's timeout.
+    pub async fn probe(&self, endpoint: &Endpoint) -> bool {
+        let Some(check) = &self.health_check else { return true };
+        let request = Request::get(check.path.as_str())
+            .header(http::header::HOST, endpoint.address.as_str())
+            .header(http::header::USER_AGENT, "portcullis-health-check")
+            .body(crate::body::full(bytes::Bytes::new()));
+        let Ok(request) = request else { return false };
+        let answer = tokio::time::timeout(Duration::from_millis(check.timeout_ms), self.exchange(&endpoint.address, request));
+        match answer.await {
+            Ok(Ok(response)) => response.status().is_success() || response.status().is_redirection(),
+            _ => false,
+        }
+    }
+
+    async fn exchange(&self, endpoint: &Authority, mut request: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
         let path = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());

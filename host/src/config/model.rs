@@ -276,6 +276,15 @@ pub struct UpstreamConfig {
     /// TLS to the endpoints; absent: clear text.
     #[serde(default)]
     pub tls: Option<UpstreamTlsConfig>,
+    /// How an endpoint is chosen among the available ones.
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    /// Active health checks; absent: none (passive detection still applies).
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive outlier detection.
+    #[serde(default)]
+    pub outlier_detection: OutlierConfig,
     /// Time allowed to open a TCP connection, in ms (502 when it fails, 504 when it times out).
     #[serde(default = "defaults::connect_timeout_ms")]
     pub connect_timeout_ms: u64,
@@ -288,6 +297,69 @@ pub struct UpstreamConfig {
     /// How long an idle keep-alive connection is kept, in ms.
     #[serde(default = "defaults::pool_idle_timeout_ms")]
     pub pool_idle_timeout_ms: u64,
+}
+
+/// `load_balancing` of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalancing {
+    /// Each available endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// The available endpoint with the fewest requests in flight (ties in turn): slow
+    /// endpoints get less traffic.
+    LeastRequests,
+}
+
+/// `[upstream.NAME.health_check]`: active HTTP health checks (see [`crate::health`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Path requested with `GET`; a 2xx or 3xx answer passes.
+    #[serde(default = "defaults::health_path")]
+    pub path: String,
+    /// Time between checks of one endpoint, in ms.
+    #[serde(default = "defaults::health_interval_ms")]
+    pub interval_ms: u64,
+    /// Time allowed for one check, in ms; longer is a failure.
+    #[serde(default = "defaults::health_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Passes in a row that mark an unhealthy endpoint healthy.
+    #[serde(default = "defaults::healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Failures in a row that mark a healthy endpoint unhealthy.
+    #[serde(default = "defaults::unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+/// `[upstream.NAME.outlier_detection]`: passive ejection of failing endpoints (see
+/// [`crate::health`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Set to false to never eject on traffic.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// Failures in a row (5xx, connection errors, timeouts) that eject an endpoint.
+    #[serde(default = "defaults::consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// First ejection time, in ms; doubled on each later ejection of the same endpoint.
+    #[serde(default = "defaults::base_ejection_ms")]
+    pub base_ejection_ms: u64,
+    /// Longest ejection, in ms.
+    #[serde(default = "defaults::max_ejection_ms")]
+    pub max_ejection_ms: u64,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            enabled: true,
+            consecutive_failures: defaults::consecutive_failures(),
+            base_ejection_ms: defaults::base_ejection_ms(),
+            max_ejection_ms: defaults::max_ejection_ms(),
+        }
+    }
 }
 
 /// `protocol` of an upstream.
@@ -595,6 +667,38 @@ pub mod defaults {
     /// 15 s, Envoy's route timeout default.
     pub fn response_timeout_ms() -> u64 {
         15_000
+    }
+    /// `/healthz`.
+    pub fn health_path() -> String {
+        "/healthz".into()
+    }
+    /// 5 s.
+    pub fn health_interval_ms() -> u64 {
+        5_000
+    }
+    /// 1 s.
+    pub fn health_timeout_ms() -> u64 {
+        1_000
+    }
+    /// 2 passes, as Envoy's examples.
+    pub fn healthy_threshold() -> u32 {
+        2
+    }
+    /// 3 failures.
+    pub fn unhealthy_threshold() -> u32 {
+        3
+    }
+    /// 5, Envoy's `consecutive_5xx` default.
+    pub fn consecutive_failures() -> u32 {
+        5
+    }
+    /// 30 s, Envoy's `base_ejection_time` default.
+    pub fn base_ejection_ms() -> u64 {
+        30_000
+    }
+    /// 300 s, Envoy's `max_ejection_time` default.
+    pub fn max_ejection_ms() -> u64 {
+        300_000
     }
     /// 64.
     pub fn pool_max_idle() -> usize {

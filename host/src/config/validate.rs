@@ -76,6 +76,21 @@ pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
                 ));
             }
         }
+        if let Some(hc) = &u.health_check {
+            if !hc.path.starts_with('/') || hc.path.parse::<http::uri::PathAndQuery>().is_err() {
+                issues.push(Issue::new(format!("{at}.health_check.path"), format!("`{}` is not a path starting with `/`", hc.path)));
+            }
+            check_range(&mut issues, &format!("{at}.health_check.interval_ms"), hc.interval_ms, 10, 3_600_000);
+            check_range(&mut issues, &format!("{at}.health_check.timeout_ms"), hc.timeout_ms, 1, hc.interval_ms.max(1));
+            check_range(&mut issues, &format!("{at}.health_check.healthy_threshold"), u64::from(hc.healthy_threshold), 1, 1000);
+            check_range(&mut issues, &format!("{at}.health_check.unhealthy_threshold"), u64::from(hc.unhealthy_threshold), 1, 1000);
+        }
+        let od = &u.outlier_detection;
+        check_range(&mut issues, &format!("{at}.outlier_detection.consecutive_failures"), u64::from(od.consecutive_failures), 1, 1_000_000);
+        check_range(&mut issues, &format!("{at}.outlier_detection.base_ejection_ms"), od.base_ejection_ms, 1, 86_400_000);
+        if od.max_ejection_ms < od.base_ejection_ms {
+            issues.push(Issue::new(format!("{at}.outlier_detection.max_ejection_ms"), "must be at least `base_ejection_ms`"));
+        }
         if let Some(tls) = &u.tls {
             if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
                 issues.push(Issue::new(format!("{at}.tls"), "set both `client_cert_file` and `client_key_file`, or neither"));

@@ -61,6 +61,7 @@ pub struct LoadedPlugin {
     isolation: Isolation,
     fuel: Option<u64>,
     breaker: Breaker,
+    failures: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -138,6 +139,7 @@ impl LoadedPlugin {
             max_uses: config.max_uses_per_instance,
             isolation: config.isolation,
             fuel: config.fuel,
+            failures: std::sync::atomic::AtomicU64::new(0),
             breaker: Breaker::new(&config.breaker),
         })
     }
@@ -151,6 +153,12 @@ impl LoadedPlugin {
     /// passes here once, whether the call failed or the host refused what it returned.
     pub fn count_failure(&self, failure: &PluginFailure) {
         self.engine.metrics().plugin_failed(&self.id, failure.kind.label());
+        self.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Failed calls since this plugin (this component and configuration) was loaded.
+    pub fn failure_count(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records a call outcome in the breaker and publishes its state.

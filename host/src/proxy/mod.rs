@@ -13,15 +13,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
-use crate::body::{Body, BodyEnd, Counted, LazyBody, Timed, boxed};
+use crate::body::{Body, BodyEnd, BodyEndCell, Counted, LazyBody, Timed, boxed};
 use crate::chain::{ChainState, Verdict, add_rate_limit_headers};
 use crate::error::GatewayError;
 use crate::plugin::bindings::exports::portcullis::plugin::logging::Exchange;
 use crate::plugin::bindings::portcullis::plugin::types::{Header, RequestHead};
+use crate::snapshot::Snapshot;
 
 /// A verified client certificate as plugins see it (WIT `client-cert`).
 pub use crate::plugin::bindings::portcullis::plugin::types::ClientCert;
-use crate::snapshot::Snapshot;
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -107,9 +107,8 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     };
     let bytes_in = Arc::new(AtomicU64::new(0));
     let counter = bytes_in.clone();
-    // 0: fine, 1: broke off, 2: timed out, 3: grew past the route's limit.
-    let body_fault = Arc::new(std::sync::atomic::AtomicU8::new(0));
-    let fault = body_fault.clone();
+    let body_end = Arc::new(BodyEndCell::new());
+    let ended = body_end.clone();
     let body = Counted::new(
         Timed::new(
             http_body_util::Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)),
@@ -118,13 +117,7 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         ),
         Box::new(move |n, end| {
             counter.store(n, Ordering::Relaxed);
-            let code = match end {
-                BodyEnd::Failed => 1,
-                BodyEnd::TimedOut => 2,
-                BodyEnd::TooLarge => 3,
-                BodyEnd::Complete | BodyEnd::Dropped => 0,
-            };
-            fault.store(code, Ordering::Relaxed);
+            ended.set(end);
         }),
     );
     let mut record = Record { started, start_ms, head, request_headers: logged_headers, route_index, bytes_in };
@@ -136,17 +129,17 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         (None, None) => (GatewayError::NoRoute.into_response(&request_id), None),
         (None, Some(i)) => forward(&snapshot, i, &mut record, parts, Body::new(body), &conn, &mut state).await,
     };
-    // The client's body broke off (bad chunk, early close) or timed out: its fault, not the
-    // upstream's.
-    let fault = body_fault.load(Ordering::Relaxed);
-    if fault != 0 {
+    // The client's body broke off (bad chunk, early close), timed out or grew too large: its
+    // fault, not the upstream's.
+    let fault = match body_end.get() {
+        Some(BodyEnd::Failed) => Some(GatewayError::BadBody("the request body is malformed or incomplete".into())),
+        Some(BodyEnd::TimedOut) => Some(GatewayError::RequestTimeout("the request body was not received in time".into())),
+        Some(BodyEnd::TooLarge) => Some(GatewayError::BodyTooLarge { limit: max_body }),
+        Some(BodyEnd::Complete | BodyEnd::Dropped) | None => None,
+    };
+    if let Some(error) = fault {
         must_close = true;
         if response.status() == http::StatusCode::BAD_GATEWAY {
-            let error = match fault {
-                2 => GatewayError::RequestTimeout("the request body was not received in time".into()),
-                3 => GatewayError::BodyTooLarge { limit: max_body },
-                _ => GatewayError::BadBody("the request body is malformed or incomplete".into()),
-            };
             response = error.into_response(&request_id);
         }
     }
@@ -211,8 +204,15 @@ async fn forward(
     {
         parts.headers.insert(header::HOST, v);
     }
-    let endpoint = route.upstream.pick().clone();
-    let upstream_response = route.upstream.send(endpoint.clone(), Request::from_parts(parts, body)).await;
+    let endpoint = match route.upstream.pick() {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            tracing::warn!(request_id = %request_id, route = %route.id, error = %e, "no endpoint to send to");
+            return (e.into_response(&request_id), None);
+        }
+    };
+    let upstream_response = route.upstream.send(endpoint, Request::from_parts(parts, body)).await;
+    let endpoint = &endpoint.address;
     let mut response = match upstream_response {
         Ok(response) => {
             let (mut response_parts, response_body) = response.into_parts();
