@@ -91,6 +91,7 @@ async fn route(request: &Request<Incoming>, state: &AdminState) -> Response<Body
         }
         (&Method::GET, "/readyz") => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"starting"}"#.into()),
         (&Method::GET, "/metrics") => {
+            refresh_gauges(&state.snapshot.load(), &state.metrics);
             let mut response = Response::new(full(Bytes::from(state.metrics.encode())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -122,6 +123,36 @@ fn plugins(snapshot: &Snapshot) -> String {
         })
         .collect();
     serde_json::json!({ "plugins": list }).to_string()
+}
+
+/// Sets the gauges read from the serving snapshot at scrape time: endpoint availability and
+/// plugin instances (summed over the plugin's step pools).
+fn refresh_gauges(snapshot: &Snapshot, metrics: &Metrics) {
+    use crate::metrics::{EndpointLabels, InstanceLabels};
+    for (name, upstream) in &snapshot.upstreams {
+        for endpoint in upstream.endpoints() {
+            let labels = EndpointLabels { upstream: name.clone(), endpoint: endpoint.address.to_string() };
+            metrics.endpoint_available.get_or_create(&labels).set(i64::from(endpoint.health.is_available()));
+        }
+    }
+    let mut counts: std::collections::BTreeMap<&str, (usize, usize)> = snapshot.plugins.keys().map(|id| (id.as_str(), (0, 0))).collect();
+    let mut seen = std::collections::HashSet::new();
+    for step in snapshot.routes.iter().flat_map(|r| r.chain.steps()) {
+        if !seen.insert(Arc::as_ptr(&step.pool)) {
+            continue;
+        }
+        let (idle, busy) = step.pool.instance_counts();
+        if let Some(count) = counts.get_mut(&*step.pool.plugin().id) {
+            count.0 += idle;
+            count.1 += busy;
+        }
+    }
+    for (plugin, (idle, busy)) in counts {
+        for (state, n) in [("idle", idle), ("busy", busy)] {
+            let labels = InstanceLabels { plugin: plugin.to_owned(), state: state.to_owned() };
+            metrics.plugin_instances.get_or_create(&labels).set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 fn status(state: &AdminState) -> String {

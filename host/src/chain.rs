@@ -141,10 +141,18 @@ impl Chain {
                 }
                 Err(failure) => Err(failure),
             };
+            let elapsed = started.elapsed();
             let (decision, verdict) = match outcome {
                 Ok(done) => done,
-                Err(failure) => (fail(step, failure, &head.request_id)?, Verdict::Continue),
+                Err(failure) => match fail(step, failure, &head.request_id) {
+                    Ok(decision) => (decision, Verdict::Continue),
+                    Err(e) => {
+                        plugin.record_call("request", None, elapsed);
+                        return Err(e);
+                    }
+                },
             };
+            plugin.record_call("request", Some(decision), elapsed);
             state.decisions.push(StepDecision {
                 plugin: plugin.id.to_string(),
                 phase: Phase::Request,
@@ -277,10 +285,18 @@ impl Chain {
                 }
                 Err(failure) => Err(failure),
             };
+            let elapsed = started.elapsed();
             let decision = match outcome {
                 Ok(d) => d,
-                Err(failure) => fail(step, failure, &head.request_id)?,
+                Err(failure) => match fail(step, failure, &head.request_id) {
+                    Ok(decision) => decision,
+                    Err(e) => {
+                        plugin.record_call("response", None, elapsed);
+                        return Err(e);
+                    }
+                },
             };
+            plugin.record_call("response", Some(decision), elapsed);
             state.decisions.push(StepDecision {
                 plugin: plugin.id.to_string(),
                 phase: Phase::Response,
@@ -299,7 +315,10 @@ impl Chain {
             if plugin.kind != PluginKind::Logging {
                 continue;
             }
-            match step.pool.call(&exchange.request_id, Call::Observe(exchange)).await {
+            let started = Instant::now();
+            let called = step.pool.call(&exchange.request_id, Call::Observe(exchange)).await;
+            plugin.record_call("observe", called.is_ok().then_some("observed"), started.elapsed());
+            match called {
                 Ok((_, settle)) => settle.settle(true),
                 Err(failure) => {
                     plugin.count_failure(&failure);

@@ -1,14 +1,37 @@
-//! Prometheus metrics (text exposition format, `prometheus-client`), served on the admin
-//! listener at `/metrics`. Names follow the Prometheus conventions (`_total` for counters).
-//! Label values are bounded: plugin ids come from the configuration and failure kinds from a
-//! fixed list.
+//! Prometheus metrics (`prometheus-client`), served on the admin listener at `/metrics` in the
+//! OpenMetrics text format, which Prometheus scrapes.
+//!
+//! Names follow the Prometheus conventions: a `portcullis_` prefix, base units in the name
+//! (`_seconds`, `_bytes`), `_total` on counters. Label values are bounded: route, upstream,
+//! endpoint, plugin and listener names come from the configuration; methods outside RFC 9110's
+//! registered set are `OTHER`; statuses are classes (`2xx`); kinds, results, phases and
+//! decisions come from fixed lists. Raw paths are never labels.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `portcullis_http_requests_total` | counter | `route`, `method`, `status_class` |
+//! | `portcullis_http_request_duration_seconds` | histogram | `route` |
+//! | `portcullis_upstream_request_duration_seconds` | histogram | `upstream`, `endpoint` |
+//! | `portcullis_upstream_errors_total` | counter | `upstream`, `endpoint`, `kind` (`5xx`, `timeout`, `failed`) |
+//! | `portcullis_upstream_endpoint_available` | gauge | `upstream`, `endpoint` |
+//! | `portcullis_plugin_call_duration_seconds` | histogram | `plugin`, `phase` (`request`, `response`, `observe`) |
+//! | `portcullis_plugin_decisions_total` | counter | `plugin`, `decision` |
+//! | `portcullis_plugin_failures_total` | counter | `plugin`, `kind` |
+//! | `portcullis_plugin_instances` | gauge | `plugin`, `state` (`idle`, `busy`) |
+//! | `portcullis_plugin_breaker_open` | gauge | `plugin` |
+//! | `portcullis_plugin_log_events_dropped_total` | counter | `plugin` |
+//! | `portcullis_config_reloads_total` | counter | `result` |
+//! | `portcullis_listener_connections` | gauge | `listener` |
+//! | `portcullis_tls_handshakes_total` | counter | `listener`, `result` (`ok`, `failed`, `timeout`) |
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Labels of a plugin failure.
@@ -34,6 +57,101 @@ pub struct PluginLabels {
     pub plugin: String,
 }
 
+/// Labels of a finished request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route id, `-` when none matched.
+    pub route: String,
+    /// Method, or `OTHER`.
+    pub method: String,
+    /// `1xx` … `5xx`.
+    pub status_class: String,
+}
+
+/// Labels naming a route.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Route id, `-` when none matched.
+    pub route: String,
+}
+
+/// Labels naming an upstream endpoint.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// Upstream name.
+    pub upstream: String,
+    /// `host:port`.
+    pub endpoint: String,
+}
+
+/// Labels of an upstream error.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    /// Upstream name.
+    pub upstream: String,
+    /// `host:port`.
+    pub endpoint: String,
+    /// `5xx`, `timeout` or `failed` (refused or broken connection).
+    pub kind: String,
+}
+
+/// Labels of a plugin call.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// Plugin id.
+    pub plugin: String,
+    /// `request`, `response` or `observe`.
+    pub phase: String,
+}
+
+/// Labels of a plugin decision.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// Plugin id.
+    pub plugin: String,
+    /// `authenticated`, `anonymous`, `denied` (auth); `allowed`, `limited` (rate limit);
+    /// `valid`, `invalid` (validation); `continue`, `respond` (filter); `observed` (logging);
+    /// `failed` (a fail-open step that failed).
+    pub decision: String,
+}
+
+/// Labels of plugin instances.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    /// Plugin id.
+    pub plugin: String,
+    /// `idle` (pooled, ready) or `busy` (in a call).
+    pub state: String,
+}
+
+/// Labels naming a listener.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// The configured `address`.
+    pub listener: String,
+}
+
+/// Labels of a TLS handshake.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// The configured `address`.
+    pub listener: String,
+    /// `ok`, `failed` or `timeout`.
+    pub result: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Request and upstream latencies: 0.5 ms to about 16 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Plugin call latencies: 5 µs to about 80 ms.
+fn call_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_005, 2.0, 15))
+}
+
 /// The gateway's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -48,6 +166,30 @@ pub struct Metrics {
     pub breaker_open: Family<PluginLabels, Gauge>,
     /// `portcullis_config_reloads_total{result}`: reload attempts, `ok` or `error`.
     pub config_reloads: Family<ReloadLabels, Counter>,
+    /// `portcullis_http_requests_total{route,method,status_class}`: finished requests.
+    pub http_requests: Family<RequestLabels, Counter>,
+    /// `portcullis_http_request_duration_seconds{route}`: request head received to response
+    /// body sent.
+    pub http_request_duration: Histograms<RouteLabels>,
+    /// `portcullis_upstream_request_duration_seconds{upstream,endpoint}`: request sent to
+    /// response head received (connect included).
+    pub upstream_duration: Histograms<EndpointLabels>,
+    /// `portcullis_upstream_errors_total{upstream,endpoint,kind}`.
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    /// `portcullis_upstream_endpoint_available{upstream,endpoint}`: 1 when requests may go to
+    /// it (refreshed at each scrape).
+    pub endpoint_available: Family<EndpointLabels, Gauge>,
+    /// `portcullis_plugin_call_duration_seconds{plugin,phase}`: one call, host conversions
+    /// included.
+    pub plugin_call_duration: Histograms<PhaseLabels>,
+    /// `portcullis_plugin_decisions_total{plugin,decision}`.
+    pub plugin_decisions: Family<DecisionLabels, Counter>,
+    /// `portcullis_plugin_instances{plugin,state}` (refreshed at each scrape).
+    pub plugin_instances: Family<InstanceLabels, Gauge>,
+    /// `portcullis_listener_connections{listener}`: open client connections.
+    pub listener_connections: Family<ListenerLabels, Gauge>,
+    /// `portcullis_tls_handshakes_total{listener,result}`.
+    pub tls_handshakes: Family<HandshakeLabels, Counter>,
 }
 
 // === impl Metrics ===
@@ -55,19 +197,55 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("portcullis");
-        let plugin_failures = Family::<FailureLabels, Counter>::default();
-        registry.register("plugin_failures", "Failed plugin calls, by plugin and failure kind", plugin_failures.clone());
-        let log_events_dropped = Family::<PluginLabels, Counter>::default();
-        registry.register(
-            "plugin_log_events_dropped",
-            "Plugin log events dropped past the per-call budget",
-            log_events_dropped.clone(),
+        let metrics = Metrics {
+            registry: Mutex::new(Registry::default()),
+            plugin_failures: Family::default(),
+            log_events_dropped: Family::default(),
+            breaker_open: Family::default(),
+            config_reloads: Family::default(),
+            http_requests: Family::default(),
+            http_request_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            upstream_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            upstream_errors: Family::default(),
+            endpoint_available: Family::default(),
+            plugin_call_duration: Family::new_with_constructor(call_histogram as fn() -> Histogram),
+            plugin_decisions: Family::default(),
+            plugin_instances: Family::default(),
+            listener_connections: Family::default(),
+            tls_handshakes: Family::default(),
+        };
+        let m = &metrics;
+        registry.register("plugin_failures", "Failed plugin calls, by plugin and failure kind", m.plugin_failures.clone());
+        registry.register("plugin_log_events_dropped", "Plugin log events dropped past the per-call budget", m.log_events_dropped.clone());
+        registry.register("plugin_breaker_open", "1 while a plugin's crash-loop breaker is open", m.breaker_open.clone());
+        registry.register("config_reloads", "Configuration reload attempts, by result", m.config_reloads.clone());
+        registry.register("http_requests", "Finished requests, by route, method and status class", m.http_requests.clone());
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time from the request head to the end of the response body, by route",
+            prometheus_client::registry::Unit::Seconds,
+            m.http_request_duration.clone(),
         );
-        let breaker_open = Family::<PluginLabels, Gauge>::default();
-        registry.register("plugin_breaker_open", "1 while a plugin's crash-loop breaker is open", breaker_open.clone());
-        let config_reloads = Family::<ReloadLabels, Counter>::default();
-        registry.register("config_reloads", "Configuration reload attempts, by result", config_reloads.clone());
-        Metrics { registry: Mutex::new(registry), plugin_failures, log_events_dropped, breaker_open, config_reloads }
+        registry.register_with_unit(
+            "upstream_request_duration",
+            "Time from sending the request upstream to its response head, by endpoint",
+            prometheus_client::registry::Unit::Seconds,
+            m.upstream_duration.clone(),
+        );
+        registry.register("upstream_errors", "Upstream 5xx answers, timeouts and failed connections, by endpoint", m.upstream_errors.clone());
+        registry.register("upstream_endpoint_available", "1 when an endpoint may receive requests", m.endpoint_available.clone());
+        registry.register_with_unit(
+            "plugin_call_duration",
+            "Duration of one plugin call, by plugin and phase",
+            prometheus_client::registry::Unit::Seconds,
+            m.plugin_call_duration.clone(),
+        );
+        registry.register("plugin_decisions", "Plugin step decisions, by plugin and decision", m.plugin_decisions.clone());
+        registry.register("plugin_instances", "Plugin instances alive, by plugin and state", m.plugin_instances.clone());
+        registry.register("listener_connections", "Open client connections, by listener", m.listener_connections.clone());
+        registry.register("tls_handshakes", "TLS handshakes, by listener and result", m.tls_handshakes.clone());
+        *metrics.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
+        metrics
     }
 }
 
@@ -75,6 +253,23 @@ impl Metrics {
     /// Counts one failure of `plugin` of kind `kind`.
     pub fn plugin_failed(&self, plugin: &str, kind: &str) {
         self.plugin_failures.get_or_create(&FailureLabels { plugin: plugin.to_owned(), kind: kind.to_owned() }).inc();
+    }
+
+    /// Records one finished request: `status` (100..=599) on `route`, taking `duration`.
+    pub fn request_finished(&self, route: &str, method: &str, status: u16, duration: Duration) {
+        let labels = RequestLabels { route: route.to_owned(), method: method_label(method).to_owned(), status_class: format!("{}xx", status / 100) };
+        self.http_requests.get_or_create(&labels).inc();
+        self.http_request_duration.get_or_create(&RouteLabels { route: route.to_owned() }).observe(duration.as_secs_f64());
+    }
+
+    /// Records one plugin call of `plugin` in `phase` that took `duration` and decided
+    /// `decision` (none when it failed fail-closed: the failure is counted apart).
+    pub fn plugin_called(&self, plugin: &str, phase: &str, decision: Option<&str>, duration: Duration) {
+        let labels = PhaseLabels { plugin: plugin.to_owned(), phase: phase.to_owned() };
+        self.plugin_call_duration.get_or_create(&labels).observe(duration.as_secs_f64());
+        if let Some(decision) = decision {
+            self.plugin_decisions.get_or_create(&DecisionLabels { plugin: plugin.to_owned(), decision: decision.to_owned() }).inc();
+        }
     }
 
     /// The text exposition (OpenMetrics text format, which Prometheus scrapes).
@@ -86,4 +281,10 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The method as a bounded label: RFC 9110's methods and `PATCH` as they are, others `OTHER`.
+fn method_label(method: &str) -> &str {
+    const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+    if KNOWN.contains(&method) { method } else { "OTHER" }
 }

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::model::ListenerConfig;
+use crate::metrics::{HandshakeLabels, ListenerLabels};
 use crate::proxy::{self, ConnInfo};
 use crate::snapshot::Snapshot;
 
@@ -47,6 +48,8 @@ struct Builders {
 /// Per-listener settings every connection task needs.
 struct Listener {
     index: usize,
+    /// The configured address, as the `listener` metric label.
+    label: String,
     builders: Builders,
     snapshot: Arc<ArcSwap<Snapshot>>,
     hygiene: Arc<proxy::hygiene::Hygiene>,
@@ -100,6 +103,7 @@ pub async fn serve(
 ) {
     let state = Arc::new(Listener {
         index,
+        label: config.address.to_string(),
         builders: builders(config),
         snapshot,
         hygiene: Arc::new(proxy::hygiene::Hygiene::new(config)),
@@ -134,8 +138,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (state, shutdown) = (state.clone(), shutdown.clone());
+        let metrics = state.snapshot.load().metrics.clone();
+        let open = metrics.listener_connections.get_or_create(&ListenerLabels { listener: state.label.clone() }).clone();
+        open.inc();
         tasks.spawn(async move {
             let _permit = permit;
+            let _open = scopeguard(move || {
+                open.dec();
+            });
             if tls {
                 serve_tls(stream, peer, state, shutdown).await;
             } else {
@@ -199,7 +209,15 @@ async fn serve_tls(stream: TcpStream, peer: std::net::SocketAddr, state: Arc<Lis
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let stream = match tokio::time::timeout(state.handshake_timeout, acceptor.accept(stream)).await {
+    let handshake = tokio::time::timeout(state.handshake_timeout, acceptor.accept(stream)).await;
+    let result = match &handshake {
+        Ok(Ok(_)) => "ok",
+        Ok(Err(_)) => "failed",
+        Err(_) => "timeout",
+    };
+    let labels = HandshakeLabels { listener: state.label.clone(), result: result.to_owned() };
+    state.snapshot.load().metrics.tls_handshakes.get_or_create(&labels).inc();
+    let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -274,4 +292,17 @@ async fn drive<I>(
             }
         }
     }
+}
+
+/// Runs `f` when dropped (here: when a connection task ends, however it ends).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }

@@ -47,6 +47,8 @@ pub struct Snapshot {
     pub sources: BTreeSet<PathBuf>,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// The process's metrics (the engine's).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Each listener's TLS configuration, by listener index (none: clear text). A listener
     /// reads it at every handshake, so renewed certificates apply to new connections.
     pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
@@ -145,7 +147,7 @@ impl Snapshot {
             match tls.transpose() {
                 Ok(tls) => {
                     let before = previous.and_then(|p| p.upstreams.get(name)).map(Arc::as_ref);
-                    upstreams.insert(name.clone(), Arc::new(Upstream::new(name, u, tls, before)));
+                    upstreams.insert(name.clone(), Arc::new(Upstream::new(name, u, tls, before, engine.metrics().clone())));
                 }
                 Err(issue) => issues.push(issue),
             }
@@ -199,7 +201,8 @@ impl Snapshot {
         if !issues.is_empty() {
             return Err(loaded.invalid(issues));
         }
-        Ok(Snapshot { router, routes, identity, plugins, sources, upstreams, listener_tls })
+        let metrics = engine.metrics().clone();
+        Ok(Snapshot { router, routes, identity, plugins, sources, upstreams, metrics, listener_tls })
     }
 }
 

@@ -19,6 +19,7 @@ use crate::body::Body;
 use crate::config::model::{HealthCheckConfig, LoadBalancing, OutlierConfig, UpstreamConfig, UpstreamProtocol};
 use crate::error::GatewayError;
 use crate::health::{EndpointHealth, EndpointStatus, Outcome};
+use crate::metrics::{EndpointLabels, Metrics, UpstreamErrorLabels};
 
 /// One endpoint of an upstream and what is known about its health.
 #[derive(Debug, Clone)]
@@ -38,6 +39,7 @@ pub struct Upstream {
     load_balancing: LoadBalancing,
     health_check: Option<HealthCheckConfig>,
     outlier: OutlierConfig,
+    metrics: Arc<Metrics>,
     scheme: Scheme,
     client: Client<HttpsConnector<HttpConnector>, Body>,
     connect_timeout: Duration,
@@ -52,7 +54,13 @@ impl Upstream {
     /// Endpoints were checked when the configuration was validated; unparsable ones are
     /// skipped. An endpoint that `previous` (the same upstream in the snapshot being replaced)
     /// also has keeps its health.
-    pub fn new(name: &str, config: &UpstreamConfig, tls: Option<rustls::ClientConfig>, previous: Option<&Upstream>) -> Self {
+    pub fn new(
+        name: &str,
+        config: &UpstreamConfig,
+        tls: Option<rustls::ClientConfig>,
+        previous: Option<&Upstream>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
@@ -97,6 +105,7 @@ impl Upstream {
             load_balancing: config.load_balancing,
             health_check: config.health_check.clone(),
             outlier: config.outlier_detection.clone(),
+            metrics,
             scheme,
             client,
             connect_timeout,
@@ -149,12 +158,20 @@ impl Upstream {
     /// or breaks.
     pub async fn send(&self, endpoint: &Endpoint, request: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
         let in_flight = endpoint.health.start();
+        let started = std::time::Instant::now();
         let result = self.exchange(&endpoint.address, request).await;
-        let outcome = match &result {
-            Ok(response) if response.status().is_server_error() => Outcome::Failure,
-            Ok(_) => Outcome::Success,
-            Err(_) => Outcome::Failure,
+        let labels = EndpointLabels { upstream: self.name.clone(), endpoint: endpoint.address.to_string() };
+        self.metrics.upstream_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+        let (outcome, error) = match &result {
+            Ok(response) if response.status().is_server_error() => (Outcome::Failure, Some("5xx")),
+            Ok(_) => (Outcome::Success, None),
+            Err(GatewayError::UpstreamTimeout { .. }) => (Outcome::Failure, Some("timeout")),
+            Err(_) => (Outcome::Failure, Some("failed")),
         };
+        if let Some(kind) = error {
+            let labels = UpstreamErrorLabels { upstream: labels.upstream, endpoint: labels.endpoint, kind: kind.to_owned() };
+            self.metrics.upstream_errors.get_or_create(&labels).inc();
+        }
         if let Some(health) = in_flight.finish(outcome, &self.outlier) {
             let others = self.endpoints.iter().any(|e| !Arc::ptr_eq(&e.health, &health) && e.health.is_available());
             if others {

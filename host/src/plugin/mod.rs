@@ -156,6 +156,12 @@ impl LoadedPlugin {
         self.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Records one call's duration in `phase` (`request`, `response`, `observe`) and its
+    /// decision, when it made one, in the metrics.
+    pub fn record_call(&self, phase: &str, decision: Option<&str>, duration: std::time::Duration) {
+        self.engine.metrics().plugin_called(&self.id, phase, decision, duration);
+    }
+
     /// Failed calls since this plugin (this component and configuration) was loaded.
     pub fn failure_count(&self) -> u64 {
         self.failures.load(std::sync::atomic::Ordering::Relaxed)
@@ -273,6 +279,13 @@ impl StepPool {
     /// The plugin.
     pub fn plugin(&self) -> &Arc<LoadedPlugin> {
         &self.plugin
+    }
+
+    /// Instances pooled and ready, and instances in a call now.
+    pub fn instance_counts(&self) -> (usize, usize) {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let busy = self.plugin.max_instances.saturating_sub(self.permits.available_permits());
+        (idle, busy)
     }
 
     /// For a validation step, the request body bytes it wants buffered.

@@ -243,8 +243,10 @@ fn finish(
     bytes_out: u64,
     complete: bool,
 ) {
-    let duration_us = u64::try_from(record.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let elapsed = record.started.elapsed();
+    let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     let head = record.head;
+    snapshot.metrics.request_finished(&head.route, &head.method, status, elapsed);
     let bytes_in = record.bytes_in.load(Ordering::Relaxed);
     tracing::info!(
         target: "portcullis::access",
