@@ -27,7 +27,7 @@ use crate::plugin::bindings::exports::portcullis::plugin::{
 use crate::plugin::bindings::portcullis::plugin::types::{
     HeaderEdits, Identity, LocalResponse, RequestHead, ResponseHead,
 };
-use crate::plugin::{Call, FailureKind, PluginFailure, Reply, StepPool};
+use crate::plugin::{Call, CallPhase, FailureKind, PluginFailure, Reply, StepPool};
 use crate::proxy::headers::{self, IdentityHeaders};
 
 /// Largest local response body a plugin may return, in bytes.
@@ -147,12 +147,12 @@ impl Chain {
                 Err(failure) => match fail(step, failure, &head.request_id) {
                     Ok(decision) => (decision, Verdict::Continue),
                     Err(e) => {
-                        plugin.record_call("request", None, elapsed);
+                        plugin.record_call(CallPhase::Request, None, elapsed);
                         return Err(e);
                     }
                 },
             };
-            plugin.record_call("request", Some(decision), elapsed);
+            plugin.record_call(CallPhase::Request, Some(decision), elapsed);
             state.decisions.push(StepDecision {
                 plugin: plugin.id.to_string(),
                 phase: Phase::Request,
@@ -291,12 +291,12 @@ impl Chain {
                 Err(failure) => match fail(step, failure, &head.request_id) {
                     Ok(decision) => decision,
                     Err(e) => {
-                        plugin.record_call("response", None, elapsed);
+                        plugin.record_call(CallPhase::Response, None, elapsed);
                         return Err(e);
                     }
                 },
             };
-            plugin.record_call("response", Some(decision), elapsed);
+            plugin.record_call(CallPhase::Response, Some(decision), elapsed);
             state.decisions.push(StepDecision {
                 plugin: plugin.id.to_string(),
                 phase: Phase::Response,
@@ -317,7 +317,7 @@ impl Chain {
             }
             let started = Instant::now();
             let called = step.pool.call(&exchange.request_id, Call::Observe(exchange)).await;
-            plugin.record_call("observe", called.is_ok().then_some("observed"), started.elapsed());
+            plugin.record_call(CallPhase::Observe, called.is_ok().then_some("observed"), started.elapsed());
             match called {
                 Ok((_, settle)) => settle.settle(true),
                 Err(failure) => {

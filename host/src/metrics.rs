@@ -262,16 +262,6 @@ impl Metrics {
         self.http_request_duration.get_or_create(&RouteLabels { route: route.to_owned() }).observe(duration.as_secs_f64());
     }
 
-    /// Records one plugin call of `plugin` in `phase` that took `duration` and decided
-    /// `decision` (none when it failed fail-closed: the failure is counted apart).
-    pub fn plugin_called(&self, plugin: &str, phase: &str, decision: Option<&str>, duration: Duration) {
-        let labels = PhaseLabels { plugin: plugin.to_owned(), phase: phase.to_owned() };
-        self.plugin_call_duration.get_or_create(&labels).observe(duration.as_secs_f64());
-        if let Some(decision) = decision {
-            self.plugin_decisions.get_or_create(&DecisionLabels { plugin: plugin.to_owned(), decision: decision.to_owned() }).inc();
-        }
-    }
-
     /// The text exposition (OpenMetrics text format, which Prometheus scrapes).
     pub fn encode(&self) -> String {
         let mut out = String::new();

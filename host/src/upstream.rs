@@ -28,6 +28,8 @@ pub struct Endpoint {
     pub address: Authority,
     /// Shared with the next snapshot's endpoint of the same upstream and address.
     pub health: Arc<EndpointHealth>,
+    /// Its `portcullis_upstream_request_duration_seconds` series, looked up once.
+    latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// One upstream.
@@ -98,7 +100,9 @@ impl Upstream {
                 .map(|address| {
                     let known = previous.and_then(|p| p.endpoints.iter().find(|e| e.address == address));
                     let health = known.map_or_else(Arc::default, |e| e.health.clone());
-                    Endpoint { address, health }
+                    let labels = EndpointLabels { upstream: name.to_owned(), endpoint: address.to_string() };
+                    let latency = metrics.upstream_duration.get_or_create(&labels).clone();
+                    Endpoint { address, health, latency }
                 })
                 .collect(),
             next: AtomicUsize::new(0),
@@ -160,8 +164,7 @@ impl Upstream {
         let in_flight = endpoint.health.start();
         let started = std::time::Instant::now();
         let result = self.exchange(&endpoint.address, request).await;
-        let labels = EndpointLabels { upstream: self.name.clone(), endpoint: endpoint.address.to_string() };
-        self.metrics.upstream_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+        endpoint.latency.observe(started.elapsed().as_secs_f64());
         let (outcome, error) = match &result {
             Ok(response) if response.status().is_server_error() => (Outcome::Failure, Some("5xx")),
             Ok(_) => (Outcome::Success, None),
@@ -169,7 +172,7 @@ impl Upstream {
             Err(_) => (Outcome::Failure, Some("failed")),
         };
         if let Some(kind) = error {
-            let labels = UpstreamErrorLabels { upstream: labels.upstream, endpoint: labels.endpoint, kind: kind.to_owned() };
+            let labels = UpstreamErrorLabels { upstream: self.name.clone(), endpoint: endpoint.address.to_string(), kind: kind.to_owned() };
             self.metrics.upstream_errors.get_or_create(&labels).inc();
         }
         if let Some(health) = in_flight.finish(outcome, &self.outlier) {

@@ -24,6 +24,8 @@ pub mod outbound;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Semaphore;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime::component::{Component, InstancePre};
@@ -36,6 +38,7 @@ pub use instance::{Call, Reply};
 use instance::{Instance, KindIndices};
 
 use crate::config::{FailurePolicy, Isolation, PluginConfig, PluginKind};
+use crate::metrics::{DecisionLabels, PhaseLabels};
 
 /// The configuration a plugin's `configure` refused: JSON pointer and message.
 pub use bindings::portcullis::plugin::types::ConfigError as PluginConfigError;
@@ -62,6 +65,27 @@ pub struct LoadedPlugin {
     fuel: Option<u64>,
     breaker: Breaker,
     failures: std::sync::atomic::AtomicU64,
+    /// This plugin's metric series, looked up once instead of on every call.
+    series: CallSeries,
+}
+
+/// Which hook a call was, as the `phase` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallPhase {
+    /// `authenticate`, `check`, `validate` or `on-request`.
+    Request,
+    /// `on-response`.
+    Response,
+    /// `observe`.
+    Observe,
+}
+
+/// A plugin's call-latency histograms by phase and its decision counters.
+struct CallSeries {
+    request: Histogram,
+    response: Histogram,
+    observe: Histogram,
+    decisions: Mutex<Vec<(&'static str, Counter)>>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -101,6 +125,18 @@ impl LoadedPlugin {
         audit_file: Option<&std::path::Path>,
     ) -> Result<Self, String> {
         imports::check(engine.engine(), component, &config.capabilities)?;
+        // Each series in its own call: a `get_or_create` guard still alive (as temporaries in
+        // one struct literal are) while another creates a series deadlocks on the family's lock.
+        let histogram = |phase: &str| {
+            let labels = PhaseLabels { plugin: id.to_owned(), phase: phase.to_owned() };
+            engine.metrics().plugin_call_duration.get_or_create(&labels).clone()
+        };
+        let series = CallSeries {
+            request: histogram("request"),
+            response: histogram("response"),
+            observe: histogram("observe"),
+            decisions: Mutex::new(Vec::new()),
+        };
         let origins = config.allowed_origins.iter().map(|o| outbound::Origin::parse(o)).collect::<Result<Vec<_>, _>>()?;
         let audit = if config.capabilities.contains(&crate::config::Capability::Audit) {
             Some(engine.audit_sinks().open(audit_file)?)
@@ -140,6 +176,7 @@ impl LoadedPlugin {
             isolation: config.isolation,
             fuel: config.fuel,
             failures: std::sync::atomic::AtomicU64::new(0),
+            series,
             breaker: Breaker::new(&config.breaker),
         })
     }
@@ -158,8 +195,26 @@ impl LoadedPlugin {
 
     /// Records one call's duration in `phase` (`request`, `response`, `observe`) and its
     /// decision, when it made one, in the metrics.
-    pub fn record_call(&self, phase: &str, decision: Option<&str>, duration: std::time::Duration) {
-        self.engine.metrics().plugin_called(&self.id, phase, decision, duration);
+    pub fn record_call(&self, phase: CallPhase, decision: Option<&'static str>, duration: std::time::Duration) {
+        let histogram = match phase {
+            CallPhase::Request => &self.series.request,
+            CallPhase::Response => &self.series.response,
+            CallPhase::Observe => &self.series.observe,
+        };
+        histogram.observe(duration.as_secs_f64());
+        let Some(decision) = decision else { return };
+        let mut counters = self.series.decisions.lock().unwrap_or_else(|e| e.into_inner());
+        match counters.iter().find(|(d, _)| *d == decision) {
+            Some((_, counter)) => {
+                counter.inc();
+            }
+            None => {
+                let labels = DecisionLabels { plugin: self.id.to_string(), decision: decision.to_owned() };
+                let counter = self.engine.metrics().plugin_decisions.get_or_create(&labels).clone();
+                counter.inc();
+                counters.push((decision, counter));
+            }
+        }
     }
 
     /// Failed calls since this plugin (this component and configuration) was loaded.
