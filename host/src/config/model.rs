@@ -104,7 +104,7 @@ pub struct ListenerTlsConfig {
     /// Certificates, chosen by the client's SNI among the DNS names of each certificate
     /// (subject alternative names, `*.` wildcards included). The first one is also served to
     /// clients that send no SNI (IP address clients); a client whose SNI matches none is
-    /// refused during the handshake (`unrecognized_name`).
+    /// refused during the handshake (rustls sends an `access_denied` alert).
     pub certificates: Vec<CertificateConfig>,
     /// PEM file of the CA certificates that client certificates must chain to. Present:
     /// mutual TLS, and plugins see the verified client certificate (`request-head.client-cert`).
