@@ -27,7 +27,10 @@ use crate::plugin::bindings::exports::portcullis::plugin::{
 use crate::plugin::bindings::portcullis::plugin::types::{
     HeaderEdits, Identity, LocalResponse, RequestHead, ResponseHead,
 };
-use crate::plugin::{Call, CallPhase, FailureKind, PluginFailure, Reply, StepPool};
+use crate::plugin::{Call, CallPhase, FailureKind, LoadedPlugin, PluginFailure, Reply, StepPool};
+use crate::telemetry::{self, SpanOutcome, Telemetry};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Context, KeyValue};
 use crate::proxy::headers::{self, IdentityHeaders};
 
 /// Largest local response body a plugin may return, in bytes.
@@ -111,6 +114,7 @@ impl Chain {
         body: &mut LazyBody,
         ids: &IdentityHeaders,
         state: &mut ChainState,
+        trace: &Trace,
     ) -> Result<Verdict, GatewayError> {
         for step in &self.steps {
             let plugin = step.pool.plugin();
@@ -133,7 +137,8 @@ impl Chain {
                 PluginKind::Logging => continue,
             };
             let started = Instant::now();
-            let outcome = match step.pool.call(&head.request_id, call).await {
+            let span = trace.step(plugin, "request");
+            let outcome = match step.pool.call(&head.request_id, &span, call).await {
                 Ok((reply, settle)) => {
                     let applied = self.apply(step, reply, head, headers, ids, state);
                     settle.settle(applied.is_ok());
@@ -144,7 +149,7 @@ impl Chain {
             let elapsed = started.elapsed();
             let (decision, verdict) = match outcome {
                 Ok(done) => done,
-                Err(failure) => match fail(step, failure, &head.request_id) {
+                Err(failure) => match fail(step, failure, &head.request_id, &span) {
                     Ok(decision) => (decision, Verdict::Continue),
                     Err(e) => {
                         plugin.record_call(CallPhase::Request, None, elapsed);
@@ -152,6 +157,7 @@ impl Chain {
                     }
                 },
             };
+            Trace::end_step(&span, decision);
             plugin.record_call(CallPhase::Request, Some(decision), elapsed);
             state.decisions.push(StepDecision {
                 plugin: plugin.id.to_string(),
@@ -259,6 +265,7 @@ impl Chain {
         head: &RequestHead,
         response: &mut Response<Body>,
         state: &mut ChainState,
+        trace: &Trace,
     ) -> Result<(), GatewayError> {
         for step in self.steps.iter().rev() {
             let plugin = step.pool.plugin();
@@ -269,7 +276,8 @@ impl Chain {
             let started = Instant::now();
             let call = Call::OnResponse(head, state.identity.as_ref(), &seen);
             let invalid = |e: String| PluginFailure::new(&plugin.id, FailureKind::InvalidOutput(e));
-            let outcome = match step.pool.call(&head.request_id, call).await {
+            let span = trace.step(plugin, "response");
+            let outcome = match step.pool.call(&head.request_id, &span, call).await {
                 Ok((reply, settle)) => {
                     let applied = match reply {
                         Reply::Filter(FilterAction::Continue(edits)) => headers::apply_edits(response.headers_mut(), &edits, None)
@@ -288,7 +296,7 @@ impl Chain {
             let elapsed = started.elapsed();
             let decision = match outcome {
                 Ok(d) => d,
-                Err(failure) => match fail(step, failure, &head.request_id) {
+                Err(failure) => match fail(step, failure, &head.request_id, &span) {
                     Ok(decision) => decision,
                     Err(e) => {
                         plugin.record_call(CallPhase::Response, None, elapsed);
@@ -296,6 +304,7 @@ impl Chain {
                     }
                 },
             };
+            Trace::end_step(&span, decision);
             plugin.record_call(CallPhase::Response, Some(decision), elapsed);
             state.decisions.push(StepDecision {
                 plugin: plugin.id.to_string(),
@@ -309,18 +318,23 @@ impl Chain {
 
     /// Hands the finished exchange to every logging step. Failures are logged and otherwise
     /// ignored: the response is already sent.
-    pub async fn observe(&self, exchange: &Exchange) {
+    pub async fn observe(&self, exchange: &Exchange, trace: &Trace) {
         for step in &self.steps {
             let plugin = step.pool.plugin();
             if plugin.kind != PluginKind::Logging {
                 continue;
             }
             let started = Instant::now();
-            let called = step.pool.call(&exchange.request_id, Call::Observe(exchange)).await;
+            let span = trace.step(plugin, "observe");
+            let called = step.pool.call(&exchange.request_id, &span, Call::Observe(exchange)).await;
             plugin.record_call(CallPhase::Observe, called.is_ok().then_some("observed"), started.elapsed());
             match called {
-                Ok((_, settle)) => settle.settle(true),
+                Ok((_, settle)) => {
+                    settle.settle(true);
+                    Trace::end_step(&span, "observed");
+                }
                 Err(failure) => {
+                    telemetry::end(&span, SpanOutcome::Error, failure.kind.label(), vec![KeyValue::new(DECISION, "failed")]);
                     plugin.count_failure(&failure);
                 tracing::warn!(
                     plugin = %plugin.id, kind = failure.kind.label(), request_id = %exchange.request_id,
@@ -334,8 +348,9 @@ impl Chain {
 
 /// Applies the failure policy: fail-closed turns the failure into the request's error,
 /// fail-open records it and lets the chain go on. Every request-path failure is counted here.
-fn fail(step: &Step, failure: PluginFailure, request_id: &str) -> Result<&'static str, GatewayError> {
+fn fail(step: &Step, failure: PluginFailure, request_id: &str, span: &Context) -> Result<&'static str, GatewayError> {
     step.pool.plugin().count_failure(&failure);
+    telemetry::end(span, SpanOutcome::Error, failure.kind.label(), vec![KeyValue::new(DECISION, "failed")]);
     tracing::warn!(
         plugin = %failure.plugin, kind = failure.kind.label(), request_id, detail = %failure.detail,
         policy = ?step.policy, "plugin call failed"
@@ -394,6 +409,44 @@ pub fn add_rate_limit_headers(headers: &mut HeaderMap, quotas: &[Quota]) {
     if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state)) {
         headers.insert("ratelimit-policy", p);
         headers.insert("ratelimit", s);
+    }
+}
+
+/// Span attribute naming a step's decision (`allowed`, `denied`, `failed`, ...).
+const DECISION: &str = "portcullis.plugin.decision";
+
+/// A request's trace: the telemetry and the request span's context, parent of one span per
+/// plugin step (`INTERNAL`, named `plugin {id}`).
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// The process's tracer.
+    pub telemetry: Arc<Telemetry>,
+    /// The request span's context.
+    pub cx: Context,
+}
+
+// === impl Trace ===
+
+impl Trace {
+    /// The span of one call of `plugin` in `phase` (`request`, `response`, `observe`); without
+    /// export, the request's context.
+    fn step(&self, plugin: &LoadedPlugin, phase: &'static str) -> Context {
+        if !self.telemetry.is_recording() {
+            return self.cx.clone();
+        }
+        let attributes = vec![
+            KeyValue::new("portcullis.plugin.id", plugin.id.to_string()),
+            KeyValue::new("portcullis.plugin.kind", plugin.kind.to_string()),
+            KeyValue::new("portcullis.plugin.phase", phase),
+        ];
+        self.telemetry.start(&self.cx, format!("plugin {}", plugin.id), SpanKind::Internal, attributes)
+    }
+
+    /// Ends a step's span with its decision (a failed step's span was ended by [`fail`]).
+    fn end_step(span: &Context, decision: &'static str) {
+        if decision != "failed" {
+            telemetry::end(span, SpanOutcome::Ok, "", vec![KeyValue::new(DECISION, decision)]);
+        }
     }
 }
 

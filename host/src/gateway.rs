@@ -29,6 +29,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// An OpenTelemetry variable is unusable; the message names it.
+    #[error("tracing export: {0}")]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     /// The WebAssembly engine could not be created.
     #[error("cannot create the plugin engine: {0}")]
     Engine(String),
@@ -48,13 +51,20 @@ pub struct Gateway {
 
 impl Gateway {
     /// Loads `config_file`, builds the snapshot (compiling and configuring every plugin), binds
-    /// every listener and the admin listener, and starts serving.
+    /// every listener and the admin listener, and starts serving. Span export is configured
+    /// from the `OTEL_*` environment ([`crate::telemetry::ExportSettings::from_vars`]).
     ///
     /// Errors: [`StartError::Config`] for any problem in the file or its plugins;
-    /// [`StartError::Bind`] when an address is taken; [`StartError::Engine`].
+    /// [`StartError::Bind`] when an address is taken; [`StartError::Telemetry`] for an
+    /// unusable `OTEL_*` variable; [`StartError::Engine`].
     pub async fn start(config_file: &Path) -> Result<Gateway, StartError> {
         let runtime = config::load(config_file)?.config.runtime;
-        let engine = PluginEngine::new(&runtime).map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        let telemetry = Arc::new(crate::telemetry::Telemetry::from_env()?);
+        if let Some(endpoint) = telemetry.endpoint() {
+            tracing::info!(%endpoint, "exporting spans over OTLP/HTTP");
+        }
+        let engine =
+            PluginEngine::with_telemetry(&runtime, telemetry).map_err(|e| StartError::Engine(format!("{e:#}")))?;
         Self::start_with_engine(config_file, engine).await
     }
 
@@ -137,6 +147,11 @@ impl Gateway {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        // The last requests' spans: export them before the process may exit.
+        let telemetry = self.snapshot.load().telemetry.clone();
+        if telemetry.is_recording() {
+            let _ = tokio::task::spawn_blocking(move || telemetry.flush()).await;
+        }
     }
 
     /// Serves until SIGINT or SIGTERM, then shuts down gracefully.

@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// The process's metrics (the engine's).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The process's tracer (the engine's).
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// Each listener's TLS configuration, by listener index (none: clear text). A listener
     /// reads it at every handshake, so renewed certificates apply to new connections.
     pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
@@ -202,7 +204,8 @@ impl Snapshot {
             return Err(loaded.invalid(issues));
         }
         let metrics = engine.metrics().clone();
-        Ok(Snapshot { router, routes, identity, plugins, sources, upstreams, metrics, listener_tls })
+        let telemetry = engine.telemetry().clone();
+        Ok(Snapshot { router, routes, identity, plugins, sources, upstreams, metrics, telemetry, listener_tls })
     }
 }
 

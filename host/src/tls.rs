@@ -205,7 +205,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 }
 
 /// A root store of every certificate in a PEM file.
-fn roots(path: &Path) -> Result<RootCertStore, String> {
+pub(crate) fn roots(path: &Path) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     for cert in read_certs(path)? {
         roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;

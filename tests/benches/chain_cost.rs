@@ -75,6 +75,9 @@ async fn main() {
     let snapshot = gw.gateway.snapshot();
     let token = mint(&claims("alice"));
 
+    // No span is recorded without export: the calls run under an empty trace context.
+    let cx = portcullis::telemetry::Context::new();
+    let trace = portcullis::chain::Trace { telemetry: snapshot.telemetry.clone(), cx: cx.clone() };
     let step = |route: usize| snapshot.routes[route].chain.steps()[0].pool.clone();
     let (filter, jwt) = (step(1), step(2));
     let plain = head(None);
@@ -84,12 +87,12 @@ async fn main() {
     for _ in 0..ROUNDS {
         let started = Instant::now();
         for _ in 0..CALLS {
-            filter.call("bench", Call::OnRequest(&plain, None)).await.expect("filter call").1.settle(true);
+            filter.call("bench", &cx, Call::OnRequest(&plain, None)).await.expect("filter call").1.settle(true);
         }
         warm_filter.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS));
         let started = Instant::now();
         for _ in 0..CALLS / 20 {
-            jwt.call("bench", Call::Authenticate(&authed)).await.expect("jwt call").1.settle(true);
+            jwt.call("bench", &cx, Call::Authenticate(&authed)).await.expect("jwt call").1.settle(true);
         }
         warm_jwt.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS / 20));
     }
@@ -104,7 +107,7 @@ async fn main() {
             let mut headers = HeaderMap::new();
             let mut state = ChainState::default();
             let mut body = LazyBody::new(full(bytes::Bytes::new()), 0);
-            chain.on_request(&mut h, &mut headers, &mut body, &snapshot.identity, &mut state).await.expect("chain");
+            chain.on_request(&mut h, &mut headers, &mut body, &snapshot.identity, &mut state, &trace).await.expect("chain");
         }
         request_phase.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS / 20));
     }
@@ -131,7 +134,7 @@ async fn main() {
                 let mut headers = HeaderMap::new();
                 let mut state = ChainState { identity: Some(identity.clone()), ..ChainState::default() };
                 let mut body = LazyBody::new(full(order_body.clone()), 1024 * 1024);
-                let verdict = chain.on_request(&mut h, &mut headers, &mut body, &snapshot.identity, &mut state).await.expect("chain");
+                let verdict = chain.on_request(&mut h, &mut headers, &mut body, &snapshot.identity, &mut state, &trace).await.expect("chain");
                 assert!(matches!(verdict, portcullis::chain::Verdict::Continue), "{name}: {verdict:?}");
             }
             samples.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS / 4));
@@ -146,7 +149,6 @@ async fn main() {
         path: "/audit/x".into(),
         query: None,
         client_ip: "127.0.0.1".into(),
-        client_cert: None,
         identity: None,
         status: 200,
         start_ms: 1,
@@ -162,7 +164,7 @@ async fn main() {
     for _ in 0..ROUNDS {
         let started = Instant::now();
         for _ in 0..CALLS / 4 {
-            snapshot.routes[9].chain.observe(&exchange).await;
+            snapshot.routes[9].chain.observe(&exchange, &trace).await;
         }
         audit.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS / 4));
     }

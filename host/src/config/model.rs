@@ -60,6 +60,11 @@ pub struct ListenerConfig {
     /// believed. Default: none, so the client IP is always the TCP peer.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Whose W3C trace context (`traceparent`, `tracestate`) is continued: `always` (default),
+    /// `trusted-proxies` (only from peers in `trusted_proxies`), or `never`. A context not
+    /// accepted is removed and the request starts a new trace.
+    #[serde(default)]
+    pub accept_trace_context: AcceptTraceContext,
     /// Largest request head (request line and header fields), in bytes; 431 beyond
     /// (HTTP/1.1: hyper's read buffer, at least 8192; HTTP/2: `SETTINGS_MAX_HEADER_LIST_SIZE`).
     #[serde(default = "defaults::max_request_header_bytes")]
@@ -169,6 +174,21 @@ pub enum UnderscoreHeaders {
     Reject,
     /// Keep them.
     Allow,
+}
+
+/// `accept_trace_context`: whose W3C Trace Context the gateway continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcceptTraceContext {
+    /// Every client's (Envoy's and Kong's default): traces started by callers continue
+    /// through the gateway.
+    #[default]
+    Always,
+    /// Only from peers listed in `trusted_proxies`; others start a new trace.
+    TrustedProxies,
+    /// Never: every request starts a new trace (a public edge that does not want callers
+    /// to pick trace ids or force sampling).
+    Never,
 }
 
 /// `[admin]`: the operator's listener.

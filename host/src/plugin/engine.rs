@@ -19,6 +19,7 @@ use super::kv::KvStore;
 use super::outbound::Outbound;
 use crate::config::RuntimeConfig;
 use crate::metrics::Metrics;
+use crate::telemetry::Telemetry;
 
 /// How often the epoch advances. A call's deadline is rounded up to whole ticks, so a plugin
 /// with `deadline_ms = 100` is interrupted between 100 and 105 ms.
@@ -59,6 +60,14 @@ impl PluginEngine {
     /// Errors: wasmtime refuses the configuration (for example, the host cannot reserve the
     /// pooling allocator's address space), or the outbound TLS client cannot be built.
     pub fn new(runtime: &RuntimeConfig) -> wasmtime::Result<Arc<Self>> {
+        Self::with_telemetry(runtime, Arc::new(Telemetry::disabled()))
+    }
+
+    /// [`PluginEngine::new`] whose gateways record and export spans through `telemetry`
+    /// (plugins' outbound requests get their own client spans and `traceparent`).
+    ///
+    /// Errors: as [`PluginEngine::new`].
+    pub fn with_telemetry(runtime: &RuntimeConfig, telemetry: Arc<Telemetry>) -> wasmtime::Result<Arc<Self>> {
         let stack = usize::try_from(runtime.max_wasm_stack_kib * 1024).unwrap_or(usize::MAX);
         let mut pool = PoolingAllocationConfig::default();
         // Sized for a 1,000-route configuration whose old and new snapshots coexist during a
@@ -102,6 +111,7 @@ impl PluginEngine {
             kv: Arc::new(KvStore::new(clock.clone())),
             metrics: Arc::new(Metrics::default()),
             outbound: Outbound::new().map_err(wasmtime::Error::from)?,
+            telemetry,
             clock,
         });
         Ok(Arc::new(PluginEngine {
@@ -128,6 +138,11 @@ impl PluginEngine {
     /// The in-process key/value store shared by every plugin (namespaced per plugin id).
     pub fn kv(&self) -> &Arc<KvStore> {
         &self.shared.kv
+    }
+
+    /// The tracer and trace context propagator.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.shared.telemetry
     }
 
     /// The process's metrics.

@@ -16,7 +16,10 @@ use super::bindings::portcullis::plugin::{audit, clock, http_client, kv, log, ty
 use super::clock::Clock;
 use super::failure::CapabilityDenied;
 use super::kv::{KvError as StoreError, KvStore};
-use super::outbound::{MAX_REQUESTS_PER_CALL, Origin, Outbound};
+use super::outbound::{self, MAX_REQUESTS_PER_CALL, Origin, Outbound};
+use crate::telemetry::{self, SpanOutcome};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use crate::config::Capability;
 use crate::metrics::{Metrics, PluginLabels};
 
@@ -48,6 +51,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The `http-client` backend.
     pub outbound: Outbound,
+    /// Spans and `traceparent` for outbound requests.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// The clock plugins read and TTLs run on.
     pub clock: Clock,
 }
@@ -62,6 +67,8 @@ pub struct HostState {
     shared: Arc<Shared>,
     /// The request the current call serves, for log lines.
     request_id: String,
+    /// The current call's span (its plugin step), parent of outbound request spans.
+    trace: opentelemetry::Context,
     /// Log events emitted during the current call.
     log_events: u32,
     /// Outbound requests made during the current call.
@@ -91,6 +98,7 @@ impl HostState {
             grants,
             shared,
             request_id: String::new(),
+            trace: opentelemetry::Context::new(),
             log_events: 0,
             http_requests: 0,
             started: Instant::now(),
@@ -99,11 +107,12 @@ impl HostState {
         }
     }
 
-    /// Resets per-call state before a call made for `request_id` with `budget` of running
-    /// time (the plugin's deadline).
-    pub(crate) fn begin_call(&mut self, request_id: &str, budget: Duration) {
+    /// Resets per-call state before a call made for `request_id` under the span `trace`
+    /// with `budget` of running time (the plugin's deadline).
+    pub(crate) fn begin_call(&mut self, request_id: &str, trace: &opentelemetry::Context, budget: Duration) {
         self.request_id.clear();
         self.request_id.push_str(request_id);
+        self.trace = trace.clone();
         self.log_events = 0;
         self.http_requests = 0;
         self.started = Instant::now();
@@ -251,7 +260,26 @@ impl http_client::Host for HostState {
         }
         let url = request.url.clone();
         let started = Instant::now();
-        let outcome = self.shared.outbound.send(&self.grants.origins, request).await;
+        let telemetry = &self.shared.telemetry;
+        let span = if telemetry.is_recording() {
+            let attributes = vec![
+                KeyValue::new("http.request.method", request.method.clone()),
+                KeyValue::new("server.address", outbound::host_of(&url)),
+                KeyValue::new("portcullis.plugin.id", self.grants.plugin_id.to_string()),
+            ];
+            telemetry.start(&self.trace, request.method.clone(), SpanKind::Client, attributes)
+        } else {
+            self.trace.clone()
+        };
+        let outcome = self.shared.outbound.send(&self.grants.origins, request, Some((telemetry, &span))).await;
+        match &outcome {
+            Ok(response) => {
+                let failed = if response.status >= 500 { SpanOutcome::Error } else { SpanOutcome::Ok };
+                let status = KeyValue::new("http.response.status_code", i64::from(response.status));
+                telemetry::end(&span, failed, "upstream 5xx", vec![status]);
+            }
+            Err(e) => telemetry::end(&span, SpanOutcome::Error, &format!("{e:?}"), Vec::new()),
+        }
         self.waited += started.elapsed();
         if let Err(e) = &outcome {
             tracing::debug!(plugin = %self.grants.plugin_id, request_id = %self.request_id, %url, error = ?e, "outbound request failed");

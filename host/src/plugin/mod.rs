@@ -358,7 +358,7 @@ impl StepPool {
             .await
             .map_err(|e| StepLoadError::Failed(PluginFailure::new(id, FailureKind::Unavailable(format!("{e:#}")))))?;
         let configure_deadline = (self.plugin.deadline * 10).max(Duration::from_secs(1));
-        instance.store.data_mut().begin_call("configure", configure_deadline);
+        instance.store.data_mut().begin_call("configure", &opentelemetry::Context::new(), configure_deadline);
         instance.store.set_epoch_deadline(LoadedPlugin::ticks(configure_deadline));
         if self.plugin.engine.fuel_metering() {
             instance.store.set_fuel(u64::MAX).map_err(|e| StepLoadError::Failed(PluginFailure::from_wasmtime(id, &e)))?;
@@ -378,14 +378,19 @@ impl StepPool {
     ///
     /// Errors: a [`PluginFailure`]: timeout, out of fuel or memory, trap, capability denied,
     /// breaker open, or no instance available within the deadline (all `max_instances` busy).
-    pub async fn call(&self, request_id: &str, call: Call<'_>) -> Result<(Reply, Settle<'_>), PluginFailure> {
+    pub async fn call(
+        &self,
+        request_id: &str,
+        trace: &opentelemetry::Context,
+        call: Call<'_>,
+    ) -> Result<(Reply, Settle<'_>), PluginFailure> {
         let plugin = &*self.plugin;
         let admission = plugin.breaker.admit(Instant::now());
         if admission == Admission::Refused {
             return Err(PluginFailure::new(&plugin.id, FailureKind::BreakerOpen));
         }
         let settle = Settle { plugin, probe: admission == Admission::Probe, settled: false };
-        match self.call_instance(request_id, call).await {
+        match self.call_instance(request_id, trace, call).await {
             Ok(reply) => Ok((reply, settle)),
             Err(failure) => {
                 settle.settle(false);
@@ -394,7 +399,12 @@ impl StepPool {
         }
     }
 
-    async fn call_instance(&self, request_id: &str, call: Call<'_>) -> Result<Reply, PluginFailure> {
+    async fn call_instance(
+        &self,
+        request_id: &str,
+        trace: &opentelemetry::Context,
+        call: Call<'_>,
+    ) -> Result<Reply, PluginFailure> {
         let id = &self.plugin.id;
         let _permit = tokio::time::timeout(self.plugin.deadline, self.permits.acquire())
             .await
@@ -412,7 +422,7 @@ impl StepPool {
                 ),
             })?,
         };
-        instance.store.data_mut().begin_call(request_id, self.plugin.deadline);
+        instance.store.data_mut().begin_call(request_id, trace, self.plugin.deadline);
         instance.store.set_epoch_deadline(LoadedPlugin::ticks(self.plugin.deadline));
         if let Some(fuel) = self.plugin.fuel {
             instance.store.set_fuel(fuel).map_err(|e| PluginFailure::from_wasmtime(id, &e))?;

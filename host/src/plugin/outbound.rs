@@ -16,6 +16,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::bindings::portcullis::plugin::http_client::{HttpError, OutboundRequest, OutboundResponse};
 use super::bindings::portcullis::plugin::types::Header;
+use crate::telemetry::Telemetry;
 
 /// Largest response body returned to a plugin, in bytes (1 MiB).
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -107,7 +108,14 @@ impl Outbound {
     /// TLS failure, or the connection broke), `timeout` (past the request's `timeout-ms`, default
     /// [`DEFAULT_TIMEOUT_MS`], capped at [`MAX_TIMEOUT_MS`]), `too-large` (a response body over
     /// [`MAX_RESPONSE_BYTES`]).
-    pub async fn send(&self, allowed: &[Origin], request: OutboundRequest) -> Result<OutboundResponse, HttpError> {
+    /// With `trace`, the request carries that span's `traceparent` (W3C Trace Context),
+    /// replacing any the plugin set.
+    pub async fn send(
+        &self,
+        allowed: &[Origin],
+        request: OutboundRequest,
+        trace: Option<(&Telemetry, &opentelemetry::Context)>,
+    ) -> Result<OutboundResponse, HttpError> {
         let uri: Uri = request.url.parse().map_err(|e| HttpError::InvalidRequest(format!("bad URL: {e}")))?;
         let origin = Origin::of(&uri)
             .ok_or_else(|| HttpError::InvalidRequest("the URL must be absolute http or https".into()))?;
@@ -130,9 +138,12 @@ impl Outbound {
                 .map_err(|_| HttpError::InvalidRequest(format!("bad value for header {}", h.name)))?;
             builder = builder.header(name, value);
         }
-        let outbound = builder
+        let mut outbound = builder
             .body(Full::new(Bytes::from(request.body)))
             .map_err(|e| HttpError::InvalidRequest(e.to_string()))?;
+        if let Some((telemetry, cx)) = trace {
+            telemetry.inject(cx, outbound.headers_mut());
+        }
         let timeout = Duration::from_millis(u64::from(request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS).min(MAX_TIMEOUT_MS)));
         let exchange = async {
             let response = self.client.request(outbound).await.map_err(|e| HttpError::Connect(error_chain(&e)))?;
@@ -153,6 +164,11 @@ impl Outbound {
         };
         tokio::time::timeout(timeout, exchange).await.map_err(|_| HttpError::Timeout)?
     }
+}
+
+/// The host of an absolute URL, or `-` (a span attribute; never the path or query).
+pub fn host_of(url: &str) -> String {
+    url.parse::<Uri>().ok().and_then(|u| u.host().map(str::to_owned)).unwrap_or_else(|| "-".to_owned())
 }
 
 /// The error and its sources, `a: b: c`, for the plugin's message.
@@ -192,9 +208,9 @@ mod tests {
             body: vec![],
             timeout_ms: Some(100),
         };
-        assert!(matches!(outbound.send(&allowed, request("http://127.0.0.2:9/")).await, Err(HttpError::NotAllowed(_))));
-        assert!(matches!(outbound.send(&allowed, request("https://127.0.0.1:9/")).await, Err(HttpError::NotAllowed(_))));
-        assert!(matches!(outbound.send(&allowed, request("/relative")).await, Err(HttpError::InvalidRequest(_))));
-        assert!(matches!(outbound.send(&allowed, request("http://127.0.0.1:9/")).await, Err(HttpError::Connect(_))));
+        assert!(matches!(outbound.send(&allowed, request("http://127.0.0.2:9/"), None).await, Err(HttpError::NotAllowed(_))));
+        assert!(matches!(outbound.send(&allowed, request("https://127.0.0.1:9/"), None).await, Err(HttpError::NotAllowed(_))));
+        assert!(matches!(outbound.send(&allowed, request("/relative"), None).await, Err(HttpError::InvalidRequest(_))));
+        assert!(matches!(outbound.send(&allowed, request("http://127.0.0.1:9/"), None).await, Err(HttpError::Connect(_))));
     }
 }

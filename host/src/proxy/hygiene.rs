@@ -20,7 +20,7 @@ use http::{HeaderMap, HeaderValue, header};
 use ipnet::IpNet;
 
 use super::path;
-use crate::config::model::{ListenerConfig, UnderscoreHeaders};
+use crate::config::model::{AcceptTraceContext, ListenerConfig, UnderscoreHeaders};
 use crate::error::GatewayError;
 
 /// A listener's hygiene settings, parsed once.
@@ -28,6 +28,7 @@ use crate::error::GatewayError;
 pub struct Hygiene {
     underscores: UnderscoreHeaders,
     trusted: Vec<IpNet>,
+    trace_context: AcceptTraceContext,
 }
 
 /// Parses `10.0.0.0/8` or a single address (a /32 or /128).
@@ -45,6 +46,16 @@ impl Hygiene {
         Hygiene {
             underscores: listener.headers_with_underscores,
             trusted: listener.trusted_proxies.iter().filter_map(|c| parse_cidr(c).ok()).collect(),
+            trace_context: listener.accept_trace_context,
+        }
+    }
+
+    /// Whether a request from `peer` may continue its caller's trace (`accept_trace_context`).
+    pub fn accepts_trace_context(&self, peer: IpAddr) -> bool {
+        match self.trace_context {
+            AcceptTraceContext::Always => true,
+            AcceptTraceContext::TrustedProxies => self.trusts(peer),
+            AcceptTraceContext::Never => false,
         }
     }
 
@@ -141,7 +152,7 @@ mod tests {
     use super::*;
 
     fn hygiene(trusted: &[&str], underscores: UnderscoreHeaders) -> Hygiene {
-        Hygiene { underscores, trusted: trusted.iter().map(|c| parse_cidr(c).unwrap()).collect() }
+        Hygiene { underscores, trusted: trusted.iter().map(|c| parse_cidr(c).unwrap()).collect(), trace_context: AcceptTraceContext::Always }
     }
 
     fn xff(value: &str) -> HeaderMap {

@@ -14,7 +14,10 @@ use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
 use crate::body::{Body, BodyEnd, BodyEndCell, Counted, LazyBody, Timed, boxed};
-use crate::chain::{ChainState, Verdict, add_rate_limit_headers};
+use crate::chain::{ChainState, Trace, Verdict, add_rate_limit_headers};
+use crate::telemetry::{self, SpanOutcome};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Context, KeyValue};
 use crate::error::GatewayError;
 use crate::plugin::bindings::exports::portcullis::plugin::logging::Exchange;
 use crate::plugin::bindings::portcullis::plugin::types::{Header, RequestHead};
@@ -52,6 +55,7 @@ struct Record {
     request_headers: Vec<Header>,
     route_index: Option<usize>,
     bytes_in: Arc<AtomicU64>,
+    trace: Trace,
 }
 
 /// Serves one request with `snapshot`. Never fails: every error becomes a problem response.
@@ -86,6 +90,7 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
 
     headers::strip_hop_by_hop(&mut parts.headers);
     snapshot.identity.strip(&mut parts.headers);
+    let trace = start_trace(&snapshot, &conn, &mut parts, &authority, route_index, &request_id);
     // Plugins see the headers as WIT records; routes without steps skip the conversion.
     let chain = route_index.map(|i| &snapshot.routes[i].chain);
     let has_steps = chain.is_some_and(|c| !c.steps().is_empty());
@@ -120,7 +125,7 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
             ended.set(end);
         }),
     );
-    let mut record = Record { started, start_ms, head, request_headers: logged_headers, route_index, bytes_in };
+    let mut record = Record { started, start_ms, head, request_headers: logged_headers, route_index, bytes_in, trace };
 
     let mut state = ChainState::default();
     let mut must_close = refused.is_some();
@@ -182,7 +187,8 @@ async fn forward(
     let limit = route.chain.body_limit().unwrap_or(0).min(conn.max_buffered_body_bytes).min(route.max_body_bytes);
     let mut body = LazyBody::new(body, limit);
     let head = &mut record.head;
-    match route.chain.on_request(head, &mut parts.headers, &mut body, &snapshot.identity, state).await {
+    let trace = &record.trace;
+    match route.chain.on_request(head, &mut parts.headers, &mut body, &snapshot.identity, state, trace).await {
         Err(e) => return (e.into_response(&request_id), None),
         Ok(Verdict::Respond(response)) => return (response, None),
         Ok(Verdict::Continue) => {}
@@ -211,20 +217,40 @@ async fn forward(
             return (e.into_response(&request_id), None);
         }
     };
+    let telemetry = &trace.telemetry;
+    let span = if telemetry.is_recording() {
+        let attributes = vec![
+            KeyValue::new("http.request.method", parts.method.to_string()),
+            KeyValue::new("server.address", endpoint.address.host().to_owned()),
+            KeyValue::new("server.port", i64::from(endpoint.address.port_u16().unwrap_or(0))),
+            KeyValue::new("portcullis.upstream", route.upstream.name().to_owned()),
+        ];
+        telemetry.start(&trace.cx, parts.method.to_string(), SpanKind::Client, attributes)
+    } else {
+        trace.cx.clone()
+    };
+    // The upstream continues the trace from this exchange's span; a client's `traceparent`
+    // that was not accepted was removed in `start_trace`.
+    telemetry.inject(&span, &mut parts.headers);
     let upstream_response = route.upstream.send(endpoint, Request::from_parts(parts, body)).await;
     let endpoint = &endpoint.address;
     let mut response = match upstream_response {
         Ok(response) => {
+            let status = response.status();
+            let outcome = if status.is_server_error() { SpanOutcome::Error } else { SpanOutcome::Ok };
+            let code = KeyValue::new("http.response.status_code", i64::from(status.as_u16()));
+            telemetry::end(&span, outcome, status.as_str(), vec![code]);
             let (mut response_parts, response_body) = response.into_parts();
             headers::strip_hop_by_hop(&mut response_parts.headers);
             Response::from_parts(response_parts, boxed(response_body))
         }
         Err(e) => {
+            telemetry::end(&span, SpanOutcome::Error, &e.to_string(), Vec::new());
             tracing::warn!(request_id = %request_id, route = %route.id, error = %e, "upstream request failed");
             return (e.into_response(&request_id), Some(endpoint.to_string()));
         }
     };
-    if let Err(e) = route.chain.on_response(head, &mut response, state).await {
+    if let Err(e) = route.chain.on_response(head, &mut response, state, trace).await {
         response = e.into_response(&request_id);
     }
     (response, Some(endpoint.to_string()))
@@ -248,9 +274,24 @@ fn finish(
     let head = record.head;
     snapshot.metrics.request_finished(&head.route, &head.method, status, elapsed);
     let bytes_in = record.bytes_in.load(Ordering::Relaxed);
+    let subject = state.identity.as_ref().map_or("-", |i| i.subject.as_str());
+    let trace = record.trace;
+    if trace.telemetry.is_recording() {
+        let outcome = if status >= 500 { SpanOutcome::Error } else { SpanOutcome::Ok };
+        let mut attributes = vec![
+            KeyValue::new("http.response.status_code", i64::from(status)),
+            KeyValue::new("portcullis.response.complete", complete),
+        ];
+        if subject != "-" {
+            attributes.push(KeyValue::new("enduser.id", subject.to_owned()));
+        }
+        telemetry::end(&trace.cx, outcome, "server error", attributes);
+    }
     tracing::info!(
         target: "portcullis::access",
         request_id = %head.request_id,
+        trace_id = %telemetry::trace_id(&trace.cx),
+        span_id = %telemetry::span_id(&trace.cx),
         route = %head.route,
         method = %head.method,
         path = %head.path,
@@ -259,7 +300,7 @@ fn finish(
         bytes_in,
         bytes_out,
         endpoint = endpoint.as_deref().unwrap_or("-"),
-        subject = state.identity.as_ref().map_or("-", |i| i.subject.as_str()),
+        subject,
         complete,
         "request"
     );
@@ -290,8 +331,59 @@ fn finish(
     // were ever dropped elsewhere, the record is dropped rather than panicking.
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
-            snapshot.routes[index].chain.observe(&exchange).await;
+            snapshot.routes[index].chain.observe(&exchange, &trace).await;
         });
+    }
+}
+
+/// Starts the request's trace: the client's W3C trace context when the listener accepts it
+/// from this peer (otherwise its `traceparent` and `tracestate` are removed, so neither plugins
+/// nor the upstream see them), and the request span under it.
+fn start_trace(
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    parts: &mut http::request::Parts,
+    authority: &str,
+    route_index: Option<usize>,
+    request_id: &str,
+) -> Trace {
+    let telemetry = snapshot.telemetry.clone();
+    let parent = if conn.hygiene.accepts_trace_context(conn.peer.ip()) {
+        telemetry.extract(&parts.headers)
+    } else {
+        parts.headers.remove("traceparent");
+        parts.headers.remove("tracestate");
+        Context::new()
+    };
+    let route = route_index.map_or("-", |i| &*snapshot.routes[i].id);
+    let (name, attributes) = if telemetry.is_recording() {
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", parts.method.to_string()),
+            KeyValue::new("url.scheme", conn.scheme),
+            KeyValue::new("url.path", parts.uri.path().to_owned()),
+            KeyValue::new("server.address", host_of(authority)),
+            KeyValue::new("client.address", conn.peer.ip().to_string()),
+            KeyValue::new("network.protocol.version", protocol_version(parts.version)),
+            KeyValue::new("portcullis.route", route.to_owned()),
+            KeyValue::new("portcullis.request_id", request_id.to_owned()),
+        ];
+        if let Some(agent) = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+            attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
+        }
+        (format!("{} {route}", parts.method), attributes)
+    } else {
+        (String::new(), Vec::new())
+    };
+    let cx = telemetry.start_request(&parent, name, attributes);
+    Trace { telemetry, cx }
+}
+
+fn protocol_version(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
     }
 }
 
