@@ -26,7 +26,8 @@ pub(crate) enum Guest {
     Filter(filter::Guest),
 }
 
-/// A call the chain makes, by kind.
+/// A call the chain makes, by kind (borrows only, so it is `Copy`).
+#[derive(Clone, Copy)]
 pub enum Call<'a> {
     /// `auth.authenticate`
     Authenticate(&'a RequestHead),

@@ -3,6 +3,7 @@
 use portcullis_sdk::Identity;
 use serde_json::Value;
 
+use crate::verified::Window;
 use crate::{Issuer, Refusal};
 
 /// Checks `claims` for `config`'s issuer at `now_s`, allowing `leeway_seconds` of clock skew,
@@ -45,6 +46,16 @@ pub(crate) fn check(config: &Issuer, leeway_seconds: u64, claims: &Value, now_s:
     let roles = lookup(claims, &config.roles_claim).map(strings).unwrap_or_default();
     let scopes = claims.get("scope").or_else(|| claims.get("scp")).map(strings).unwrap_or_default();
     Ok(Identity::new(subject).with_issuer(issuer).with_roles(roles).with_scopes(scopes))
+}
+
+/// The seconds in which claims that passed [`check`] keep passing it: from `nbf` and `iat`
+/// (the later, minus the leeway) to `exp` plus the leeway.
+pub(crate) fn window(leeway_seconds: u64, claims: &Value) -> Window {
+    let leeway = i64::try_from(leeway_seconds).unwrap_or(i64::MAX);
+    let date = |name| numeric_date(claims, name).ok().flatten();
+    let from_s = date("nbf").max(date("iat")).map_or(i64::MIN, |t| t.saturating_sub(leeway));
+    let until_s = date("exp").map_or(i64::MIN, |t| t.saturating_add(leeway));
+    Window { from_s, until_s }
 }
 
 /// A NumericDate claim (RFC 7519 §2): absent, or a JSON number of seconds. Any other type is

@@ -108,6 +108,11 @@ impl Local {
         kid.is_none_or(|kid| self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)))
     }
 
+    /// When this copy stops being fresh, in ms since the Unix epoch (0 before the first one).
+    pub(crate) fn fresh_until_ms(&self) -> u64 {
+        self.fetched_ms.saturating_add(self.max_age_ms)
+    }
+
     /// The keys in use.
     pub(crate) fn keys(&self) -> &[Key] {
         &self.keys

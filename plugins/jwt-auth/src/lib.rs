@@ -142,6 +142,10 @@ pub struct Config {
     /// JWKS URL caching.
     #[serde(default)]
     pub jwks_cache: jwks::CacheConfig,
+    /// Verified tokens remembered per instance, keyed by their SHA-256, so a token seen again
+    /// skips the signature check; `0` turns the cache off.
+    #[serde(default = "defaults::verified_cache_entries")]
+    pub verified_cache_entries: usize,
 }
 
 mod defaults {
@@ -156,6 +160,9 @@ mod defaults {
     }
     pub fn max_token_bytes() -> usize {
         8 * 1024
+    }
+    pub fn verified_cache_entries() -> usize {
+        10_000
     }
     pub fn realm() -> String {
         "portcullis".into()
@@ -181,6 +188,8 @@ pub struct JwtAuth {
     issuers: Vec<Issuer>,
     /// Keys fetched from each issuer's `jwks_url`, parsed once per document version.
     remote_keys: RefCell<Vec<jwks::Local>>,
+    /// Tokens verified by this instance and the identity they gave.
+    verified: RefCell<verified::Cache>,
 }
 
 impl Plugin for JwtAuth {
@@ -225,7 +234,8 @@ impl Plugin for JwtAuth {
         }
         config.jwks_cache.check()?;
         let remote_keys = RefCell::new(issuers.iter().map(|_| jwks::Local::default()).collect());
-        Ok(JwtAuth { config, issuers, remote_keys })
+        let verified = RefCell::new(verified::Cache::new(config.verified_cache_entries));
+        Ok(JwtAuth { config, issuers, remote_keys, verified })
     }
 }
 
@@ -296,11 +306,31 @@ impl JwtAuth {
     /// fetched from its `jwks_url` and cached) must verify the signature before any claim is
     /// trusted.
     ///
+    /// A token this instance verified before is answered from the verified-token cache while
+    /// `now_s` is inside its validity window (and, for keys from a `jwks_url`, while the copy
+    /// of the document that verified it is fresh), without the signature check.
+    ///
     /// Errors: the [`Refusal`] the client is told.
     pub fn verify(&self, token: &str, now_s: i64) -> Result<Identity, Refusal> {
         if token.len() > self.config.max_token_bytes {
             return Err(Refusal::TooLarge);
         }
+        let digest = self.verified.borrow().enabled().then(|| verified::digest(token));
+        if let Some(digest) = &digest
+            && let Some(identity) = self.verified.borrow_mut().get(digest, now_s)
+        {
+            return Ok(identity);
+        }
+        let (identity, window) = self.verify_signed(token, now_s)?;
+        if let Some(digest) = digest {
+            self.verified.borrow_mut().insert(digest, identity.clone(), window, now_s);
+        }
+        Ok(identity)
+    }
+
+    /// The signature and claims check behind [`JwtAuth::verify`]: the identity and the window
+    /// (seconds) in which the same token would verify again.
+    fn verify_signed(&self, token: &str, now_s: i64) -> Result<(Identity, verified::Window), Refusal> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Malformed)?;
         if header.jwk.is_some() || header.jku.is_some() || header.x5u.is_some() || header.x5c.is_some() {
             return Err(Refusal::Invalid);
@@ -314,16 +344,23 @@ impl JwtAuth {
             .ok_or(Refusal::ClaimsRejected)?;
         let matches = |k: &&keys::Key| k.alg == header.alg && (k.kid.is_none() || header.kid.is_none() || k.kid == header.kid);
         let mut claims = issuer.keys.iter().filter(matches).find_map(|k| k.verify(token));
+        // A token verified by a fetched key is remembered only while that copy is fresh: a key
+        // removed from the JWKS stops verifying once the next copy is adopted.
+        let mut keys_fresh_until_s = i64::MAX;
         if claims.is_none() {
             if let Some(remote) = &issuer.remote {
                 let mut cache = self.remote_keys.borrow_mut();
                 let local = &mut cache[index];
                 remote.refresh(local, header.kid.as_deref(), portcullis_sdk::now_ms());
                 claims = local.keys().iter().filter(matches).find_map(|k| k.verify(token));
+                keys_fresh_until_s = i64::try_from(local.fresh_until_ms() / 1000).unwrap_or(i64::MAX);
             }
         }
         let claims = claims.ok_or(Refusal::Invalid)?;
-        claims::check(issuer, self.config.leeway_seconds, &claims, now_s)
+        let identity = claims::check(issuer, self.config.leeway_seconds, &claims, now_s)?;
+        let mut window = claims::window(self.config.leeway_seconds, &claims);
+        window.until_s = window.until_s.min(keys_fresh_until_s);
+        Ok((identity, window))
     }
 
     /// The token from the first configured source that has one.
@@ -378,6 +415,8 @@ fn unverified_issuer(token: &str) -> Option<String> {
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     claims.get("iss")?.as_str().map(str::to_owned)
 }
+
+mod verified;
 
 portcullis_sdk::export_auth!(JwtAuth);
 

@@ -344,3 +344,38 @@ fn jwt_jwks_url_is_cached_refetched_on_rotation_after_a_cooldown_and_kept_stale_
     testing::advance_ms(10_001);
     assert!(now_s(&p, "k1").is_ok());
 }
+
+#[test]
+fn jwt_remembers_verified_tokens_only_inside_their_window() {
+    let p = plugin();
+    let token = rs256(&claims());
+    assert!(p.verify(&token, NOW).is_ok());
+    assert_eq!(p.verified.borrow().len(), 1);
+    assert_eq!(p.verify(&token, NOW + 1).unwrap().roles, ["reader", "writer"], "answered from the cache");
+    // A different string (one signature character changed) never matches a cached entry.
+    let mut forged = token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(p.verify(&forged, NOW + 1).unwrap_err(), Refusal::Invalid);
+    // Outside the window (exp + 30 s leeway, iat - 30 s) the token is checked again.
+    assert_eq!(p.verify(&token, NOW + 631).unwrap_err(), Refusal::Expired);
+    assert_eq!(p.verified.borrow().len(), 0, "the expired entry is gone");
+    assert_eq!(p.verify(&token, NOW - 31).unwrap_err(), Refusal::NotYetValid);
+    assert!(p.verify(&token, NOW + 630).is_ok(), "the last second of the leeway");
+}
+
+#[test]
+fn jwt_verified_cache_is_bounded_and_can_be_turned_off() {
+    let config = json!({ "issuer": "https://issuer.test", "audiences": ["api"], "jwks": JWKS, "verified_cache_entries": 2 });
+    let p: JwtAuth = testing::configure(&config.to_string()).unwrap();
+    for sub in ["a", "b", "c"] {
+        let mut c = claims();
+        c["sub"] = json!(sub);
+        assert_eq!(p.verify(&rs256(&c), NOW).unwrap().subject, sub);
+        assert!(p.verified.borrow().len() <= 2);
+    }
+    let config = json!({ "issuer": "https://issuer.test", "audiences": ["api"], "jwks": JWKS, "verified_cache_entries": 0 });
+    let off: JwtAuth = testing::configure(&config.to_string()).unwrap();
+    assert!(off.verify(&rs256(&claims()), NOW).is_ok());
+    assert_eq!(off.verified.borrow().len(), 0);
+}
