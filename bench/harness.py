@@ -18,7 +18,7 @@ Measured per contender:
   over the throughput rounds), in microseconds;
 - peak RSS (VmHWM from /proc/PID/status, summed over the server's processes).
 And for Portcullis alone: idle RSS with the quickstart configuration and with 1,000 routes
-sharing the first-party plugins.
+sharing the first-party plugins, 20 s after start (steady state).
 
 Results replace the section between the markers in docs/BENCHMARKS.md.
 """
@@ -405,7 +405,9 @@ def main() -> None:
         if not port_free(port):
             raise SystemExit(f"bench: port {port} is in use")
         server = start_portcullis("idle", conf, port)
-        time.sleep(2)
+        # Steady state: what loading freed is returned to the system by jemalloc's background
+        # thread within its 10 s decay time.
+        time.sleep(20)
         idle[label] = server.rss_mib()
         server.stop()
 
