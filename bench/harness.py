@@ -2,7 +2,7 @@
 """Portcullis side by side with nginx and HAProxy, on loopback, in one run.
 
 Started by bench/run after it installed and built everything. Every contender serves the same
-request (POST /api/orders, a 57-byte JSON body, a bearer token) from the same fixed upstream
+request (POST /api/orders, a 58-byte JSON body, a bearer token) from the same fixed upstream
 (nginx answering 200 with a small JSON body), with one worker each, keep-alive on both sides,
 access logs off. The server under test runs on core 0; the load generator and the upstream on
 core 1. Throughput rounds are interleaved (every contender once per round, in turn) so that

@@ -77,7 +77,7 @@ fn plugin_calls(c: &mut Criterion) {
         status: 200,
         start_ms: 1,
         duration_us: 350,
-        bytes_in: 57,
+        bytes_in: 58,
         bytes_out: 120,
         request_headers: authed.headers.clone(),
         response_headers: vec![],
