@@ -13,6 +13,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Context, KeyValue};
 
 use crate::body::{Body, LazyBody, full};
 use crate::config::{FailurePolicy, PluginKind};
@@ -28,10 +30,8 @@ use crate::plugin::bindings::portcullis::plugin::types::{
     HeaderEdits, Identity, LocalResponse, RequestHead, ResponseHead,
 };
 use crate::plugin::{Call, CallPhase, FailureKind, LoadedPlugin, PluginFailure, Reply, StepPool};
-use crate::telemetry::{self, SpanOutcome, Telemetry};
-use opentelemetry::trace::SpanKind;
-use opentelemetry::{Context, KeyValue};
 use crate::proxy::headers::{self, IdentityHeaders};
+use crate::telemetry::{self, SpanOutcome, Telemetry};
 
 /// Largest local response body a plugin may return, in bytes.
 pub const MAX_LOCAL_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -431,15 +431,14 @@ impl Trace {
     /// The span of one call of `plugin` in `phase` (`request`, `response`, `observe`); without
     /// export, the request's context.
     fn step(&self, plugin: &LoadedPlugin, phase: &'static str) -> Context {
-        if !self.telemetry.is_recording() {
-            return self.cx.clone();
-        }
-        let attributes = vec![
-            KeyValue::new("portcullis.plugin.id", plugin.id.to_string()),
-            KeyValue::new("portcullis.plugin.kind", plugin.kind.to_string()),
-            KeyValue::new("portcullis.plugin.phase", phase),
-        ];
-        self.telemetry.start(&self.cx, format!("plugin {}", plugin.id), SpanKind::Internal, attributes)
+        self.telemetry.start(&self.cx, SpanKind::Internal, || {
+            let attributes = vec![
+                KeyValue::new("portcullis.plugin.id", plugin.id.to_string()),
+                KeyValue::new("portcullis.plugin.kind", plugin.kind.to_string()),
+                KeyValue::new("portcullis.plugin.phase", phase),
+            ];
+            (format!("plugin {}", plugin.id), attributes)
+        })
     }
 
     /// Ends a step's span with its decision (a failed step's span was ended by [`fail`]).

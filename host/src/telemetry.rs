@@ -381,9 +381,10 @@ impl Telemetry {
 
     /// Starts the request's span under `parent` (from [`Telemetry::extract`], possibly empty).
     /// Without export: `parent` itself when valid, else a new unsampled root context.
-    pub fn start_request(&self, parent: &Context, name: String, attributes: Vec<KeyValue>) -> Context {
+    /// `describe` gives the span's name and attributes; it runs only when spans are recorded.
+    pub fn start_request(&self, parent: &Context, describe: impl FnOnce() -> (String, Vec<KeyValue>)) -> Context {
         match &self.tracer {
-            Some(_) => self.start(parent, name, SpanKind::Server, attributes),
+            Some(_) => self.start(parent, SpanKind::Server, describe),
             None if parent.span().span_context().is_valid() => parent.clone(),
             None => {
                 let root = SpanContext::new(
@@ -398,15 +399,16 @@ impl Telemetry {
         }
     }
 
-    /// Starts a child span of `parent`; without export, returns `parent`.
-    pub fn start(&self, parent: &Context, name: String, kind: SpanKind, attributes: Vec<KeyValue>) -> Context {
+    /// Starts a child span of `parent` named and described by `describe`; without export,
+    /// returns `parent` and never calls `describe` (no attribute is built on that path).
+    pub fn start(&self, parent: &Context, kind: SpanKind, describe: impl FnOnce() -> (String, Vec<KeyValue>)) -> Context {
         let Some((_, tracer)) = &self.tracer else { return parent.clone() };
+        let (name, attributes) = describe();
         let span = tracer.span_builder(name).with_kind(kind).with_attributes(attributes).start_with_context(tracer, parent);
         parent.with_span(span)
     }
 
-    /// Whether spans are recorded at all (export is configured). Callers skip building
-    /// attributes when not.
+    /// Whether spans are recorded at all (export is configured).
     pub fn is_recording(&self) -> bool {
         self.tracer.is_some()
     }
@@ -610,13 +612,13 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
         let parent = telemetry.extract(&headers);
-        let cx = telemetry.start_request(&parent, "GET r".into(), Vec::new());
+        let cx = telemetry.start_request(&parent, || ("GET r".into(), Vec::new()));
         assert_eq!(trace_id(&cx), "4bf92f3577b34da6a3ce929d0e0e4736");
         let mut out = HeaderMap::new();
         telemetry.inject(&cx, &mut out);
         assert_eq!(out["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
 
-        let fresh = telemetry.start_request(&telemetry.extract(&HeaderMap::new()), "GET r".into(), Vec::new());
+        let fresh = telemetry.start_request(&telemetry.extract(&HeaderMap::new()), || ("GET r".into(), Vec::new()));
         assert_eq!(trace_id(&fresh).len(), 32);
         telemetry.inject(&fresh, &mut out);
         let written = out["traceparent"].to_str().unwrap();

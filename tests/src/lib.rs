@@ -232,6 +232,16 @@ failure_policy = "fail-open"
     )
 }
 
+/// A `[plugin.ID]` table for the component built from plugin crate `crate_name` (e.g.
+/// `jwt_auth`), an auth plugin granted `http-client` and `kv` and allowed to reach
+/// `http://{origin}` only: for steps that fetch from a test server.
+pub fn outbound_auth_plugin(id: &str, crate_name: &str, origin: SocketAddr) -> String {
+    format!(
+        "\n[plugin.{id}]\npath = \"{}\"\nkind = \"auth\"\ncapabilities = [\"http-client\", \"kv\"]\nallowed_origins = [\"http://{origin}\"]\n",
+        plugin(crate_name).display()
+    )
+}
+
 /// The quickstart's jwt-auth step configuration (inline TOML table), reading the JWKS file by
 /// absolute path.
 pub const JWT_CONFIG: &str = r#"{ issuer = "https://demo.portcullis.invalid", audiences = ["portcullis-demo"], jwks = { "$file" = "{JWKS}" } }"#;

@@ -210,16 +210,7 @@ async fn oauth2_introspection_authenticates_caches_and_reports_an_unreachable_se
     let calls = Arc::new(AtomicU32::new(0));
     let down = Arc::new(AtomicBool::new(false));
     let (server, task) = introspection_server(calls.clone(), down.clone()).await;
-    let extra = format!(
-        r#"
-[plugin.introspect]
-path = "{}"
-kind = "auth"
-capabilities = ["http-client", "kv"]
-allowed_origins = ["http://{server}"]
-"#,
-        portcullis_e2e::plugin("oauth2_introspection").display()
-    );
+    let extra = portcullis_e2e::outbound_auth_plugin("introspect", "oauth2_introspection", server);
     let step = format!(r#"{{ endpoint = "http://{server}/introspect", client_id = "gateway", client_secret = "s3cret" }}"#);
     let routes = route("api", "/api/", &[("introspect", Some(&step))]);
     let gw = TestGateway::start(&config_with(upstream, &extra, &routes)).await;
@@ -284,16 +275,7 @@ async fn jwt_jwks_url_rotation_stale_keys_and_an_endpoint_outage() {
         })
         .await
     };
-    let extra = format!(
-        r#"
-[plugin.jwt-remote]
-path = "{}"
-kind = "auth"
-capabilities = ["http-client", "kv"]
-allowed_origins = ["http://{server}"]
-"#,
-        portcullis_e2e::plugin("jwt_auth").display()
-    );
+    let extra = portcullis_e2e::outbound_auth_plugin("jwt-remote", "jwt_auth", server);
     let step = format!(
         r#"{{ issuer = "https://demo.portcullis.invalid", jwks_url = "http://{server}/jwks.json", jwks_cache = {{ max_age_ms = 60000, refetch_cooldown_ms = 10000, max_stale_ms = 120000 }}, max_token_bytes = 4096 }}"#
     );

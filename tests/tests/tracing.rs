@@ -37,7 +37,10 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 
 /// A local OTLP/HTTP receiver: every span of every `POST /v1/traces`, and each request's
 /// content type.
-async fn otlp_receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<Span>>>, Arc<Mutex<Vec<String>>>) {
+/// What the receiver collected: spans, and each request's content type.
+type Received = (Arc<Mutex<Vec<Span>>>, Arc<Mutex<Vec<String>>>);
+
+async fn otlp_receiver() -> (std::net::SocketAddr, Received) {
     let spans = Arc::new(Mutex::new(Vec::new()));
     let content_types = Arc::new(Mutex::new(Vec::new()));
     let (received, types) = (spans.clone(), content_types.clone());
@@ -66,7 +69,7 @@ async fn otlp_receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<Span>>>, Arc<Mu
         (200, "application/x-protobuf", String::new())
     })
     .await;
-    (addr, spans, content_types)
+    (addr, (spans, content_types))
 }
 
 /// An engine exporting to `receiver` as the standard variables would configure it.
@@ -107,16 +110,7 @@ async fn jwks_server() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
 }
 
 fn remote_jwt(jwks: std::net::SocketAddr) -> (String, String) {
-    let extra = format!(
-        r#"
-[plugin.jwt-remote]
-path = "{}"
-kind = "auth"
-capabilities = ["kv", "http-client"]
-allowed_origins = ["http://{jwks}"]
-"#,
-        portcullis_e2e::plugin("jwt_auth").display()
-    );
+    let extra = portcullis_e2e::outbound_auth_plugin("jwt-remote", "jwt_auth", jwks);
     let step = format!(r#"{{ issuer = "https://demo.portcullis.invalid", jwks_url = "http://{jwks}/jwks.json" }}"#);
     (extra, step)
 }
@@ -124,7 +118,7 @@ allowed_origins = ["http://{jwks}"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_exports_its_span_tree_and_carries_the_trace_to_the_upstream_and_plugin_calls() {
     capture_logs();
-    let (receiver, spans, content_types) = otlp_receiver().await;
+    let (receiver, (spans, content_types)) = otlp_receiver().await;
     let (jwks, jwks_parents) = jwks_server().await;
     let upstream = echo_upstream().await;
     let (extra, step) = remote_jwt(jwks);
@@ -205,7 +199,7 @@ async fn a_request_exports_its_span_tree_and_carries_the_trace_to_the_upstream_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_trace_context_is_ignored_where_the_listener_does_not_accept_it() {
-    let (receiver, spans, _) = otlp_receiver().await;
+    let (receiver, (spans, _)) = otlp_receiver().await;
     let upstream = echo_upstream().await;
     let config = config_with(upstream, "", &route("open", "/", &[])).replacen(
         "[[listener]]\naddress = \"127.0.0.1:0\"",

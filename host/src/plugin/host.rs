@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -17,11 +19,9 @@ use super::clock::Clock;
 use super::failure::CapabilityDenied;
 use super::kv::{KvError as StoreError, KvStore};
 use super::outbound::{self, MAX_REQUESTS_PER_CALL, Origin, Outbound};
-use crate::telemetry::{self, SpanOutcome};
-use opentelemetry::KeyValue;
-use opentelemetry::trace::SpanKind;
 use crate::config::Capability;
 use crate::metrics::{Metrics, PluginLabels};
+use crate::telemetry::{self, SpanOutcome};
 
 /// Longest log message kept from a plugin, in bytes; longer ones are truncated.
 pub const MAX_LOG_MESSAGE_BYTES: usize = 16 * 1024;
@@ -261,16 +261,14 @@ impl http_client::Host for HostState {
         let url = request.url.clone();
         let started = Instant::now();
         let telemetry = &self.shared.telemetry;
-        let span = if telemetry.is_recording() {
+        let span = telemetry.start(&self.trace, SpanKind::Client, || {
             let attributes = vec![
                 KeyValue::new("http.request.method", request.method.clone()),
                 KeyValue::new("server.address", outbound::host_of(&url)),
                 KeyValue::new("portcullis.plugin.id", self.grants.plugin_id.to_string()),
             ];
-            telemetry.start(&self.trace, request.method.clone(), SpanKind::Client, attributes)
-        } else {
-            self.trace.clone()
-        };
+            (request.method.clone(), attributes)
+        });
         let outcome = self.shared.outbound.send(&self.grants.origins, request, Some((telemetry, &span))).await;
         match &outcome {
             Ok(response) => {
@@ -300,3 +298,4 @@ impl audit::Host for HostState {
         }))
     }
 }
+

@@ -12,16 +12,16 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Context, KeyValue};
 
 use crate::body::{Body, BodyEnd, BodyEndCell, Counted, LazyBody, Timed, boxed};
 use crate::chain::{ChainState, Trace, Verdict, add_rate_limit_headers};
-use crate::telemetry::{self, SpanOutcome};
-use opentelemetry::trace::SpanKind;
-use opentelemetry::{Context, KeyValue};
 use crate::error::GatewayError;
 use crate::plugin::bindings::exports::portcullis::plugin::logging::Exchange;
 use crate::plugin::bindings::portcullis::plugin::types::{Header, RequestHead};
 use crate::snapshot::Snapshot;
+use crate::telemetry::{self, SpanOutcome};
 
 /// A verified client certificate as plugins see it (WIT `client-cert`).
 pub use crate::plugin::bindings::portcullis::plugin::types::ClientCert;
@@ -218,17 +218,15 @@ async fn forward(
         }
     };
     let telemetry = &trace.telemetry;
-    let span = if telemetry.is_recording() {
+    let span = telemetry.start(&trace.cx, SpanKind::Client, || {
         let attributes = vec![
             KeyValue::new("http.request.method", parts.method.to_string()),
             KeyValue::new("server.address", endpoint.address.host().to_owned()),
             KeyValue::new("server.port", i64::from(endpoint.address.port_u16().unwrap_or(0))),
             KeyValue::new("portcullis.upstream", route.upstream.name().to_owned()),
         ];
-        telemetry.start(&trace.cx, parts.method.to_string(), SpanKind::Client, attributes)
-    } else {
-        trace.cx.clone()
-    };
+        (parts.method.to_string(), attributes)
+    });
     // The upstream continues the trace from this exchange's span; a client's `traceparent`
     // that was not accepted was removed in `start_trace`.
     telemetry.inject(&span, &mut parts.headers);
@@ -356,7 +354,7 @@ fn start_trace(
         Context::new()
     };
     let route = route_index.map_or("-", |i| &*snapshot.routes[i].id);
-    let (name, attributes) = if telemetry.is_recording() {
+    let cx = telemetry.start_request(&parent, || {
         let mut attributes = vec![
             KeyValue::new("http.request.method", parts.method.to_string()),
             KeyValue::new("url.scheme", conn.scheme),
@@ -371,10 +369,7 @@ fn start_trace(
             attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
         }
         (format!("{} {route}", parts.method), attributes)
-    } else {
-        (String::new(), Vec::new())
-    };
-    let cx = telemetry.start_request(&parent, name, attributes);
+    });
     Trace { telemetry, cx }
 }
 
