@@ -17,9 +17,7 @@ fn main() {
     let mut resolve = wit_parser::Resolve::default();
     let (package, _) = resolve.push_path(&wit).unwrap_or_else(|e| panic!("parsing {}: {e:#}", wit.display()));
     for world in KIND_WORLDS {
-        let id = resolve
-            .select_world(&[package], Some(world))
-            .unwrap_or_else(|e| panic!("world {world}: {e:#}"));
+        let id = resolve.select_world(&[package], Some(world)).unwrap_or_else(|e| panic!("world {world}: {e:#}"));
         let bytes = wit_component::metadata::encode(&resolve, id, wit_component::StringEncoding::UTF8, None)
             .unwrap_or_else(|e| panic!("encoding world {world}: {e:#}"));
         std::fs::write(out.join(format!("{world}.component-type")), bytes).expect("writing OUT_DIR");

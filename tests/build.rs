@@ -44,7 +44,10 @@ fn main() {
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET");
     let status = build.status().expect("running cargo to build the test plugins");
-    assert!(status.success(), "building the plugins for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)");
+    assert!(
+        status.success(),
+        "building the plugins for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)"
+    );
     let dir = target_dir.join("wasm32-wasip2").join("plugin");
     println!("cargo:rustc-env=PORTCULLIS_PLUGIN_DIR={}", dir.display());
 }

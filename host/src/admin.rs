@@ -135,7 +135,8 @@ fn refresh_gauges(snapshot: &Snapshot, metrics: &Metrics) {
             metrics.endpoint_available.get_or_create(&labels).set(i64::from(endpoint.health.is_available()));
         }
     }
-    let mut counts: std::collections::BTreeMap<&str, (usize, usize)> = snapshot.plugins.keys().map(|id| (id.as_str(), (0, 0))).collect();
+    let mut counts: std::collections::BTreeMap<&str, (usize, usize)> =
+        snapshot.plugins.keys().map(|id| (id.as_str(), (0, 0))).collect();
     let mut seen = std::collections::HashSet::new();
     for step in snapshot.routes.iter().flat_map(|r| r.chain.steps()) {
         if !seen.insert(Arc::as_ptr(&step.pool)) {

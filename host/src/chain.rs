@@ -272,7 +272,8 @@ impl Chain {
             if plugin.kind != PluginKind::Filter {
                 continue;
             }
-            let seen = ResponseHead { status: response.status().as_u16(), headers: headers::to_wit(response.headers()) };
+            let seen =
+                ResponseHead { status: response.status().as_u16(), headers: headers::to_wit(response.headers()) };
             let started = Instant::now();
             let call = Call::OnResponse(head, state.identity.as_ref(), &seen);
             let invalid = |e: String| PluginFailure::new(&plugin.id, FailureKind::InvalidOutput(e));
@@ -280,9 +281,11 @@ impl Chain {
             let outcome = match step.pool.call(&head.request_id, &span, call).await {
                 Ok((reply, settle)) => {
                     let applied = match reply {
-                        Reply::Filter(FilterAction::Continue(edits)) => headers::apply_edits(response.headers_mut(), &edits, None)
-                            .map(|()| "continue")
-                            .map_err(|e| invalid(e.to_string())),
+                        Reply::Filter(FilterAction::Continue(edits)) => {
+                            headers::apply_edits(response.headers_mut(), &edits, None)
+                                .map(|()| "continue")
+                                .map_err(|e| invalid(e.to_string()))
+                        }
                         Reply::Filter(FilterAction::Respond(local)) => {
                             local_response(local).map(|r| *response = r).map(|()| "respond").map_err(invalid)
                         }
@@ -334,9 +337,14 @@ impl Chain {
                     Trace::end_step(&span, "observed");
                 }
                 Err(failure) => {
-                    telemetry::end(&span, SpanOutcome::Error, failure.kind.label(), vec![KeyValue::new(DECISION, "failed")]);
+                    telemetry::end(
+                        &span,
+                        SpanOutcome::Error,
+                        failure.kind.label(),
+                        vec![KeyValue::new(DECISION, "failed")],
+                    );
                     plugin.count_failure(&failure);
-                tracing::warn!(
+                    tracing::warn!(
                     plugin = %plugin.id, kind = failure.kind.label(), request_id = %exchange.request_id,
                     detail = %failure.detail, "logging plugin failed"
                     );
@@ -384,7 +392,10 @@ pub fn local_response(local: LocalResponse) -> Result<Response<Body>, String> {
 
 /// Policy names become structured-field strings: keep them to visible ASCII without `"` or `\`.
 fn check_quotas(quotas: &[Quota]) -> Result<(), String> {
-    match quotas.iter().find(|q| q.policy.is_empty() || !q.policy.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')) {
+    match quotas
+        .iter()
+        .find(|q| q.policy.is_empty() || !q.policy.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'))
+    {
         Some(q) => Err(format!("quota policy name {:?} is not a plain token", q.policy)),
         None => Ok(()),
     }

@@ -117,7 +117,9 @@ impl GatewayError {
             GatewayError::RequestTimeout(_) => "The request body was not received in time.".into(),
             GatewayError::UpstreamFailed { .. } => "The upstream service could not be reached.".into(),
             GatewayError::UpstreamTimeout { .. } => "The upstream service did not answer in time.".into(),
-            GatewayError::NoHealthyUpstream { .. } => "No healthy instance of the upstream service is available.".into(),
+            GatewayError::NoHealthyUpstream { .. } => {
+                "No healthy instance of the upstream service is available.".into()
+            }
         }
     }
 
@@ -149,8 +151,6 @@ pub fn problem(
     }
     let mut response = Response::new(full(Bytes::from(doc.to_string())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     response
 }

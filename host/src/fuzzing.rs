@@ -114,7 +114,12 @@ pub fn routing(data: &[u8]) {
 ///   `content-length`.
 pub fn plugin_output(data: &[u8]) {
     let status = u16::from_be_bytes([data.first().copied().unwrap_or(0), data.get(1).copied().unwrap_or(0)]);
-    let parts: Vec<String> = data.get(2..).unwrap_or_default().split(|&b| b == 0xff).map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+    let parts: Vec<String> = data
+        .get(2..)
+        .unwrap_or_default()
+        .split(|&b| b == 0xff)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
     let headers: Vec<Header> =
         parts.chunks_exact(2).map(|pair| Header { name: pair[0].clone(), value: pair[1].clone() }).collect();
     let body = parts.last().map(|p| p.as_bytes().to_vec()).unwrap_or_default();
@@ -150,7 +155,11 @@ pub fn plugin_output(data: &[u8]) {
     match apply_edits(&mut edited, &edits, Some(&identity)) {
         Ok(()) => {
             for name in ["x-user-id", "host", "content-length"] {
-                assert_eq!(edited.get_all(name).iter().collect::<Vec<_>>(), original.get_all(name).iter().collect::<Vec<_>>(), "{name} was edited");
+                assert_eq!(
+                    edited.get_all(name).iter().collect::<Vec<_>>(),
+                    original.get_all(name).iter().collect::<Vec<_>>(),
+                    "{name} was edited"
+                );
             }
         }
         Err(_) => assert_eq!(edited, original, "a refused edit changed the headers"),

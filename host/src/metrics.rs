@@ -215,11 +215,27 @@ impl Default for Metrics {
             tls_handshakes: Family::default(),
         };
         let m = &metrics;
-        registry.register("plugin_failures", "Failed plugin calls, by plugin and failure kind", m.plugin_failures.clone());
-        registry.register("plugin_log_events_dropped", "Plugin log events dropped past the per-call budget", m.log_events_dropped.clone());
-        registry.register("plugin_breaker_open", "1 while a plugin's crash-loop breaker is open", m.breaker_open.clone());
+        registry.register(
+            "plugin_failures",
+            "Failed plugin calls, by plugin and failure kind",
+            m.plugin_failures.clone(),
+        );
+        registry.register(
+            "plugin_log_events_dropped",
+            "Plugin log events dropped past the per-call budget",
+            m.log_events_dropped.clone(),
+        );
+        registry.register(
+            "plugin_breaker_open",
+            "1 while a plugin's crash-loop breaker is open",
+            m.breaker_open.clone(),
+        );
         registry.register("config_reloads", "Configuration reload attempts, by result", m.config_reloads.clone());
-        registry.register("http_requests", "Finished requests, by route, method and status class", m.http_requests.clone());
+        registry.register(
+            "http_requests",
+            "Finished requests, by route, method and status class",
+            m.http_requests.clone(),
+        );
         registry.register_with_unit(
             "http_request_duration",
             "Time from the request head to the end of the response body, by route",
@@ -232,17 +248,37 @@ impl Default for Metrics {
             prometheus_client::registry::Unit::Seconds,
             m.upstream_duration.clone(),
         );
-        registry.register("upstream_errors", "Upstream 5xx answers, timeouts and failed connections, by endpoint", m.upstream_errors.clone());
-        registry.register("upstream_endpoint_available", "1 when an endpoint may receive requests", m.endpoint_available.clone());
+        registry.register(
+            "upstream_errors",
+            "Upstream 5xx answers, timeouts and failed connections, by endpoint",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "upstream_endpoint_available",
+            "1 when an endpoint may receive requests",
+            m.endpoint_available.clone(),
+        );
         registry.register_with_unit(
             "plugin_call_duration",
             "Duration of one plugin call, by plugin and phase",
             prometheus_client::registry::Unit::Seconds,
             m.plugin_call_duration.clone(),
         );
-        registry.register("plugin_decisions", "Plugin step decisions, by plugin and decision", m.plugin_decisions.clone());
-        registry.register("plugin_instances", "Plugin instances alive, by plugin and state", m.plugin_instances.clone());
-        registry.register("listener_connections", "Open client connections, by listener", m.listener_connections.clone());
+        registry.register(
+            "plugin_decisions",
+            "Plugin step decisions, by plugin and decision",
+            m.plugin_decisions.clone(),
+        );
+        registry.register(
+            "plugin_instances",
+            "Plugin instances alive, by plugin and state",
+            m.plugin_instances.clone(),
+        );
+        registry.register(
+            "listener_connections",
+            "Open client connections, by listener",
+            m.listener_connections.clone(),
+        );
         registry.register("tls_handshakes", "TLS handshakes, by listener and result", m.tls_handshakes.clone());
         *metrics.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         metrics
@@ -257,9 +293,15 @@ impl Metrics {
 
     /// Records one finished request: `status` (100..=599) on `route`, taking `duration`.
     pub fn request_finished(&self, route: &str, method: &str, status: u16, duration: Duration) {
-        let labels = RequestLabels { route: route.to_owned(), method: method_label(method).to_owned(), status_class: format!("{}xx", status / 100) };
+        let labels = RequestLabels {
+            route: route.to_owned(),
+            method: method_label(method).to_owned(),
+            status_class: format!("{}xx", status / 100),
+        };
         self.http_requests.get_or_create(&labels).inc();
-        self.http_request_duration.get_or_create(&RouteLabels { route: route.to_owned() }).observe(duration.as_secs_f64());
+        self.http_request_duration
+            .get_or_create(&RouteLabels { route: route.to_owned() })
+            .observe(duration.as_secs_f64());
     }
 
     /// The text exposition (OpenMetrics text format, which Prometheus scrapes).

@@ -86,10 +86,24 @@ fn fixed_settings(config: &GatewayConfig) -> String {
         .map(|l| {
             let tls = l.tls.as_ref().map(|t| t.handshake_timeout_ms);
             let limits = (l.max_request_header_bytes, l.max_request_headers, l.max_uri_bytes, l.max_connections);
-            let timeouts = (l.header_read_timeout_ms, l.body_idle_timeout_ms, l.body_timeout_ms, l.keep_alive_timeout_ms, l.drain_timeout_ms);
+            let timeouts = (
+                l.header_read_timeout_ms,
+                l.body_idle_timeout_ms,
+                l.body_timeout_ms,
+                l.keep_alive_timeout_ms,
+                l.drain_timeout_ms,
+            );
             format!(
                 "{:?}",
-                (l.address, l.max_buffered_body_bytes, l.headers_with_underscores, &l.trusted_proxies, limits, timeouts, tls)
+                (
+                    l.address,
+                    l.max_buffered_body_bytes,
+                    l.headers_with_underscores,
+                    &l.trusted_proxies,
+                    limits,
+                    timeouts,
+                    tls
+                )
             )
         })
         .collect();
@@ -100,7 +114,12 @@ fn fixed_settings(config: &GatewayConfig) -> String {
 
 impl Reloader {
     /// A reloader for `file`, whose current snapshot (built from `config`) is in `snapshot`.
-    pub fn new(file: &Path, config: &GatewayConfig, engine: Arc<PluginEngine>, snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
+    pub fn new(
+        file: &Path,
+        config: &GatewayConfig,
+        engine: Arc<PluginEngine>,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+    ) -> Self {
         let reloader = Reloader {
             file: file.to_owned(),
             engine,
@@ -137,7 +156,10 @@ impl Reloader {
                 .await
                 .map_err(|e| ConfigError::Read { file: self.file.clone(), source: std::io::Error::other(e) })??;
             if fixed_settings(&loaded.config) != self.fixed {
-                warnings.push("listener, admin and runtime settings changed: they need a restart; the running ones are kept".to_owned());
+                warnings.push(
+                    "listener, admin and runtime settings changed: they need a restart; the running ones are kept"
+                        .to_owned(),
+                );
             }
             let previous = self.snapshot.load_full();
             Snapshot::build_after(&loaded, &self.engine, Some(&previous)).await

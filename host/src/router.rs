@@ -40,9 +40,7 @@ impl Router {
         let mut router = Router::default();
         let mut issues = Vec::new();
         for (i, route) in routes.iter().enumerate() {
-            router.methods.push(
-                route.methods.iter().filter_map(|m| Method::from_bytes(m.as_bytes()).ok()).collect(),
-            );
+            router.methods.push(route.methods.iter().filter_map(|m| Method::from_bytes(m.as_bytes()).ok()).collect());
             let table = match &route.host {
                 Some(host) => router.by_host.entry(host.clone()).or_default(),
                 None => &mut router.any_host,
@@ -179,10 +177,7 @@ mod tests {
 
     #[test]
     fn router_refuses_conflicting_patterns() {
-        let routes = vec![
-            route("a", None, None, Some("/u/{id}"), &[]),
-            route("b", None, None, Some("/u/{name}"), &[]),
-        ];
+        let routes = vec![route("a", None, None, Some("/u/{id}"), &[]), route("b", None, None, Some("/u/{name}"), &[])];
         let issues = Router::build(&routes).unwrap_err();
         assert_eq!(issues[0].field, "route[1].path");
     }

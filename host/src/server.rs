@@ -115,7 +115,8 @@ pub async fn serve(
         handshake_timeout: Duration::from_millis(config.tls.as_ref().map_or(10_000, |t| t.handshake_timeout_ms)),
     });
     let tls = config.tls.is_some();
-    let connections = Arc::new(tokio::sync::Semaphore::new(usize::try_from(config.max_connections).unwrap_or(usize::MAX)));
+    let connections =
+        Arc::new(tokio::sync::Semaphore::new(usize::try_from(config.max_connections).unwrap_or(usize::MAX)));
     let mut tasks = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -139,7 +140,8 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (state, shutdown) = (state.clone(), shutdown.clone());
         let metrics = state.snapshot.load().metrics.clone();
-        let open = metrics.listener_connections.get_or_create(&ListenerLabels { listener: state.label.clone() }).clone();
+        let open =
+            metrics.listener_connections.get_or_create(&ListenerLabels { listener: state.label.clone() }).clone();
         open.inc();
         tasks.spawn(async move {
             let _permit = permit;
@@ -187,7 +189,12 @@ fn builders(config: &ListenerConfig) -> Builders {
 // === impl Listener ===
 
 impl Listener {
-    fn conn_info(&self, peer: std::net::SocketAddr, scheme: &'static str, client_cert: Option<proxy::ClientCert>) -> Arc<ConnInfo> {
+    fn conn_info(
+        &self,
+        peer: std::net::SocketAddr,
+        scheme: &'static str,
+        client_cert: Option<proxy::ClientCert>,
+    ) -> Arc<ConnInfo> {
         Arc::new(ConnInfo {
             peer,
             scheme,
@@ -203,7 +210,12 @@ impl Listener {
 
 /// Runs the TLS handshake (bounded by `handshake_timeout_ms`) with the snapshot's server
 /// configuration, then serves the protocol ALPN chose.
-async fn serve_tls(stream: TcpStream, peer: std::net::SocketAddr, state: Arc<Listener>, shutdown: watch::Receiver<bool>) {
+async fn serve_tls(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    state: Arc<Listener>,
+    shutdown: watch::Receiver<bool>,
+) {
     let Some(config) = state.snapshot.load().listener_tls.get(state.index).cloned().flatten() else {
         tracing::error!(%peer, "listener has TLS settings but the snapshot has no TLS configuration");
         return;

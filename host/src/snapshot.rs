@@ -102,7 +102,9 @@ impl Snapshot {
                     return Err(format!("{} is {size} bytes, over the {MAX_PLUGIN_BYTES}-byte cap", path.display()));
                 }
                 let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                engine_for_compile.compile(&bytes).map_err(|e| format!("{} is not a valid component: {e:#}", path.display()))
+                engine_for_compile
+                    .compile(&bytes)
+                    .map_err(|e| format!("{} is not a valid component: {e:#}", path.display()))
             })
             .await
             .unwrap_or_else(|e| Err(format!("compilation task failed: {e}")));
@@ -117,7 +119,8 @@ impl Snapshot {
         }
 
         let id = &config.identity;
-        let header = |name: &str| HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static("x-invalid"));
+        let header =
+            |name: &str| HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static("x-invalid"));
         let identity = IdentityHeaders {
             subject: header(&id.subject_header),
             roles: header(&id.roles_header),
@@ -128,9 +131,10 @@ impl Snapshot {
 
         let mut listener_tls = Vec::new();
         for (i, listener) in config.listeners.iter().enumerate() {
-            let built = listener.tls.as_ref().map(|tls| {
-                crate::tls::server_config(loaded, tls, &format!("listener[{i}].tls"), &mut sources)
-            });
+            let built = listener
+                .tls
+                .as_ref()
+                .map(|tls| crate::tls::server_config(loaded, tls, &format!("listener[{i}].tls"), &mut sources));
             listener_tls.push(match built {
                 None => None,
                 Some(Ok(server)) => Some(server),
@@ -143,13 +147,15 @@ impl Snapshot {
 
         let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
         for (name, u) in &config.upstreams {
-            let tls = u.tls.as_ref().map(|tls| {
-                crate::tls::client_config(loaded, tls, &format!("upstream.{name}.tls"), &mut sources)
-            });
+            let tls = u
+                .tls
+                .as_ref()
+                .map(|tls| crate::tls::client_config(loaded, tls, &format!("upstream.{name}.tls"), &mut sources));
             match tls.transpose() {
                 Ok(tls) => {
                     let before = previous.and_then(|p| p.upstreams.get(name)).map(Arc::as_ref);
-                    upstreams.insert(name.clone(), Arc::new(Upstream::new(name, u, tls, before, engine.metrics().clone())));
+                    upstreams
+                        .insert(name.clone(), Arc::new(Upstream::new(name, u, tls, before, engine.metrics().clone())));
                 }
                 Err(issue) => issues.push(issue),
             }
@@ -180,11 +186,15 @@ impl Snapshot {
                         }
                         Err(StepLoadError::Refused(e)) => {
                             let field = if e.pointer.is_empty() { at } else { format!("{at}{}", e.pointer) };
-                            issues.push(Issue::new(field, format!("refused by plugin `{}`: {}", step.plugin, e.message)));
+                            issues
+                                .push(Issue::new(field, format!("refused by plugin `{}`: {}", step.plugin, e.message)));
                             continue;
                         }
                         Err(StepLoadError::Failed(f)) => {
-                            issues.push(Issue::new(at, format!("plugin `{}` failed to configure: {}", step.plugin, f.detail)));
+                            issues.push(Issue::new(
+                                at,
+                                format!("plugin `{}` failed to configure: {}", step.plugin, f.detail),
+                            ));
                             continue;
                         }
                     },
@@ -237,7 +247,8 @@ fn resolve_files(
             };
             let full = loaded.resolve(std::path::Path::new(path));
             sources.insert(full.clone());
-            let text = std::fs::read_to_string(&full).map_err(|e| format!("cannot read `$file` {}: {e}", full.display()))?;
+            let text =
+                std::fs::read_to_string(&full).map_err(|e| format!("cannot read `$file` {}: {e}", full.display()))?;
             *value = Value::String(text);
             Ok(())
         }

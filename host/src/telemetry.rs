@@ -32,11 +32,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use opentelemetry::KeyValue;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
     SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceState, Tracer as _, TracerProvider as _,
 };
-use opentelemetry::KeyValue;
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -178,7 +178,9 @@ impl ExportSettings {
             Some((name, p)) => {
                 return Err(TelemetryError::new(
                     &name,
-                    format!("`{p}` is not supported; use `http/protobuf` or `http/json` (the collector's OTLP/HTTP port, 4318)"),
+                    format!(
+                        "`{p}` is not supported; use `http/protobuf` or `http/json` (the collector's OTLP/HTTP port, 4318)"
+                    ),
                 ));
             }
         };
@@ -202,7 +204,10 @@ impl ExportSettings {
             let Some(arg) = get("OTEL_TRACES_SAMPLER_ARG") else { return Ok(1.0) };
             match arg.parse::<f64>() {
                 Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-                _ => Err(TelemetryError::new("OTEL_TRACES_SAMPLER_ARG", format!("`{arg}` is not a ratio between 0 and 1"))),
+                _ => Err(TelemetryError::new(
+                    "OTEL_TRACES_SAMPLER_ARG",
+                    format!("`{arg}` is not a ratio between 0 and 1"),
+                )),
             }
         };
         let sampler = match get("OTEL_TRACES_SAMPLER").as_deref() {
@@ -225,8 +230,9 @@ impl ExportSettings {
         let setting = |name: &str, default: u64| get(name).map_or(Ok(default), |v| number(name, &v));
         let schedule_delay = Duration::from_millis(setting("OTEL_BSP_SCHEDULE_DELAY", 5_000)?);
         let max_queue_size = usize::try_from(setting("OTEL_BSP_MAX_QUEUE_SIZE", 2_048)?.max(1)).unwrap_or(usize::MAX);
-        let max_export_batch_size =
-            usize::try_from(setting("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?.max(1)).unwrap_or(usize::MAX).min(max_queue_size);
+        let max_export_batch_size = usize::try_from(setting("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?.max(1))
+            .unwrap_or(usize::MAX)
+            .min(max_queue_size);
         Ok(Some(ExportSettings {
             endpoint,
             protocol,
@@ -325,8 +331,9 @@ impl Telemetry {
     /// Errors: outside a tokio runtime; an unreadable `ca_file` (named by
     /// `OTEL_EXPORTER_OTLP_CERTIFICATE`); the exporter refusing the settings.
     pub fn exporting(settings: &ExportSettings) -> Result<Telemetry, TelemetryError> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|e| TelemetryError::new("OTEL_EXPORTER_OTLP_ENDPOINT", format!("export needs a tokio runtime: {e}")))?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            TelemetryError::new("OTEL_EXPORTER_OTLP_ENDPOINT", format!("export needs a tokio runtime: {e}"))
+        })?;
         let client = ExportClient::new(settings, runtime)?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -401,10 +408,16 @@ impl Telemetry {
 
     /// Starts a child span of `parent` named and described by `describe`; without export,
     /// returns `parent` and never calls `describe` (no attribute is built on that path).
-    pub fn start(&self, parent: &Context, kind: SpanKind, describe: impl FnOnce() -> (String, Vec<KeyValue>)) -> Context {
+    pub fn start(
+        &self,
+        parent: &Context,
+        kind: SpanKind,
+        describe: impl FnOnce() -> (String, Vec<KeyValue>),
+    ) -> Context {
         let Some((_, tracer)) = &self.tracer else { return parent.clone() };
         let (name, attributes) = describe();
-        let span = tracer.span_builder(name).with_kind(kind).with_attributes(attributes).start_with_context(tracer, parent);
+        let span =
+            tracer.span_builder(name).with_kind(kind).with_attributes(attributes).start_with_context(tracer, parent);
         parent.with_span(span)
     }
 
@@ -481,7 +494,9 @@ struct ExportClient {
 impl ExportClient {
     fn new(settings: &ExportSettings, runtime: tokio::runtime::Handle) -> Result<Self, TelemetryError> {
         let roots = match &settings.ca_file {
-            Some(path) => crate::tls::roots(path).map_err(|why| TelemetryError::new("OTEL_EXPORTER_OTLP_CERTIFICATE", why))?,
+            Some(path) => {
+                crate::tls::roots(path).map_err(|why| TelemetryError::new("OTEL_EXPORTER_OTLP_CERTIFICATE", why))?
+            }
             None => {
                 let mut roots = rustls::RootCertStore::empty();
                 roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
@@ -523,7 +538,10 @@ impl opentelemetry_http::HttpClient for ExportClient {
             Ok::<_, opentelemetry_http::HttpError>(http::Response::from_parts(parts, body))
         };
         let task = self.runtime.spawn(async move {
-            tokio::time::timeout(timeout, exchange).await.map_err(|_| "the collector did not answer in time".into()).and_then(|r| r)
+            tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| "the collector did not answer in time".into())
+                .and_then(|r| r)
         });
         task.await?
     }
@@ -541,8 +559,14 @@ mod tests {
     #[test]
     fn nothing_set_means_no_export() {
         assert_eq!(settings(&[]), Ok(None));
-        assert_eq!(settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_SDK_DISABLED", "true")]), Ok(None));
-        assert_eq!(settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_TRACES_EXPORTER", "none")]), Ok(None));
+        assert_eq!(
+            settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_SDK_DISABLED", "true")]),
+            Ok(None)
+        );
+        assert_eq!(
+            settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_TRACES_EXPORTER", "none")]),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -597,7 +621,10 @@ mod tests {
             (&[endpoint, ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")], "OTEL_EXPORTER_OTLP_HEADERS"),
             (&[endpoint, ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon")], "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
             (&[endpoint, ("OTEL_TRACES_SAMPLER", "sometimes")], "OTEL_TRACES_SAMPLER"),
-            (&[endpoint, ("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "2")], "OTEL_TRACES_SAMPLER_ARG"),
+            (
+                &[endpoint, ("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "2")],
+                "OTEL_TRACES_SAMPLER_ARG",
+            ),
             (&[endpoint, ("OTEL_TRACES_EXPORTER", "zipkin")], "OTEL_TRACES_EXPORTER"),
         ];
         for (vars, variable) in cases {

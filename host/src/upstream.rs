@@ -10,8 +10,8 @@ use std::time::Duration;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -172,7 +172,11 @@ impl Upstream {
             Err(_) => (Outcome::Failure, Some("failed")),
         };
         if let Some(kind) = error {
-            let labels = UpstreamErrorLabels { upstream: self.name.clone(), endpoint: endpoint.address.to_string(), kind: kind.to_owned() };
+            let labels = UpstreamErrorLabels {
+                upstream: self.name.clone(),
+                endpoint: endpoint.address.to_string(),
+                kind: kind.to_owned(),
+            };
             self.metrics.upstream_errors.get_or_create(&labels).inc();
         }
         if let Some(health) = in_flight.finish(outcome, &self.outlier) {
@@ -193,14 +197,19 @@ impl Upstream {
             .header(http::header::USER_AGENT, "portcullis-health-check")
             .body(crate::body::full(bytes::Bytes::new()));
         let Ok(request) = request else { return false };
-        let answer = tokio::time::timeout(Duration::from_millis(check.timeout_ms), self.exchange(&endpoint.address, request));
+        let answer =
+            tokio::time::timeout(Duration::from_millis(check.timeout_ms), self.exchange(&endpoint.address, request));
         match answer.await {
             Ok(Ok(response)) => response.status().is_success() || response.status().is_redirection(),
             _ => false,
         }
     }
 
-    async fn exchange(&self, endpoint: &Authority, mut request: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
+    async fn exchange(
+        &self,
+        endpoint: &Authority,
+        mut request: Request<Body>,
+    ) -> Result<Response<Incoming>, GatewayError> {
         let path = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());

@@ -9,7 +9,8 @@ fn validate(config: &str) -> std::process::Output {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("gateway.toml");
     std::fs::write(&file, config).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["validate", "--config"]).arg(&file).output().unwrap();
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["validate", "--config"]).arg(&file).output().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     output
 }
@@ -37,7 +38,9 @@ fn validate_lists_every_semantic_problem() {
 
 #[test]
 fn validate_accepts_a_plugin_free_configuration() {
-    let output = validate("[[listener]]\naddress = \"127.0.0.1:0\"\n\n[upstream.app]\nendpoints = [\"127.0.0.1:9\"]\n\n[[route]]\nid = \"a\"\npath_prefix = \"/\"\nupstream = \"app\"\n");
+    let output = validate(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[upstream.app]\nendpoints = [\"127.0.0.1:9\"]\n\n[[route]]\nid = \"a\"\npath_prefix = \"/\"\nupstream = \"app\"\n",
+    );
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stdout).contains("configuration is valid (1 routes, 0 plugins)"));
 }
@@ -51,7 +54,8 @@ fn audit_verify_accepts_an_intact_chain_and_names_the_first_broken_record() {
     for status in [200, 403, 200] {
         sink.append(&format!("{{\"status\":{status}}}")).unwrap();
     }
-    let verify = || Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["audit", "verify"]).arg(&file).output().unwrap();
+    let verify =
+        || Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["audit", "verify"]).arg(&file).output().unwrap();
     let intact = verify();
     assert!(intact.status.success(), "{intact:?}");
     assert!(String::from_utf8_lossy(&intact.stdout).contains("intact, 3 records"));

@@ -4,11 +4,7 @@
 //! crate invokes the generated per-interface export glue of one kind, so a component built with
 //! the SDK exports exactly the kind it implements (checked: the `component-type` section that
 //! wit-bindgen emits here is "gateway-with-all-of-its-exports-removed").
-#![allow(
-    missing_docs,
-    unsafe_code,
-    reason = "generated canonical-ABI glue; its docs come from the WIT doc comments"
-)]
+#![allow(missing_docs, unsafe_code, reason = "generated canonical-ABI glue; its docs come from the WIT doc comments")]
 
 wit_bindgen::generate!({
     path: "../wit",

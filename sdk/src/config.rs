@@ -8,9 +8,8 @@ use crate::{ConfigError, Plugin};
 /// `/keys/0/alg`, with serde's message; or whatever [`Plugin::new`] refuses.
 pub fn parse<P: Plugin>(json: &str) -> Result<P, ConfigError> {
     let mut de = serde_json::Deserializer::from_str(json);
-    let config: P::Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        ConfigError { pointer: json_pointer(e.path()), message: e.inner().to_string() }
-    })?;
+    let config: P::Config = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| ConfigError { pointer: json_pointer(e.path()), message: e.inner().to_string() })?;
     de.end().map_err(|e| ConfigError::new("", e.to_string()))?;
     P::new(config)
 }

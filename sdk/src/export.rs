@@ -15,10 +15,8 @@ pub mod __private {
 
     /// Each kind world's `component-type` section payload, encoded by `build.rs`.
     pub const AUTH_WORLD: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/auth-plugin.component-type"));
-    pub const RATE_LIMIT_WORLD: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/rate-limit-plugin.component-type"));
-    pub const VALIDATION_WORLD: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/validation-plugin.component-type"));
+    pub const RATE_LIMIT_WORLD: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rate-limit-plugin.component-type"));
+    pub const VALIDATION_WORLD: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/validation-plugin.component-type"));
     pub const LOGGING_WORLD: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/logging-plugin.component-type"));
     pub const FILTER_WORLD: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/filter-plugin.component-type"));
 }
@@ -41,10 +39,7 @@ pub const fn section<const N: usize>(bytes: &[u8]) -> [u8; N] {
 /// Errors: a JSON syntax error (pointer empty) or a field of the wrong shape (pointer names it,
 /// e.g. `/keys/0/alg`), or whatever `P::new` refuses.
 #[doc(hidden)]
-pub fn configure<P: Plugin>(
-    slot: &'static LocalKey<RefCell<Option<P>>>,
-    config: &str,
-) -> Result<(), ConfigError> {
+pub fn configure<P: Plugin>(slot: &'static LocalKey<RefCell<Option<P>>>, config: &str) -> Result<(), ConfigError> {
     let plugin = crate::config::parse::<P>(config)?;
     slot.with(|cell| *cell.borrow_mut() = Some(plugin));
     Ok(())
@@ -56,15 +51,10 @@ pub fn configure<P: Plugin>(
 /// When the host calls a hook before `configure` succeeded, which the Portcullis host never
 /// does; the panic traps the instance and the host discards it.
 #[doc(hidden)]
-pub fn with_instance<P: Plugin, R>(
-    slot: &'static LocalKey<RefCell<Option<P>>>,
-    f: impl FnOnce(&P) -> R,
-) -> R {
+pub fn with_instance<P: Plugin, R>(slot: &'static LocalKey<RefCell<Option<P>>>, f: impl FnOnce(&P) -> R) -> R {
     slot.with(|cell| {
         let guard = cell.borrow();
-        let plugin = guard
-            .as_ref()
-            .unwrap_or_else(|| panic!("portcullis-sdk: a hook was called before configure"));
+        let plugin = guard.as_ref().unwrap_or_else(|| panic!("portcullis-sdk: a hook was called before configure"));
         f(plugin)
     })
 }
@@ -127,16 +117,22 @@ macro_rules! export_auth {
 #[macro_export]
 macro_rules! export_rate_limit {
     ($plugin:ty) => {
-        $crate::__export_kind!($plugin, rate_limit, __export_portcullis_plugin_rate_limit_0_1_0_cabi, RATE_LIMIT_WORLD, {
-            fn check(
-                request: $crate::RequestHead,
-                identity: ::std::option::Option<$crate::Identity>,
-            ) -> $crate::RateLimitOutcome {
-                $crate::__private::with_instance(&INSTANCE, |p: &$plugin| {
-                    $crate::RateLimit::check(p, &request, identity.as_ref())
-                })
+        $crate::__export_kind!(
+            $plugin,
+            rate_limit,
+            __export_portcullis_plugin_rate_limit_0_1_0_cabi,
+            RATE_LIMIT_WORLD,
+            {
+                fn check(
+                    request: $crate::RequestHead,
+                    identity: ::std::option::Option<$crate::Identity>,
+                ) -> $crate::RateLimitOutcome {
+                    $crate::__private::with_instance(&INSTANCE, |p: &$plugin| {
+                        $crate::RateLimit::check(p, &request, identity.as_ref())
+                    })
+                }
             }
-        });
+        );
     };
 }
 
@@ -145,20 +141,26 @@ macro_rules! export_rate_limit {
 #[macro_export]
 macro_rules! export_validation {
     ($plugin:ty) => {
-        $crate::__export_kind!($plugin, validation, __export_portcullis_plugin_validation_0_1_0_cabi, VALIDATION_WORLD, {
-            fn body_limit() -> ::std::option::Option<u64> {
-                $crate::__private::with_instance(&INSTANCE, |p: &$plugin| $crate::Validation::body_limit(p))
+        $crate::__export_kind!(
+            $plugin,
+            validation,
+            __export_portcullis_plugin_validation_0_1_0_cabi,
+            VALIDATION_WORLD,
+            {
+                fn body_limit() -> ::std::option::Option<u64> {
+                    $crate::__private::with_instance(&INSTANCE, |p: &$plugin| $crate::Validation::body_limit(p))
+                }
+                fn validate(
+                    request: $crate::RequestHead,
+                    identity: ::std::option::Option<$crate::Identity>,
+                    body: ::std::option::Option<::std::vec::Vec<u8>>,
+                ) -> $crate::ValidationOutcome {
+                    $crate::__private::with_instance(&INSTANCE, |p: &$plugin| {
+                        $crate::Validation::validate(p, &request, identity.as_ref(), body.as_deref())
+                    })
+                }
             }
-            fn validate(
-                request: $crate::RequestHead,
-                identity: ::std::option::Option<$crate::Identity>,
-                body: ::std::option::Option<::std::vec::Vec<u8>>,
-            ) -> $crate::ValidationOutcome {
-                $crate::__private::with_instance(&INSTANCE, |p: &$plugin| {
-                    $crate::Validation::validate(p, &request, identity.as_ref(), body.as_deref())
-                })
-            }
-        });
+        );
     };
 }
 

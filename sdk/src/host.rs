@@ -15,8 +15,7 @@ use crate::testing::fake as imp;
 /// Emits a log event with extra key/value `fields` into the gateway's log, tagged by the host
 /// with the plugin id and request id. Messages over 16 KiB are truncated by the host.
 pub fn log_with(level: Level, message: &str, fields: &[(&str, &str)]) {
-    let fields: Vec<(String, String)> =
-        fields.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let fields: Vec<(String, String)> = fields.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     imp::log::emit(level, message, &fields);
 }
 

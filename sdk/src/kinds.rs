@@ -4,8 +4,8 @@
 use serde::de::DeserializeOwned;
 
 use crate::{
-    AuthOutcome, Exchange, FilterAction, HeaderEdits, Identity, RateLimitOutcome, RequestHead,
-    ResponseHead, ValidationOutcome,
+    AuthOutcome, Exchange, FilterAction, HeaderEdits, Identity, RateLimitOutcome, RequestHead, ResponseHead,
+    ValidationOutcome,
 };
 
 /// What every plugin is: a value built once per plugin instance from its typed configuration.
@@ -50,12 +50,7 @@ pub trait Validation: Plugin {
 
     /// Called for every request; `body` is the buffered body when [`Validation::body_limit`]
     /// asked for it. Default: [`ValidationOutcome::Valid`].
-    fn validate(
-        &self,
-        request: &RequestHead,
-        identity: Option<&Identity>,
-        body: Option<&[u8]>,
-    ) -> ValidationOutcome {
+    fn validate(&self, request: &RequestHead, identity: Option<&Identity>, body: Option<&[u8]>) -> ValidationOutcome {
         let _ = (request, identity, body);
         ValidationOutcome::Valid
     }
@@ -78,12 +73,7 @@ pub trait Filter: Plugin {
     }
 
     /// Called when the upstream's response head arrives. Default: continue with no edits.
-    fn on_response(
-        &self,
-        request: &RequestHead,
-        identity: Option<&Identity>,
-        response: &ResponseHead,
-    ) -> FilterAction {
+    fn on_response(&self, request: &RequestHead, identity: Option<&Identity>, response: &ResponseHead) -> FilterAction {
         let _ = (request, identity, response);
         FilterAction::Continue(HeaderEdits::default())
     }

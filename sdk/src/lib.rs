@@ -88,11 +88,11 @@ pub mod testing;
 pub use bindings_mod::*;
 #[doc(hidden)]
 pub use export::__private;
-pub use host::{
-    AuditError, HttpError, KvError, Level, OutboundRequest, OutboundResponse, audit_append,
-    http_send, kv, log, log_with, now_ms,
-};
 pub use helpers::{is_quotable, percent_decode};
+pub use host::{
+    AuditError, HttpError, KvError, Level, OutboundRequest, OutboundResponse, audit_append, http_send, kv, log,
+    log_with, now_ms,
+};
 pub use kinds::{Auth, Filter, Logging, Plugin, RateLimit, Validation};
 pub use serde;
 pub use serde_json;

@@ -86,9 +86,7 @@ pub fn audit_records() -> Vec<String> {
 }
 
 /// Answers outbound HTTP requests with `handler` instead of refusing them.
-pub fn set_http_handler(
-    handler: impl FnMut(&OutboundRequest) -> Result<OutboundResponse, HttpError> + 'static,
-) {
+pub fn set_http_handler(handler: impl FnMut(&OutboundRequest) -> Result<OutboundResponse, HttpError> + 'static) {
     with_state(|s| s.http = Some(Box::new(handler)));
 }
 

@@ -107,7 +107,10 @@ async fn main() {
             let mut headers = HeaderMap::new();
             let mut state = ChainState::default();
             let mut body = LazyBody::new(full(bytes::Bytes::new()), 0);
-            chain.on_request(&mut h, &mut headers, &mut body, &snapshot.identity, &mut state, &trace).await.expect("chain");
+            chain
+                .on_request(&mut h, &mut headers, &mut body, &snapshot.identity, &mut state, &trace)
+                .await
+                .expect("chain");
         }
         request_phase.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS / 20));
     }
@@ -134,7 +137,10 @@ async fn main() {
                 let mut headers = HeaderMap::new();
                 let mut state = ChainState { identity: Some(identity.clone()), ..ChainState::default() };
                 let mut body = LazyBody::new(full(order_body.clone()), 1024 * 1024);
-                let verdict = chain.on_request(&mut h, &mut headers, &mut body, &snapshot.identity, &mut state, &trace).await.expect("chain");
+                let verdict = chain
+                    .on_request(&mut h, &mut headers, &mut body, &snapshot.identity, &mut state, &trace)
+                    .await
+                    .expect("chain");
                 assert!(matches!(verdict, portcullis::chain::Verdict::Continue), "{name}: {verdict:?}");
             }
             samples.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS / 4));
@@ -199,13 +205,23 @@ async fn main() {
     println!("| measurement | median µs | rounds |");
     println!("|---|---|---|");
     println!("| filter plugin call, warm instance | {:.2} | {ROUNDS} × {CALLS} |", median(warm_filter));
-    println!("| jwt-auth call (RS256 verify in wasm), warm instance | {:.1} | {ROUNDS} × {} |", median(warm_jwt), CALLS / 20);
-    println!("| two-step chain request phase (jwt-auth, audit-log skipped until after the response) | {:.1} | {ROUNDS} × {} |", median(request_phase), CALLS / 20);
+    println!(
+        "| jwt-auth call (RS256 verify in wasm), warm instance | {:.1} | {ROUNDS} × {} |",
+        median(warm_jwt),
+        CALLS / 20
+    );
+    println!(
+        "| two-step chain request phase (jwt-auth, audit-log skipped until after the response) | {:.1} | {ROUNDS} × {} |",
+        median(request_phase),
+        CALLS / 20
+    );
     for (name, us) in &per_plugin {
         println!("| {name} | {us:.1} | {ROUNDS} × {} |", CALLS / 4);
     }
     let (bare, two_step) = (median(bare), median(two_step));
-    println!("| request, no plugins (loopback round trip incl. client and upstream) | {bare:.1} | {ROUNDS} × {REQUESTS} |");
+    println!(
+        "| request, no plugins (loopback round trip incl. client and upstream) | {bare:.1} | {ROUNDS} × {REQUESTS} |"
+    );
     println!("| request, two-step chain jwt-auth → audit-log | {two_step:.1} | {ROUNDS} × {REQUESTS} |");
     println!("| added by the two-step chain | {:.1} | |", two_step - bare);
     let (min, max) = looping.iter().fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));

@@ -51,7 +51,10 @@ fn plugin_calls(c: &mut Criterion) {
         route("fresh", "/fresh/", &[("rbac-fresh", Some(RBAC))]),
     ]
     .concat();
-    let extra = format!("[plugin.rbac-fresh]\npath = \"{}\"\nkind = \"filter\"\nisolation = \"request\"\n", portcullis_e2e::plugin("rbac").display());
+    let extra = format!(
+        "[plugin.rbac-fresh]\npath = \"{}\"\nkind = \"filter\"\nisolation = \"request\"\n",
+        portcullis_e2e::plugin("rbac").display()
+    );
     let gw = runtime.block_on(async {
         let upstream = echo_upstream().await;
         TestGateway::start(&config_with(upstream, &extra, &routes)).await
@@ -111,7 +114,8 @@ fn plugin_calls(c: &mut Criterion) {
         let pool = pool(index);
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {
-                let (reply, settle) = pool.call("bench", &cx, Call::OnRequest(&json, Some(&identity))).await.expect("plugin call");
+                let (reply, settle) =
+                    pool.call("bench", &cx, Call::OnRequest(&json, Some(&identity))).await.expect("plugin call");
                 settle.settle(true);
                 black_box(reply);
             });
@@ -122,13 +126,18 @@ fn plugin_calls(c: &mut Criterion) {
 }
 
 fn routes_toml(count: usize, steps: &str) -> String {
-    let mut text = String::from("[[listener]]\naddress = \"127.0.0.1:0\"\n\n[upstream.app]\nendpoints = [\"127.0.0.1:9\"]\n");
+    let mut text =
+        String::from("[[listener]]\naddress = \"127.0.0.1:0\"\n\n[upstream.app]\nendpoints = [\"127.0.0.1:9\"]\n");
     for i in 0..count {
         // Every third route is an exact path with a method, the rest prefixes: both router kinds.
         if i % 3 == 0 {
-            text.push_str(&format!("\n[[route]]\nid = \"r{i}\"\npath = \"/svc{i}/items\"\nmethods = [\"GET\"]\nupstream = \"app\"\n{steps}"));
+            text.push_str(&format!(
+                "\n[[route]]\nid = \"r{i}\"\npath = \"/svc{i}/items\"\nmethods = [\"GET\"]\nupstream = \"app\"\n{steps}"
+            ));
         } else {
-            text.push_str(&format!("\n[[route]]\nid = \"r{i}\"\npath_prefix = \"/svc{i}/\"\nupstream = \"app\"\n{steps}"));
+            text.push_str(&format!(
+                "\n[[route]]\nid = \"r{i}\"\npath_prefix = \"/svc{i}/\"\nupstream = \"app\"\n{steps}"
+            ));
         }
     }
     text
@@ -174,7 +183,9 @@ fn snapshot_build(c: &mut Criterion) {
     let mut group = c.benchmark_group("snapshot_build");
     group.sample_size(10);
     group.bench_function("1000_routes_jwt_rbac", |b| {
-        b.to_async(&runtime).iter(|| async { black_box(portcullis::snapshot::Snapshot::build(&loaded, &engine).await.expect("snapshot")) });
+        b.to_async(&runtime).iter(|| async {
+            black_box(portcullis::snapshot::Snapshot::build(&loaded, &engine).await.expect("snapshot"))
+        });
     });
     group.finish();
 }

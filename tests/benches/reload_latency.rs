@@ -13,7 +13,11 @@ fn routes(n: usize, tag: &str) -> String {
     let mut toml = String::new();
     for i in 0..n {
         let audit = format!(r#"{{ headers = ["x-route-{i}"], redact = ["{tag}"] }}"#);
-        toml.push_str(&route(&format!("r{i}"), &format!("/r{i}/"), &[("jwt", Some(JWT_CONFIG)), ("audit", Some(&audit))]));
+        toml.push_str(&route(
+            &format!("r{i}"),
+            &format!("/r{i}/"),
+            &[("jwt", Some(JWT_CONFIG)), ("audit", Some(&audit))],
+        ));
     }
     toml.push_str(&route("probe", "/probe/", &[("chaos", None)]));
     toml

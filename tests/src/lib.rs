@@ -123,7 +123,11 @@ impl TestGateway {
 /// directory and the file.
 pub fn write_config(config: &str) -> (PathBuf, PathBuf) {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!("portcullis-e2e-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-e2e-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).expect("creating a temp dir");
     let file = dir.join("gateway.toml");
     std::fs::write(&file, config).expect("writing the test config");
@@ -244,7 +248,8 @@ pub fn outbound_auth_plugin(id: &str, crate_name: &str, origin: SocketAddr) -> S
 
 /// The quickstart's jwt-auth step configuration (inline TOML table), reading the JWKS file by
 /// absolute path.
-pub const JWT_CONFIG: &str = r#"{ issuer = "https://demo.portcullis.invalid", audiences = ["portcullis-demo"], jwks = { "$file" = "{JWKS}" } }"#;
+pub const JWT_CONFIG: &str =
+    r#"{ issuer = "https://demo.portcullis.invalid", audiences = ["portcullis-demo"], jwks = { "$file" = "{JWKS}" } }"#;
 
 /// A `[[route]]` to upstream `app` for `path_prefix`, with chain `steps`: each a plugin id and
 /// an optional inline TOML table for its `config`.
@@ -419,10 +424,14 @@ where
                     async move {
                         let (parts, body) = request.into_parts();
                         let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        let (status, content_type, text) = handler(&parts.method, parts.uri.path(), &parts.headers, &body);
+                        let (status, content_type, text) =
+                            handler(&parts.method, parts.uri.path(), &parts.headers, &body);
                         let mut response = hyper::Response::new(Full::new(Bytes::from(text)));
-                        *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                        response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+                        *response.status_mut() =
+                            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                        response
+                            .headers_mut()
+                            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
                         Ok::<_, std::convert::Infallible>(response)
                     }
                 });

@@ -59,7 +59,8 @@ impl Pki {
     /// When signing or a file write fails.
     pub fn issue(&self, stem: &str, cn: &str, names: &[&str], uris: &[&str], expired: bool) -> Issued {
         let key = KeyPair::generate().expect("generating a key");
-        let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).expect("params");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).expect("params");
         params.distinguished_name.push(DnType::OrganizationName, "Portcullis Tests");
         params.distinguished_name.push(DnType::CommonName, cn);
         for uri in uris {
@@ -209,16 +210,22 @@ impl TlsConnection {
     /// Connects to `addr` with SNI `host`.
     ///
     /// Errors: the TLS handshake's error, as text.
-    pub async fn open(addr: SocketAddr, host: &str, config: Arc<rustls::ClientConfig>) -> Result<TlsConnection, String> {
+    pub async fn open(
+        addr: SocketAddr,
+        host: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<TlsConnection, String> {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
         let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| e.to_string())?;
         let (_, session) = tls.get_ref();
-        let server_cert = session.peer_certificates().and_then(|c| c.first()).cloned().ok_or("no server certificate")?;
+        let server_cert =
+            session.peer_certificates().and_then(|c| c.first()).cloned().ok_or("no server certificate")?;
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
         let io = TokioIo::new(tls);
         let sender = if alpn.as_deref() == Some(b"h2") {
-            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(|e| e.to_string())?;
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(|e| e.to_string())?;
             tokio::spawn(conn);
             Sender::Http2(sender)
         } else {
@@ -235,11 +242,14 @@ impl TlsConnection {
     pub async fn get(&mut self, path: &str) -> Result<(u16, String), String> {
         let response = match &mut self.sender {
             Sender::Http1(sender) => {
-                let request = Request::get(path).header("host", &self.host).body(Empty::new()).map_err(|e| e.to_string())?;
+                let request =
+                    Request::get(path).header("host", &self.host).body(Empty::new()).map_err(|e| e.to_string())?;
                 sender.send_request(request).await
             }
             Sender::Http2(sender) => {
-                let request = Request::get(format!("https://{}{path}", self.host)).body(Empty::new()).map_err(|e| e.to_string())?;
+                let request = Request::get(format!("https://{}{path}", self.host))
+                    .body(Empty::new())
+                    .map_err(|e| e.to_string())?;
                 sender.send_request(request).await
             }
         }

@@ -6,7 +6,15 @@ use serde_json::json;
 async fn gateway() -> TestGateway {
     let upstream = echo_upstream().await;
     let routes = [
-        route("api", "/api/", &[("jwt", Some(JWT_CONFIG)), ("chaos", None), ("audit", Some(r#"{ headers = ["authorization", "user-agent"] }"#))]),
+        route(
+            "api",
+            "/api/",
+            &[
+                ("jwt", Some(JWT_CONFIG)),
+                ("chaos", None),
+                ("audit", Some(r#"{ headers = ["authorization", "user-agent"] }"#)),
+            ],
+        ),
         route("public", "/public/", &[]),
     ]
     .concat();
@@ -42,7 +50,8 @@ async fn audit_log_records_the_exchange_after_the_response() {
     let reply = get(&gw.url("/api/orders"), &[("authorization", &bearer(&token)), ("x-request-id", request_id)]).await;
     assert_eq!(reply.status, 200);
     let records = gw.audit_records(1).await;
-    let record = records.iter().find(|r| r["request_id"] == request_id).expect("an audit record for the request").clone();
+    let record =
+        records.iter().find(|r| r["request_id"] == request_id).expect("an audit record for the request").clone();
     assert_eq!(record["subject"], "alice");
     assert_eq!(record["status"], 200);
     assert_eq!(record["route"], "api");
@@ -52,7 +61,14 @@ async fn audit_log_records_the_exchange_after_the_response() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| format!("{} {} {}", d["plugin"].as_str().unwrap(), d["phase"].as_str().unwrap(), d["decision"].as_str().unwrap()))
+        .map(|d| {
+            format!(
+                "{} {} {}",
+                d["plugin"].as_str().unwrap(),
+                d["phase"].as_str().unwrap(),
+                d["decision"].as_str().unwrap()
+            )
+        })
         .collect();
     assert_eq!(decisions, ["jwt request authenticated", "chaos request continue", "chaos response continue"]);
     assert!(record["hash"].as_str().is_some_and(|h| h.len() == 64), "chained by the host");

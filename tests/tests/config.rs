@@ -24,7 +24,11 @@ async fn quickstart_example_is_valid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_refusing_its_step_config_is_reported_with_the_field() {
-    let routes = route("api", "/api/", &[("jwt", Some(r#"{ issuer = "x", keys = [{ alg = "HS256", secret = "too-short" }] }"#))]);
+    let routes = route(
+        "api",
+        "/api/",
+        &[("jwt", Some(r#"{ issuer = "x", keys = [{ alg = "HS256", secret = "too-short" }] }"#))],
+    );
     let error = build(&gateway_config("127.0.0.1:9".parse().unwrap(), &routes)).await.unwrap_err();
     assert!(error.contains("route[0].chain[0].config/keys/0/secret"), "{error}");
     assert!(error.contains("refused by plugin `jwt`"), "{error}");

@@ -90,23 +90,59 @@ fn run(target: &str, entry: fn(&[u8]), tokens: &[&[u8]]) {
 
 #[test]
 fn config_corpus_keeps_its_invariants() {
-    run("config", portcullis::fuzzing::config, &[
-        b"[[route]]\n", b"[listener.tls]\n", b"\"", b"=", b"\n", b"{ \"$file\" = \"x\" }", b"[", b"]", b"0", b"-1",
-        b"99999999999999999999", b"\"/\"", b"path_prefix = ", b"\\u0000",
-    ]);
+    run(
+        "config",
+        portcullis::fuzzing::config,
+        &[
+            b"[[route]]\n",
+            b"[listener.tls]\n",
+            b"\"",
+            b"=",
+            b"\n",
+            b"{ \"$file\" = \"x\" }",
+            b"[",
+            b"]",
+            b"0",
+            b"-1",
+            b"99999999999999999999",
+            b"\"/\"",
+            b"path_prefix = ",
+            b"\\u0000",
+        ],
+    );
 }
 
 #[test]
 fn routing_corpus_keeps_its_invariants() {
-    run("routing", portcullis::fuzzing::routing, &[
-        b"/", b"..", b".", b"%2e", b"%2E", b"%2f", b"%5c", b"%", b"//", b"admin", b"%61", b"\\", b"%00", b"?", b"#", b"%C3%A4",
-    ]);
+    run(
+        "routing",
+        portcullis::fuzzing::routing,
+        &[
+            b"/", b"..", b".", b"%2e", b"%2E", b"%2f", b"%5c", b"%", b"//", b"admin", b"%61", b"\\", b"%00", b"?",
+            b"#", b"%C3%A4",
+        ],
+    );
 }
 
 #[test]
 fn plugin_output_corpus_keeps_its_invariants() {
-    run("plugin_output", portcullis::fuzzing::plugin_output, &[
-        b"\xff", b"\r\n", b"\0", b"content-length", b"host", b"connection", b"x-user-id", b"transfer-encoding", b" ", b":",
-        b"upgrade", b"\x00\xc8", b"\x01\xf4",
-    ]);
+    run(
+        "plugin_output",
+        portcullis::fuzzing::plugin_output,
+        &[
+            b"\xff",
+            b"\r\n",
+            b"\0",
+            b"content-length",
+            b"host",
+            b"connection",
+            b"x-user-id",
+            b"transfer-encoding",
+            b" ",
+            b":",
+            b"upgrade",
+            b"\x00\xc8",
+            b"\x01\xf4",
+        ],
+    );
 }

@@ -17,7 +17,13 @@ use tokio::task::JoinHandle;
 
 /// A server on `addr` answering every request `status` with body `name` after `delay`, counting
 /// requests other than health checks. Aborting the task closes it and its connections.
-async fn endpoint(addr: SocketAddr, name: &'static str, status: u16, delay: Duration, hits: Arc<AtomicUsize>) -> (SocketAddr, JoinHandle<()>) {
+async fn endpoint(
+    addr: SocketAddr,
+    name: &'static str,
+    status: u16,
+    delay: Duration,
+    hits: Arc<AtomicUsize>,
+) -> (SocketAddr, JoinHandle<()>) {
     let listener = TcpListener::bind(addr).await.expect("binding an endpoint");
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {

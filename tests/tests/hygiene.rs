@@ -36,7 +36,15 @@ async fn dot_segments_and_encodings_cannot_bypass_a_protected_route() {
     let upstream = echo_upstream().await;
     let routes = [route("admin", "/admin", &[("jwt", Some(JWT_CONFIG))]), route("public", "/", &[])].concat();
     let gw = TestGateway::start(&config(upstream, &routes)).await;
-    for path in ["/admin/users", "/public/../admin/users", "/%2e%2e/admin/users", "/public/%2E%2E/admin/users", "//admin/users", "/./admin//users", "/%61dmin/users"] {
+    for path in [
+        "/admin/users",
+        "/public/../admin/users",
+        "/%2e%2e/admin/users",
+        "/public/%2E%2E/admin/users",
+        "//admin/users",
+        "/./admin//users",
+        "/%61dmin/users",
+    ] {
         let (status, _) = raw(&gw, &get(path, "")).await;
         assert_eq!(status, 401, "{path} must reach the protected route's chain");
     }
@@ -71,10 +79,14 @@ async fn underscore_headers_are_dropped_and_forwarded_for_is_not_believed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_trusted_proxy_the_forwarded_client_ip_is_used_and_the_chain_kept() {
     let upstream = echo_upstream().await;
-    let text = config(upstream, &route("public", "/", &[("audit", None)]))
-        .replacen("address = \"127.0.0.1:0\"\n", "address = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n", 1);
+    let text = config(upstream, &route("public", "/", &[("audit", None)])).replacen(
+        "address = \"127.0.0.1:0\"\n",
+        "address = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+        1,
+    );
     let gw = TestGateway::start(&text).await;
-    let (status, body) = raw(&gw, &get("/x", "x-request-id: trusted-xff\r\nx-forwarded-for: 198.51.100.7, 127.0.0.2\r\n")).await;
+    let (status, body) =
+        raw(&gw, &get("/x", "x-request-id: trusted-xff\r\nx-forwarded-for: 198.51.100.7, 127.0.0.2\r\n")).await;
     assert_eq!(status, 200);
     assert_eq!(echoed(&body)["headers"]["x-forwarded-for"][0], "198.51.100.7, 127.0.0.2, 127.0.0.1");
     let records = gw.audit_records(1).await;
@@ -85,8 +97,11 @@ async fn behind_a_trusted_proxy_the_forwarded_client_ip_is_used_and_the_chain_ke
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_get_431_and_414_and_excess_connections_are_closed() {
     let upstream = echo_upstream().await;
-    let text = config(upstream, &route("public", "/", &[]))
-        .replacen("address = \"127.0.0.1:0\"\n", "address = \"127.0.0.1:0\"\nmax_connections = 2\nmax_request_header_bytes = 16384\n", 1);
+    let text = config(upstream, &route("public", "/", &[])).replacen(
+        "address = \"127.0.0.1:0\"\n",
+        "address = \"127.0.0.1:0\"\nmax_connections = 2\nmax_request_header_bytes = 16384\n",
+        1,
+    );
     let gw = TestGateway::start(&text).await;
     let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
     assert_eq!(raw(&gw, &get("/x", &many)).await.0, 431, "more than 100 header fields");
@@ -111,7 +126,11 @@ async fn oversized_heads_get_431_and_414_and_excess_connections_are_closed() {
     let _ = third.write_all(b"GET /x HTTP/1.1\r\nhost: gw.test\r\n\r\n").await;
     let mut buf = Vec::new();
     let read = tokio::time::timeout(std::time::Duration::from_secs(5), third.read_to_end(&mut buf)).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the third connection is closed unanswered: {:?}", String::from_utf8_lossy(&buf));
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the third connection is closed unanswered: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
     drop(held);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(raw(&gw, &get("/x", "")).await.0, 200, "room again once they close");

@@ -29,14 +29,17 @@ async fn slow_request_bodies_get_408_and_the_connection_is_closed() {
     // `validated` buffers the body for its validation step; `streamed` sends it upstream as it
     // comes.
     let validate = r#"{ max_body_bytes = 1024 }"#;
-    let routes = [route("validated", "/validated", &[("validate", Some(validate))]), route("streamed", "/", &[])].concat();
+    let routes =
+        [route("validated", "/validated", &[("validate", Some(validate))]), route("streamed", "/", &[])].concat();
     let toml = listener_with(config(upstream, &routes), "body_idle_timeout_ms = 300\nbody_timeout_ms = 900");
     let gw = TestGateway::start(&toml).await;
 
     for path in ["/validated", "/streamed"] {
         // Idle: two bytes of ten, then nothing.
         let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-        let head = format!("POST {path} HTTP/1.1\r\nhost: gw.test\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{{\"");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: gw.test\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{{\""
+        );
         stream.write_all(head.as_bytes()).await.unwrap();
         let started = Instant::now();
         let (text, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
@@ -48,7 +51,9 @@ async fn slow_request_bodies_get_408_and_the_connection_is_closed() {
 
         // Total: a byte every 100 ms never trips the idle timeout but runs past the total.
         let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-        let head = format!("POST {path} HTTP/1.1\r\nhost: gw.test\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: gw.test\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
+        );
         stream.write_all(head.as_bytes()).await.unwrap();
         let started = Instant::now();
         let trickle = async {
@@ -73,7 +78,8 @@ async fn slow_request_bodies_get_408_and_the_connection_is_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_past_the_route_limit_get_413_declared_or_streamed() {
     let upstream = echo_upstream().await;
-    let small = route("small", "/small", &[]).replacen("upstream = \"app\"\n", "upstream = \"app\"\nmax_body_bytes = 16\n", 1);
+    let small =
+        route("small", "/small", &[]).replacen("upstream = \"app\"\n", "upstream = \"app\"\nmax_body_bytes = 16\n", 1);
     let routes = [small, route("default", "/", &[])].concat();
     let gw = TestGateway::start(&config(upstream, &routes)).await;
     // Declared: refused before the body is read, and the connection is closed.
@@ -119,7 +125,9 @@ async fn idle_keep_alive_connections_are_closed_http1_and_http2() {
     // HTTP/2 (prior knowledge): the connection ends with GOAWAY once idle.
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
     let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
     let driver = tokio::spawn(connection);
     let request = http::Request::get(format!("http://{}/b", gw.addr)).body(Full::new(Bytes::new())).unwrap();
     assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
@@ -131,7 +139,8 @@ async fn idle_keep_alive_connections_are_closed_http1_and_http2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_flood_is_capped_and_later_clients_are_served() {
     let upstream = echo_upstream().await;
-    let toml = listener_with(config(upstream, &route("all", "/", &[])), "max_connections = 32\nheader_read_timeout_ms = 500");
+    let toml =
+        listener_with(config(upstream, &route("all", "/", &[])), "max_connections = 32\nheader_read_timeout_ms = 500");
     let gw = TestGateway::start(&toml).await;
     // 300 connections that send a partial head and stall (slowloris).
     let mut flood = Vec::new();
@@ -145,7 +154,9 @@ async fn a_connection_flood_is_capped_and_later_clients_are_served() {
     let mut closed_early = 0;
     for stream in &mut flood {
         let mut buf = [0u8; 512];
-        let read = tokio::time::timeout(Duration::from_millis(300).saturating_sub(started.elapsed()), stream.read(&mut buf)).await;
+        let read =
+            tokio::time::timeout(Duration::from_millis(300).saturating_sub(started.elapsed()), stream.read(&mut buf))
+                .await;
         if matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
             closed_early += 1;
         }
@@ -184,7 +195,11 @@ async fn shutdown_drains_in_flight_requests_up_to_the_drain_timeout() {
     assert!(TcpStream::connect(addr).await.is_err(), "no new connections after shutdown");
 
     // An upstream that never answers: the drain gives up at its deadline.
-    let gw = TestGateway::start(&listener_with(config(silent_upstream().await, &route("all", "/", &[])), "drain_timeout_ms = 300")).await;
+    let gw = TestGateway::start(&listener_with(
+        config(silent_upstream().await, &route("all", "/", &[])),
+        "drain_timeout_ms = 300",
+    ))
+    .await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     stream.write_all(b"GET /stuck HTTP/1.1\r\nhost: gw.test\r\n\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -77,14 +77,29 @@ async fn metrics_count_known_traffic_by_route_status_plugin_and_upstream() {
     assert_eq!(value(s, "portcullis_http_request_duration_seconds_count", &[("route", "public")]), Some(4.0));
 
     let echo = upstream.to_string();
-    assert_eq!(value(s, "portcullis_upstream_request_duration_seconds_count", &[("upstream", "app"), ("endpoint", &echo)]), Some(5.0));
+    assert_eq!(
+        value(s, "portcullis_upstream_request_duration_seconds_count", &[("upstream", "app"), ("endpoint", &echo)]),
+        Some(5.0)
+    );
     let dead = dead.to_string();
-    assert_eq!(value(s, "portcullis_upstream_errors_total", &[("upstream", "dead"), ("endpoint", &dead), ("kind", "failed")]), Some(1.0));
+    assert_eq!(
+        value(s, "portcullis_upstream_errors_total", &[("upstream", "dead"), ("endpoint", &dead), ("kind", "failed")]),
+        Some(1.0)
+    );
     assert_eq!(value(s, "portcullis_upstream_endpoint_available", &[("upstream", "app")]), Some(1.0));
 
-    assert_eq!(value(s, "portcullis_plugin_decisions_total", &[("plugin", "apikey"), ("decision", "denied")]), Some(2.0));
-    assert_eq!(value(s, "portcullis_plugin_decisions_total", &[("plugin", "apikey"), ("decision", "authenticated")]), Some(1.0));
-    assert_eq!(value(s, "portcullis_plugin_call_duration_seconds_count", &[("plugin", "apikey"), ("phase", "request")]), Some(3.0));
+    assert_eq!(
+        value(s, "portcullis_plugin_decisions_total", &[("plugin", "apikey"), ("decision", "denied")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(s, "portcullis_plugin_decisions_total", &[("plugin", "apikey"), ("decision", "authenticated")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(s, "portcullis_plugin_call_duration_seconds_count", &[("plugin", "apikey"), ("phase", "request")]),
+        Some(3.0)
+    );
     let idle = value(s, "portcullis_plugin_instances", &[("plugin", "apikey"), ("state", "idle")]).unwrap();
     assert!(idle >= 1.0, "the apikey step keeps its instance pooled");
     assert_eq!(value(s, "portcullis_plugin_instances", &[("plugin", "apikey"), ("state", "busy")]), Some(0.0));

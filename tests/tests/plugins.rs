@@ -105,7 +105,11 @@ async fn api_keys_authenticate_and_never_reach_the_upstream() {
     ] }"#;
     // sha256 of "k-admin-0123456789", as an operator would store it.
     let keys = keys.replace("SHA", "ee9272f4f893ceab06022129106b96006a3ec2db08aed5ed27a663d7fda1113f");
-    let routes = route("svc", "/svc/", &[("apikey", Some(&keys)), ("rbac", Some(r#"{ rules = [{ path = "/svc/**", roles = ["reader"] }] }"#))]);
+    let routes = route(
+        "svc",
+        "/svc/",
+        &[("apikey", Some(&keys)), ("rbac", Some(r#"{ rules = [{ path = "/svc/**", roles = ["reader"] }] }"#))],
+    );
     let gw = TestGateway::start(&config(upstream, &routes)).await;
     let by_header = get(&gw.url("/svc/items"), &[("x-api-key", "k-reader-0123456789")]).await;
     assert_eq!(by_header.status, 200, "{:?}", by_header.body);
@@ -137,15 +141,21 @@ async fn request_validation_answers_400_422_and_413_and_forwards_valid_bodies() 
     let invalid = request("POST", &url, &json_headers, r#"{"name": "", "price": -1, "extra": true}"#).await;
     assert_eq!(invalid.status, 422);
     assert_eq!(invalid.headers["content-type"], "application/problem+json");
-    let mut pointers: Vec<String> =
-        invalid.json()["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap().to_owned()).collect();
+    let mut pointers: Vec<String> = invalid.json()["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap().to_owned())
+        .collect();
     pointers.sort();
     assert_eq!(pointers, ["", "/name", "/price"], "{:?}", invalid.json());
     let malformed = request("POST", &url, &json_headers, "{not json").await;
     assert_eq!(malformed.status, 400);
-    let too_large = request("POST", &url, &json_headers, &format!(r#"{{"name": "{}", "price": 1}}"#, "x".repeat(2000))).await;
+    let too_large =
+        request("POST", &url, &json_headers, &format!(r#"{{"name": "{}", "price": 1}}"#, "x".repeat(2000))).await;
     assert_eq!(too_large.status, 413);
-    let wrong_type = request("POST", &url, &[("authorization", auth.as_str()), ("content-type", "text/plain")], "{}").await;
+    let wrong_type =
+        request("POST", &url, &[("authorization", auth.as_str()), ("content-type", "text/plain")], "{}").await;
     assert_eq!(wrong_type.status, 422);
     // Authentication runs before the body is read: an unauthenticated client cannot make the
     // gateway buffer its body.
@@ -175,14 +185,23 @@ async fn audit_trail_is_hash_chained_and_verify_finds_tampering() {
     assert_eq!(verify(&text).unwrap().0, 5);
     let tampered = text.replacen("\"status\":200", "\"status\":204", 3);
     let third = text.lines().nth(2).unwrap();
-    let tampered = tampered.lines().take(2).chain(std::iter::once(third)).chain(tampered.lines().skip(3)).collect::<Vec<_>>().join("\n");
+    let tampered = tampered
+        .lines()
+        .take(2)
+        .chain(std::iter::once(third))
+        .chain(tampered.lines().skip(3))
+        .collect::<Vec<_>>()
+        .join("\n");
     assert_eq!(verify(&tampered).unwrap_err().record, 1, "the first edited record is reported");
     gw.stop().await;
 }
 
 /// An RFC 7662 introspection endpoint: `good-token` is active for alice, anything else is not.
 /// While `down` is set it answers 500, as a failing authorization server does.
-async fn introspection_server(calls: Arc<AtomicU32>, down: Arc<AtomicBool>) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+async fn introspection_server(
+    calls: Arc<AtomicU32>,
+    down: Arc<AtomicBool>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     serve(move |method, path, headers, body| {
         calls.fetch_add(1, Ordering::SeqCst);
         if down.load(Ordering::SeqCst) {
@@ -211,7 +230,8 @@ async fn oauth2_introspection_authenticates_caches_and_reports_an_unreachable_se
     let down = Arc::new(AtomicBool::new(false));
     let (server, task) = introspection_server(calls.clone(), down.clone()).await;
     let extra = portcullis_e2e::outbound_auth_plugin("introspect", "oauth2_introspection", server);
-    let step = format!(r#"{{ endpoint = "http://{server}/introspect", client_id = "gateway", client_secret = "s3cret" }}"#);
+    let step =
+        format!(r#"{{ endpoint = "http://{server}/introspect", client_id = "gateway", client_secret = "s3cret" }}"#);
     let routes = route("api", "/api/", &[("introspect", Some(&step))]);
     let gw = TestGateway::start(&config_with(upstream, &extra, &routes)).await;
     let url = gw.url("/api/items");
@@ -252,14 +272,20 @@ fn mint_kid(claims: &Value, kid: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_jwks_url_rotation_stale_keys_and_an_endpoint_outage() {
     let upstream = echo_upstream().await;
-    let jwks: Value = serde_json::from_str(&std::fs::read_to_string(portcullis_e2e::root().join("examples/quickstart/keys/jwks.json")).unwrap()).unwrap();
+    let jwks: Value = serde_json::from_str(
+        &std::fs::read_to_string(portcullis_e2e::root().join("examples/quickstart/keys/jwks.json")).unwrap(),
+    )
+    .unwrap();
     let with_kids = |kids: &[&str]| {
         let template = jwks["keys"][0].clone();
-        let keys: Vec<Value> = kids.iter().map(|k| {
-            let mut key = template.clone();
-            key["kid"] = json!(k);
-            key
-        }).collect();
+        let keys: Vec<Value> = kids
+            .iter()
+            .map(|k| {
+                let mut key = template.clone();
+                key["kid"] = json!(k);
+                key
+            })
+            .collect();
         json!({ "keys": keys }).to_string()
     };
     let served = Arc::new(Mutex::new(Some(with_kids(&["k1"]))));
@@ -304,7 +330,11 @@ async fn jwt_jwks_url_rotation_stale_keys_and_an_endpoint_outage() {
     *served.lock().unwrap() = None;
     task.abort();
     engine.clock().advance(Duration::from_secs(90));
-    assert_eq!(get(&url, &[("authorization", &token("k1"))]).await.status, 200, "stale keys while the endpoint is down");
+    assert_eq!(
+        get(&url, &[("authorization", &token("k1"))]).await.status,
+        200,
+        "stale keys while the endpoint is down"
+    );
     engine.clock().advance(Duration::from_secs(120));
     assert_eq!(get(&url, &[("authorization", &token("k1"))]).await.status, 401, "keys dropped past max_stale_ms");
     gw.stop().await;

@@ -9,8 +9,12 @@ fn public() -> String {
 
 /// `/fragile/` runs the chaos filter fail-closed, `/tolerant/` fail-open, `/public/` nothing.
 fn chaos_routes() -> String {
-    [route("fragile", "/fragile/", &[("chaos", None)]), route("tolerant", "/tolerant/", &[("chaos-open", None)]), public()]
-        .concat()
+    [
+        route("fragile", "/fragile/", &[("chaos", None)]),
+        route("tolerant", "/tolerant/", &[("chaos-open", None)]),
+        public(),
+    ]
+    .concat()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +63,13 @@ async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_added() {
     let gw = TestGateway::start(&config(echo_upstream().await, &public())).await;
     let reply = get(
         &gw.url("/public/x?q=1"),
-        &[("connection", "x-secret"), ("x-secret", "1"), ("te", "trailers"), ("x-forwarded-for", "10.9.8.7"), ("x-kept", "yes")],
+        &[
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("x-forwarded-for", "10.9.8.7"),
+            ("x-kept", "yes"),
+        ],
     )
     .await;
     assert_eq!(reply.status, 200);
@@ -87,7 +97,6 @@ async fn request_body_is_streamed_and_reframed() {
     assert_eq!(reply.upstream_saw("content-length"), ["14"]);
     gw.stop().await;
 }
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trapping_plugin_fails_its_request_and_nothing_else() {
@@ -142,8 +151,11 @@ async fn invalid_plugin_output_is_refused_before_use() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_read_timeout_closes_a_slow_client() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let toml = config(echo_upstream().await, &public())
-        .replacen("address = \"127.0.0.1:0\"", "address = \"127.0.0.1:0\"\nheader_read_timeout_ms = 200", 1);
+    let toml = config(echo_upstream().await, &public()).replacen(
+        "address = \"127.0.0.1:0\"",
+        "address = \"127.0.0.1:0\"\nheader_read_timeout_ms = 200",
+        1,
+    );
     let gw = TestGateway::start(&toml).await;
     let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     stream.write_all(b"GET /public/x HTTP/1.1\r\nHost: a\r\nX-Slow: ").await.unwrap();
@@ -166,7 +178,8 @@ async fn h2c_prior_knowledge_is_served() {
     let response = client.get(gw.url("/public/h2").parse().unwrap()).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), http::Version::HTTP_2);
-    let body: serde_json::Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let body: serde_json::Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body["path"], "/public/h2");
     gw.stop().await;
 }

@@ -30,9 +30,11 @@ async fn quickstart_chain_authenticates_authorizes_limits_validates_and_audits()
     let listed = get(&format!("{base}/api/orders"), &[("authorization", &auth)]).await;
     assert_eq!(listed.status, 200);
     assert_eq!(listed.headers["ratelimit-policy"], "\"per-10s\";q=5;w=10, \"per-hour\";q=1000;w=3600");
-    let created = request("POST", &format!("{base}/api/orders"), &json_auth, r#"{"item": "bolt", "quantity": 3}"#).await;
+    let created =
+        request("POST", &format!("{base}/api/orders"), &json_auth, r#"{"item": "bolt", "quantity": 3}"#).await;
     assert_eq!(created.status, 200, "{:?}", created.body);
-    let invalid = request("POST", &format!("{base}/api/orders"), &json_auth, r#"{"item": "bolt", "quantity": 0}"#).await;
+    let invalid =
+        request("POST", &format!("{base}/api/orders"), &json_auth, r#"{"item": "bolt", "quantity": 0}"#).await;
     assert_eq!(invalid.status, 422);
     assert_eq!(invalid.json()["errors"][0]["pointer"], "/quantity");
     let forbidden = request("DELETE", &format!("{base}/api/orders/1"), &[("authorization", &auth)], "").await;

@@ -23,7 +23,8 @@ fn plugin_dir() -> PathBuf {
 /// TOML.
 fn site(upstream: std::net::SocketAddr, dir: &Path, suffix: &str, watch: bool, extra: &str) -> String {
     let tag_config = format!(r#"{{ suffix = "{suffix}" }}"#);
-    let routes = [route("tagged", "/tagged/", &[("tag", Some(&tag_config))]), route("counted", "/counted/", &[("chaos", None)])];
+    let routes =
+        [route("tagged", "/tagged/", &[("tag", Some(&tag_config))]), route("counted", "/counted/", &[("chaos", None)])];
     let filter = dir.join("filter.wasm");
     config(
         upstream,
@@ -105,11 +106,27 @@ async fn failed_reloads_keep_the_running_snapshot_and_say_why() {
     let conflict = "\n[[route]]\nid = \"again\"\npath_prefix = \"/tagged/\"\nupstream = \"app\"\n";
     let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
         ("syntax error", Box::new(|| replace_file(&config, b"[[listener]\naddress = 1")), "gateway.toml: line 1"),
-        ("unknown field", Box::new(|| replace_file(&config, good.replace("debounce_ms", "debounce").as_bytes())), "unknown field `debounce`"),
+        (
+            "unknown field",
+            Box::new(|| replace_file(&config, good.replace("debounce_ms", "debounce").as_bytes())),
+            "unknown field `debounce`",
+        ),
         ("missing plugin file", Box::new(|| std::fs::remove_file(&filter).unwrap()), "plugin.tag.path: cannot read"),
-        ("half-written component", Box::new(|| std::fs::write(&filter, &b[..b.len() / 2]).unwrap()), "plugin.tag.path:"),
-        ("plugin refuses its config", Box::new(|| replace_file(&config, good.replace("suffix = \"\"", "suffix = 5").as_bytes())), "route[0].chain[0].config/suffix: refused by plugin `tag`"),
-        ("route conflict", Box::new(|| replace_file(&config, (good.clone() + conflict).as_bytes())), "matches the same requests as route[0]"),
+        (
+            "half-written component",
+            Box::new(|| std::fs::write(&filter, &b[..b.len() / 2]).unwrap()),
+            "plugin.tag.path:",
+        ),
+        (
+            "plugin refuses its config",
+            Box::new(|| replace_file(&config, good.replace("suffix = \"\"", "suffix = 5").as_bytes())),
+            "route[0].chain[0].config/suffix: refused by plugin `tag`",
+        ),
+        (
+            "route conflict",
+            Box::new(|| replace_file(&config, (good.clone() + conflict).as_bytes())),
+            "matches the same requests as route[0]",
+        ),
     ];
     for (case, break_it, expected) in &cases {
         break_it();
@@ -160,7 +177,8 @@ async fn a_burst_of_writes_is_coalesced_and_never_loads_a_half_written_file() {
     watcher.await.unwrap();
     // This gateway's own history (metrics are per process, shared with concurrent tests).
     let history = gw.gateway.reloads();
-    let ok = history.iter().filter(|r| r.cause == portcullis::reload::ReloadCause::FileChange && r.result == "ok").count();
+    let ok =
+        history.iter().filter(|r| r.cause == portcullis::reload::ReloadCause::FileChange && r.result == "ok").count();
     let failed = history.iter().filter(|r| r.result == "error").count();
     println!("100 writes in ~1 s → {ok} reloads ok, {failed} refused");
     assert!(ok + failed <= 20, "{ok} + {failed} reloads for one burst");
@@ -177,15 +195,18 @@ async fn reloads_under_load_drop_no_request() {
     let (sent, wrong, errors) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
     let mut clients = Vec::new();
     for _ in 0..16 {
-        let (stop, sent, wrong, errors, url) = (stop.clone(), sent.clone(), wrong.clone(), errors.clone(), gw.url("/tagged/x"));
+        let (stop, sent, wrong, errors, url) =
+            (stop.clone(), sent.clone(), wrong.clone(), errors.clone(), gw.url("/tagged/x"));
         clients.push(tokio::spawn(async move {
-            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
             while !stop.load(Ordering::Relaxed) {
                 sent.fetch_add(1, Ordering::Relaxed);
                 match client.get(url.parse().unwrap()).await {
                     Ok(response) if response.status() == 200 => {
                         use http_body_util::BodyExt;
-                        let body: serde_json::Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+                        let body: serde_json::Value =
+                            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
                         let tag = body["headers"]["x-tag"][0].as_str().unwrap_or("").to_owned();
                         if !["a-1", "a-2", "b-1", "b-2"].contains(&tag.as_str()) {
                             wrong.fetch_add(1, Ordering::Relaxed);
@@ -220,7 +241,8 @@ async fn reloads_under_load_drop_no_request() {
         client.await.unwrap();
     }
     let rss_after = rss_bytes();
-    let (sent, wrong, errors) = (sent.load(Ordering::Relaxed), wrong.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
+    let (sent, wrong, errors) =
+        (sent.load(Ordering::Relaxed), wrong.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
     println!(
         "{swaps} reloads under 16 concurrent clients: {sent} requests, {wrong} wrong or non-200, {errors} connection errors; RSS {} → {} MiB",
         rss_before >> 20,
@@ -261,7 +283,8 @@ async fn admin_reload_endpoint_reloads_or_reports_every_problem() {
     let errors = refused.json()["errors"].clone();
     assert!(errors.to_string().contains("unknown variant `filtre`"), "{errors}");
     let history = get(&format!("http://{}/reloads", gw.admin), &[]).await.json();
-    let results: Vec<&str> = history["reloads"].as_array().unwrap().iter().map(|r| r["result"].as_str().unwrap()).collect();
+    let results: Vec<&str> =
+        history["reloads"].as_array().unwrap().iter().map(|r| r["result"].as_str().unwrap()).collect();
     assert_eq!(results, ["ok", "ok", "error"]);
     assert_eq!(tag(&gw).await, "a");
     gw.stop().await;

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use portcullis::config;
 use portcullis::snapshot::Snapshot;
 use portcullis_e2e::{
-    TestGateway, config as gateway_config, echo_upstream, engine, get, metric, plugin, route, rss_bytes, scrape, write_config,
+    TestGateway, config as gateway_config, echo_upstream, engine, get, metric, plugin, route, rss_bytes, scrape,
+    write_config,
 };
 
 fn routes() -> String {
@@ -96,7 +97,11 @@ async fn log_floods_are_capped_and_counted() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.upstream_saw("x-filtered"), ["yes"]);
     let metrics = scrape(&gw).await;
-    assert_eq!(metric(&metrics, "portcullis_plugin_log_events_dropped_total", "plugin=\"chaos\""), Some(9_900.0), "{metrics}");
+    assert_eq!(
+        metric(&metrics, "portcullis_plugin_log_events_dropped_total", "plugin=\"chaos\""),
+        Some(9_900.0),
+        "{metrics}"
+    );
     gw.stop().await;
 }
 
@@ -120,7 +125,10 @@ async fn breaker_trips_fails_fast_and_recovers_through_a_probe() {
     assert_eq!(get(&gw.url("/public/x"), &[]).await.status, 200, "other routes are unaffected");
     let metrics = scrape(&gw).await;
     assert_eq!(metric(&metrics, "portcullis_plugin_breaker_open", "plugin=\"chaos-breaker\""), Some(1.0), "{metrics}");
-    assert_eq!(metric(&metrics, "portcullis_plugin_failures_total", "plugin=\"chaos-breaker\",kind=\"breaker-open\""), Some(1.0));
+    assert_eq!(
+        metric(&metrics, "portcullis_plugin_failures_total", "plugin=\"chaos-breaker\",kind=\"breaker-open\""),
+        Some(1.0)
+    );
 
     // Past the 300 ms open period, one probe goes through; it succeeds and closes the breaker.
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
@@ -184,7 +192,12 @@ async fn kv_is_shared_by_a_plugins_instances_and_needs_the_grant() {
         plugin("chaos_filter").display()
     );
     let error = build(&ungranted).await.unwrap_err();
-    assert!(error.contains("plugin.chaos.path: refused imports: `portcullis:plugin/kv@0.1.0` (the `kv` capability is not granted)"), "{error}");
+    assert!(
+        error.contains(
+            "plugin.chaos.path: refused imports: `portcullis:plugin/kv@0.1.0` (the `kv` capability is not granted)"
+        ),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,9 +214,14 @@ async fn components_importing_sockets_are_refused_at_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuel_limits_a_looping_plugin_when_metering_is_on() {
-    let toml = gateway_config(echo_upstream().await, &route("fueled", "/fueled/", &[("fueled", None)]))
-        .replacen("[[listener]]", "[runtime]\nfuel_metering = true\n\n[[listener]]", 1)
-        + &format!("\n[plugin.fueled]\npath = \"{}\"\nkind = \"filter\"\ncapabilities = [\"kv\"]\nfuel = 1000000\ndeadline_ms = 10000\n", plugin("chaos_filter").display());
+    let toml = gateway_config(echo_upstream().await, &route("fueled", "/fueled/", &[("fueled", None)])).replacen(
+        "[[listener]]",
+        "[runtime]\nfuel_metering = true\n\n[[listener]]",
+        1,
+    ) + &format!(
+        "\n[plugin.fueled]\npath = \"{}\"\nkind = \"filter\"\ncapabilities = [\"kv\"]\nfuel = 1000000\ndeadline_ms = 10000\n",
+        plugin("chaos_filter").display()
+    );
     let loaded = write_config(&toml).1;
     let runtime = config::load(&loaded).unwrap().config.runtime;
     let metered = portcullis::plugin::PluginEngine::new(&runtime).unwrap();
@@ -211,7 +229,11 @@ async fn fuel_limits_a_looping_plugin_when_metering_is_on() {
     assert_eq!(get(&gw.url("/fueled/x"), &[]).await.status, 200, "a normal call fits its fuel");
     assert_eq!(get(&gw.url("/fueled/x"), &[("x-chaos", "loop")]).await.status, 500);
     let metrics = scrape(&gw).await;
-    assert_eq!(metric(&metrics, "portcullis_plugin_failures_total", "plugin=\"fueled\",kind=\"out-of-fuel\""), Some(1.0), "{metrics}");
+    assert_eq!(
+        metric(&metrics, "portcullis_plugin_failures_total", "plugin=\"fueled\",kind=\"out-of-fuel\""),
+        Some(1.0),
+        "{metrics}"
+    );
     gw.stop().await;
 
     let unmetered = toml.replace("fuel_metering = true", "fuel_metering = false");

@@ -104,26 +104,78 @@ enum Expect {
 }
 
 const CASES: &[(&str, &str, Expect)] = &[
-    ("CL and TE together (CL.TE)", "POST /s HTTP/1.1\r\nHost: gw\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGPOST /smuggled HTTP/1.1\r\nHost: gw\r\n\r\n", Expect::ForwardedOnceThenClosed),
-    ("TE and CL together (TE.CL)", "POST /s HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n44\r\nGPOST /smuggled HTTP/1.1\r\nHost: gw\r\nContent-Length: 15\r\n\r\nx=1\r\n0\r\n\r\n\r\n0\r\n\r\n", Expect::ForwardedOnceThenClosed),
-    ("duplicate Content-Length, different values", "POST /s HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabc", Expect::Rejected),
+    (
+        "CL and TE together (CL.TE)",
+        "POST /s HTTP/1.1\r\nHost: gw\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGPOST /smuggled HTTP/1.1\r\nHost: gw\r\n\r\n",
+        Expect::ForwardedOnceThenClosed,
+    ),
+    (
+        "TE and CL together (TE.CL)",
+        "POST /s HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n44\r\nGPOST /smuggled HTTP/1.1\r\nHost: gw\r\nContent-Length: 15\r\n\r\nx=1\r\n0\r\n\r\n\r\n0\r\n\r\n",
+        Expect::ForwardedOnceThenClosed,
+    ),
+    (
+        "duplicate Content-Length, different values",
+        "POST /s HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabc",
+        Expect::Rejected,
+    ),
     ("Content-Length list", "POST /s HTTP/1.1\r\nHost: gw\r\nContent-Length: 3, 40\r\n\r\nabc", Expect::Rejected),
     ("negative Content-Length", "POST /s HTTP/1.1\r\nHost: gw\r\nContent-Length: -3\r\n\r\nabc", Expect::Rejected),
-    ("Content-Length with a plus sign", "POST /s HTTP/1.1\r\nHost: gw\r\nContent-Length: +3\r\n\r\nabc", Expect::Rejected),
-    ("obfuscated TE: leading comma", "POST /s HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: ,chunked\r\n\r\n0\r\n\r\n", Expect::Rejected),
-    ("obfuscated TE: xchunked", "POST /s HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", Expect::Rejected),
-    ("obfuscated TE: chunked then identity", "POST /s HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", Expect::Rejected),
-    ("TE with whitespace before the colon", "POST /s HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", Expect::Rejected),
-    ("bad chunk size", "POST /s HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", Expect::Rejected),
-    ("chunk size overflow", "POST /s HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nabc\r\n0\r\n\r\n", Expect::Rejected),
+    (
+        "Content-Length with a plus sign",
+        "POST /s HTTP/1.1\r\nHost: gw\r\nContent-Length: +3\r\n\r\nabc",
+        Expect::Rejected,
+    ),
+    (
+        "obfuscated TE: leading comma",
+        "POST /s HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: ,chunked\r\n\r\n0\r\n\r\n",
+        Expect::Rejected,
+    ),
+    (
+        "obfuscated TE: xchunked",
+        "POST /s HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        Expect::Rejected,
+    ),
+    (
+        "obfuscated TE: chunked then identity",
+        "POST /s HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        Expect::Rejected,
+    ),
+    (
+        "TE with whitespace before the colon",
+        "POST /s HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        Expect::Rejected,
+    ),
+    (
+        "bad chunk size",
+        "POST /s HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        Expect::Rejected,
+    ),
+    (
+        "chunk size overflow",
+        "POST /s HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nabc\r\n0\r\n\r\n",
+        Expect::Rejected,
+    ),
     ("bare LF line endings", "GET /s HTTP/1.1\nHost: gw\nX-A: 1\n\n", Expect::ForwardedOnce),
     ("bare CR in a header value", "GET /s HTTP/1.1\r\nHost: gw\r\nX-A: 1\rX-B: 2\r\n\r\n", Expect::Rejected),
     ("NUL in a header value", "GET /s HTTP/1.1\r\nHost: gw\r\nX-A: a\0b\r\n\r\n", Expect::Rejected),
     ("obs-fold", "GET /s HTTP/1.1\r\nHost: gw\r\nX-A: 1\r\n  folded\r\n\r\n", Expect::Rejected),
     ("whitespace before the colon", "GET /s HTTP/1.1\r\nHost: gw\r\nX-A : 1\r\n\r\n", Expect::Rejected),
-    ("pipelined request after an invalid one", "GET /s HTTP/1.1\r\nHost: gw\r\nX-A : 1\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: gw\r\n\r\n", Expect::Rejected),
-    ("valid chunked body", "POST /s HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", Expect::ForwardedOnce),
-    ("valid Content-Length body", "POST /s HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\n\r\nabc", Expect::ForwardedOnce),
+    (
+        "pipelined request after an invalid one",
+        "GET /s HTTP/1.1\r\nHost: gw\r\nX-A : 1\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: gw\r\n\r\n",
+        Expect::Rejected,
+    ),
+    (
+        "valid chunked body",
+        "POST /s HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        Expect::ForwardedOnce,
+    ),
+    (
+        "valid Content-Length body",
+        "POST /s HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\n\r\nabc",
+        Expect::ForwardedOnce,
+    ),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,7 +298,18 @@ fn h2_get(extra: &[(&str, &str)]) -> Vec<u8> {
 async fn malformed_h2_requests_are_reset_and_never_forwarded() {
     let (upstream, seen) = recording_upstream().await;
     let gw = TestGateway::start(&config(upstream, &route("all", "/", &[]))).await;
-    let mut post_with_wrong_length = frame(1, 0x4, 1, &hpack(&[(":method", "POST"), (":scheme", "http"), (":path", "/s"), (":authority", "gw"), ("content-length", "3")]));
+    let mut post_with_wrong_length = frame(
+        1,
+        0x4,
+        1,
+        &hpack(&[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/s"),
+            (":authority", "gw"),
+            ("content-length", "3"),
+        ]),
+    );
     post_with_wrong_length.extend(frame(0, 0x1, 1, b"abcdefgh"));
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("transfer-encoding in h2", h2_get(&[("transfer-encoding", "chunked")])),

@@ -39,7 +39,8 @@ async fn tls_listener_serves_http1_and_h2_by_alpn_and_picks_certificates_by_sni(
     let api = pki.issue("api", "api.test", &["api.test"], &[], false);
     let apps = pki.issue("apps", "apps", &["*.apps.test"], &[], false);
     let upstream = echo_upstream().await;
-    let gw = TestGateway::start(&with_tls(config(upstream, &route("all", "/", &[])), &certificates(&[&api, &apps]))).await;
+    let gw =
+        TestGateway::start(&with_tls(config(upstream, &route("all", "/", &[])), &certificates(&[&api, &apps]))).await;
 
     let h1 = curl(gw.addr, "api.test", "/hello", &pki.ca_file, &["--http1.1"]).await;
     assert_eq!((h1.exit, h1.status, h1.version.as_str()), (0, 200, "1.1"), "{h1:?}");
@@ -116,13 +117,19 @@ async fn mutual_tls_requires_a_valid_client_certificate_and_plugins_see_its_name
     let foreign = outsiders.issue("foreign", "foreign", &[], &["spiffe://example.org/billing"], false);
 
     let upstream = echo_upstream().await;
-    let mtls = r#"{ allowed_prefixes = ["spiffe://example.org/"], roles = { "spiffe://example.org/billing" = ["billing"] } }"#;
+    let mtls =
+        r#"{ allowed_prefixes = ["spiffe://example.org/"], roles = { "spiffe://example.org/billing" = ["billing"] } }"#;
     let routes = route("mtls", "/", &[("mtls", Some(mtls))]);
     let tls = format!("{}\nclient_ca_file = \"{}\"", certificates(&[&api]), clients.ca_file.display());
     let gw = TestGateway::start(&with_tls(config(upstream, &routes), &tls)).await;
     let ca = &servers.ca_file;
     let with = |issued: &portcullis_e2e::tls::Issued| {
-        vec!["--cert".to_owned(), issued.cert_file.display().to_string(), "--key".to_owned(), issued.key_file.display().to_string()]
+        vec![
+            "--cert".to_owned(),
+            issued.cert_file.display().to_string(),
+            "--key".to_owned(),
+            issued.key_file.display().to_string(),
+        ]
     };
 
     let ok_args = with(&billing);
@@ -136,7 +143,8 @@ async fn mutual_tls_requires_a_valid_client_certificate_and_plugins_see_its_name
     assert!(none.exit != 0 && none.status == 0, "no client certificate must fail the handshake: {none:?}");
     for (what, issued) in [("expired", &expired), ("foreign CA", &foreign)] {
         let args = with(issued);
-        let refused = curl(gw.addr, "api.test", "/orders", ca, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        let refused =
+            curl(gw.addr, "api.test", "/orders", ca, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
         assert!(refused.exit != 0 && refused.status == 0, "{what}: {refused:?}");
     }
     gw.stop().await;
@@ -151,7 +159,8 @@ async fn mutual_tls_requires_a_valid_client_certificate_and_plugins_see_its_name
     let open = curl(gw.addr, "api.test", "/", ca, &[]).await;
     assert_eq!((open.exit, open.status), (0, 200), "{open:?}");
     let expired_args = with(&expired);
-    let still_refused = curl(gw.addr, "api.test", "/", ca, &expired_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let still_refused =
+        curl(gw.addr, "api.test", "/", ca, &expired_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     assert!(still_refused.status == 0, "a certificate that is sent must be valid: {still_refused:?}");
     gw.stop().await;
     let _ = std::fs::remove_dir_all(dir);
@@ -190,7 +199,10 @@ async fn renewed_certificates_reach_new_connections_while_open_ones_keep_serving
     assert_eq!(h1.get("/c").await.unwrap().0, 200, "an open HTTP/1.1 connection keeps serving");
 
     // A broken renewal is refused and the last good certificate keeps being served.
-    portcullis_e2e::replace_file(&renewed.key_file, b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n");
+    portcullis_e2e::replace_file(
+        &renewed.key_file,
+        b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+    );
     let mut last = None;
     for _ in 0..100 {
         last = gw.gateway.reloads().pop().filter(|r| r.result == "error");
@@ -231,7 +243,9 @@ async fn upstreams_are_reached_over_tls_and_http2_with_a_client_certificate() {
         }
         t + " }"
     };
-    let upstream = |name: &str, addr: std::net::SocketAddr, extra: &str| format!("[upstream.{name}]\nendpoints = [\"{addr}\"]\n{extra}\n\n");
+    let upstream = |name: &str, addr: std::net::SocketAddr, extra: &str| {
+        format!("[upstream.{name}]\nendpoints = [\"{addr}\"]\n{extra}\n\n")
+    };
     let extra = [
         upstream("tls_h2", tls_upstream, &tls_table("http2", "backend.test", true)),
         upstream("tls_h1", tls_upstream, &tls_table("http1", "backend.test", true)),
@@ -275,14 +289,25 @@ async fn bad_tls_files_are_refused_with_the_field_and_file() {
     let missing = Path::new("/nonexistent/cert.pem");
     let cases = [
         (
-            format!("certificates = [{{ cert_file = \"{}\", key_file = \"{}\" }}]", missing.display(), api.key_file.display()),
+            format!(
+                "certificates = [{{ cert_file = \"{}\", key_file = \"{}\" }}]",
+                missing.display(),
+                api.key_file.display()
+            ),
             "listener[0].tls.certificates[0].cert_file",
         ),
         (
-            format!("certificates = [{{ cert_file = \"{}\", key_file = \"{}\" }}]", api.cert_file.display(), other.key_file.display()),
+            format!(
+                "certificates = [{{ cert_file = \"{}\", key_file = \"{}\" }}]",
+                api.cert_file.display(),
+                other.key_file.display()
+            ),
             "listener[0].tls.certificates[0].key_file",
         ),
-        (format!("{}\nclient_ca_file = \"{}\"", certificates(&[&api]), api.key_file.display()), "listener[0].tls.client_ca_file"),
+        (
+            format!("{}\nclient_ca_file = \"{}\"", certificates(&[&api]), api.key_file.display()),
+            "listener[0].tls.client_ca_file",
+        ),
         (format!("{}\nalpn = [\"spdy/3\"]", certificates(&[&api])), "listener[0].tls.alpn[0]"),
     ];
     for (tls, field) in cases {

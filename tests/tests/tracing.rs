@@ -13,7 +13,9 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use portcullis::plugin::PluginEngine;
 use portcullis::telemetry::{ExportSettings, Telemetry};
-use portcullis_e2e::{TestGateway, capture_logs, captured_logs, claims, config_with, echo_upstream, get, mint, route, serve};
+use portcullis_e2e::{
+    TestGateway, capture_logs, captured_logs, claims, config_with, echo_upstream, get, mint, route, serve,
+};
 use prost::Message;
 use serde_json::Value;
 
@@ -122,12 +124,20 @@ async fn a_request_exports_its_span_tree_and_carries_the_trace_to_the_upstream_a
     let (jwks, jwks_parents) = jwks_server().await;
     let upstream = echo_upstream().await;
     let (extra, step) = remote_jwt(jwks);
-    let routes = route("api", "/api/", &[("jwt-remote", Some(&step)), ("rbac", Some(r#"{ rules = [{ path = "/api/**", roles = ["reader"] }] }"#))]);
+    let routes = route(
+        "api",
+        "/api/",
+        &[("jwt-remote", Some(&step)), ("rbac", Some(r#"{ rules = [{ path = "/api/**", roles = ["reader"] }] }"#))],
+    );
     let gw = TestGateway::start_with(&config_with(upstream, &extra, &routes), exporting_engine(receiver)).await;
 
     let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
     let token = format!("Bearer {}", mint(&claims("alice")));
-    let reply = get(&gw.url("/api/orders?api_key=secret"), &[("authorization", &token), ("traceparent", &traceparent), ("tracestate", "vendor=abc")]).await;
+    let reply = get(
+        &gw.url("/api/orders?api_key=secret"),
+        &[("authorization", &token), ("traceparent", &traceparent), ("tracestate", "vendor=abc")],
+    )
+    .await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     let request_id = reply.headers["x-request-id"].to_str().unwrap().to_owned();
 
@@ -151,10 +161,13 @@ async fn a_request_exports_its_span_tree_and_carries_the_trace_to_the_upstream_a
     let names: Vec<_> = spans.iter().map(|s| s.name.as_str()).collect();
     let phase = |s: &&&Span| attribute(s, "portcullis.plugin.phase");
     let rbac_steps = by_name("plugin rbac");
-    let [rbac] = rbac_steps.iter().filter(|s| phase(s).as_deref() == Some("request")).copied().collect::<Vec<_>>()[..] else {
+    let [rbac] = rbac_steps.iter().filter(|s| phase(s).as_deref() == Some("request")).copied().collect::<Vec<_>>()[..]
+    else {
         panic!("one rbac request-phase span: {names:?}")
     };
-    let [rbac_response] = rbac_steps.iter().filter(|s| phase(s).as_deref() == Some("response")).copied().collect::<Vec<_>>()[..] else {
+    let [rbac_response] =
+        rbac_steps.iter().filter(|s| phase(s).as_deref() == Some("response")).copied().collect::<Vec<_>>()[..]
+    else {
         panic!("one rbac response-phase span: {names:?}")
     };
     assert_eq!(rbac_response.parent_span_id, server.span_id);
@@ -170,12 +183,19 @@ async fn a_request_exports_its_span_tree_and_carries_the_trace_to_the_upstream_a
 
     let clients: Vec<_> = spans.iter().filter(|s| s.kind == SpanKind::Client as i32).collect();
     assert_eq!(clients.len(), 2, "{clients:#?}");
-    let fetch = clients.iter().find(|s| s.parent_span_id == jwt.span_id).expect("the JWKS fetch is a child of the jwt step");
-    let exchange = clients.iter().find(|s| s.parent_span_id == server.span_id).expect("the upstream exchange is a child of the request");
+    let fetch =
+        clients.iter().find(|s| s.parent_span_id == jwt.span_id).expect("the JWKS fetch is a child of the jwt step");
+    let exchange = clients
+        .iter()
+        .find(|s| s.parent_span_id == server.span_id)
+        .expect("the upstream exchange is a child of the request");
     assert_eq!(attribute(fetch, "http.response.status_code").as_deref(), Some("200"));
     assert_eq!(attribute(exchange, "http.response.status_code").as_deref(), Some("200"));
     assert_eq!(attribute(exchange, "server.address").as_deref(), Some("127.0.0.1"));
-    assert!(rbac_response.start_time_unix_nano >= exchange.end_time_unix_nano, "the response phase follows the exchange");
+    assert!(
+        rbac_response.start_time_unix_nano >= exchange.end_time_unix_nano,
+        "the response phase follows the exchange"
+    );
 
     // Both outbound requests continue the trace from their own client span.
     assert_eq!(reply.upstream_saw("traceparent"), [format!("00-{TRACE_ID}-{}-01", hex(&exchange.span_id))]);

@@ -96,8 +96,7 @@ impl LoadedConfig {
 /// every problem found: TOML syntax (with line), unknown or mistyped fields (with the field
 /// path), and references, names and values that do not hold together.
 pub fn load(file: &Path) -> Result<LoadedConfig, ConfigError> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
     let config = check_text(&text).map_err(|issues| ConfigError::Invalid { file: file.to_owned(), issues })?;
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok(LoadedConfig { file: file.to_owned(), base_dir, config })
@@ -114,9 +113,8 @@ pub fn check_text(text: &str) -> Result<GatewayConfig, Vec<Issue>> {
 
 /// Parses TOML text into the model; the issue names the field path and line.
 fn parse(text: &str) -> Result<GatewayConfig, Issue> {
-    let line_of = |span: Option<std::ops::Range<usize>>| {
-        span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
-    };
+    let line_of =
+        |span: Option<std::ops::Range<usize>>| span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     let de = toml::de::Deserializer::parse(text).map_err(|e| {
         let at = line_of(e.span()).map_or_else(|| "syntax".to_owned(), |l| format!("line {l}"));
         Issue::new(at, e.message().trim().to_owned())
@@ -138,7 +136,8 @@ mod tests {
 
     #[test]
     fn parse_names_a_misspelt_field_and_its_line() {
-        let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[[route]]\nid = \"a\"\npathh = \"/x\"\nupstream = \"u\"\n";
+        let text =
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[[route]]\nid = \"a\"\npathh = \"/x\"\nupstream = \"u\"\n";
         let issue = parse(text).unwrap_err();
         assert!(issue.field.starts_with("route[0].pathh"), "{issue:?}");
         assert!(issue.field.contains("line 6"), "{issue:?}");

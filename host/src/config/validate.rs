@@ -3,8 +3,8 @@
 
 use std::collections::HashSet;
 
-use super::model::{Capability, GatewayConfig, PluginKind, RouteConfig};
 use super::Issue;
+use super::model::{Capability, GatewayConfig, PluginKind, RouteConfig};
 
 /// Every problem in `config`, in file order; empty when it holds together.
 pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
@@ -36,7 +36,8 @@ pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
             }
             for (k, alpn) in tls.alpn.iter().enumerate() {
                 if !matches!(alpn.as_str(), "h2" | "http/1.1") {
-                    issues.push(Issue::new(at(&format!("tls.alpn[{k}]")), format!("`{alpn}` is not `h2` or `http/1.1`")));
+                    issues
+                        .push(Issue::new(at(&format!("tls.alpn[{k}]")), format!("`{alpn}` is not `h2` or `http/1.1`")));
                 }
             }
             if tls.alpn.is_empty() {
@@ -70,41 +71,72 @@ pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
         for (i, e) in u.endpoints.iter().enumerate() {
             let ok = e.parse::<http::uri::Authority>().is_ok_and(|a| a.port_u16().is_some());
             if !ok {
-                issues.push(Issue::new(
-                    format!("{at}.endpoints[{i}]"),
-                    format!("`{e}` is not host:port"),
-                ));
+                issues.push(Issue::new(format!("{at}.endpoints[{i}]"), format!("`{e}` is not host:port")));
             }
         }
         if let Some(hc) = &u.health_check {
             if !hc.path.starts_with('/') || hc.path.parse::<http::uri::PathAndQuery>().is_err() {
-                issues.push(Issue::new(format!("{at}.health_check.path"), format!("`{}` is not a path starting with `/`", hc.path)));
+                issues.push(Issue::new(
+                    format!("{at}.health_check.path"),
+                    format!("`{}` is not a path starting with `/`", hc.path),
+                ));
             }
             check_range(&mut issues, &format!("{at}.health_check.interval_ms"), hc.interval_ms, 10, 3_600_000);
             check_range(&mut issues, &format!("{at}.health_check.timeout_ms"), hc.timeout_ms, 1, hc.interval_ms.max(1));
-            check_range(&mut issues, &format!("{at}.health_check.healthy_threshold"), u64::from(hc.healthy_threshold), 1, 1000);
-            check_range(&mut issues, &format!("{at}.health_check.unhealthy_threshold"), u64::from(hc.unhealthy_threshold), 1, 1000);
+            check_range(
+                &mut issues,
+                &format!("{at}.health_check.healthy_threshold"),
+                u64::from(hc.healthy_threshold),
+                1,
+                1000,
+            );
+            check_range(
+                &mut issues,
+                &format!("{at}.health_check.unhealthy_threshold"),
+                u64::from(hc.unhealthy_threshold),
+                1,
+                1000,
+            );
         }
         let od = &u.outlier_detection;
-        check_range(&mut issues, &format!("{at}.outlier_detection.consecutive_failures"), u64::from(od.consecutive_failures), 1, 1_000_000);
-        check_range(&mut issues, &format!("{at}.outlier_detection.base_ejection_ms"), od.base_ejection_ms, 1, 86_400_000);
+        check_range(
+            &mut issues,
+            &format!("{at}.outlier_detection.consecutive_failures"),
+            u64::from(od.consecutive_failures),
+            1,
+            1_000_000,
+        );
+        check_range(
+            &mut issues,
+            &format!("{at}.outlier_detection.base_ejection_ms"),
+            od.base_ejection_ms,
+            1,
+            86_400_000,
+        );
         if od.max_ejection_ms < od.base_ejection_ms {
-            issues.push(Issue::new(format!("{at}.outlier_detection.max_ejection_ms"), "must be at least `base_ejection_ms`"));
+            issues.push(Issue::new(
+                format!("{at}.outlier_detection.max_ejection_ms"),
+                "must be at least `base_ejection_ms`",
+            ));
         }
         if let Some(tls) = &u.tls {
             if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
-                issues.push(Issue::new(format!("{at}.tls"), "set both `client_cert_file` and `client_key_file`, or neither"));
+                issues.push(Issue::new(
+                    format!("{at}.tls"),
+                    "set both `client_cert_file` and `client_key_file`, or neither",
+                ));
             }
             if let Some(name) = &tls.server_name
                 && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
             {
-                issues.push(Issue::new(format!("{at}.tls.server_name"), format!("`{name}` is not a DNS name or IP address")));
+                issues.push(Issue::new(
+                    format!("{at}.tls.server_name"),
+                    format!("`{name}` is not a DNS name or IP address"),
+                ));
             }
         }
-        for (field, v) in [
-            ("connect_timeout_ms", u.connect_timeout_ms),
-            ("response_timeout_ms", u.response_timeout_ms),
-        ] {
+        for (field, v) in [("connect_timeout_ms", u.connect_timeout_ms), ("response_timeout_ms", u.response_timeout_ms)]
+        {
             if v == 0 {
                 issues.push(Issue::new(format!("{at}.{field}"), "must be > 0"));
             }
@@ -176,18 +208,13 @@ fn check_route(config: &GatewayConfig, issues: &mut Vec<Issue>, i: usize, r: &Ro
         }
     }
     if !config.upstreams.contains_key(&r.upstream) {
-        issues.push(Issue::new(
-            format!("{at}.upstream"),
-            format!("no [upstream.{}] is defined", r.upstream),
-        ));
+        issues.push(Issue::new(format!("{at}.upstream"), format!("no [upstream.{}] is defined", r.upstream)));
     }
     let mut auth_steps = 0;
     for (j, step) in r.chain.iter().enumerate() {
         match config.plugins.get(&step.plugin) {
-            None => issues.push(Issue::new(
-                format!("{at}.chain[{j}].plugin"),
-                format!("no [plugin.{}] is defined", step.plugin),
-            )),
+            None => issues
+                .push(Issue::new(format!("{at}.chain[{j}].plugin"), format!("no [plugin.{}] is defined", step.plugin))),
             Some(p) if p.kind == PluginKind::Auth => auth_steps += 1,
             Some(_) => {}
         }
@@ -206,9 +233,8 @@ fn check_conflicts(config: &GatewayConfig, issues: &mut Vec<Issue>) {
             let same_place = a.host == b.host
                 && a.path_prefix.as_deref().map(normalize_prefix) == b.path_prefix.as_deref().map(normalize_prefix)
                 && a.path == b.path;
-            let overlap = a.methods.is_empty()
-                || b.methods.is_empty()
-                || a.methods.iter().any(|m| b.methods.contains(m));
+            let overlap =
+                a.methods.is_empty() || b.methods.is_empty() || a.methods.iter().any(|m| b.methods.contains(m));
             if same_place && overlap {
                 issues.push(Issue::new(
                     format!("route[{j}]"),

@@ -150,7 +150,9 @@ fn check_record(record: &str) -> Result<(), AuditError> {
     match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(record) {
         Err(e) => invalid(&format!("not a JSON object: {e}")),
         Ok(map) if map.is_empty() => invalid("empty object"),
-        Ok(map) if map.contains_key("prev") || map.contains_key("hash") => invalid("`prev` and `hash` are added by the host"),
+        Ok(map) if map.contains_key("prev") || map.contains_key("hash") => {
+            invalid("`prev` and `hash` are added by the host")
+        }
         Ok(_) => Ok(()),
     }
 }
@@ -231,7 +233,9 @@ pub fn verify(input: impl BufRead) -> Result<Result<(u64, String), Broken>, std:
             Err(why) => return broken(why),
         };
         if prev != expected {
-            return broken(format!("`prev` is {prev}, expected {expected}: a record before it was changed, removed or reordered"));
+            return broken(format!(
+                "`prev` is {prev}, expected {expected}: a record before it was changed, removed or reordered"
+            ));
         }
         if chain_hash(prev, &record) != hash {
             return broken("`hash` does not match the record: the record was changed".into());

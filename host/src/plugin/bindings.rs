@@ -4,7 +4,11 @@
 //! instantiates the world as a whole: it loads the one exported interface of the kind named in
 //! the configuration through that interface's `GuestIndices`, so a component needs only that
 //! export (and fails to load, with a clear error, when it lacks it).
-#![allow(missing_docs, unsafe_code, reason = "generated from the WIT, whose doc comments carry over; its unsafe blocks are wasmtime's typed-function glue")]
+#![allow(
+    missing_docs,
+    unsafe_code,
+    reason = "generated from the WIT, whose doc comments carry over; its unsafe blocks are wasmtime's typed-function glue"
+)]
 
 wasmtime::component::bindgen!({
     path: "../wit",

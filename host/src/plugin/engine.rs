@@ -32,7 +32,6 @@ pub const MAX_INSTANCES: u32 = 4096;
 /// it; each store is then held to its plugin's `memory_mib` by `StoreLimits`).
 pub const MAX_MEMORY_BYTES: usize = 4096 * 1024 * 1024;
 
-
 /// The engine, its linker with every host capability, and the shared state behind them.
 pub struct PluginEngine {
     engine: Engine,
@@ -181,10 +180,7 @@ impl PluginEngine {
             return Ok((c.clone(), hash));
         }
         let component = Component::new(&self.engine, bytes)?;
-        self.compiled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(hash.clone(), component.clone());
+        self.compiled.lock().unwrap_or_else(|e| e.into_inner()).insert(hash.clone(), component.clone());
         Ok((component, hash))
     }
 }

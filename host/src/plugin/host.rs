@@ -148,12 +148,7 @@ impl WasiView for HostState {
 impl types::Host for HostState {}
 
 impl log::Host for HostState {
-    fn emit(
-        &mut self,
-        level: log::Level,
-        mut message: String,
-        fields: Vec<(String, String)>,
-    ) -> wasmtime::Result<()> {
+    fn emit(&mut self, level: log::Level, mut message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
         self.log_events += 1;
         if self.log_events > self.grants.max_log_events_per_call {
             let labels = PluginLabels { plugin: self.grants.plugin_id.to_string() };
@@ -213,7 +208,12 @@ impl kv::Host for HostState {
         Ok(Ok(self.shared.kv.delete(&self.grants.plugin_id, &key)))
     }
 
-    fn increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> wasmtime::Result<Result<i64, kv::KvError>> {
+    fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<i64, kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
         Ok(self.shared.kv.increment(&self.grants.plugin_id, &key, delta, ttl_ms).map_err(wit_kv_error))
     }
@@ -227,7 +227,8 @@ impl kv::Host for HostState {
     ) -> wasmtime::Result<Result<bool, kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
         Ok(self
-            .shared.kv
+            .shared
+            .kv
             .compare_and_swap(&self.grants.plugin_id, &key, expected.as_deref(), value, ttl_ms)
             .map_err(wit_kv_error))
     }
@@ -298,4 +299,3 @@ impl audit::Host for HostState {
         }))
     }
 }
-

@@ -51,10 +51,17 @@ mod tests {
     #[test]
     fn imports_allow_std_wasi_and_granted_capabilities_only() {
         let none: &[Capability] = &[];
-        for ok in ["wasi:io/streams@0.2.6", "wasi:cli/stderr@0.2.6", "wasi:clocks/wall-clock@0.2.6", "portcullis:plugin/log@0.1.0"] {
+        for ok in [
+            "wasi:io/streams@0.2.6",
+            "wasi:cli/stderr@0.2.6",
+            "wasi:clocks/wall-clock@0.2.6",
+            "portcullis:plugin/log@0.1.0",
+        ] {
             assert_eq!(refusal(ok, none), None, "{ok}");
         }
-        for bad in ["wasi:sockets/tcp@0.2.6", "wasi:filesystem/types@0.2.6", "wasi:http/outgoing-handler@0.2.6", "acme:evil/x"] {
+        for bad in
+            ["wasi:sockets/tcp@0.2.6", "wasi:filesystem/types@0.2.6", "wasi:http/outgoing-handler@0.2.6", "acme:evil/x"]
+        {
             assert!(refusal(bad, none).is_some(), "{bad}");
         }
         assert!(refusal("portcullis:plugin/kv@0.1.0", none).is_some());

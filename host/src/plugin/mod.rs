@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Semaphore;
-use wasmtime::{Store, UpdateDeadline};
 use wasmtime::component::{Component, InstancePre};
+use wasmtime::{Store, UpdateDeadline};
 
 use breaker::{Admission, Breaker};
 pub use engine::{EPOCH_TICK, MAX_INSTANCES, MAX_MEMORY_BYTES, PluginEngine};
@@ -137,7 +137,8 @@ impl LoadedPlugin {
             observe: histogram("observe"),
             decisions: Mutex::new(Vec::new()),
         };
-        let origins = config.allowed_origins.iter().map(|o| outbound::Origin::parse(o)).collect::<Result<Vec<_>, _>>()?;
+        let origins =
+            config.allowed_origins.iter().map(|o| outbound::Origin::parse(o)).collect::<Result<Vec<_>, _>>()?;
         let audit = if config.capabilities.contains(&crate::config::Capability::Audit) {
             Some(engine.audit_sinks().open(audit_file)?)
         } else {
@@ -147,9 +148,8 @@ impl LoadedPlugin {
             return Err("`fuel` needs `fuel_metering = true` in [runtime] when the gateway starts".into());
         }
         let pre = engine.linker().instantiate_pre(component).map_err(|e| format!("{e:#}"))?;
-        let indices = KindIndices::new(config.kind, &pre).map_err(|e| {
-            format!("the component does not export the `{}` kind's interface: {e:#}", config.kind)
-        })?;
+        let indices = KindIndices::new(config.kind, &pre)
+            .map_err(|e| format!("the component does not export the `{}` kind's interface: {e:#}", config.kind))?;
         let policy = config.failure_policy.unwrap_or(match config.kind {
             PluginKind::Logging => FailurePolicy::FailOpen,
             _ => FailurePolicy::FailClosed,
@@ -352,16 +352,18 @@ impl StepPool {
     /// deadline, at least one second.
     async fn fresh(&self) -> Result<Instance, StepLoadError> {
         let id = &self.plugin.id;
-        let mut instance = self
-            .plugin
-            .instantiate()
-            .await
-            .map_err(|e| StepLoadError::Failed(PluginFailure::new(id, FailureKind::Unavailable(format!("{e:#}")))))?;
+        let mut instance =
+            self.plugin.instantiate().await.map_err(|e| {
+                StepLoadError::Failed(PluginFailure::new(id, FailureKind::Unavailable(format!("{e:#}"))))
+            })?;
         let configure_deadline = (self.plugin.deadline * 10).max(Duration::from_secs(1));
         instance.store.data_mut().begin_call("configure", &opentelemetry::Context::new(), configure_deadline);
         instance.store.set_epoch_deadline(LoadedPlugin::ticks(configure_deadline));
         if self.plugin.engine.fuel_metering() {
-            instance.store.set_fuel(u64::MAX).map_err(|e| StepLoadError::Failed(PluginFailure::from_wasmtime(id, &e)))?;
+            instance
+                .store
+                .set_fuel(u64::MAX)
+                .map_err(|e| StepLoadError::Failed(PluginFailure::from_wasmtime(id, &e)))?;
         }
         match instance.configure(&self.config).await {
             Ok(Ok(())) => Ok(instance),

@@ -131,20 +131,23 @@ impl Outbound {
         for h in &request.headers {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| HttpError::InvalidRequest(format!("bad header name {:?}", h.name)))?;
-            if crate::proxy::headers::is_hop_by_hop(&name) || name == http::header::HOST || name == http::header::CONTENT_LENGTH {
+            if crate::proxy::headers::is_hop_by_hop(&name)
+                || name == http::header::HOST
+                || name == http::header::CONTENT_LENGTH
+            {
                 continue;
             }
             let value = HeaderValue::from_str(&h.value)
                 .map_err(|_| HttpError::InvalidRequest(format!("bad value for header {}", h.name)))?;
             builder = builder.header(name, value);
         }
-        let mut outbound = builder
-            .body(Full::new(Bytes::from(request.body)))
-            .map_err(|e| HttpError::InvalidRequest(e.to_string()))?;
+        let mut outbound =
+            builder.body(Full::new(Bytes::from(request.body))).map_err(|e| HttpError::InvalidRequest(e.to_string()))?;
         if let Some((telemetry, cx)) = trace {
             telemetry.inject(cx, outbound.headers_mut());
         }
-        let timeout = Duration::from_millis(u64::from(request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS).min(MAX_TIMEOUT_MS)));
+        let timeout =
+            Duration::from_millis(u64::from(request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS).min(MAX_TIMEOUT_MS)));
         let exchange = async {
             let response = self.client.request(outbound).await.map_err(|e| HttpError::Connect(error_chain(&e)))?;
             let (parts, body) = response.into_parts();
@@ -158,7 +161,10 @@ impl Outbound {
             let headers = parts
                 .headers
                 .iter()
-                .map(|(n, v)| Header { name: n.as_str().to_owned(), value: String::from_utf8_lossy(v.as_bytes()).into_owned() })
+                .map(|(n, v)| Header {
+                    name: n.as_str().to_owned(),
+                    value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                })
                 .collect();
             Ok(OutboundResponse { status: parts.status.as_u16(), headers, body: body.to_bytes().to_vec() })
         };
@@ -189,7 +195,10 @@ mod tests {
 
     #[test]
     fn origins_normalize_scheme_host_and_default_port() {
-        assert_eq!(Origin::parse("HTTPS://Auth.Example.com").unwrap(), Origin::parse("https://auth.example.com:443").unwrap());
+        assert_eq!(
+            Origin::parse("HTTPS://Auth.Example.com").unwrap(),
+            Origin::parse("https://auth.example.com:443").unwrap()
+        );
         assert_eq!(Origin::parse("http://127.0.0.1:8080").unwrap().to_string(), "http://127.0.0.1:8080");
         assert_ne!(Origin::parse("http://a.example").unwrap(), Origin::parse("https://a.example").unwrap());
         for bad in ["ftp://x", "https://x/path", "https://user@x", "x.example", "https://x?q=1"] {
@@ -208,9 +217,18 @@ mod tests {
             body: vec![],
             timeout_ms: Some(100),
         };
-        assert!(matches!(outbound.send(&allowed, request("http://127.0.0.2:9/"), None).await, Err(HttpError::NotAllowed(_))));
-        assert!(matches!(outbound.send(&allowed, request("https://127.0.0.1:9/"), None).await, Err(HttpError::NotAllowed(_))));
+        assert!(matches!(
+            outbound.send(&allowed, request("http://127.0.0.2:9/"), None).await,
+            Err(HttpError::NotAllowed(_))
+        ));
+        assert!(matches!(
+            outbound.send(&allowed, request("https://127.0.0.1:9/"), None).await,
+            Err(HttpError::NotAllowed(_))
+        ));
         assert!(matches!(outbound.send(&allowed, request("/relative"), None).await, Err(HttpError::InvalidRequest(_))));
-        assert!(matches!(outbound.send(&allowed, request("http://127.0.0.1:9/"), None).await, Err(HttpError::Connect(_))));
+        assert!(matches!(
+            outbound.send(&allowed, request("http://127.0.0.1:9/"), None).await,
+            Err(HttpError::Connect(_))
+        ));
     }
 }

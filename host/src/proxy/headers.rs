@@ -49,8 +49,7 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
-            (1..=128).contains(&v.len())
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+            (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
         })
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
@@ -188,7 +187,8 @@ pub fn strip_query_params(uri: &http::Uri, names: &[String]) -> http::Uri {
             !names.iter().any(|n| n == name || decoded.as_deref() == Some(n.as_str()))
         })
         .collect();
-    let path_and_query = if kept.is_empty() { uri.path().to_owned() } else { format!("{}?{}", uri.path(), kept.join("&")) };
+    let path_and_query =
+        if kept.is_empty() { uri.path().to_owned() } else { format!("{}?{}", uri.path(), kept.join("&")) };
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = path_and_query.parse().ok().or(parts.path_and_query);
     http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
@@ -273,7 +273,10 @@ mod tests {
         let mut h = HeaderMap::new();
         let edit = |name: &str, value: &str| HeaderEdits {
             remove: vec![],
-            set: vec![Header { name: "x-ok".into(), value: "1".into() }, Header { name: name.into(), value: value.into() }],
+            set: vec![
+                Header { name: "x-ok".into(), value: "1".into() },
+                Header { name: name.into(), value: value.into() },
+            ],
             append: vec![],
         };
         assert!(apply_edits(&mut h, &edit("x-evil", "a\r\nb"), Some(&ids)).is_err());

@@ -76,9 +76,11 @@ impl Hygiene {
                 None => normalized,
             };
             let mut uri = std::mem::take(&mut parts.uri).into_parts();
-            uri.path_and_query =
-                Some(path_and_query.parse().map_err(|_| GatewayError::BadRequest("the path cannot be normalized".into()))?);
-            parts.uri = http::Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest("the path cannot be normalized".into()))?;
+            uri.path_and_query = Some(
+                path_and_query.parse().map_err(|_| GatewayError::BadRequest("the path cannot be normalized".into()))?,
+            );
+            parts.uri = http::Uri::from_parts(uri)
+                .map_err(|_| GatewayError::BadRequest("the path cannot be normalized".into()))?;
         }
         if let (Some(authority), Some(host)) = (parts.uri.authority(), parts.headers.get(header::HOST))
             && !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
@@ -87,7 +89,8 @@ impl Hygiene {
         }
         // hyper already refuses most malformed framing; refuse the ambiguous rest, as Envoy
         // does by default: both framings at once, or any transfer coding but a lone `chunked`.
-        let codings: Vec<&[u8]> = parts.headers.get_all(header::TRANSFER_ENCODING).iter().map(HeaderValue::as_bytes).collect();
+        let codings: Vec<&[u8]> =
+            parts.headers.get_all(header::TRANSFER_ENCODING).iter().map(HeaderValue::as_bytes).collect();
         if !codings.is_empty() {
             if parts.headers.contains_key(header::CONTENT_LENGTH) {
                 return Err(GatewayError::BadRequest("both `Content-Length` and `Transfer-Encoding`".into()));
@@ -102,7 +105,10 @@ impl Hygiene {
         if self.underscores != UnderscoreHeaders::Allow {
             let named: Vec<_> = parts.headers.keys().filter(|n| n.as_str().contains('_')).cloned().collect();
             if !named.is_empty() && self.underscores == UnderscoreHeaders::Reject {
-                return Err(GatewayError::BadRequest(format!("header names with underscores are refused ({})", named[0])));
+                return Err(GatewayError::BadRequest(format!(
+                    "header names with underscores are refused ({})",
+                    named[0]
+                )));
             }
             for name in named {
                 parts.headers.remove(name);
@@ -152,7 +158,11 @@ mod tests {
     use super::*;
 
     fn hygiene(trusted: &[&str], underscores: UnderscoreHeaders) -> Hygiene {
-        Hygiene { underscores, trusted: trusted.iter().map(|c| parse_cidr(c).unwrap()).collect(), trace_context: AcceptTraceContext::Always }
+        Hygiene {
+            underscores,
+            trusted: trusted.iter().map(|c| parse_cidr(c).unwrap()).collect(),
+            trace_context: AcceptTraceContext::Always,
+        }
     }
 
     fn xff(value: &str) -> HeaderMap {

@@ -61,7 +61,8 @@ struct Record {
 /// Serves one request with `snapshot`. Never fails: every error becomes a problem response.
 pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: Arc<ConnInfo>) -> Response<Body> {
     let started = Instant::now();
-    let start_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    let start_ms =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
     let (mut parts, body) = request.into_parts();
     let request_id = headers::request_id(&parts.headers);
     let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) as u64;
@@ -77,7 +78,8 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
         .unwrap_or_default();
     let host = host_of(&authority);
-    let route_index = if refused.is_none() { snapshot.router.find(&host, parts.uri.path(), &parts.method) } else { None };
+    let route_index =
+        if refused.is_none() { snapshot.router.find(&host, parts.uri.path(), &parts.method) } else { None };
     let max_body = route_index.map_or(u64::MAX, |i| snapshot.routes[i].max_body_bytes);
     // A declared length over the route's limit is refused before reading a byte of it.
     let refused = match refused {
@@ -138,7 +140,9 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     // fault, not the upstream's.
     let fault = match body_end.get() {
         Some(BodyEnd::Failed) => Some(GatewayError::BadBody("the request body is malformed or incomplete".into())),
-        Some(BodyEnd::TimedOut) => Some(GatewayError::RequestTimeout("the request body was not received in time".into())),
+        Some(BodyEnd::TimedOut) => {
+            Some(GatewayError::RequestTimeout("the request body was not received in time".into()))
+        }
         Some(BodyEnd::TooLarge) => Some(GatewayError::BodyTooLarge { limit: max_body }),
         Some(BodyEnd::Complete | BodyEnd::Dropped) | None => None,
     };

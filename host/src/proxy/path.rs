@@ -87,7 +87,8 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         match bytes[i] {
             b'\\' => return Err(PathError::Backslash),
             b'%' => {
-                let (Some(hi), Some(lo)) = (bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b)))
+                let (Some(hi), Some(lo)) =
+                    (bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b)))
                 else {
                     return Err(PathError::BadEscape);
                 };

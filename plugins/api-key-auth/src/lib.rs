@@ -182,7 +182,9 @@ impl Auth for ApiKeyAuth {
             (Some(k), _) => k,
             (None, Some(Some(k))) => k,
             (None, Some(None)) => return AuthOutcome::Denied(self.challenge("The API key is malformed")),
-            (None, None) if self.config.require_key => return AuthOutcome::Denied(self.challenge("An API key is required")),
+            (None, None) if self.config.require_key => {
+                return AuthOutcome::Denied(self.challenge("An API key is required"));
+            }
             (None, None) => return AuthOutcome::Anonymous,
         };
         let Some(identity) = self.lookup(&key) else {
@@ -230,7 +232,8 @@ mod tests {
     #[test]
     fn keys_from_header_or_query_map_to_identities_and_are_hidden() {
         let p = plugin();
-        let by_header = identity(p.authenticate(&testing::request("GET", "/").header("X-Api-Key", "k-reader-0123456789").build()));
+        let by_header =
+            identity(p.authenticate(&testing::request("GET", "/").header("X-Api-Key", "k-reader-0123456789").build()));
         assert_eq!(by_header.identity.subject, "svc-reader");
         assert_eq!(by_header.remove_headers, ["x-api-key"]);
         let by_query = identity(p.authenticate(&testing::request("GET", "/?page=1&apikey=k-admin-0123456789").build()));
@@ -254,7 +257,8 @@ mod tests {
             assert!(r.headers.iter().any(|h| h.name == "www-authenticate" && h.value.contains("x-api-key")));
         }
         let optional: ApiKeyAuth =
-            testing::configure(r#"{"require_key": false, "keys": [{"key": "k-0123456789abcdef", "subject": "s"}]}"#).unwrap();
+            testing::configure(r#"{"require_key": false, "keys": [{"key": "k-0123456789abcdef", "subject": "s"}]}"#)
+                .unwrap();
         assert!(matches!(optional.authenticate(&testing::request("GET", "/").build()), AuthOutcome::Anonymous));
     }
 
@@ -269,7 +273,9 @@ mod tests {
         assert_eq!(err(r#"{"keys": [{"subject": "s"}]}"#), "/keys/0");
         assert_eq!(err(r#"{"keys": []}"#), "/keys");
         assert_eq!(
-            err(r#"{"keys": [{"key": "k-0123456789abcdef", "subject": "a"}, {"key": "k-0123456789abcdef", "subject": "b"}]}"#),
+            err(
+                r#"{"keys": [{"key": "k-0123456789abcdef", "subject": "a"}, {"key": "k-0123456789abcdef", "subject": "b"}]}"#
+            ),
             "/keys/1"
         );
     }

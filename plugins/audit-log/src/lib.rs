@@ -118,13 +118,7 @@ pub fn rfc3339(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
 }
 
 portcullis_sdk::export_logging!(AuditLog);
@@ -169,10 +163,9 @@ mod tests {
     #[test]
     fn audit_record_redacts_credentials_and_never_logs_the_query() {
         testing::reset();
-        let plugin: AuditLog = testing::configure(
-            r#"{"headers": ["authorization", "user-agent", "x-session"], "redact": ["x-session"]}"#,
-        )
-        .unwrap();
+        let plugin: AuditLog =
+            testing::configure(r#"{"headers": ["authorization", "user-agent", "x-session"], "redact": ["x-session"]}"#)
+                .unwrap();
         plugin.observe(&exchange());
         let records = testing::audit_records();
         assert_eq!(records.len(), 1);

@@ -126,8 +126,16 @@ impl Remote {
             return Err("must be an absolute http or https URL".into());
         }
         // kv keys are capped at 512 bytes; URLs are not.
-        let id: String = url.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)).to_string();
-        Ok(Remote { doc_key: format!("jwks:{id}:doc"), attempt_key: format!("jwks:{id}:attempt"), url, cache: cache.clone() })
+        let id: String = url
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+            .to_string();
+        Ok(Remote {
+            doc_key: format!("jwks:{id}:doc"),
+            attempt_key: format!("jwks:{id}:attempt"),
+            url,
+            cache: cache.clone(),
+        })
     }
 
     /// Brings `local` up to date for a token whose `kid` is `kid`, at `now` (ms): adopts a
@@ -139,11 +147,20 @@ impl Remote {
         }
         self.adopt_shared(local);
         if !(local.fresh(now) && local.knows(kid)) {
-            let won = kv::compare_and_swap(&self.attempt_key, None, now.to_string().as_bytes(), Some(self.cache.refetch_cooldown_ms.max(1)));
+            let won = kv::compare_and_swap(
+                &self.attempt_key,
+                None,
+                now.to_string().as_bytes(),
+                Some(self.cache.refetch_cooldown_ms.max(1)),
+            );
             if won == Ok(true) {
                 match self.fetch() {
                     Ok((text, max_age_ms)) => self.install(local, &text, now, max_age_ms),
-                    Err(why) => portcullis_sdk::log_with(Level::Warn, "JWKS fetch failed", &[("url", &self.url), ("reason", &why)]),
+                    Err(why) => portcullis_sdk::log_with(
+                        Level::Warn,
+                        "JWKS fetch failed",
+                        &[("url", &self.url), ("reason", &why)],
+                    ),
                 }
             }
         }
@@ -176,10 +193,16 @@ impl Remote {
                 let shared = format!("{now}|{max_age_ms}|{text}");
                 let ttl = max_age_ms.saturating_add(self.cache.max_stale_ms);
                 if kv::set(&self.doc_key, shared.as_bytes(), Some(ttl)).is_err() {
-                    portcullis_sdk::log_with(Level::Warn, "JWKS document not shared (too large for kv)", &[("url", &self.url)]);
+                    portcullis_sdk::log_with(
+                        Level::Warn,
+                        "JWKS document not shared (too large for kv)",
+                        &[("url", &self.url)],
+                    );
                 }
             }
-            Err(e) => portcullis_sdk::log_with(Level::Warn, "JWKS document refused", &[("url", &self.url), ("reason", &e.1)]),
+            Err(e) => {
+                portcullis_sdk::log_with(Level::Warn, "JWKS document refused", &[("url", &self.url), ("reason", &e.1)])
+            }
         }
     }
 

@@ -168,7 +168,10 @@ mod defaults {
         "portcullis".into()
     }
     pub fn token_sources() -> Vec<super::TokenSource> {
-        vec![super::TokenSource::Header(super::HeaderSource { header: "authorization".into(), scheme: Some("Bearer".into()) })]
+        vec![super::TokenSource::Header(super::HeaderSource {
+            header: "authorization".into(),
+            scheme: Some("Bearer".into()),
+        })]
     }
 }
 
@@ -208,11 +211,21 @@ impl Plugin for JwtAuth {
                 roles_claim: config.roles_claim.take().unwrap_or_else(defaults::roles_claim),
                 required_claims: std::mem::take(&mut config.required_claims),
             });
-        } else if !config.keys.is_empty() || config.jwks.is_some() || config.jwks_url.is_some() || !config.audiences.is_empty() {
-            return Err(ConfigError::new("/issuer", "is required when `keys`, `jwks`, `jwks_url` or `audiences` are given at the top level"));
+        } else if !config.keys.is_empty()
+            || config.jwks.is_some()
+            || config.jwks_url.is_some()
+            || !config.audiences.is_empty()
+        {
+            return Err(ConfigError::new(
+                "/issuer",
+                "is required when `keys`, `jwks`, `jwks_url` or `audiences` are given at the top level",
+            ));
         }
         if configs.is_empty() {
-            return Err(ConfigError::new("/issuers", "at least one issuer is required (`issuers`, or `issuer` with its keys)"));
+            return Err(ConfigError::new(
+                "/issuers",
+                "at least one issuer is required (`issuers`, or `issuer` with its keys)",
+            ));
         }
         let mut issuers = Vec::new();
         for (i, c) in configs.into_iter().enumerate() {
@@ -252,11 +265,16 @@ impl Issuer {
             keys.extend(keys::load_jwks(doc).map_err(|e| ConfigError::new(format!("{base}/jwks{}", e.0), e.1))?);
         }
         let remote = match c.jwks_url {
-            Some(url) => Some(jwks::Remote::new(url, cache).map_err(|m| ConfigError::new(format!("{base}/jwks_url"), m))?),
+            Some(url) => {
+                Some(jwks::Remote::new(url, cache).map_err(|m| ConfigError::new(format!("{base}/jwks_url"), m))?)
+            }
             None => None,
         };
         if keys.is_empty() && remote.is_none() {
-            return Err(ConfigError::new(base.to_owned(), "at least one key is required in `keys`, `jwks` or `jwks_url`"));
+            return Err(ConfigError::new(
+                base.to_owned(),
+                "at least one key is required in `keys`, `jwks` or `jwks_url`",
+            ));
         }
         Ok(Issuer {
             issuer: c.issuer,
@@ -336,13 +354,10 @@ impl JwtAuth {
             return Err(Refusal::Invalid);
         }
         let claimed_issuer = unverified_issuer(token).ok_or(Refusal::Malformed)?;
-        let (index, issuer) = self
-            .issuers
-            .iter()
-            .enumerate()
-            .find(|(_, i)| i.issuer == claimed_issuer)
-            .ok_or(Refusal::ClaimsRejected)?;
-        let matches = |k: &&keys::Key| k.alg == header.alg && (k.kid.is_none() || header.kid.is_none() || k.kid == header.kid);
+        let (index, issuer) =
+            self.issuers.iter().enumerate().find(|(_, i)| i.issuer == claimed_issuer).ok_or(Refusal::ClaimsRejected)?;
+        let matches =
+            |k: &&keys::Key| k.alg == header.alg && (k.kid.is_none() || header.kid.is_none() || k.kid == header.kid);
         let mut claims = issuer.keys.iter().filter(matches).find_map(|k| k.verify(token));
         // A token verified by a fetched key is remembered only while that copy is fresh: a key
         // removed from the JWKS stops verifying once the next copy is adopted.
@@ -371,7 +386,9 @@ impl JwtAuth {
                 let (got, token) = value.split_once(' ')?;
                 got.eq_ignore_ascii_case(scheme).then(|| token.trim()).filter(|t| !t.is_empty())
             }
-            TokenSource::Header(HeaderSource { header, scheme: None }) => request.header(header).map(str::trim).filter(|t| !t.is_empty()),
+            TokenSource::Header(HeaderSource { header, scheme: None }) => {
+                request.header(header).map(str::trim).filter(|t| !t.is_empty())
+            }
             TokenSource::Cookie(CookieSource { cookie }) => request
                 .headers_named("cookie")
                 .flat_map(|v| v.split(';'))

@@ -102,8 +102,12 @@ fn jwt_refuses_hs256_signed_with_the_rsa_public_key() {
 #[test]
 fn jwt_refuses_a_bad_signature_and_an_unknown_kid() {
     let attacker = EncodingKey::from_rsa_pem(ATTACKER_PRIVATE.as_bytes()).unwrap();
-    assert_eq!(plugin().verify(&sign(Algorithm::RS256, Some("demo-rs256"), &attacker, &claims()), NOW).unwrap_err(), Refusal::Invalid);
-    let unknown = sign(Algorithm::RS256, Some("nope"), &EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap(), &claims());
+    assert_eq!(
+        plugin().verify(&sign(Algorithm::RS256, Some("demo-rs256"), &attacker, &claims()), NOW).unwrap_err(),
+        Refusal::Invalid
+    );
+    let unknown =
+        sign(Algorithm::RS256, Some("nope"), &EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap(), &claims());
     assert_eq!(plugin().verify(&unknown, NOW).unwrap_err(), Refusal::Invalid);
 }
 
@@ -213,7 +217,11 @@ fn jwt_rfc7515_appendix_examples_verify_and_tampered_ones_fail() {
     );
     assert!(es.verify(RFC7515_A3_ES256).is_some(), "RFC 7515 A.3 must verify");
     // The same signatures over another payload, or with another key, must not.
-    let forged_payload = format!("eyJhbGciOiJFUzI1NiJ9.{}.{}", b64(&json!({"iss": "joe", "admin": true})), RFC7515_A3_ES256.rsplit('.').next().unwrap());
+    let forged_payload = format!(
+        "eyJhbGciOiJFUzI1NiJ9.{}.{}",
+        b64(&json!({"iss": "joe", "admin": true})),
+        RFC7515_A3_ES256.rsplit('.').next().unwrap()
+    );
     assert!(es.verify(&forged_payload).is_none());
     assert!(es.verify(RFC7515_A1_HS256).is_none(), "a key never verifies another algorithm");
     assert!(hs.verify(RFC7515_A3_ES256).is_none());
@@ -276,7 +284,9 @@ fn serve_jwks(doc: &std::rc::Rc<std::cell::RefCell<Option<String>>>, fetches: &s
         assert_eq!(req.url, "https://idp.test/jwks.json");
         fetches.set(fetches.get() + 1);
         match doc.borrow().clone() {
-            Some(body) => Ok(portcullis_sdk::OutboundResponse { status: 200, headers: vec![], body: body.into_bytes() }),
+            Some(body) => {
+                Ok(portcullis_sdk::OutboundResponse { status: 200, headers: vec![], body: body.into_bytes() })
+            }
             None => Err(portcullis_sdk::HttpError::Connect("connection refused".into())),
         }
     });
@@ -319,7 +329,10 @@ fn jwt_jwks_url_is_cached_refetched_on_rotation_after_a_cooldown_and_kept_stale_
     assert!(now_s(&p, "k1").is_ok());
     assert_eq!(fetches.get(), 1, "cached");
     // A second instance shares the fetched document through kv.
-    let other: JwtAuth = testing::configure(&json!({ "issuer": "https://issuer.test", "jwks_url": "https://idp.test/jwks.json" }).to_string()).unwrap();
+    let other: JwtAuth = testing::configure(
+        &json!({ "issuer": "https://issuer.test", "jwks_url": "https://idp.test/jwks.json" }).to_string(),
+    )
+    .unwrap();
     assert!(now_s(&other, "k1").is_ok());
     assert_eq!(fetches.get(), 1, "shared, not fetched again");
     // Rotation: k2 appears at the IdP. Within the cooldown an unknown kid does not refetch.
@@ -366,7 +379,8 @@ fn jwt_remembers_verified_tokens_only_inside_their_window() {
 
 #[test]
 fn jwt_verified_cache_is_bounded_and_can_be_turned_off() {
-    let config = json!({ "issuer": "https://issuer.test", "audiences": ["api"], "jwks": JWKS, "verified_cache_entries": 2 });
+    let config =
+        json!({ "issuer": "https://issuer.test", "audiences": ["api"], "jwks": JWKS, "verified_cache_entries": 2 });
     let p: JwtAuth = testing::configure(&config.to_string()).unwrap();
     for sub in ["a", "b", "c"] {
         let mut c = claims();
@@ -374,7 +388,8 @@ fn jwt_verified_cache_is_bounded_and_can_be_turned_off() {
         assert_eq!(p.verify(&rs256(&c), NOW).unwrap().subject, sub);
         assert!(p.verified.borrow().len() <= 2);
     }
-    let config = json!({ "issuer": "https://issuer.test", "audiences": ["api"], "jwks": JWKS, "verified_cache_entries": 0 });
+    let config =
+        json!({ "issuer": "https://issuer.test", "audiences": ["api"], "jwks": JWKS, "verified_cache_entries": 0 });
     let off: JwtAuth = testing::configure(&config.to_string()).unwrap();
     assert!(off.verify(&rs256(&claims()), NOW).is_ok());
     assert_eq!(off.verified.borrow().len(), 0);

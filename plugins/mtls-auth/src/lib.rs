@@ -17,7 +17,9 @@
 
 use std::collections::BTreeMap;
 
-use portcullis_sdk::{Auth, AuthOutcome, Authenticated, ClientCert, ConfigError, Identity, LocalResponse, Plugin, RequestHead};
+use portcullis_sdk::{
+    Auth, AuthOutcome, Authenticated, ClientCert, ConfigError, Identity, LocalResponse, Plugin, RequestHead,
+};
 use serde::Deserialize;
 
 /// Which certificate name becomes the subject.
@@ -71,7 +73,9 @@ impl Plugin for MtlsAuth {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, ConfigError> {
-        for (field, list) in [("/allowed_subjects", &config.allowed_subjects), ("/allowed_prefixes", &config.allowed_prefixes)] {
+        for (field, list) in
+            [("/allowed_subjects", &config.allowed_subjects), ("/allowed_prefixes", &config.allowed_prefixes)]
+        {
             if let Some(i) = list.iter().position(String::is_empty) {
                 return Err(ConfigError::new(format!("{field}/{i}"), "must not be empty"));
             }
@@ -115,7 +119,12 @@ impl Auth for MtlsAuth {
         let subject = self.subject_of(cert);
         let Some(subject) = subject.filter(|s| self.allowed(s)) else {
             let detail = "The client certificate is not allowed on this route";
-            return AuthOutcome::Denied(LocalResponse::problem(403, "urn:portcullis:problem:forbidden", "Forbidden", detail));
+            return AuthOutcome::Denied(LocalResponse::problem(
+                403,
+                "urn:portcullis:problem:forbidden",
+                "Forbidden",
+                detail,
+            ));
         };
         let roles = self.config.roles.get(&subject).cloned().unwrap_or_default();
         let scopes = self.config.scopes.get(&subject).cloned().unwrap_or_default();
@@ -152,16 +161,22 @@ mod tests {
     #[test]
     fn the_spiffe_id_becomes_the_subject_with_its_roles() {
         let config = r#"{"allowed_prefixes": ["spiffe://example.org/"], "roles": {"spiffe://example.org/billing": ["billing"]}}"#;
-        let AuthOutcome::Authenticated(done) = authenticate(config, Some(cert("spiffe://example.org/billing"))) else { panic!() };
+        let AuthOutcome::Authenticated(done) = authenticate(config, Some(cert("spiffe://example.org/billing"))) else {
+            panic!()
+        };
         assert_eq!(done.identity.subject, "spiffe://example.org/billing");
         assert_eq!(done.identity.roles, ["billing"]);
     }
 
     #[test]
     fn dns_and_dn_subjects_can_be_chosen() {
-        let AuthOutcome::Authenticated(done) = authenticate(r#"{"subject": "dns"}"#, Some(cert("spiffe://x/y"))) else { panic!() };
+        let AuthOutcome::Authenticated(done) = authenticate(r#"{"subject": "dns"}"#, Some(cert("spiffe://x/y"))) else {
+            panic!()
+        };
         assert_eq!(done.identity.subject, "billing.internal");
-        let AuthOutcome::Authenticated(done) = authenticate(r#"{"subject": "dn"}"#, Some(cert("spiffe://x/y"))) else { panic!() };
+        let AuthOutcome::Authenticated(done) = authenticate(r#"{"subject": "dn"}"#, Some(cert("spiffe://x/y"))) else {
+            panic!()
+        };
         assert_eq!(done.identity.subject, "O=Example, CN=billing");
     }
 

@@ -23,7 +23,8 @@
 
 use base64::Engine as _;
 use portcullis_sdk::{
-    Auth, AuthOutcome, ConfigError, Header, HttpError, Identity, LocalResponse, OutboundRequest, Plugin, RequestHead, kv,
+    Auth, AuthOutcome, ConfigError, Header, HttpError, Identity, LocalResponse, OutboundRequest, Plugin, RequestHead,
+    kv,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -134,7 +135,8 @@ impl Plugin for Introspection {
         if config.timeout_ms == 0 || config.timeout_ms > 10_000 {
             return Err(ConfigError::new("/timeout_ms", "must be 1 to 10000"));
         }
-        let credentials = format!("{}:{}", form_encode(&config.client_id), form_encode(config.client_secret.trim_end()));
+        let credentials =
+            format!("{}:{}", form_encode(&config.client_id), form_encode(config.client_secret.trim_end()));
         let authorization = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials));
         Ok(Introspection { config, authorization })
     }
@@ -266,7 +268,11 @@ impl Introspection {
 impl Auth for Introspection {
     fn authenticate(&self, request: &RequestHead) -> AuthOutcome {
         let Some(token) = request.bearer_token() else {
-            return if self.config.require_token { AuthOutcome::Denied(self.challenge(false)) } else { AuthOutcome::Anonymous };
+            return if self.config.require_token {
+                AuthOutcome::Denied(self.challenge(false))
+            } else {
+                AuthOutcome::Anonymous
+            };
         };
         match self.introspect(token) {
             Ok(identity) => AuthOutcome::authenticated(identity),
@@ -309,7 +315,10 @@ mod tests {
             calls.set(calls.get() + 1);
             assert_eq!(req.method, "POST");
             let auth = req.headers.iter().find(|h| h.name == "authorization").unwrap();
-            assert_eq!(auth.value, format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("gate+way:s3cret")));
+            assert_eq!(
+                auth.value,
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("gate+way:s3cret"))
+            );
             let body = String::from_utf8(req.body.clone()).unwrap();
             let token = body.strip_prefix("token=").unwrap().split('&').next().unwrap().to_owned();
             answer(&token)

@@ -17,7 +17,9 @@
 //!
 //! Configuration reference: `plugins/rate-limit/README.md`.
 
-use portcullis_sdk::{ConfigError, Identity, KvError, Limited, Plugin, Quota, RateLimit, RateLimitOutcome, RequestHead, kv};
+use portcullis_sdk::{
+    ConfigError, Identity, KvError, Limited, Plugin, Quota, RateLimit, RateLimitOutcome, RequestHead, kv,
+};
 use serde::Deserialize;
 
 /// What requests are counted together.
@@ -229,7 +231,10 @@ impl RateLimit for RateLimiter {
                 Err(e) => {
                     // The store is full or unreachable: admit the request rather than lock every
                     // client out, and say so in the log.
-                    portcullis_sdk::log(portcullis_sdk::Level::Warn, &format!("rate-limit store error, request admitted: {e:?}"));
+                    portcullis_sdk::log(
+                        portcullis_sdk::Level::Warn,
+                        &format!("rate-limit store error, request admitted: {e:?}"),
+                    );
                     continue;
                 }
             };
@@ -317,7 +322,8 @@ mod tests {
         assert!(matches!(by_subject.check(&req, Some(&alice)), RateLimitOutcome::Allowed(_)));
         assert!(matches!(by_subject.check(&req, Some(&alice)), RateLimitOutcome::Limited(_)));
         assert!(matches!(by_subject.check(&req, None), RateLimitOutcome::Allowed(_)), "anonymous falls back to the IP");
-        let by_header = limiter(r#"{"key": {"header": "x-tenant"}, "limits": [{"name": "q", "requests": 1, "window_ms": 60000}]}"#);
+        let by_header =
+            limiter(r#"{"key": {"header": "x-tenant"}, "limits": [{"name": "q", "requests": 1, "window_ms": 60000}]}"#);
         let t1 = testing::request("GET", "/").header("x-tenant", "t1").build();
         let t2 = testing::request("GET", "/").header("x-tenant", "t2").build();
         assert!(matches!(by_header.check(&t1, None), RateLimitOutcome::Allowed(_)));

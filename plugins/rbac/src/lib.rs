@@ -147,9 +147,13 @@ impl Plugin for Rbac {
                 }
                 *m = m.to_ascii_uppercase();
             }
-            let bad = |s: &String| s.is_empty() || s.contains(['"', '\\']) || s.chars().any(|c| c.is_control() || c == ' ');
+            let bad =
+                |s: &String| s.is_empty() || s.contains(['"', '\\']) || s.chars().any(|c| c.is_control() || c == ' ');
             if let Some(j) = rule.scopes.iter().position(bad) {
-                return Err(ConfigError::new(format!("/rules/{i}/scopes/{j}"), "scopes are non-empty tokens (RFC 6749 §3.3)"));
+                return Err(ConfigError::new(
+                    format!("/rules/{i}/scopes/{j}"),
+                    "scopes are non-empty tokens (RFC 6749 §3.3)",
+                ));
             }
             if let Some(j) = rule.roles.iter().position(String::is_empty) {
                 return Err(ConfigError::new(format!("/rules/{i}/roles/{j}"), "must not be empty"));
@@ -283,11 +287,14 @@ mod tests {
     #[test]
     fn responses_are_401_with_a_challenge_or_403_with_insufficient_scope() {
         let p = rbac();
-        let FilterAction::Respond(r) = p.on_request(&testing::request("GET", "/api/items/1").build(), None) else { panic!() };
+        let FilterAction::Respond(r) = p.on_request(&testing::request("GET", "/api/items/1").build(), None) else {
+            panic!()
+        };
         assert_eq!(r.status, 401);
         assert!(r.headers.iter().any(|h| h.name == "www-authenticate" && h.value.starts_with("Bearer")));
         let admin = Identity::new("carol").with_roles(["admin"]);
-        let FilterAction::Respond(r) = p.on_request(&testing::request("POST", "/api/items/1").build(), Some(&admin)) else {
+        let FilterAction::Respond(r) = p.on_request(&testing::request("POST", "/api/items/1").build(), Some(&admin))
+        else {
             panic!()
         };
         assert_eq!(r.status, 403);

@@ -70,7 +70,10 @@ impl Plugin for RequestValidation {
         }
         for (i, t) in config.content_types.iter_mut().enumerate() {
             if !t.contains('/') || t.contains(';') {
-                return Err(ConfigError::new(format!("/content_types/{i}"), "must be a media type like `application/json`"));
+                return Err(ConfigError::new(
+                    format!("/content_types/{i}"),
+                    "must be a media type like `application/json`",
+                ));
             }
             *t = t.trim().to_ascii_lowercase();
         }
@@ -90,10 +93,9 @@ impl Plugin for RequestValidation {
                         .map_err(|e| ConfigError::new("/body_schema", format!("not JSON: {e}")))?,
                     other => other,
                 };
-                let validator = jsonschema::options()
-                    .should_validate_formats(true)
-                    .build(&value)
-                    .map_err(|e| ConfigError::new("/body_schema", format!("not a valid JSON Schema: {}", e.masked())))?;
+                let validator = jsonschema::options().should_validate_formats(true).build(&value).map_err(|e| {
+                    ConfigError::new("/body_schema", format!("not a valid JSON Schema: {}", e.masked()))
+                })?;
                 Some(validator)
             }
         };
@@ -129,9 +131,13 @@ impl Validation for RequestValidation {
             || request.header("content-length").is_some_and(|l| l != "0")
             || request.header("transfer-encoding").is_some();
         if has_body && !c.content_types.is_empty() {
-            let media = request.header("content-type").map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+            let media =
+                request.header("content-type").map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
             if !media.as_ref().is_some_and(|m| c.content_types.contains(m)) {
-                violations.push(violation("/headers/content-type", format!("content type must be one of {}", c.content_types.join(", "))));
+                violations.push(violation(
+                    "/headers/content-type",
+                    format!("content type must be one of {}", c.content_types.join(", ")),
+                ));
             }
         }
         for h in &c.required_headers {
@@ -149,8 +155,15 @@ impl Validation for RequestValidation {
             let instance: serde_json::Value = match serde_json::from_slice(body) {
                 Ok(v) => v,
                 Err(e) => {
-                    let message = if body.is_empty() { "a JSON body is required".to_owned() } else { format!("the body is not JSON: {e}") };
-                    return ValidationOutcome::Invalid(Invalid { malformed: true, violations: vec![violation("", message)] });
+                    let message = if body.is_empty() {
+                        "a JSON body is required".to_owned()
+                    } else {
+                        format!("the body is not JSON: {e}")
+                    };
+                    return ValidationOutcome::Invalid(Invalid {
+                        malformed: true,
+                        violations: vec![violation("", message)],
+                    });
                 }
             };
             for error in schema.iter_errors(&instance).take(MAX_VIOLATIONS) {
@@ -222,7 +235,9 @@ mod tests {
     fn malformed_bodies_are_400_and_messages_do_not_echo_values() {
         let ValidationOutcome::Invalid(i) = post("{not json") else { panic!() };
         assert!(i.malformed);
-        let ValidationOutcome::Invalid(i) = post(r#"{"name": "s3cret-value", "price": "s3cret-value"}"#) else { panic!() };
+        let ValidationOutcome::Invalid(i) = post(r#"{"name": "s3cret-value", "price": "s3cret-value"}"#) else {
+            panic!()
+        };
         assert!(!i.violations.iter().any(|v| v.message.contains("s3cret")), "{:?}", i.violations);
     }
 
@@ -233,7 +248,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.body_limit(), None, "no schema, no limit: the body is not buffered");
-        let request = testing::request("GET", "/items").header("content-type", "text/plain").header("content-length", "3").build();
+        let request = testing::request("GET", "/items")
+            .header("content-type", "text/plain")
+            .header("content-length", "3")
+            .build();
         let mut got = pointers(p.validate(&request, None, None));
         got.sort();
         assert_eq!(got, ["/headers/content-type", "/headers/x-tenant", "/method", "/query/page"]);

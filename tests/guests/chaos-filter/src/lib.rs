@@ -21,7 +21,9 @@
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, Level, LocalResponse, Plugin, RequestHead};
+use portcullis_sdk::{
+    ConfigError, Filter, FilterAction, HeaderEdits, Identity, Level, LocalResponse, Plugin, RequestHead,
+};
 use serde::Deserialize;
 
 /// No settings.
@@ -69,7 +71,9 @@ impl Filter for ChaosFilter {
                     hoard.push(black_box(vec![1u8; 1 << 20]));
                 }
             }
-            Some("recurse-big") => FilterAction::Continue(HeaderEdits::default().set("x-depth", &recurse_big(1 << 20).to_string())),
+            Some("recurse-big") => {
+                FilterAction::Continue(HeaderEdits::default().set("x-depth", &recurse_big(1 << 20).to_string()))
+            }
             Some("recurse-small") => {
                 FilterAction::Continue(HeaderEdits::default().set("x-depth", &recurse_small(1 << 40).to_string()))
             }
