@@ -34,6 +34,7 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod sources;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

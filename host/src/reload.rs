@@ -1,14 +1,28 @@
 //! Hot reload: build a whole new snapshot off the request path and swap it in atomically, or
 //! keep the running one and report why not.
 //!
-//! Triggers: a change to the configuration file, a plugin file or a `$file` reference (watched
-//! through their directories with `notify-debouncer-full`, so editors' atomic renames and
-//! Kubernetes ConfigMap `..data` symlink swaps are seen), SIGHUP, and `POST /reload` on the
-//! admin listener. Reloads are serialized. Requests in flight keep the snapshot they started
-//! with; the old snapshot and its instances are freed when the last of them completes.
+//! Triggers: a change to the configuration file, a plugin file, a `$file` reference or a
+//! certificate (watched through their directories with `notify-debouncer-full`, so editors'
+//! atomic renames and Kubernetes ConfigMap `..data` symlink swaps are seen), SIGHUP, and
+//! `POST /reload` on the admin listener. Reloads are serialized. Requests in flight keep the
+//! snapshot they started with; the old snapshot and its instances are freed when the last of
+//! them completes.
+//!
+//! A file event starts a reload only when it says a writer is done: close-after-write, a
+//! rename into or out of place, a removal, a new symlink (inotify's `IN_CLOSE_WRITE`,
+//! `IN_MOVED_*`, `IN_DELETE`, `IN_CREATE`). Opening or reading a file starts nothing, and a file
+//! still open for writing holds every reload back until it is closed, so a configuration is
+//! never applied half written. The reload then runs only if some watched file's content
+//! differs from what the serving snapshot was built from ([`Sources`]), and the new snapshot
+//! is swapped in only if no file changed while it was being built. SIGHUP and `POST /reload`
+//! always rebuild.
+//!
+//! A reload that leaves a route that had an `auth` step with none is refused unless the route
+//! says `public = true`: an empty chain served by mistake is an open door.
+//!
 //! Listener, admin and `[runtime]` settings are fixed at start: a reload that changes them
-//! keeps the running ones and says so. The exception is a listener's TLS material and options
-//! (certificates, client CA, ALPN, versions), rebuilt with every snapshot.
+//! keeps the running ones and says which changed. The exception is a listener's TLS material
+//! and options (certificates, client CA, ALPN, versions), rebuilt with every snapshot.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -21,17 +35,27 @@ use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{self, ConfigError, GatewayConfig};
+use notify_debouncer_full::notify::EventKind;
+use notify_debouncer_full::notify::event::{AccessKind, AccessMode, ModifyKind};
+
+use crate::config::model::ListenerConfig;
+use crate::config::{self, ConfigError, GatewayConfig, Issue, LoadedConfig, PluginKind};
 use crate::metrics::ReloadLabels;
 use crate::plugin::PluginEngine;
 use crate::snapshot::Snapshot;
+use crate::sources::Sources;
 
 /// How many reload records `/reloads` keeps.
 pub const HISTORY: usize = 32;
 
-/// Longest a stream of file events can delay a reload: past this, the reload happens even if
-/// writes continue.
+/// Longest a stream of completed writes can delay a reload, counted from the first: past
+/// this, the reload happens even if more keep coming. A file still open for writing delays it
+/// regardless, until it is closed.
 pub const MAX_COALESCE: Duration = Duration::from_secs(2);
+
+/// How long a watched file open for writing may stay silent (no write, no close) before the
+/// reload waiting for it goes ahead anyway, in case its close was never reported.
+pub const MAX_WRITE_WAIT: Duration = Duration::from_secs(60);
 
 /// What started a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -71,43 +95,92 @@ pub struct Reloader {
     file: PathBuf,
     engine: Arc<PluginEngine>,
     snapshot: Arc<ArcSwap<Snapshot>>,
-    fixed: String,
+    fixed: Vec<(String, String)>,
     serial: tokio::sync::Mutex<()>,
     history: Mutex<VecDeque<ReloadRecord>>,
 }
 
-/// The settings a reload cannot change, as text for comparison. A listener's TLS settings
-/// other than whether it has TLS and its handshake timeout are not among them: its rustls
-/// configuration is rebuilt with every snapshot.
-fn fixed_settings(config: &GatewayConfig) -> String {
-    let listeners: Vec<String> = config
+/// The settings a reload cannot change, as text for comparison, by the name the warning
+/// gives them (`listener[0]`, `admin`, `runtime`). A listener is compared whole, with every
+/// field present and future, except the TLS options rebuilt with every snapshot; whether it
+/// has TLS and its `handshake_timeout_ms` are fixed.
+fn fixed_settings(config: &GatewayConfig) -> Vec<(String, String)> {
+    let mut fixed: Vec<(String, String)> = config
         .listeners
         .iter()
-        .map(|l| {
-            let tls = l.tls.as_ref().map(|t| t.handshake_timeout_ms);
-            let limits = (l.max_request_header_bytes, l.max_request_headers, l.max_uri_bytes, l.max_connections);
-            let timeouts = (
-                l.header_read_timeout_ms,
-                l.body_idle_timeout_ms,
-                l.body_timeout_ms,
-                l.keep_alive_timeout_ms,
-                l.drain_timeout_ms,
-            );
-            format!(
-                "{:?}",
-                (
-                    l.address,
-                    l.max_buffered_body_bytes,
-                    l.headers_with_underscores,
-                    &l.trusted_proxies,
-                    limits,
-                    timeouts,
-                    tls
-                )
-            )
-        })
+        .enumerate()
+        .map(|(i, listener)| (format!("listener[{i}]"), format!("{:?}", fixed_part(listener))))
         .collect();
-    format!("{listeners:?}{:?}{:?}", config.admin, config.runtime)
+    fixed.push(("admin".to_owned(), format!("{:?}", config.admin)));
+    fixed.push(("runtime".to_owned(), format!("{:?}", config.runtime)));
+    fixed
+}
+
+/// `listener` without the TLS options that each snapshot rebuilds (see [`crate::tls`]).
+fn fixed_part(listener: &ListenerConfig) -> ListenerConfig {
+    let mut fixed = listener.clone();
+    if let Some(tls) = &mut fixed.tls {
+        tls.certificates.clear();
+        tls.client_ca_file = None;
+        tls.client_auth = Default::default();
+        tls.alpn.clear();
+        tls.min_version = Default::default();
+    }
+    fixed
+}
+
+/// The names of the fixed settings that differ between `running` and `next`; a listener
+/// added or removed counts as changed.
+fn changed_fixed(running: &[(String, String)], next: &[(String, String)]) -> Vec<String> {
+    let names: BTreeSet<&String> = running.iter().chain(next).map(|(name, _)| name).collect();
+    let value =
+        |all: &'_ [(String, String)], name: &String| all.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    names.into_iter().filter(|name| value(running, name) != value(next, name)).cloned().collect()
+}
+
+/// Routes of `running` that had an `auth` step and would have none in `next`: refused
+/// ([`Issue`]s, under `route[i].chain`) unless `next` marks the route `public`, in which case
+/// they are warnings, as is a route with an auth step that `next` removes altogether.
+fn auth_removed(running: &Snapshot, next: &Snapshot, loaded: &LoadedConfig) -> (Vec<Issue>, Vec<String>) {
+    let authenticated = |chain: &crate::chain::Chain| {
+        chain
+            .steps()
+            .iter()
+            .filter(|s| s.pool.plugin().kind == PluginKind::Auth)
+            .map(|s| s.pool.plugin().id.clone())
+            .collect::<Vec<_>>()
+    };
+    let (mut refused, mut warnings) = (Vec::new(), Vec::new());
+    for before in &running.routes {
+        let had = authenticated(&before.chain);
+        if had.is_empty() {
+            continue;
+        }
+        let had = had.join(", ");
+        let Some(i) = loaded.config.routes.iter().position(|r| r.id == *before.id) else {
+            warnings.push(format!("route `{}`, which required authentication ({had}), was removed", before.id));
+            continue;
+        };
+        let now = next.routes.iter().find(|r| r.id == before.id).map(|r| authenticated(&r.chain));
+        if now.is_some_and(|now| now.is_empty()) {
+            if loaded.config.routes[i].public {
+                warnings.push(format!(
+                    "route `{}` no longer has an auth step ({had} removed; it says public = true)",
+                    before.id
+                ));
+            } else {
+                refused.push(Issue::new(
+                    format!("route[{i}].chain"),
+                    format!(
+                        "route `{}` had an auth step ({had}) and this configuration leaves it with none; \
+                         set `public = true` on the route if it is meant to serve unauthenticated",
+                        before.id
+                    ),
+                ));
+            }
+        }
+    }
+    (refused, warnings)
 }
 
 // === impl Reloader ===
@@ -128,7 +201,7 @@ impl Reloader {
             serial: tokio::sync::Mutex::new(()),
             history: Mutex::new(VecDeque::new()),
         };
-        let plugins = reloader.plugin_hashes();
+        let plugins = plugin_hashes(&reloader.snapshot.load());
         reloader.remember(ReloadRecord {
             time_ms: now_ms(),
             cause: ReloadCause::Start,
@@ -145,9 +218,21 @@ impl Reloader {
     /// come from the compile cache), configures new instance pools, builds the router, and
     /// swaps the new snapshot in only when all of that succeeded. Logs one line either way.
     ///
-    /// Errors: the [`ConfigError`] listing every problem; the running snapshot keeps serving.
+    /// A [`ReloadCause::FileChange`] reload whose watched files all still hold what the serving
+    /// snapshot was built from does nothing (it is neither recorded nor counted), and one during
+    /// which a file changed again swaps nothing (the event of that write starts the next).
+    ///
+    /// Errors: the [`ConfigError`] listing every problem, a route left without its auth step
+    /// among them; for SIGHUP and `POST /reload`, a file that changed while it was read. The
+    /// running snapshot keeps serving.
     pub async fn reload(&self, cause: ReloadCause) -> Result<(), ConfigError> {
         let _serial = self.serial.lock().await;
+        if cause == ReloadCause::FileChange
+            && self.changed_sources(self.snapshot.load_full().sources.clone()).await.is_empty()
+        {
+            tracing::debug!(config = %self.file.display(), "watched files hold what is serving; nothing to reload");
+            return Ok(());
+        }
         let started = Instant::now();
         let mut warnings = Vec::new();
         let outcome = async {
@@ -155,39 +240,89 @@ impl Reloader {
             let loaded = tokio::task::spawn_blocking(move || config::load(&file))
                 .await
                 .map_err(|e| ConfigError::Read { file: self.file.clone(), source: std::io::Error::other(e) })??;
-            if fixed_settings(&loaded.config) != self.fixed {
-                warnings.push(
-                    "listener, admin and runtime settings changed: they need a restart; the running ones are kept"
-                        .to_owned(),
-                );
+            for name in changed_fixed(&self.fixed, &fixed_settings(&loaded.config)) {
+                warnings.push(format!("{name} settings changed: they need a restart; the running ones are kept"));
             }
             let previous = self.snapshot.load_full();
-            Snapshot::build_after(&loaded, &self.engine, Some(&previous)).await
+            let snapshot = Snapshot::build_after(&loaded, &self.engine, Some(&previous)).await?;
+            let (refused, mut removed) = auth_removed(&previous, &snapshot, &loaded);
+            if !refused.is_empty() {
+                return Err(loaded.invalid(refused));
+            }
+            warnings.append(&mut removed);
+            let moved = self.changed_sources(snapshot.sources.clone()).await;
+            Ok((snapshot, moved, loaded))
         }
         .await;
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let (result, error) = match outcome {
+        let outcome = match outcome {
+            Ok((_, moved, _)) if !moved.is_empty() && cause == ReloadCause::FileChange => {
+                tracing::info!(config = %self.file.display(), files = ?moved, "a file changed while reloading; waiting for the next write to settle");
+                return Ok(());
+            }
+            Ok((_, moved, loaded)) if !moved.is_empty() => {
+                let issues = moved
+                    .iter()
+                    .map(|f| {
+                        Issue::new(
+                            f.display().to_string(),
+                            "changed while the reload read it; nothing was swapped: reload again once it is written",
+                        )
+                    })
+                    .collect();
+                Err(loaded.invalid(issues))
+            }
+            Ok((snapshot, _, _)) => Ok(snapshot),
+            Err(e) => Err(e),
+        };
+        let label = if outcome.is_ok() { "ok" } else { "error" };
+        self.engine.metrics().config_reloads.get_or_create(&ReloadLabels { result: label.to_owned() }).inc();
+        match outcome {
             Ok(snapshot) => {
                 let in_use: HashSet<String> = snapshot.plugins.values().map(|p| p.content_hash.clone()).collect();
+                // Recorded before the swap, so whoever sees the new snapshot serve finds its record.
+                let plugins = plugin_hashes(&snapshot);
+                self.remember(ReloadRecord {
+                    time_ms: now_ms(),
+                    cause,
+                    result: label,
+                    error: None,
+                    warnings: warnings.clone(),
+                    duration_ms,
+                    plugins,
+                });
                 self.snapshot.store(Arc::new(snapshot));
                 self.engine.retain_compiled(&in_use.iter().map(String::as_str).collect());
                 tracing::info!(config = %self.file.display(), ?cause, duration_ms, "configuration reloaded");
                 for warning in &warnings {
                     tracing::warn!(config = %self.file.display(), "{warning}");
                 }
-                (Ok(()), None)
+                Ok(())
             }
             Err(e) => {
                 tracing::error!(config = %self.file.display(), ?cause, "reload failed, the running configuration keeps serving:\n{e}");
-                let text = e.to_string();
-                (Err(e), Some(text))
+                let error = Some(e.to_string());
+                let plugins = plugin_hashes(&self.snapshot.load());
+                self.remember(ReloadRecord {
+                    time_ms: now_ms(),
+                    cause,
+                    result: label,
+                    error,
+                    warnings,
+                    duration_ms,
+                    plugins,
+                });
+                Err(e)
             }
-        };
-        let label = if result.is_ok() { "ok" } else { "error" };
-        self.engine.metrics().config_reloads.get_or_create(&ReloadLabels { result: label.to_owned() }).inc();
-        let plugins = self.plugin_hashes();
-        self.remember(ReloadRecord { time_ms: now_ms(), cause, result: label, error, warnings, duration_ms, plugins });
-        result
+        }
+    }
+
+    /// The files of `sources` whose content on disk differs from what was recorded, read on a
+    /// blocking thread.
+    async fn changed_sources(&self, sources: Sources) -> Vec<PathBuf> {
+        tokio::task::spawn_blocking(move || sources.changed_on_disk().into_iter().map(Path::to_path_buf).collect())
+            .await
+            .unwrap_or_default()
     }
 
     /// The recent reload attempts, oldest first (at most [`HISTORY`]).
@@ -203,16 +338,12 @@ impl Reloader {
         history.push_back(record);
     }
 
-    fn plugin_hashes(&self) -> BTreeMap<String, String> {
-        self.snapshot.load().plugins.iter().map(|(id, p)| (id.clone(), p.content_hash.clone())).collect()
-    }
-
     /// The files the serving snapshot depends on, as (canonical directory, file name).
     fn watched(&self) -> BTreeSet<(PathBuf, std::ffi::OsString)> {
         self.snapshot
             .load()
             .sources
-            .iter()
+            .paths()
             .filter_map(|path| {
                 let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
                 Some((std::fs::canonicalize(dir).ok()?, path.file_name()?.to_owned()))
@@ -221,86 +352,205 @@ impl Reloader {
     }
 }
 
+/// What a file event says about a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// A writer has it open and is writing: wait for it.
+    Writing,
+    /// A writer is done with it (closed after writing, renamed, removed, a new symlink): the
+    /// moment to reload.
+    Done,
+}
+
+/// The signal of one event kind, for a path that may be a symlink; `None` for events that
+/// say nothing about content (open, read, close without writing, attribute changes), which
+/// must never start a reload: the reload itself opens every file.
+fn signal_of(kind: &EventKind, path: &Path) -> Option<Signal> {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Signal::Done),
+        EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => Some(Signal::Done),
+        // A new symlink is whole at once; a new regular file is written next and closed; a new
+        // directory (Kubernetes' timestamped one) says nothing until `..data` is renamed.
+        EventKind::Create(_) => match path.symlink_metadata().map(|m| m.file_type()) {
+            Ok(t) if t.is_symlink() => Some(Signal::Done),
+            Ok(t) if t.is_file() => Some(Signal::Writing),
+            _ => None,
+        },
+        // Only inotify reports close-after-write; elsewhere a write is the last word we get.
+        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Other) if cfg!(target_os = "linux") => {
+            Some(Signal::Writing)
+        }
+        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Other) => Some(Signal::Done),
+        _ => None,
+    }
+}
+
 /// Watches the serving snapshot's files and reloads when one changes, until `shutdown`.
-/// A reload waits until no event has arrived for `debounce` (at most [`MAX_COALESCE`] after
-/// the first), so a burst of writes costs one reload; `notify-debouncer-full` alone emits on
-/// a fixed delay after each first event, which under continuous writes meant a reload every
-/// `debounce`. Paths outside the watched set are ignored, except `..`-prefixed names
-/// (Kubernetes' `..data` swap).
-pub async fn watch_files(reloader: Arc<Reloader>, debounce: Duration, mut shutdown: watch::Receiver<bool>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
+/// A reload waits for a writer to say it is done with a watched file ([`Signal::Done`]), then
+/// until no watched file is open for writing and no event has arrived for `debounce` (at most
+/// [`MAX_COALESCE`] after the first while nothing is open for writing), so a burst of writes
+/// costs one reload and a file written slowly is not read half way. Paths outside the watched
+/// set are ignored, except `..`-prefixed names in a watched directory (Kubernetes' `..data`
+/// swap). The watches are registered when this is called (inside the tokio runtime), before
+/// the future first runs, and its first act is a no-op-unless-changed reload, so a write
+/// made while the gateway was starting is not missed.
+pub fn watch_files(
+    reloader: Arc<Reloader>,
+    debounce: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<(PathBuf, Signal)>>();
     let handler = move |result: DebounceEventResult| match result {
         Ok(events) => {
-            let _ = tx.send(events.into_iter().flat_map(|e| e.event.paths).collect());
+            let signals: Vec<(PathBuf, Signal)> = events
+                .into_iter()
+                .flat_map(|e| {
+                    let kind = e.event.kind;
+                    e.event.paths.into_iter().filter_map(move |p| signal_of(&kind, &p).map(|s| (p, s)))
+                })
+                .collect();
+            if !signals.is_empty() {
+                let _ = tx.send(signals);
+            }
         }
         Err(errors) => tracing::warn!(?errors, "file watch error"),
     };
     // The crate's own delay only needs to pair rename events; the quiet period below is the
-    // operator's `debounce_ms`.
-    let mut debouncer = match new_debouncer(debounce.min(Duration::from_millis(20)), None, handler) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch files; reload with SIGHUP or POST /reload");
-            return;
-        }
-    };
+    // operator's `debounce_ms`. The watches are in place when this returns, so no write after
+    // the gateway has started goes unseen.
+    let debouncer = new_debouncer(debounce.min(Duration::from_millis(20)), None, handler);
     let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
-    loop {
-        let wanted = reloader.watched();
-        let wanted_dirs: BTreeSet<PathBuf> = wanted.iter().map(|(d, _)| d.clone()).collect();
-        for dir in wanted_dirs.difference(&dirs) {
-            if let Err(e) = debouncer.watch(dir, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
+    let mut debouncer = debouncer.map(|mut d| {
+        update_watches(&mut d, &reloader.watched(), &mut dirs);
+        d
+    });
+    async move {
+        let debouncer = match debouncer.as_mut() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch files; reload with SIGHUP or POST /reload");
+                return;
             }
-        }
-        for dir in dirs.difference(&wanted_dirs) {
-            let _ = debouncer.unwatch(dir);
-        }
-        dirs = wanted_dirs;
-
-        let paths = tokio::select! {
-            paths = rx.recv() => match paths { Some(p) => p, None => return },
-            _ = shutdown.changed() => return,
         };
-        let mut relevant = paths.iter().any(|p| touches(p, &wanted));
-        let first = Instant::now();
-        while relevant && first.elapsed() < MAX_COALESCE {
-            match tokio::time::timeout(debounce, rx.recv()).await {
-                Ok(Some(_more)) => {}
-                Ok(None) => return,
-                Err(_quiet) => break,
+        // A write between the snapshot's build and the watches' start: this finds it (and
+        // does nothing when every file still holds what was built).
+        let _ = reloader.reload(ReloadCause::FileChange).await;
+        // Watched files a writer has open, across reloads: no reload reads them until closed.
+        let mut writing: BTreeSet<PathBuf> = BTreeSet::new();
+        loop {
+            let wanted = reloader.watched();
+            update_watches(debouncer, &wanted, &mut dirs);
+            let signals = tokio::select! {
+                signals = rx.recv() => match signals { Some(s) => s, None => return },
+                _ = shutdown.changed() => return,
+            };
+            if !absorb(&signals, &wanted, &mut writing) {
+                continue;
             }
-        }
-        while let Ok(more) = rx.try_recv() {
-            relevant |= more.iter().any(|p| touches(p, &wanted));
-        }
-        if relevant {
+            let (first, mut last) = (Instant::now(), Instant::now());
+            loop {
+                let more = tokio::select! {
+                    more = tokio::time::timeout(debounce, rx.recv()) => more,
+                    _ = shutdown.changed() => return,
+                };
+                match more {
+                    Ok(Some(signals)) => {
+                        absorb(&signals, &wanted, &mut writing);
+                        last = Instant::now();
+                    }
+                    Ok(None) => return,
+                    Err(_quiet) if writing.is_empty() => break,
+                    Err(_quiet) if last.elapsed() >= MAX_WRITE_WAIT => {
+                        tracing::warn!(files = ?writing, "watched files open for writing but silent for {} s; reloading", MAX_WRITE_WAIT.as_secs());
+                        writing.clear();
+                        break;
+                    }
+                    Err(_quiet) => {}
+                }
+                if writing.is_empty() && first.elapsed() >= MAX_COALESCE {
+                    break;
+                }
+            }
             let _ = reloader.reload(ReloadCause::FileChange).await;
         }
     }
 }
 
-fn touches(path: &Path, wanted: &BTreeSet<(PathBuf, std::ffi::OsString)>) -> bool {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return false };
-    let in_dir = |d: &PathBuf| d == dir;
-    wanted.iter().any(|(d, n)| in_dir(d) && (n == name || name.to_string_lossy().starts_with("..")))
+/// Watches the directories of `wanted` not yet in `dirs` and unwatches those no longer wanted.
+fn update_watches<W: notify_debouncer_full::notify::Watcher, C: notify_debouncer_full::FileIdCache>(
+    debouncer: &mut notify_debouncer_full::Debouncer<W, C>,
+    wanted: &BTreeSet<(PathBuf, std::ffi::OsString)>,
+    dirs: &mut BTreeSet<PathBuf>,
+) {
+    let wanted_dirs: BTreeSet<PathBuf> = wanted.iter().map(|(d, _)| d.clone()).collect();
+    for dir in wanted_dirs.difference(dirs) {
+        if let Err(e) = debouncer.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
+        }
+    }
+    for dir in dirs.difference(&wanted_dirs) {
+        let _ = debouncer.unwatch(dir);
+    }
+    *dirs = wanted_dirs;
 }
 
-/// Reloads on every SIGHUP until `shutdown`.
-pub async fn on_sighup(reloader: Arc<Reloader>, mut shutdown: watch::Receiver<bool>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
-        loop {
-            tokio::select! {
-                Some(()) = hup.recv() => { let _ = reloader.reload(ReloadCause::Signal).await; }
-                _ = shutdown.changed() => return,
+/// Applies `signals` to the set of watched files open for writing; true when one says a writer
+/// is done with a watched file.
+fn absorb(
+    signals: &[(PathBuf, Signal)],
+    wanted: &BTreeSet<(PathBuf, std::ffi::OsString)>,
+    writing: &mut BTreeSet<PathBuf>,
+) -> bool {
+    let mut done = false;
+    for (path, signal) in signals.iter().filter(|(p, _)| touches(p, wanted)) {
+        match signal {
+            Signal::Writing => {
+                writing.insert(path.clone());
+            }
+            Signal::Done => {
+                writing.remove(path);
+                done = true;
             }
         }
     }
-    #[cfg(not(unix))]
-    let _ = (reloader, shutdown.changed().await);
+    done
+}
+
+/// Whether an event on `path` concerns a watched file: one of its names in its directory, or a
+/// `..`-prefixed name there (Kubernetes swaps `..data` to update every key at once).
+fn touches(path: &Path, wanted: &BTreeSet<(PathBuf, std::ffi::OsString)>) -> bool {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return false };
+    wanted.iter().any(|(d, n)| d == dir && (n == name || name.to_string_lossy().starts_with("..")))
+}
+
+/// Reloads on every SIGHUP until `shutdown`. The handler is installed when this is called,
+/// not when the future first runs, so a SIGHUP sent once the gateway has started never meets
+/// the default action (terminating the process). Call it inside the tokio runtime.
+pub fn on_sighup(reloader: Arc<Reloader>, mut shutdown: watch::Receiver<bool>) -> impl Future<Output = ()> + Send {
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let Ok(mut hup) = hup else {
+                tracing::warn!("cannot install the SIGHUP handler; reload with POST /reload");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    Some(()) = hup.recv() => { let _ = reloader.reload(ReloadCause::Signal).await; }
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (reloader, shutdown.changed().await);
+    }
+}
+
+/// Plugin id → SHA-256 of its component, as `/reloads` shows them.
+fn plugin_hashes(snapshot: &Snapshot) -> BTreeMap<String, String> {
+    snapshot.plugins.iter().map(|(id, p)| (id.clone(), p.content_hash.clone())).collect()
 }
 
 fn now_ms() -> u64 {

@@ -116,6 +116,7 @@ mod tests {
             upstream: "u".into(),
             chain: Vec::new(),
             max_body_bytes: 1024,
+            public: false,
         }
     }
 

@@ -2,8 +2,7 @@
 //! upstreams and plugins. Built whole, off the request path, from a [`LoadedConfig`]; a request
 //! holds the snapshot it started with until it completes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use http::HeaderName;
@@ -13,6 +12,7 @@ use crate::config::{ConfigError, Issue, LoadedConfig};
 use crate::plugin::{LoadedPlugin, PluginEngine, StepLoadError, StepPool};
 use crate::proxy::headers::IdentityHeaders;
 use crate::router::Router;
+use crate::sources::Sources;
 use crate::upstream::Upstream;
 
 /// Largest plugin file accepted, in bytes.
@@ -42,9 +42,10 @@ pub struct Snapshot {
     pub identity: IdentityHeaders,
     /// Loaded plugins by id.
     pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
-    /// Every file this snapshot was built from: the configuration file, plugin files,
-    /// `$file` references, certificates and keys. Hot reload watches them.
-    pub sources: BTreeSet<PathBuf>,
+    /// Every file this snapshot was built from, with the digest of what was read: the
+    /// configuration file, plugin files, `$file` references, certificates and keys. Hot
+    /// reload watches them and reloads when one's content differs.
+    pub sources: Sources,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// The process's metrics (the engine's).
@@ -82,7 +83,8 @@ impl Snapshot {
     ) -> Result<Snapshot, ConfigError> {
         let config = &loaded.config;
         let mut issues = Vec::new();
-        let mut sources = BTreeSet::from([loaded.file.clone()]);
+        let mut sources = Sources::default();
+        sources.record_digest(&loaded.file, loaded.digest.clone());
 
         let router = Router::build(&config.routes).unwrap_or_else(|mut e| {
             issues.append(&mut e);
@@ -92,11 +94,12 @@ impl Snapshot {
         let mut plugins = BTreeMap::new();
         for (id, plugin_config) in &config.plugins {
             let path = loaded.resolve(&plugin_config.path);
-            sources.insert(path.clone());
             let audit_file = plugin_config.audit_file.as_deref().map(|f| loaded.resolve(f));
             let field = format!("plugin.{id}.path");
             let engine_for_compile = engine.clone();
+            let read = path.clone();
             let compiled = tokio::task::spawn_blocking(move || {
+                let path = read;
                 let size = std::fs::metadata(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
                 if size > MAX_PLUGIN_BYTES {
                     return Err(format!("{} is {size} bytes, over the {MAX_PLUGIN_BYTES}-byte cap", path.display()));
@@ -108,6 +111,9 @@ impl Snapshot {
             })
             .await
             .unwrap_or_else(|e| Err(format!("compilation task failed: {e}")));
+            if let Ok((_, hash)) = &compiled {
+                sources.record_digest(&path, hash.clone());
+            }
             match compiled.and_then(|(component, hash)| {
                 LoadedPlugin::new(engine.clone(), id, plugin_config, &component, hash, audit_file.as_deref())
             }) {
@@ -224,7 +230,7 @@ impl Snapshot {
 fn step_config_json(
     loaded: &LoadedConfig,
     table: Option<&toml::Table>,
-    sources: &mut BTreeSet<PathBuf>,
+    sources: &mut Sources,
 ) -> Result<String, String> {
     let mut value = match table {
         Some(t) => serde_json::to_value(t).map_err(|e| e.to_string())?,
@@ -234,11 +240,7 @@ fn step_config_json(
     Ok(value.to_string())
 }
 
-fn resolve_files(
-    loaded: &LoadedConfig,
-    value: &mut serde_json::Value,
-    sources: &mut BTreeSet<PathBuf>,
-) -> Result<(), String> {
+fn resolve_files(loaded: &LoadedConfig, value: &mut serde_json::Value, sources: &mut Sources) -> Result<(), String> {
     use serde_json::Value;
     match value {
         Value::Object(map) if map.len() == 1 && map.contains_key("$file") => {
@@ -246,9 +248,9 @@ fn resolve_files(
                 return Err("`$file` must be a path string".into());
             };
             let full = loaded.resolve(std::path::Path::new(path));
-            sources.insert(full.clone());
             let text =
                 std::fs::read_to_string(&full).map_err(|e| format!("cannot read `$file` {}: {e}", full.display()))?;
+            sources.record(&full, text.as_bytes());
             *value = Value::String(text);
             Ok(())
         }

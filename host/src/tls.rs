@@ -7,9 +7,9 @@
 //! Every file is read when a snapshot is built, so a reload picks up renewed certificates; new
 //! connections get them, open ones keep the session they negotiated.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
@@ -24,6 +24,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::config::model::{ClientAuth, ListenerTlsConfig, TlsVersion, UpstreamTlsConfig};
 use crate::config::{Issue, LoadedConfig};
+use crate::sources::Sources;
 
 /// The crypto provider every TLS configuration uses.
 fn provider() -> Arc<CryptoProvider> {
@@ -50,7 +51,7 @@ pub fn server_config(
     loaded: &LoadedConfig,
     tls: &ListenerTlsConfig,
     at: &str,
-    sources: &mut BTreeSet<PathBuf>,
+    sources: &mut Sources,
 ) -> Result<Arc<ServerConfig>, Vec<Issue>> {
     let mut issues = Vec::new();
     let mut resolver = SniResolver::default();
@@ -58,8 +59,8 @@ pub fn server_config(
         let field = format!("{at}.certificates[{i}]");
         let cert_path = loaded.resolve(&cert.cert_file);
         let key_path = loaded.resolve(&cert.key_file);
-        sources.insert(cert_path.clone());
-        sources.insert(key_path.clone());
+        sources.record_now(&cert_path);
+        sources.record_now(&key_path);
         match certified_key(&cert_path, &key_path) {
             Ok(key) => {
                 if key.end_entity_cert().is_ok_and(|der| !currently_valid(der)) {
@@ -81,7 +82,7 @@ pub fn server_config(
         None => Some(builder.with_no_client_auth()),
         Some(file) => {
             let path = loaded.resolve(file);
-            sources.insert(path.clone());
+            sources.record_now(&path);
             let verifier = roots(&path).and_then(|roots| {
                 let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
                 let verifier = match tls.client_auth {
@@ -120,12 +121,12 @@ pub fn client_config(
     loaded: &LoadedConfig,
     tls: &UpstreamTlsConfig,
     at: &str,
-    sources: &mut BTreeSet<PathBuf>,
+    sources: &mut Sources,
 ) -> Result<ClientConfig, Issue> {
     let roots = match &tls.ca_file {
         Some(file) => {
             let path = loaded.resolve(file);
-            sources.insert(path.clone());
+            sources.record_now(&path);
             roots(&path).map_err(|why| Issue::new(format!("{at}.ca_file"), why))?
         }
         None => {
@@ -152,8 +153,8 @@ pub fn client_config(
     let config = match (&tls.client_cert_file, &tls.client_key_file) {
         (Some(cert), Some(key)) => {
             let (cert_path, key_path) = (loaded.resolve(cert), loaded.resolve(key));
-            sources.insert(cert_path.clone());
-            sources.insert(key_path.clone());
+            sources.record_now(&cert_path);
+            sources.record_now(&key_path);
             let chain = read_certs(&cert_path).map_err(|why| Issue::new(format!("{at}.client_cert_file"), why))?;
             let key = read_key(&key_path).map_err(|why| Issue::new(format!("{at}.client_key_file"), why))?;
             builder

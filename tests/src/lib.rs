@@ -71,13 +71,27 @@ impl TestGateway {
     /// # Panics
     /// As [`TestGateway::start`].
     pub async fn start_with(config: &str, engine: Arc<PluginEngine>) -> TestGateway {
-        let (dir, file) = write_config(config);
-        let gateway = match Gateway::start_with_engine(&file, engine).await {
+        let (_, file) = write_config(config);
+        Self::start_file_with(&file, engine).await
+    }
+
+    /// A gateway serving `file` (named `gateway.toml`), on the shared engine; its directory is
+    /// removed by [`TestGateway::stop`].
+    ///
+    /// # Panics
+    /// As [`TestGateway::start`].
+    pub async fn start_file(file: &Path) -> TestGateway {
+        Self::start_file_with(file, engine()).await
+    }
+
+    async fn start_file_with(file: &Path, engine: Arc<PluginEngine>) -> TestGateway {
+        let gateway = match Gateway::start_with_engine(file, engine).await {
             Ok(g) => g,
             Err(e) => panic!("gateway refused the test configuration:\n{e}"),
         };
         let addr = gateway.listener_addrs()[0];
         let admin = gateway.admin_addr().expect("admin listener enabled");
+        let dir = file.parent().expect("a file in a directory").to_path_buf();
         TestGateway { gateway, addr, admin, dir }
     }
 

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
+use portcullis::reload::{ReloadCause, ReloadRecord};
 use portcullis_e2e::{
-    TestGateway, config, echo_upstream, get, metric, plugin, replace_file, route, rss_bytes, scrape, send, write_config,
+    JWT_CONFIG, TestGateway, config, echo_upstream, get, metric, plugin, replace_file, route, rss_bytes, scrape, send,
+    write_config,
 };
 
 /// A directory holding `filter.wasm` (build `a` of the tag filter to start with).
@@ -22,9 +24,13 @@ fn plugin_dir() -> PathBuf {
 /// `suffix`, a `/counted/` route running the chaos guest (which counts in `kv`), and `extra`
 /// TOML.
 fn site(upstream: std::net::SocketAddr, dir: &Path, suffix: &str, watch: bool, extra: &str) -> String {
-    let tag_config = format!(r#"{{ suffix = "{suffix}" }}"#);
+    site_with(upstream, dir, &format!(r#"{{ suffix = "{suffix}" }}"#), watch, extra)
+}
+
+/// [`site`] with `tag_config` (an inline TOML table) as the tag step's configuration.
+fn site_with(upstream: std::net::SocketAddr, dir: &Path, tag_config: &str, watch: bool, extra: &str) -> String {
     let routes =
-        [route("tagged", "/tagged/", &[("tag", Some(&tag_config))]), route("counted", "/counted/", &[("chaos", None)])];
+        [route("tagged", "/tagged/", &[("tag", Some(tag_config))]), route("counted", "/counted/", &[("chaos", None)])];
     let filter = dir.join("filter.wasm");
     config(
         upstream,
@@ -53,7 +59,11 @@ async fn eventually(gw: &TestGateway, want: &str) -> Duration {
         if now == want {
             return started.elapsed();
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "still `{now}`, not `{want}`, after 5 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still `{now}`, not `{want}`, after 5 s; reloads: {:?}",
+            gw.gateway.reloads().iter().map(|r| (r.cause, r.result, r.error.as_deref())).collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -303,4 +313,203 @@ async fn the_old_snapshot_is_freed_once_swapped_out() {
     }
     assert_eq!(tag(&gw).await, "a");
     gw.stop().await;
+}
+
+/// A `/api/` route whose chain is the quickstart's jwt-auth step alone.
+fn api_route() -> String {
+    route("api", "/api/", &[("jwt", Some(JWT_CONFIG))])
+}
+
+/// File-change reloads in this gateway's history.
+fn file_reloads(gw: &TestGateway) -> Vec<ReloadRecord> {
+    gw.gateway.reloads().into_iter().filter(|r| r.cause == ReloadCause::FileChange).collect()
+}
+
+/// Clients without credentials sending `GET /api/x` until stopped; returns the stop flag and
+/// a task that yields (requests sent, requests that were not refused with 401).
+fn anonymous_clients(gw: &TestGateway) -> (Arc<AtomicBool>, tokio::task::JoinHandle<(u32, u32)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (url, flag) = (gw.url("/api/x"), stop.clone());
+    let task = tokio::spawn(async move {
+        let (mut sent, mut let_through) = (0, 0);
+        while !flag.load(Ordering::Relaxed) {
+            sent += 1;
+            if get(&url, &[]).await.status != 401 {
+                let_through += 1;
+            }
+        }
+        (sent, let_through)
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_watched_files_or_rewriting_them_unchanged_starts_no_reload() {
+    let (dir, upstream) = (plugin_dir(), echo_upstream().await);
+    let text = site(upstream, &dir, "", true, &api_route());
+    let gw = TestGateway::start(&text).await;
+    let sources: Vec<PathBuf> = gw.gateway.snapshot().sources.paths().map(Path::to_path_buf).collect();
+    assert!(sources.len() >= 4, "config, two plugins and the JWKS `$file`: {sources:?}");
+    // What editors, `cat`, `sha256sum` and `portcullis validate` do to files, and a reload
+    // (which reads every file again).
+    for _ in 0..5 {
+        for path in &sources {
+            std::fs::read(path).unwrap();
+            drop(std::fs::File::open(path).unwrap());
+        }
+    }
+    gw.gateway.reload().await.unwrap();
+    std::fs::write(gw.config_file(), &text).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let history = gw.gateway.reloads();
+    println!(
+        "reads of {} watched files and an identical rewrite → {} file-change reloads",
+        sources.len(),
+        file_reloads(&gw).len()
+    );
+    assert_eq!(file_reloads(&gw).len(), 0, "{history:?}");
+    assert_eq!(history.len(), 2, "the start and the explicit reload only: {history:?}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_written_slowly_in_place_is_applied_only_once_closed() {
+    use std::io::Write;
+    let (dir, upstream) = (plugin_dir(), echo_upstream().await);
+    let gw = TestGateway::start(&site(upstream, &dir, "-1", true, &api_route())).await;
+    assert_eq!((tag(&gw).await, get(&gw.url("/api/x"), &[]).await.status.as_u16()), ("a-1".to_owned(), 401));
+    let (stop, clients) = anonymous_clients(&gw);
+    let next = site(upstream, &dir, "-2", true, &api_route());
+    // Cut where the `/api/` route is written but its chain is not: applied, it serves `/api/`
+    // with no authentication at all.
+    let cut = next.find("[[route.chain]]\nplugin = \"jwt\"").unwrap();
+    {
+        let mut file = std::fs::File::create(gw.config_file()).unwrap();
+        file.write_all(next[..cut].as_bytes()).unwrap();
+        file.flush().unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        file.write_all(next[cut..].as_bytes()).unwrap();
+    }
+    let took = eventually(&gw, "a-2").await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, let_through) = clients.await.unwrap();
+    let history = file_reloads(&gw);
+    println!(
+        "slow in-place write (1 s pause) → applied {} ms after close; {sent} anonymous requests, {let_through} not refused",
+        took.as_millis()
+    );
+    assert!(sent > 10);
+    assert_eq!(let_through, 0, "requests served without authentication during the write");
+    assert_eq!(
+        history.iter().map(|r| r.result).collect::<Vec<_>>(),
+        ["ok"],
+        "one reload, after the close: {history:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_closed_half_written_never_serves_the_route_without_its_auth_step() {
+    let (dir, upstream) = (plugin_dir(), echo_upstream().await);
+    let gw = TestGateway::start(&site(upstream, &dir, "-1", true, &api_route())).await;
+    let (stop, clients) = anonymous_clients(&gw);
+    let next = site(upstream, &dir, "-2", true, &api_route());
+    let cut = next.find("[[route.chain]]\nplugin = \"jwt\"").unwrap();
+    // Two writers' worth: the first closes the file half written (`cat a > f; cat b >> f`);
+    // the second waits until the gateway has read it.
+    std::fs::write(gw.config_file(), &next[..cut]).unwrap();
+    let started = Instant::now();
+    while file_reloads(&gw).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(5), "no reload after the first write");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(tag(&gw).await, "a-1", "the half-written file was refused");
+    std::fs::write(gw.config_file(), &next).unwrap();
+    eventually(&gw, "a-2").await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, let_through) = clients.await.unwrap();
+    let history = file_reloads(&gw);
+    let refused = history.iter().find(|r| r.result == "error");
+    let refused = refused.unwrap_or_else(|| panic!("the half-written file was refused: {history:?}"));
+    let why = refused.error.as_deref().unwrap_or_default();
+    assert!(why.contains("route[2].chain: route `api` had an auth step (jwt)"), "{why}");
+    assert!(sent > 10);
+    assert_eq!(let_through, 0, "requests served without authentication during the write");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_drops_every_auth_step_is_refused_unless_the_route_is_public() {
+    let (dir, upstream) = (plugin_dir(), echo_upstream().await);
+    let gw = TestGateway::start(&site(upstream, &dir, "", false, &api_route())).await;
+    let open_api = route("api", "/api/", &[]);
+    replace_file(&gw.config_file(), site(upstream, &dir, "", false, &open_api).as_bytes());
+    let error = gw.gateway.reload().await.unwrap_err().to_string();
+    assert!(error.contains("route `api` had an auth step (jwt) and this configuration leaves it with none"), "{error}");
+    assert_eq!(get(&gw.url("/api/x"), &[]).await.status, 401, "the running snapshot keeps serving");
+    replace_file(&gw.config_file(), site(upstream, &dir, "", false, &(open_api + "public = true\n")).as_bytes());
+    gw.gateway.reload().await.unwrap();
+    let last = gw.gateway.reloads().pop().unwrap();
+    assert!(last.warnings.iter().any(|w| w.contains("route `api` no longer has an auth step")), "{:?}", last.warnings);
+    assert_eq!(get(&gw.url("/api/x"), &[]).await.status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_names_each_listener_setting_that_needs_a_restart() {
+    let (dir, upstream) = (plugin_dir(), echo_upstream().await);
+    let good = site(upstream, &dir, "", false, "");
+    let gw = TestGateway::start(&good).await;
+    let listener = "[[listener]]\naddress = \"127.0.0.1:0\"\n";
+    let changed = good.replacen(listener, &format!("{listener}accept_trace_context = \"never\"\n"), 1);
+    replace_file(&gw.config_file(), changed.as_bytes());
+    gw.gateway.reload().await.unwrap();
+    let last = gw.gateway.reloads().pop().unwrap();
+    assert_eq!(last.warnings, ["listener[0] settings changed: they need a restart; the running ones are kept"]);
+    replace_file(&gw.config_file(), good.as_bytes());
+    gw.gateway.reload().await.unwrap();
+    assert_eq!(gw.gateway.reloads().pop().unwrap().warnings, Vec::<String>::new());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_file_reference_is_reloaded() {
+    let (dir, upstream) = (plugin_dir(), echo_upstream().await);
+    let suffix = dir.join("suffix.txt");
+    std::fs::write(&suffix, "-1").unwrap();
+    let tag_config = format!(r#"{{ suffix = {{ "$file" = "{}" }} }}"#, suffix.display());
+    let gw = TestGateway::start(&site_with(upstream, &dir, &tag_config, true, "")).await;
+    assert_eq!(tag(&gw).await, "a-1");
+    std::fs::write(&suffix, "-2").unwrap();
+    let took = eventually(&gw, "a-2").await;
+    println!("`$file` rewritten in place → served after {} ms", took.as_millis());
+    gw.stop().await;
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_symlink_swap_is_reloaded() {
+    use std::os::unix::fs::symlink;
+    let (dir, upstream) = (plugin_dir(), echo_upstream().await);
+    // Kubernetes' atomic writer: files in a timestamped directory, `..data` pointing at it,
+    // and each key a symlink through `..data`; an update writes a new directory, points
+    // `..data_tmp` at it, renames that over `..data` and removes the old directory.
+    let volume = dir.join("configmap");
+    let version = |n: u32, suffix: &str| {
+        let at = volume.join(format!("..2026_12_01_{n}"));
+        std::fs::create_dir_all(&at).unwrap();
+        std::fs::write(at.join("gateway.toml"), site(upstream, &dir, suffix, true, "")).unwrap();
+        format!("..2026_12_01_{n}")
+    };
+    symlink(version(1, "-1"), volume.join("..data")).unwrap();
+    symlink("..data/gateway.toml", volume.join("gateway.toml")).unwrap();
+    let gw = TestGateway::start_file(&volume.join("gateway.toml")).await;
+    assert_eq!(tag(&gw).await, "a-1");
+    symlink(version(2, "-2"), volume.join("..data_tmp")).unwrap();
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+    std::fs::remove_dir_all(volume.join("..2026_12_01_1")).unwrap();
+    let took = eventually(&gw, "a-2").await;
+    println!("ConfigMap `..data` swap → served after {} ms", took.as_millis());
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

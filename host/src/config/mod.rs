@@ -76,6 +76,8 @@ pub struct LoadedConfig {
     pub base_dir: PathBuf,
     /// The parsed content.
     pub config: GatewayConfig,
+    /// SHA-256 (hex) of the text that was parsed, for [`crate::sources::Sources`].
+    pub digest: String,
 }
 
 impl LoadedConfig {
@@ -99,7 +101,8 @@ pub fn load(file: &Path) -> Result<LoadedConfig, ConfigError> {
     let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
     let config = check_text(&text).map_err(|issues| ConfigError::Invalid { file: file.to_owned(), issues })?;
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    Ok(LoadedConfig { file: file.to_owned(), base_dir, config })
+    let digest = crate::sources::sha256_hex(text.as_bytes());
+    Ok(LoadedConfig { file: file.to_owned(), base_dir, config, digest })
 }
 
 /// Parses and checks configuration text, without reading any file it names.

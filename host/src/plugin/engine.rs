@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -175,7 +174,7 @@ impl PluginEngine {
     /// Returns the component and the content hash (lowercase hex SHA-256).
     /// Errors: the bytes are not a valid component.
     pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<(Component, String)> {
-        let hash = hex(&Sha256::digest(bytes));
+        let hash = crate::sources::sha256_hex(bytes);
         if let Some(c) = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(&hash) {
             return Ok((c.clone(), hash));
         }
@@ -198,8 +197,4 @@ impl Drop for PluginEngine {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
