@@ -1,7 +1,8 @@
 //! Request hygiene through the real gateway, over raw TCP so the request line reaches it byte
 //! for byte: paths are normalized before routing and plugins, so a route's chain cannot be
 //! bypassed with dot segments, encoded dots or doubled slashes; ambiguous paths get 400;
-//! header names with underscores are dropped; spoofed `x-forwarded-for` is not believed.
+//! header names with underscores are dropped; spoofed `x-forwarded-for`, `Forwarded`,
+//! `X-Real-IP` and the like are not believed.
 
 use portcullis_e2e::{JWT_CONFIG, TestGateway, config, echo_upstream, route};
 use serde_json::Value;
@@ -73,6 +74,48 @@ async fn underscore_headers_are_dropped_and_forwarded_for_is_not_believed() {
     assert_eq!(echo["headers"]["x-forwarded-for"][0], "127.0.0.1", "a client's own x-forwarded-for is replaced");
     let (status, _) = raw(&gw, "GET http://a.test/x HTTP/1.1\r\nhost: b.test\r\nconnection: close\r\n\r\n").await;
     assert_eq!(status, 400, "Host and the absolute-form target disagree");
+    gw.stop().await;
+}
+
+/// Forwarding and client-IP fields a client may set to pose as someone else.
+const SPOOFED: &str = "forwarded: for=6.6.6.6;proto=https\r\nx-real-ip: 6.6.6.6\r\nx-forwarded-host: admin.internal\r\n\
+                       x-forwarded-proto: https\r\nx-forwarded-port: 443\r\ntrue-client-ip: 6.6.6.6\r\nx-client-ip: 6.6.6.6\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_clients_forwarding_fields_are_replaced_by_the_gateways_own() {
+    let upstream = echo_upstream().await;
+    let text = config(upstream, &route("public", "/", &[])).replacen(
+        "address = \"127.0.0.1:0\"\n",
+        "address = \"127.0.0.1:0\"\nforwarded_headers = \"both\"\n",
+        1,
+    );
+    let gw = TestGateway::start(&text).await;
+    let (status, body) = raw(&gw, &get("/x", SPOOFED)).await;
+    assert_eq!(status, 200);
+    let seen = &echoed(&body)["headers"];
+    assert_eq!(seen["forwarded"][0], "for=127.0.0.1;proto=http;host=\"gw.test\"", "{seen}");
+    assert_eq!((&seen["x-forwarded-for"][0], &seen["x-forwarded-proto"][0]), (&"127.0.0.1".into(), &"http".into()));
+    for gone in ["x-real-ip", "x-forwarded-host", "x-forwarded-port", "true-client-ip", "x-client-ip"] {
+        assert!(seen.get(gone).is_none(), "{gone} reached the upstream: {seen}");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxys_forwarding_fields_are_kept_and_extended() {
+    let upstream = echo_upstream().await;
+    let text = config(upstream, &route("public", "/", &[])).replacen(
+        "address = \"127.0.0.1:0\"\n",
+        "address = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\nforwarded_headers = \"forwarded\"\n",
+        1,
+    );
+    let gw = TestGateway::start(&text).await;
+    let (status, body) = raw(&gw, &get("/x", SPOOFED)).await;
+    assert_eq!(status, 200);
+    let seen = &echoed(&body)["headers"];
+    assert_eq!(seen["forwarded"][0], "for=6.6.6.6;proto=https, for=127.0.0.1;proto=http;host=\"gw.test\"", "{seen}");
+    assert_eq!(seen["x-real-ip"][0], "6.6.6.6", "kept from a trusted proxy");
+    assert!(seen.get("x-forwarded-for").is_none(), "`forwarded` alone adds no X-Forwarded-For: {seen}");
     gw.stop().await;
 }
 

@@ -41,7 +41,7 @@ pub struct GatewayConfig {
 
 /// `[[listener]]`: one client-facing socket: HTTP/1.1 and h2c in clear text, or TLS with
 /// HTTP/1.1 and HTTP/2 chosen by ALPN when `[listener.tls]` is present.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// `ip:port` to bind; port 0 picks a free port.
@@ -65,6 +65,13 @@ pub struct ListenerConfig {
     /// accepted is removed and the request starts a new trace.
     #[serde(default)]
     pub accept_trace_context: AcceptTraceContext,
+    /// Which forwarding fields the upstream gets: `x-forwarded` (default: `X-Forwarded-For`
+    /// and `X-Forwarded-Proto`), `forwarded` (RFC 7239 `Forwarded`) or `both`. Whatever the
+    /// choice, a peer not in `trusted_proxies` has its own copies of every forwarding and
+    /// client-IP field (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `X-Client-IP`,
+    /// `True-Client-IP`) removed first; a trusted peer's are kept and extended.
+    #[serde(default)]
+    pub forwarded_headers: ForwardedHeaders,
     /// Largest request head (request line and header fields), in bytes; 431 beyond
     /// (HTTP/1.1: hyper's read buffer, at least 8192; HTTP/2: `SETTINGS_MAX_HEADER_LIST_SIZE`).
     #[serde(default = "defaults::max_request_header_bytes")]
@@ -103,7 +110,7 @@ pub struct ListenerConfig {
 /// `[listener.tls]`: TLS 1.2 and 1.3 with rustls. Certificate, key and CA files are read when
 /// the configuration is loaded and again on every reload (they are watched like plugin files),
 /// so a renewed certificate is served to new connections without dropping open ones.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsConfig {
     /// Certificates, chosen by the client's SNI among the DNS names of each certificate
@@ -130,7 +137,7 @@ pub struct ListenerTlsConfig {
 }
 
 /// One certificate chain and its private key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
     /// PEM file: the end-entity certificate first, then intermediates.
@@ -189,6 +196,20 @@ pub enum AcceptTraceContext {
     /// Never: every request starts a new trace (a public edge that does not want callers
     /// to pick trace ids or force sampling).
     Never,
+}
+
+/// `forwarded_headers`: how the gateway tells the upstream who the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeaders {
+    /// `X-Forwarded-For` (the chain plus the peer) and `X-Forwarded-Proto`: what most
+    /// upstreams read (nginx, Envoy, HAProxy emit them).
+    #[default]
+    XForwarded,
+    /// RFC 7239 `Forwarded: for=…;proto=…;host=…` only.
+    Forwarded,
+    /// Both families.
+    Both,
 }
 
 /// `[admin]`: the operator's listener.
@@ -578,6 +599,12 @@ pub struct RouteConfig {
     /// The filter chain, in order.
     #[serde(default)]
     pub chain: Vec<StepConfig>,
+    /// Serves without authentication by intent. A reload that leaves a route which had an
+    /// `auth` step with none (a chain deleted by mistake, or a configuration file read while
+    /// half written) is refused unless the new configuration sets this; with it, the reload is
+    /// applied and says so in its warnings. Default `false`.
+    #[serde(default)]
+    pub public: bool,
     /// Largest request body accepted on this route, in bytes, whether it is streamed upstream
     /// or buffered: 413 when `Content-Length` declares more (the body is not read) or when a
     /// streamed body grows past it.

@@ -11,8 +11,11 @@
 //!   map `-` to `_`, so `x_user_id` could otherwise pose as `x-user-id`.
 //! - **Client IP.** The TCP peer, unless the peer is in `trusted_proxies`: then the rightmost
 //!   `x-forwarded-for` address that is not itself a trusted proxy (the first hop the trusted
-//!   chain cannot vouch for). Upstream, an untrusted peer's `x-forwarded-for` is replaced by
-//!   the peer; a trusted peer's chain is kept and the peer appended (RFC 7239 §5.2 reasoning).
+//!   chain cannot vouch for). Upstream, an untrusted peer's forwarding and client-IP fields
+//!   (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `X-Client-IP`, `True-Client-IP`) are removed
+//!   and replaced by the gateway's own; a trusted peer's are kept and the peer appended
+//!   (RFC 7239 §5.2 reasoning), as `X-Forwarded-For`, RFC 7239 `Forwarded`, or both
+//!   (`forwarded_headers`).
 
 use std::net::IpAddr;
 
@@ -20,7 +23,7 @@ use http::{HeaderMap, HeaderValue, header};
 use ipnet::IpNet;
 
 use super::path;
-use crate::config::model::{AcceptTraceContext, ListenerConfig, UnderscoreHeaders};
+use crate::config::model::{AcceptTraceContext, ForwardedHeaders, ListenerConfig, UnderscoreHeaders};
 use crate::error::GatewayError;
 
 /// A listener's hygiene settings, parsed once.
@@ -29,7 +32,22 @@ pub struct Hygiene {
     underscores: UnderscoreHeaders,
     trusted: Vec<IpNet>,
     trace_context: AcceptTraceContext,
+    forwarded: ForwardedHeaders,
 }
+
+/// Fields a client sets to pose as another client, host or scheme: removed from requests of
+/// peers that are not trusted proxies, so an upstream never mistakes them for the gateway's.
+const SPOOFABLE: [&str; 9] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+];
 
 /// Parses `10.0.0.0/8` or a single address (a /32 or /128).
 ///
@@ -47,6 +65,7 @@ impl Hygiene {
             underscores: listener.headers_with_underscores,
             trusted: listener.trusted_proxies.iter().filter_map(|c| parse_cidr(c).ok()).collect(),
             trace_context: listener.accept_trace_context,
+            forwarded: listener.forwarded_headers,
         }
     }
 
@@ -133,23 +152,48 @@ impl Hygiene {
         chain.iter().rev().copied().find(|ip| !self.trusts(*ip)).or_else(|| chain.first().copied()).unwrap_or(peer)
     }
 
-    /// Sets `x-forwarded-for` for the upstream: the trusted chain plus `peer`, or `peer` alone
-    /// when the peer is not trusted; and `x-forwarded-proto`.
+    /// Sets the forwarding fields for the upstream. From a peer that is not a trusted proxy,
+    /// every [`SPOOFABLE`] field is removed first. Then, per `forwarded_headers`:
+    /// `x-forwarded-for` gets the trusted chain plus `peer` and `x-forwarded-proto` is set to
+    /// `scheme` unless a trusted proxy set it; `Forwarded` (RFC 7239 §4) gets an element
+    /// `for=PEER;proto=SCHEME;host="HOST"` after the trusted proxies' elements, IPv6 peers
+    /// quoted and bracketed (§6).
     pub fn forward(&self, headers: &mut HeaderMap, peer: IpAddr, scheme: &str) {
         let peer = peer.to_canonical();
-        let existing: Vec<String> = if self.trusts(peer) {
-            headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect()
-        } else {
-            Vec::new()
-        };
-        let chain = existing.into_iter().chain(std::iter::once(peer.to_string())).collect::<Vec<_>>().join(", ");
-        headers.remove("x-forwarded-for");
-        if let Ok(value) = HeaderValue::from_str(&chain) {
-            headers.insert("x-forwarded-for", value);
+        if !self.trusts(peer) {
+            for name in SPOOFABLE {
+                headers.remove(name);
+            }
         }
-        if let Ok(value) = HeaderValue::from_str(scheme) {
-            headers.insert("x-forwarded-proto", value);
+        if self.forwarded != ForwardedHeaders::Forwarded {
+            append_element(headers, "x-forwarded-for", &peer.to_string());
+            if !headers.contains_key("x-forwarded-proto")
+                && let Ok(value) = HeaderValue::from_str(scheme)
+            {
+                headers.insert("x-forwarded-proto", value);
+            }
         }
+        if self.forwarded != ForwardedHeaders::XForwarded {
+            let node = match peer {
+                IpAddr::V4(ip) => ip.to_string(),
+                IpAddr::V6(ip) => format!("\"[{ip}]\""),
+            };
+            let mut element = format!("for={node};proto={scheme}");
+            if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+                let quoted = host.replace('\\', "\\\\").replace('"', "\\\"");
+                element.push_str(&format!(";host=\"{quoted}\""));
+            }
+            append_element(headers, "forwarded", &element);
+        }
+    }
+}
+
+/// Replaces every `name` field with one: their values and `element`, comma-separated.
+fn append_element(headers: &mut HeaderMap, name: &'static str, element: &str) {
+    let mut joined: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    joined.push(element);
+    if let Ok(value) = HeaderValue::from_str(&joined.join(", ")) {
+        headers.insert(name, value);
     }
 }
 
@@ -162,6 +206,7 @@ mod tests {
             underscores,
             trusted: trusted.iter().map(|c| parse_cidr(c).unwrap()).collect(),
             trace_context: AcceptTraceContext::Always,
+            forwarded: ForwardedHeaders::Both,
         }
     }
 
@@ -195,6 +240,43 @@ mod tests {
         h.forward(&mut chained, "10.1.1.1".parse().unwrap(), "https");
         assert_eq!(chained["x-forwarded-for"], "198.51.100.7, 10.1.1.1");
         assert_eq!(chained["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn spoofable_forwarding_fields_are_removed_for_untrusted_peers_and_extended_for_trusted_ones() {
+        let h = hygiene(&["10.0.0.0/8"], UnderscoreHeaders::Drop);
+        let claims = [
+            ("forwarded", "for=6.6.6.6;proto=https"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-host", "admin.internal"),
+            ("x-forwarded-proto", "https"),
+            ("true-client-ip", "6.6.6.6"),
+            ("host", "gw.example"),
+        ];
+        let with_claims = || {
+            let mut headers = HeaderMap::new();
+            for (name, value) in claims {
+                headers.insert(name, HeaderValue::from_static(value));
+            }
+            headers
+        };
+        let mut spoofed = with_claims();
+        h.forward(&mut spoofed, "203.0.113.9".parse().unwrap(), "http");
+        assert_eq!(spoofed["forwarded"], "for=203.0.113.9;proto=http;host=\"gw.example\"");
+        assert_eq!(spoofed["x-forwarded-proto"], "http");
+        for gone in ["x-real-ip", "x-forwarded-host", "true-client-ip"] {
+            assert!(!spoofed.contains_key(gone), "{gone}");
+        }
+        let mut trusted = with_claims();
+        h.forward(&mut trusted, "10.1.1.1".parse().unwrap(), "http");
+        assert_eq!(trusted["forwarded"], "for=6.6.6.6;proto=https, for=10.1.1.1;proto=http;host=\"gw.example\"");
+        assert_eq!(
+            (&trusted["x-real-ip"], &trusted["x-forwarded-proto"]),
+            (&HeaderValue::from_static("6.6.6.6"), &HeaderValue::from_static("https"))
+        );
+        let mut v6 = HeaderMap::new();
+        h.forward(&mut v6, "2001:db8::17".parse().unwrap(), "https");
+        assert_eq!(v6["forwarded"], "for=\"[2001:db8::17]\";proto=https");
     }
 
     fn parts(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
