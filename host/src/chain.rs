@@ -186,9 +186,7 @@ impl Chain {
         let invalid = |e: String| PluginFailure::new(id, FailureKind::InvalidOutput(e));
         Ok(match reply {
             Reply::Auth(AuthOutcome::Authenticated(done)) => {
-                if done.identity.subject.is_empty() {
-                    return Err(invalid("authenticated identity has an empty subject".into()));
-                }
+                headers::check_identity(&done.identity).map_err(invalid)?;
                 if !done.remove_headers.is_empty() {
                     let edits = HeaderEdits { remove: done.remove_headers, set: Vec::new(), append: Vec::new() };
                     headers::apply_edits(headers, &edits, Some(ids)).map_err(|e| invalid(e.to_string()))?;

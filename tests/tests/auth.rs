@@ -137,3 +137,18 @@ async fn invalid_tokens_are_refused_with_401_and_a_bearer_challenge() {
     }
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_value_holding_the_header_separator_never_reaches_the_upstream() {
+    let gw = gateway().await;
+    let mut c = claims("mallory");
+    c["roles"] = json!(["reader", "guest,admin"]);
+    let reply = get(&gw.url("/api/orders"), &[("authorization", &bearer(&mint(&c)))]).await;
+    assert_eq!(reply.status, 500, "the auth step's answer is refused (fail-closed): {:?}", reply.body);
+    assert!(reply.json().get("headers").is_none(), "the upstream was not reached");
+    let mut c = claims("mallory");
+    c["scope"] = json!("orders:read");
+    c["sub"] = json!("mallory\u{7f}");
+    assert_eq!(get(&gw.url("/api/orders"), &[("authorization", &bearer(&mint(&c)))]).await.status, 500);
+    gw.stop().await;
+}

@@ -89,8 +89,8 @@ impl IdentityHeaders {
         }
     }
 
-    /// Sets the identity headers from `identity`. Values that cannot be header values (control
-    /// characters) are left out and logged.
+    /// Sets the identity headers from `identity`, which [`check_identity`] accepted (a value
+    /// that still cannot be a header value is left out and logged).
     pub fn inject(&self, headers: &mut HeaderMap, identity: &Identity) {
         let mut put = |name: &HeaderName, value: String| match HeaderValue::from_str(&value) {
             Ok(v) => {
@@ -109,6 +109,39 @@ impl IdentityHeaders {
             put(&self.issuer, issuer.clone());
         }
     }
+}
+
+/// Checks that an auth step's identity reaches the upstream exactly as the chain saw it, for
+/// every auth plugin alike. The subject and issuer must be field values (RFC 9110 §5.5:
+/// visible ASCII with interior spaces, not at either end; non-ASCII is refused rather than
+/// sent as `obs-text`). A role must be such a value without `,`, the roles header's
+/// separator; a scope must be an RFC 6749 §3.3 `scope-token` (no space, `"` or `\`). Without
+/// this, a role `guest,admin` that rbac compared as one string would reach the upstream as
+/// two roles.
+///
+/// Errors: the first offending field and value, for the step's invalid-output failure.
+pub fn check_identity(identity: &Identity) -> Result<(), String> {
+    fn field_value(v: &str) -> bool {
+        !v.is_empty()
+            && !v.starts_with([' ', '\t'])
+            && !v.ends_with([' ', '\t'])
+            && v.bytes().all(|b| b.is_ascii_graphic() || b == b' ' || b == b'\t')
+    }
+    let refuse = |what: &str, v: &str| Err(format!("identity {what} {v:.64?} cannot be sent upstream as it is"));
+    if !field_value(&identity.subject) {
+        return refuse("subject", &identity.subject);
+    }
+    if let Some(issuer) = identity.issuer.as_deref().filter(|i| !field_value(i)) {
+        return refuse("issuer", issuer);
+    }
+    if let Some(role) = identity.roles.iter().find(|r| !field_value(r) || r.contains(',')) {
+        return refuse("role (no `,`: the roles header's separator)", role);
+    }
+    let scope_token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    if let Some(scope) = identity.scopes.iter().find(|s| !scope_token(s)) {
+        return refuse("scope (an RFC 6749 scope-token)", scope);
+    }
+    Ok(())
 }
 
 /// Why a plugin-supplied header was refused.
@@ -243,6 +276,33 @@ mod tests {
             issuer: HeaderName::from_static("x-user-issuer"),
             strip: vec![],
         }
+    }
+
+    #[test]
+    fn check_identity_refuses_values_the_identity_headers_cannot_carry_faithfully() {
+        let identity = |subject: &str, roles: &[&str], scopes: &[&str]| Identity {
+            subject: subject.into(),
+            issuer: Some("https://issuer.example".into()),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(check_identity(&identity("alice", &["reader", "team lead"], &["orders:read"])).is_ok());
+        let refused = [
+            identity("", &[], &[]),
+            identity(" alice", &[], &[]),
+            identity("al\nice", &[], &[]),
+            identity("alïce", &[], &[]),
+            identity("alice", &["reader", "guest,admin"], &[]),
+            identity("alice", &[""], &[]),
+            identity("alice", &[], &["orders:read orders:write"]),
+            identity("alice", &[], &["a\"b"]),
+        ];
+        for bad in refused {
+            assert!(check_identity(&bad).is_err(), "{bad:?}");
+        }
+        let mut bad_issuer = identity("alice", &[], &[]);
+        bad_issuer.issuer = Some("iss\r\nx-user-id: root".into());
+        assert!(check_identity(&bad_issuer).unwrap_err().contains("issuer"));
     }
 
     #[test]
