@@ -312,3 +312,64 @@ pub async fn tls_echo_upstream(cert: &Issued, client_ca: Option<&Path>) -> Socke
     });
     addr
 }
+
+/// A TLS alert the server sent (RFC 8446 §6): `level` 2 is fatal; `description` 70 is
+/// `protocol_version`, 40 `handshake_failure`, 49 `access_denied`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Alert {
+    /// 1 warning, 2 fatal.
+    pub level: u8,
+    /// The alert description code.
+    pub description: u8,
+}
+
+/// Sends a hand-built ClientHello that offers exactly TLS version `version` (`0x0302` for
+/// 1.1, `0x0303` for 1.2: the legacy version field, with no `supported_versions` extension,
+/// as pre-1.3 clients send it; RFC 5246 §7.4.1.2), SNI `host`, and TLS 1.2-era cipher suites,
+/// then reads the server's first record: `Some(alert)` if it answered with an alert, `None` if
+/// it went on with a handshake (a ServerHello) or closed without a word. No TLS library on
+/// the client side, so no client policy decides what is sent.
+///
+/// # Panics
+/// When the connection cannot be made.
+pub async fn hello_with_version(addr: SocketAddr, version: u16, host: &str) -> Option<Alert> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let [major, minor] = version.to_be_bytes();
+    let name = host.as_bytes();
+    let len16 = |n: usize| u16::try_from(n).expect("a small hello").to_be_bytes();
+    // server_name (RFC 6066 §3), then supported_groups and ec_point_formats for the ECDHE suites.
+    let mut sni = vec![0u8];
+    sni.extend(len16(name.len()));
+    sni.extend(name);
+    let mut sni_list = len16(sni.len()).to_vec();
+    sni_list.extend(sni);
+    let mut extensions = vec![0x00, 0x00];
+    extensions.extend(len16(sni_list.len()));
+    extensions.extend(sni_list);
+    extensions.extend([0x00, 0x0a, 0x00, 0x04, 0x00, 0x02, 0x00, 0x17]);
+    extensions.extend([0x00, 0x0b, 0x00, 0x02, 0x01, 0x00]);
+    // signature_algorithms: rsa_pkcs1_sha256, ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256.
+    extensions.extend([0x00, 0x0d, 0x00, 0x08, 0x00, 0x06, 0x04, 0x01, 0x04, 0x03, 0x08, 0x04]);
+    let mut body = vec![major, minor];
+    body.extend([0x5a; 32]);
+    body.push(0);
+    // ECDHE-RSA/ECDSA-AES128-GCM-SHA256, ECDHE-RSA-AES128-SHA, AES128-SHA.
+    body.extend([0x00, 0x08, 0xc0, 0x2f, 0xc0, 0x2b, 0xc0, 0x13, 0x00, 0x2f]);
+    body.extend([0x01, 0x00]);
+    body.extend(len16(extensions.len()));
+    body.extend(extensions);
+    let mut handshake = vec![0x01, 0x00];
+    handshake.extend(len16(body.len()));
+    handshake.extend(body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend(len16(handshake.len()));
+    record.extend(handshake);
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connecting to the TLS listener");
+    stream.write_all(&record).await.expect("sending the ClientHello");
+    let mut head = [0u8; 7];
+    match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_exact(&mut head)).await {
+        Ok(Ok(_)) if head[0] == 0x15 => Some(Alert { level: head[5], description: head[6] }),
+        _ => None,
+    }
+}

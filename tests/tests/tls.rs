@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use portcullis_e2e::tls::{Pki, TlsConnection, client_config, curl, openssl_s_client, tls_echo_upstream};
+use portcullis_e2e::tls::{
+    Alert, Pki, TlsConnection, client_config, curl, hello_with_version, openssl_s_client, tls_echo_upstream,
+};
 use portcullis_e2e::{TestGateway, config, config_with, echo_upstream, get, route, write_config};
 use serde_json::Value;
 
@@ -52,10 +54,11 @@ async fn tls_listener_serves_http1_and_h2_by_alpn_and_picks_certificates_by_sni(
     // The wildcard certificate is chosen by SNI; curl verifies it against the name.
     let wildcard = curl(gw.addr, "shop.apps.test", "/", &pki.ca_file, &[]).await;
     assert_eq!((wildcard.exit, wildcard.status), (0, 200), "{wildcard:?}");
-    // A name no certificate has is refused in the handshake.
-    let unknown = curl(gw.addr, "nope.test", "/", &pki.ca_file, &[]).await;
-    assert_ne!(unknown.exit, 0, "{unknown:?}");
-    assert_eq!(unknown.status, 0);
+    // A name no certificate has is refused in the handshake with rustls' access_denied alert
+    // (a default certificate served instead would answer with a ServerHello).
+    assert_eq!(hello_with_version(gw.addr, 0x0303, "api.test").await, None, "a known name gets a ServerHello");
+    let unknown = hello_with_version(gw.addr, 0x0303, "nope.test").await;
+    assert_eq!(unknown, Some(Alert { level: 2, description: 49 }), "access_denied for an unknown SNI");
     // No SNI (a client connecting by IP address) gets the first certificate.
     let out = openssl_s_client(gw.addr, &["-noservername", "-CAfile", &pki.ca_file.display().to_string()]).await;
     assert!(out.contains("CN = api.test") || out.contains("CN=api.test"), "{out}");
@@ -73,10 +76,40 @@ async fn tls_listener_refuses_old_versions_expired_certificates_and_plain_http()
     let api = pki.issue("api", "api.test", &["api.test"], &[], false);
     let upstream = echo_upstream().await;
     let gw = TestGateway::start(&with_tls(config(upstream, &route("all", "/", &[])), &certificates(&[&api]))).await;
-    let old = curl(gw.addr, "api.test", "/", &pki.ca_file, &["--tlsv1.1", "--tls-max", "1.1"]).await;
-    assert_ne!(old.exit, 0, "TLS 1.1 must be refused: {old:?}");
+    // A client offering TLS 1.1 at most is refused with protocol_version (RFC 8446 §6.2);
+    // the same hand-built hello offering 1.2 gets a ServerHello, so it is well formed.
+    let tls11 = hello_with_version(gw.addr, 0x0302, "api.test").await;
+    assert_eq!(tls11, Some(Alert { level: 2, description: 70 }), "TLS 1.1 is refused");
+    assert_eq!(hello_with_version(gw.addr, 0x0303, "api.test").await, None, "TLS 1.2 is accepted by default");
     let strict = curl(gw.addr, "api.test", "/", &pki.ca_file, &["--tlsv1.3"]).await;
     assert_eq!((strict.exit, strict.status), (0, 200), "{strict:?}");
+    gw.stop().await;
+
+    // `min_version = "1.3"` refuses a TLS 1.2 client the same way and serves TLS 1.3.
+    let tls13_only = format!("{}\nmin_version = \"1.3\"", certificates(&[&api]));
+    let gw = TestGateway::start(&with_tls(config(upstream, &route("all", "/", &[])), &tls13_only)).await;
+    let tls12 = hello_with_version(gw.addr, 0x0303, "api.test").await;
+    assert_eq!(tls12, Some(Alert { level: 2, description: 70 }), "TLS 1.2 is refused with min_version 1.3");
+    let capped = curl(gw.addr, "api.test", "/", &pki.ca_file, &["--tls-max", "1.2"]).await;
+    assert_eq!((capped.exit, capped.status), (35, 0), "curl capped at TLS 1.2 fails its handshake: {capped:?}");
+    let strict = curl(gw.addr, "api.test", "/", &pki.ca_file, &["--tlsv1.3"]).await;
+    assert_eq!((strict.exit, strict.status), (0, 200), "{strict:?}");
+    gw.stop().await;
+
+    // `handshake_timeout_ms` closes a connection that starts no handshake.
+    let slow = format!("{}\nhandshake_timeout_ms = 300", certificates(&[&api]));
+    let gw = TestGateway::start(&with_tls(config(upstream, &route("all", "/", &[])), &slow)).await;
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut silent, &mut byte)).await;
+    let closed_after = started.elapsed();
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "the listener closes a silent TLS connection: {read:?}");
+    assert!(
+        closed_after >= Duration::from_millis(250) && closed_after < Duration::from_secs(3),
+        "closed after {closed_after:?}, not about 300 ms"
+    );
     gw.stop().await;
 
     // An expired server certificate is loaded (an expiry must not stop a start or reload), and
