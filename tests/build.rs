@@ -39,7 +39,9 @@ fn main() {
         .args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"])
         .args(PACKAGES.iter().flat_map(|p| ["-p", p]))
         .env("CARGO_TARGET_DIR", &target_dir)
-        // Flags meant for the host build must not leak into the guest build.
+        // Flags meant for the host build must not leak into the guest build, nor must
+        // `cargo clippy`'s driver (its lints run on the plugins natively, as workspace members).
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET");

@@ -1,5 +1,7 @@
 //! The `portcullis` binary's `validate` and `audit verify` commands.
 
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions: a panic is the failure report")]
+
 use std::process::Command;
 
 fn validate(config: &str) -> std::process::Output {

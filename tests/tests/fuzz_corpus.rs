@@ -4,6 +4,8 @@
 //! target, truncations, splices), so the invariants are exercised on every `cargo test` without
 //! a nightly toolchain. A failure prints the input as Rust bytes to add to the corpus.
 
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions: a panic is the failure report")]
+
 use std::path::PathBuf;
 
 /// Mutations per seed.

@@ -3,6 +3,8 @@
 //! last one), every endpoint down gives 503 at once, least-requests favours the fast endpoint,
 //! and `/status` reports all of it.
 
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions: a panic is the failure report")]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -4,6 +4,8 @@
 //! header names with underscores are dropped; spoofed `x-forwarded-for`, `Forwarded`,
 //! `X-Real-IP` and the like are not believed.
 
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions: a panic is the failure report")]
+
 use portcullis_e2e::{JWT_CONFIG, TestGateway, config, echo_upstream, route};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

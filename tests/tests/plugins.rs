@@ -1,6 +1,8 @@
 //! The first-party policy plugins end to end: built from `plugins/`, loaded by the real gateway,
 //! driven by a real HTTP client, with real local servers for JWKS and token introspection.
 
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions: a panic is the failure report")]
+
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! Hot reload end to end: real files rewritten under a running gateway, real plugins swapped.
 
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions: a panic is the failure report")]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -114,7 +116,8 @@ async fn failed_reloads_keep_the_running_snapshot_and_say_why() {
     let filter = dir.join("filter.wasm");
     let b = std::fs::read(plugin("tag_filter_b")).unwrap();
     let conflict = "\n[[route]]\nid = \"again\"\npath_prefix = \"/tagged/\"\nupstream = \"app\"\n";
-    let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
+    let cases: Vec<Case> = vec![
         ("syntax error", Box::new(|| replace_file(&config, b"[[listener]\naddress = 1")), "gateway.toml: line 1"),
         (
             "unknown field",
@@ -385,10 +388,10 @@ async fn a_config_written_slowly_in_place_is_applied_only_once_closed() {
     let cut = next.find("[[route.chain]]\nplugin = \"jwt\"").unwrap();
     {
         let mut file = std::fs::File::create(gw.config_file()).unwrap();
-        file.write_all(next[..cut].as_bytes()).unwrap();
+        file.write_all(&next.as_bytes()[..cut]).unwrap();
         file.flush().unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        file.write_all(next[cut..].as_bytes()).unwrap();
+        file.write_all(&next.as_bytes()[cut..]).unwrap();
     }
     let took = eventually(&gw, "a-2").await;
     stop.store(true, Ordering::Relaxed);

@@ -4,6 +4,8 @@
 //! unambiguous framing (never both `Content-Length` and `Transfer-Encoding`, never the client's
 //! framing headers as sent).
 
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions: a panic is the failure report")]
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

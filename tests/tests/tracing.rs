@@ -3,6 +3,8 @@
 //! `traceparent` arriving at the upstream and at a plugin's outbound JWKS fetch, and the trace
 //! id in the JSON access record.
 
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions: a panic is the failure report")]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -14,15 +14,15 @@ pub(crate) fn check(config: &Issuer, leeway_seconds: u64, claims: &Value, now_s:
     if now_s > exp.saturating_add(leeway) {
         return Err(Refusal::Expired);
     }
-    if let Some(nbf) = numeric_date(claims, "nbf")? {
-        if now_s.saturating_add(leeway) < nbf {
-            return Err(Refusal::NotYetValid);
-        }
+    if let Some(nbf) = numeric_date(claims, "nbf")?
+        && now_s.saturating_add(leeway) < nbf
+    {
+        return Err(Refusal::NotYetValid);
     }
-    if let Some(iat) = numeric_date(claims, "iat")? {
-        if now_s.saturating_add(leeway) < iat {
-            return Err(Refusal::NotYetValid);
-        }
+    if let Some(iat) = numeric_date(claims, "iat")?
+        && now_s.saturating_add(leeway) < iat
+    {
+        return Err(Refusal::NotYetValid);
     }
     let issuer = claims.get("iss").and_then(Value::as_str).ok_or(Refusal::ClaimsRejected)?;
     if issuer != config.issuer {

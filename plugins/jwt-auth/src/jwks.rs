@@ -178,10 +178,10 @@ impl Remote {
         let mut parts = text.splitn(3, '|');
         let (Some(fetched), Some(max_age), Some(doc)) = (parts.next(), parts.next(), parts.next()) else { return };
         let (Ok(fetched), Ok(max_age)) = (fetched.parse::<u64>(), max_age.parse::<u64>()) else { return };
-        if fetched > local.fetched_ms {
-            if let Ok(keys) = keys::load_jwks(serde_json::Value::String(doc.to_owned())) {
-                *local = Local { fetched_ms: fetched, max_age_ms: max_age, keys };
-            }
+        if fetched > local.fetched_ms
+            && let Ok(keys) = keys::load_jwks(serde_json::Value::String(doc.to_owned()))
+        {
+            *local = Local { fetched_ms: fetched, max_age_ms: max_age, keys };
         }
     }
 

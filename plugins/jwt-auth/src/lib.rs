@@ -362,14 +362,14 @@ impl JwtAuth {
         // A token verified by a fetched key is remembered only while that copy is fresh: a key
         // removed from the JWKS stops verifying once the next copy is adopted.
         let mut keys_fresh_until_s = i64::MAX;
-        if claims.is_none() {
-            if let Some(remote) = &issuer.remote {
-                let mut cache = self.remote_keys.borrow_mut();
-                let local = &mut cache[index];
-                remote.refresh(local, header.kid.as_deref(), portcullis_sdk::now_ms());
-                claims = local.keys().iter().filter(matches).find_map(|k| k.verify(token));
-                keys_fresh_until_s = i64::try_from(local.fresh_until_ms() / 1000).unwrap_or(i64::MAX);
-            }
+        if claims.is_none()
+            && let Some(remote) = &issuer.remote
+        {
+            let mut cache = self.remote_keys.borrow_mut();
+            let local = &mut cache[index];
+            remote.refresh(local, header.kid.as_deref(), portcullis_sdk::now_ms());
+            claims = local.keys().iter().filter(matches).find_map(|k| k.verify(token));
+            keys_fresh_until_s = i64::try_from(local.fresh_until_ms() / 1000).unwrap_or(i64::MAX);
         }
         let claims = claims.ok_or(Refusal::Invalid)?;
         let identity = claims::check(issuer, self.config.leeway_seconds, &claims, now_s)?;

@@ -177,11 +177,11 @@ impl Introspection {
             Some(hit) => hit,
             None => {
                 let (result, ttl_ms) = self.ask(token)?;
-                if ttl_ms > 0 {
-                    if let Ok(bytes) = serde_json::to_vec(&result) {
-                        // A full store only costs a cache miss next time.
-                        let _ = kv::set(&key, &bytes, Some(ttl_ms));
-                    }
+                if ttl_ms > 0
+                    && let Ok(bytes) = serde_json::to_vec(&result)
+                {
+                    // A full store only costs a cache miss next time.
+                    let _ = kv::set(&key, &bytes, Some(ttl_ms));
                 }
                 result
             }

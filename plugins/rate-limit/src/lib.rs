@@ -112,10 +112,10 @@ impl Plugin for RateLimiter {
                 return Err(ConfigError::new(format!("/limits/{i}/window_ms"), "must be 1 ms to 31 days"));
             }
         }
-        if let KeyBy::Header(name) = &config.key {
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
-                return Err(ConfigError::new("/key/header", "must be a header name"));
-            }
+        if let KeyBy::Header(name) = &config.key
+            && (name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)))
+        {
+            return Err(ConfigError::new("/key/header", "must be a header name"));
         }
         Ok(RateLimiter { config })
     }

@@ -80,10 +80,10 @@ impl Plugin for RequestValidation {
         for h in &mut config.required_headers {
             *h = h.to_ascii_lowercase();
         }
-        if let Some(max) = config.max_body_bytes {
-            if max > DEFAULT_MAX_BODY_BYTES {
-                return Err(ConfigError::new("/max_body_bytes", format!("must be at most {DEFAULT_MAX_BODY_BYTES}")));
-            }
+        if let Some(max) = config.max_body_bytes
+            && max > DEFAULT_MAX_BODY_BYTES
+        {
+            return Err(ConfigError::new("/max_body_bytes", format!("must be at most {DEFAULT_MAX_BODY_BYTES}")));
         }
         let schema = match config.body_schema.take() {
             None => None,
