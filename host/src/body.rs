@@ -109,9 +109,13 @@ pub enum BodyEnd {
 }
 
 /// Remembers how a body ended, for the request handler to read after the exchange (set from
-/// [`Counted`]'s completion hook, which may run on another task).
+/// [`Counted`]'s completion hook, which may run on another task), and wakes whoever waits for
+/// the end ([`BodyEndCell::ended`]: the upstream's response timer).
 #[derive(Debug)]
-pub struct BodyEndCell(std::sync::atomic::AtomicU8);
+pub struct BodyEndCell {
+    end: std::sync::atomic::AtomicU8,
+    notify: tokio::sync::Notify,
+}
 
 impl Default for BodyEndCell {
     fn default() -> Self {
@@ -124,19 +128,39 @@ impl BodyEndCell {
 
     /// An empty cell.
     pub fn new() -> Self {
-        BodyEndCell(std::sync::atomic::AtomicU8::new(Self::UNSET))
+        BodyEndCell { end: std::sync::atomic::AtomicU8::new(Self::UNSET), notify: tokio::sync::Notify::new() }
     }
 
-    /// Records `end`.
+    /// Records `end` and wakes the waiters.
     pub fn set(&self, end: BodyEnd) {
-        self.0.store(end as u8, std::sync::atomic::Ordering::Release);
+        self.end.store(end as u8, std::sync::atomic::Ordering::Release);
+        self.notify.notify_waiters();
     }
 
     /// How the body ended; none while it has not.
     pub fn get(&self) -> Option<BodyEnd> {
         let ends = [BodyEnd::Complete, BodyEnd::Failed, BodyEnd::TimedOut, BodyEnd::TooLarge, BodyEnd::Dropped];
-        let code = self.0.load(std::sync::atomic::Ordering::Acquire);
+        let code = self.end.load(std::sync::atomic::Ordering::Acquire);
         ends.into_iter().find(|e| *e as u8 == code)
+    }
+
+    /// Whether the body ended through the client's fault: broken, too slow or too large.
+    pub fn client_fault(&self) -> bool {
+        matches!(self.get(), Some(BodyEnd::Failed | BodyEnd::TimedOut | BodyEnd::TooLarge))
+    }
+
+    /// Resolves once the body has ended, however it ended.
+    pub async fn ended(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a `set` between the two still wakes this.
+            notified.as_mut().enable();
+            if self.get().is_some() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 

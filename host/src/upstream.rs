@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::Body;
+use crate::body::{Body, BodyEndCell};
 use crate::config::model::{HealthCheckConfig, LoadBalancing, OutlierConfig, UpstreamConfig, UpstreamProtocol};
 use crate::error::GatewayError;
 use crate::health::{EndpointHealth, EndpointStatus, Outcome};
@@ -157,13 +157,29 @@ impl Upstream {
     /// error or a timeout counts as a failure, and enough in a row eject the endpoint unless it
     /// is the last one available.
     ///
+    /// `sent` is how the request body ends. `response_timeout_ms` runs from that end, not
+    /// from the request head: a client uploading slowly is bounded by the listener's body
+    /// timeouts (408 for the client), never timed against the upstream. The wait for the end
+    /// is capped at `connect_timeout_ms` + `body_timeout` (ms), in case the body stops being
+    /// read. An exchange that fails after the client's body broke, timed out or grew too large
+    /// is the client's fault and is not counted against the endpoint.
+    ///
     /// Errors: [`GatewayError::UpstreamTimeout`] when connecting or the response head takes
     /// longer than configured; [`GatewayError::UpstreamFailed`] when the connection is refused
     /// or breaks.
-    pub async fn send(&self, endpoint: &Endpoint, request: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        request: Request<Body>,
+        sent: &BodyEndCell,
+        body_timeout: Duration,
+    ) -> Result<Response<Incoming>, GatewayError> {
         let in_flight = endpoint.health.start();
         let started = std::time::Instant::now();
-        let result = self.exchange(&endpoint.address, request).await;
+        let result = self.exchange(&endpoint.address, request, Some((sent, body_timeout))).await;
+        if result.is_err() && sent.client_fault() {
+            return result;
+        }
         endpoint.latency.observe(started.elapsed().as_secs_f64());
         let (outcome, error) = match &result {
             Ok(response) if response.status().is_server_error() => (Outcome::Failure, Some("5xx")),
@@ -197,18 +213,24 @@ impl Upstream {
             .header(http::header::USER_AGENT, "portcullis-health-check")
             .body(crate::body::full(bytes::Bytes::new()));
         let Ok(request) = request else { return false };
-        let answer =
-            tokio::time::timeout(Duration::from_millis(check.timeout_ms), self.exchange(&endpoint.address, request));
+        let answer = tokio::time::timeout(
+            Duration::from_millis(check.timeout_ms),
+            self.exchange(&endpoint.address, request, None),
+        );
         match answer.await {
             Ok(Ok(response)) => response.status().is_success() || response.status().is_redirection(),
             _ => false,
         }
     }
 
+    /// One request to `endpoint`, due within connect + response timeout, and without `sent`
+    /// also within the response timeout after `sent`'s body ends (that wait capped at the
+    /// second member plus the connect timeout).
     async fn exchange(
         &self,
         endpoint: &Authority,
         mut request: Request<Body>,
+        sent: Option<(&BodyEndCell, Duration)>,
     ) -> Result<Response<Incoming>, GatewayError> {
         let path = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut parts = http::uri::Parts::default();
@@ -218,18 +240,35 @@ impl Upstream {
         *request.uri_mut() = Uri::from_parts(parts).map_err(|e| self.failed(e.to_string()))?;
         *request.version_mut() = http::Version::HTTP_11;
 
-        let total = self.connect_timeout + self.response_timeout;
-        match tokio::time::timeout(total, self.client.request(request)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout {
+        // Due at connect + response timeout from now, or response timeout after the body's
+        // end, whichever is later.
+        let after_body = async {
+            if let Some((cell, body_timeout)) = sent {
+                let _ = tokio::time::timeout(self.connect_timeout + body_timeout, cell.ended()).await;
+                tokio::time::sleep(self.response_timeout).await;
+            }
+        };
+        let response_due = async {
+            tokio::join!(tokio::time::sleep(self.connect_timeout + self.response_timeout), after_body);
+        };
+        let answer = tokio::select! {
+            answer = self.client.request(request) => Some(answer),
+            () = response_due => None,
+        };
+        match answer {
+            None => Err(GatewayError::UpstreamTimeout {
                 upstream: self.name.clone(),
-                detail: format!("no response head from {endpoint} within {} ms", total.as_millis()),
+                detail: format!(
+                    "no response head from {endpoint} within {} ms of the request's end",
+                    self.response_timeout.as_millis()
+                ),
             }),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_connect() && timed_out(&e) => Err(GatewayError::UpstreamTimeout {
+            Some(Ok(response)) => Ok(response),
+            Some(Err(e)) if e.is_connect() && timed_out(&e) => Err(GatewayError::UpstreamTimeout {
                 upstream: self.name.clone(),
                 detail: format!("connect to {endpoint} timed out"),
             }),
-            Ok(Err(e)) => Err(self.failed(format!("{endpoint}: {}", causes(&e)))),
+            Some(Err(e)) => Err(self.failed(format!("{endpoint}: {}", causes(&e)))),
         }
     }
 

@@ -1,4 +1,5 @@
-//! Time and connection limits on loopback, each bounded in time: slow request bodies get 408,
+//! Time and connection limits on loopback, each bounded in time: slow request bodies get 408
+//! and are never timed or blamed against the upstream,
 //! idle keep-alive connections are closed (HTTP/1.1) or sent GOAWAY (HTTP/2), a connection
 //! flood is capped at `max_connections` without starving later clients, and shutdown drains
 //! in-flight requests up to `drain_timeout_ms`.
@@ -72,6 +73,51 @@ async fn slow_request_bodies_get_408_and_the_connection_is_closed() {
     // A body that arrives in time is unaffected.
     let reply = portcullis_e2e::request("POST", &gw.url("/streamed"), &[], "on time").await;
     assert_eq!(reply.status, 200);
+    gw.stop().await;
+}
+
+/// Endpoint 0 of upstream `app` as `/status` shows it.
+async fn app_endpoint(gw: &TestGateway) -> serde_json::Value {
+    let status = portcullis_e2e::get(&format!("http://{}/status", gw.admin), &[]).await.json();
+    status["upstreams"]["app"]["endpoints"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_is_timed_by_the_body_timeouts_never_against_the_upstream() {
+    let upstream = echo_upstream().await;
+    // `config` gives upstream `app` a 1 s response timeout.
+    let toml = listener_with(config(upstream, &route("streamed", "/", &[])), "body_idle_timeout_ms = 400");
+    let gw = TestGateway::start(&toml).await;
+
+    // 192 KiB at 64 KiB/s: three times the response timeout, and never idle for 400 ms.
+    let (chunk, chunks) = (8 * 1024, 24);
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: gw.test\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        chunk * chunks
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    for _ in 0..chunks {
+        stream.write_all(&vec![b'x'; chunk]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(125)).await;
+    }
+    let (text, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    println!("192 KiB at 64 KiB/s through a 1 s response timeout: {:?}, {:?}", text.lines().next(), started.elapsed());
+    assert!(closed && text.starts_with("HTTP/1.1 200"), "{text:.200}");
+    assert!(started.elapsed() > Duration::from_millis(2500), "the upload really was slow");
+
+    // A client that stops halfway gets 408 from the idle timeout, and the endpoint is not
+    // blamed for it.
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let head = "POST /upload HTTP/1.1\r\nhost: gw.test\r\ncontent-length: 1000\r\n\r\n0123456789";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let (text, _) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        assert!(text.starts_with("HTTP/1.1 408"), "{text:.200}");
+    }
+    let endpoint = app_endpoint(&gw).await;
+    assert_eq!((endpoint["failures"].as_u64(), endpoint["available"].as_bool()), (Some(0), Some(true)), "{endpoint}");
     gw.stop().await;
 }
 

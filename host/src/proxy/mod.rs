@@ -55,6 +55,8 @@ struct Record {
     request_headers: Vec<Header>,
     route_index: Option<usize>,
     bytes_in: Arc<AtomicU64>,
+    /// How the request body ended; the upstream's response timer waits for it.
+    body_end: Arc<BodyEndCell>,
     trace: Trace,
 }
 
@@ -127,7 +129,16 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
             ended.set(end);
         }),
     );
-    let mut record = Record { started, start_ms, head, request_headers: logged_headers, route_index, bytes_in, trace };
+    let mut record = Record {
+        started,
+        start_ms,
+        head,
+        request_headers: logged_headers,
+        route_index,
+        bytes_in,
+        body_end: body_end.clone(),
+        trace,
+    };
 
     let mut state = ChainState::default();
     let mut must_close = refused.is_some();
@@ -148,7 +159,7 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     };
     if let Some(error) = fault {
         must_close = true;
-        if response.status() == http::StatusCode::BAD_GATEWAY {
+        if matches!(response.status(), http::StatusCode::BAD_GATEWAY | http::StatusCode::GATEWAY_TIMEOUT) {
             response = error.into_response(&request_id);
         }
     }
@@ -234,7 +245,8 @@ async fn forward(
     // The upstream continues the trace from this exchange's span; a client's `traceparent`
     // that was not accepted was removed in `start_trace`.
     telemetry.inject(&span, &mut parts.headers);
-    let upstream_response = route.upstream.send(endpoint, Request::from_parts(parts, body)).await;
+    let request = Request::from_parts(parts, body);
+    let upstream_response = route.upstream.send(endpoint, request, &record.body_end, conn.body_timeout).await;
     let endpoint = &endpoint.address;
     let mut response = match upstream_response {
         Ok(response) => {
