@@ -35,6 +35,14 @@ pub enum StartError {
     /// The WebAssembly engine could not be created.
     #[error("cannot create the plugin engine: {0}")]
     Engine(String),
+    /// The admin token cannot be read.
+    #[error("{}: {source}", file.display())]
+    Admin {
+        /// The configuration file.
+        file: std::path::PathBuf,
+        /// What is wrong.
+        source: crate::admin::access::AccessError,
+    },
 }
 
 /// A started gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
@@ -56,7 +64,8 @@ impl Gateway {
     ///
     /// Errors: [`StartError::Config`] for any problem in the file or its plugins;
     /// [`StartError::Bind`] when an address is taken; [`StartError::Telemetry`] for an
-    /// unusable `OTEL_*` variable; [`StartError::Engine`].
+    /// unusable `OTEL_*` variable; [`StartError::Admin`] for an unreadable admin token;
+    /// [`StartError::Engine`].
     pub async fn start(config_file: &Path) -> Result<Gateway, StartError> {
         let runtime = config::load(config_file)?.config.runtime;
         let telemetry = Arc::new(crate::telemetry::Telemetry::from_env()?);
@@ -90,11 +99,14 @@ impl Gateway {
             let address = loaded.config.admin.address;
             let listener = TcpListener::bind(address).await.map_err(|source| StartError::Bind { address, source })?;
             let bound = listener.local_addr().map_err(|source| StartError::Bind { address, source })?;
+            let access = crate::admin::access::AdminAccess::new(&loaded)
+                .map_err(|source| StartError::Admin { file: config_file.to_owned(), source })?;
             let state = crate::admin::AdminState {
                 ready: ready.clone(),
                 snapshot: snapshot.clone(),
                 metrics: engine.metrics().clone(),
                 reloader: reloader.clone(),
+                access: Arc::new(access),
             };
             tasks.spawn(crate::admin::serve(listener, state, shutdown.subscribe()));
             Some(bound)

@@ -222,11 +222,35 @@ pub struct AdminConfig {
     /// Set to false to run without an admin listener.
     #[serde(default = "defaults::yes")]
     pub enabled: bool,
+    /// Host names a request's `Host` may name, besides IP literals and `localhost` (any port).
+    /// Any other `Host` gets 421: a page on a name that an attacker points at this address
+    /// (DNS rebinding) cannot reach the admin endpoints.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// File holding a bearer token (one trailing newline ignored) that every endpoint but
+    /// `/healthz` and `/readyz` requires (RFC 6750 `Authorization: Bearer`); read on each
+    /// request, so a rotated token needs no restart. Relative to the configuration file.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding that token instead, read at start.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Most `POST /reload` requests served per minute (a bucket of this size refilled evenly
+    /// over a minute); 429 with `Retry-After` beyond.
+    #[serde(default = "defaults::max_reloads_per_minute")]
+    pub max_reloads_per_minute: u32,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { address: defaults::admin_address(), enabled: true }
+        AdminConfig {
+            address: defaults::admin_address(),
+            enabled: true,
+            hostnames: Vec::new(),
+            token_file: None,
+            token_env: None,
+            max_reloads_per_minute: defaults::max_reloads_per_minute(),
+        }
     }
 }
 
@@ -630,6 +654,10 @@ pub struct StepConfig {
 
 /// Defaults, named so the docs and the code agree.
 pub mod defaults {
+    /// 30: an operator's or a deploy tool's pace, not a loop's.
+    pub fn max_reloads_per_minute() -> u32 {
+        30
+    }
     use std::net::{Ipv4Addr, SocketAddr};
 
     /// 10 s: generous for real clients, short enough against slowloris.

@@ -13,6 +13,16 @@ pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
     if config.listeners.is_empty() {
         issues.push(Issue::new("listener", "at least one [[listener]] is required"));
     }
+    let admin = &config.admin;
+    if admin.token_file.is_some() && admin.token_env.is_some() {
+        issues.push(Issue::new("admin.token_env", "set `token_file` or `token_env`, not both"));
+    }
+    check_range(&mut issues, "admin.max_reloads_per_minute", u64::from(admin.max_reloads_per_minute), 1, 6000);
+    for (i, name) in admin.hostnames.iter().enumerate() {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b)) {
+            issues.push(Issue::new(format!("admin.hostnames[{i}]"), format!("`{name}` is not a host name")));
+        }
+    }
     for (i, l) in config.listeners.iter().enumerate() {
         if l.header_read_timeout_ms == 0 {
             issues.push(Issue::new(format!("listener[{i}].header_read_timeout_ms"), "must be > 0"));

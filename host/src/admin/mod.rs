@@ -12,6 +12,12 @@
 //!   plugin's SHA-256, breaker state and failure count, and the last reload.
 //! - `GET /reloads`: the recent reload attempts (time, cause, result, error, warnings,
 //!   duration, and each plugin's SHA-256), oldest first.
+//!
+//! Every request first passes [`access`]: a `Host` check (421), a same-origin check on
+//! state-changing requests (403), the bearer token when one is configured (401), and a rate
+//! limit on `POST /reload` (429).
+
+pub mod access;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,6 +37,7 @@ use crate::error::problem;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadCause, Reloader};
 use crate::snapshot::Snapshot;
+use access::{AdminAccess, Refusal};
 
 /// What the admin endpoints report on.
 #[derive(Clone)]
@@ -43,6 +50,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Performs reloads.
     pub reloader: Arc<Reloader>,
+    /// Who may use the endpoints.
+    pub access: Arc<AdminAccess>,
 }
 
 /// Serves the admin endpoints until `shutdown` turns true.
@@ -68,7 +77,21 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
 }
 
 async fn route(request: &Request<Incoming>, state: &AdminState) -> Response<Body> {
+    if let Err(refusal) = state.access.check(request.method(), request.uri().path(), request.headers()) {
+        return refused(&refusal);
+    }
     match (request.method(), request.uri().path()) {
+        (&Method::POST, "/reload") if let Err(wait) = state.access.take_reload() => {
+            let mut response = problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many reloads asked for; `max_reloads_per_minute` in [admin] sets the pace.",
+                "-",
+                None,
+            );
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(wait.as_secs().max(1)));
+            response
+        }
         (&Method::POST, "/reload") => match state.reloader.reload(ReloadCause::Request).await {
             Ok(()) => json(StatusCode::OK, r#"{"result":"ok"}"#.into()),
             Err(e) => {
@@ -103,6 +126,23 @@ async fn route(request: &Request<Incoming>, state: &AdminState) -> Response<Body
         (&Method::GET, "/status") => json(StatusCode::OK, status(state)),
         _ => problem(StatusCode::NOT_FOUND, "no-route", "Unknown admin endpoint.", "-", None),
     }
+}
+
+/// The problem response for a [`Refusal`].
+fn refused(refusal: &Refusal) -> Response<Body> {
+    let (status, slug) = match refusal {
+        Refusal::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, "misdirected-request"),
+        Refusal::CrossOrigin => (StatusCode::FORBIDDEN, "cross-origin"),
+        Refusal::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+        Refusal::TokenUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "admin-token-unavailable"),
+    };
+    let mut response = problem(status, slug, &refusal.to_string(), "-", None);
+    if *refusal == Refusal::Unauthorized {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"portcullis-admin\""));
+    }
+    response
 }
 
 fn plugins(snapshot: &Snapshot) -> String {
