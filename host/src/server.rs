@@ -8,9 +8,14 @@
 //! - hyper's timer is installed so the header-read timeout applies (FIELD-NOTES: without a
 //!   timer it silently does nothing).
 //! - Each connection is driven here rather than by hyper-util's `GracefulShutdown`, so that one
-//!   place handles the keep-alive idle timeout and the drain: both call hyper's
-//!   `graceful_shutdown` (HTTP/1.1: close after the response in progress; HTTP/2: GOAWAY, then
-//!   let open streams finish).
+//!   place bounds every stage of it: a connection that starts no request within
+//!   `header_read_timeout_ms` (silent, stuck in protocol detection, or an HTTP/2 client that
+//!   sends its preface and SETTINGS and nothing else) is closed; the keep-alive idle timeout
+//!   and the drain both call hyper's `graceful_shutdown` (HTTP/1.1: close after the response
+//!   in progress; HTTP/2: GOAWAY, then let open streams finish), and a connection still open
+//!   `drain_timeout_ms` later (a client that never acknowledges GOAWAY or PING) is closed hard.
+//! - `max_connections` caps a listener, `max_connections_per_ip` one client IP on it (trusted
+//!   proxies exempt).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -59,11 +64,17 @@ struct Listener {
     body_timeout: Duration,
     keep_alive_timeout: Duration,
     handshake_timeout: Duration,
+    /// How long a new connection may go without starting a request.
+    first_request_timeout: Duration,
+    /// How long a connection asked to close may linger.
+    drain_timeout: Duration,
 }
 
 /// When a connection last finished a request, and how many it has in flight.
 #[derive(Default)]
 struct Activity {
+    /// Requests started on the connection, ever.
+    started: AtomicU64,
     in_flight: AtomicUsize,
     /// Milliseconds since the connection was accepted, when the last request finished.
     last_done_ms: AtomicU64,
@@ -78,6 +89,7 @@ struct InFlight {
 
 impl InFlight {
     fn start(activity: Arc<Activity>, accepted: Instant) -> Self {
+        activity.started.fetch_add(1, Ordering::AcqRel);
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight { activity, accepted }
     }
@@ -113,7 +125,10 @@ pub async fn serve(
         body_timeout: Duration::from_millis(config.body_timeout_ms),
         keep_alive_timeout: Duration::from_millis(config.keep_alive_timeout_ms),
         handshake_timeout: Duration::from_millis(config.tls.as_ref().map_or(10_000, |t| t.handshake_timeout_ms)),
+        first_request_timeout: Duration::from_millis(config.header_read_timeout_ms),
+        drain_timeout: Duration::from_millis(config.drain_timeout_ms),
     });
+    let per_ip = PerIp::new(config.max_connections_per_ip);
     let tls = config.tls.is_some();
     let connections =
         Arc::new(tokio::sync::Semaphore::new(usize::try_from(config.max_connections).unwrap_or(usize::MAX)));
@@ -137,6 +152,12 @@ pub async fn serve(
             drop(stream);
             continue;
         };
+        let slot = if state.hygiene.trusts(peer.ip()) { Ok(None) } else { per_ip.take(peer.ip()) };
+        let Ok(ip_slot) = slot else {
+            tracing::warn!(%peer, limit = ?config.max_connections_per_ip, "connection refused: client IP at max_connections_per_ip");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (state, shutdown) = (state.clone(), shutdown.clone());
         let metrics = state.snapshot.load().metrics.clone();
@@ -144,7 +165,7 @@ pub async fn serve(
             metrics.listener_connections.get_or_create(&ListenerLabels { listener: state.label.clone() }).clone();
         open.inc();
         tasks.spawn(async move {
-            let _permit = permit;
+            let (_permit, _ip_slot) = (permit, ip_slot);
             let _open = scopeguard(move || {
                 open.dec();
             });
@@ -279,9 +300,12 @@ async fn drive<I>(
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
     let keep_alive = state.keep_alive_timeout;
-    let mut closing = false;
+    let first_request_due = accepted + state.first_request_timeout;
+    // When a connection asked to close is closed regardless.
+    let mut closing: Option<Instant> = None;
     loop {
         let idle_at = accepted + Duration::from_millis(activity.last_done_ms.load(Ordering::Acquire)) + keep_alive;
+        let waiting_for_first = activity.started.load(Ordering::Acquire) == 0;
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
@@ -289,18 +313,74 @@ async fn drive<I>(
                 }
                 return;
             }
-            _ = shutdown.changed(), if !closing => {
-                connection.as_mut().graceful_shutdown();
-                closing = true;
+            () = tokio::time::sleep_until(first_request_due.into()), if waiting_for_first && closing.is_none() => {
+                if activity.started.load(Ordering::Acquire) == 0 {
+                    tracing::debug!(%peer, "closing a connection that started no request within header_read_timeout_ms");
+                    return;
+                }
             }
-            () = tokio::time::sleep_until(idle_at.into()), if !closing => {
+            () = tokio::time::sleep_until(closing.unwrap_or(accepted).into()), if closing.is_some() => {
+                tracing::debug!(%peer, "closing a connection still open drain_timeout_ms after it was asked to close");
+                return;
+            }
+            _ = shutdown.changed(), if closing.is_none() => {
+                connection.as_mut().graceful_shutdown();
+                closing = Some(Instant::now() + state.drain_timeout);
+            }
+            () = tokio::time::sleep_until(idle_at.into()), if closing.is_none() => {
                 let still_idle = activity.in_flight.load(Ordering::Acquire) == 0
                     && accepted + Duration::from_millis(activity.last_done_ms.load(Ordering::Acquire)) + keep_alive <= Instant::now();
                 if still_idle {
                     tracing::debug!(%peer, "closing a keep-alive connection idle past keep_alive_timeout_ms");
                     connection.as_mut().graceful_shutdown();
-                    closing = true;
+                    closing = Some(Instant::now() + state.drain_timeout);
                 }
+            }
+        }
+    }
+}
+
+/// Open connections per client IP, against `max_connections_per_ip`.
+struct PerIp {
+    limit: Option<u64>,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u64>>>,
+}
+
+/// One connection's place in [`PerIp`]; given back when dropped.
+struct IpSlot {
+    ip: std::net::IpAddr,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u64>>>,
+}
+
+// === impl PerIp ===
+
+impl PerIp {
+    fn new(limit: Option<u64>) -> Self {
+        PerIp { limit, open: Arc::default() }
+    }
+
+    /// A slot for a connection from `ip`, or `Err` when `ip` is at the limit. Without a
+    /// limit nothing is counted.
+    fn take(&self, ip: std::net::IpAddr) -> Result<Option<IpSlot>, ()> {
+        let Some(limit) = self.limit else { return Ok(None) };
+        let ip = ip.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= limit {
+            return Err(());
+        }
+        *count += 1;
+        Ok(Some(IpSlot { ip, open: self.open.clone() }))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
             }
         }
     }

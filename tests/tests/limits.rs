@@ -1,8 +1,9 @@
 //! Time and connection limits on loopback, each bounded in time: slow request bodies get 408
-//! and are never timed or blamed against the upstream,
-//! idle keep-alive connections are closed (HTTP/1.1) or sent GOAWAY (HTTP/2), a connection
-//! flood is capped at `max_connections` without starving later clients, and shutdown drains
-//! in-flight requests up to `drain_timeout_ms`.
+//! and are never timed or blamed against the upstream; a connection that starts no request is
+//! closed; idle keep-alive connections are closed (HTTP/1.1) or sent GOAWAY (HTTP/2) and closed
+//! hard when the client ignores it; a connection flood is capped at `max_connections` (and per
+//! client IP) without starving later clients; and shutdown drains in-flight requests up to
+//! `drain_timeout_ms`.
 
 use std::time::{Duration, Instant};
 
@@ -118,6 +119,81 @@ async fn a_slow_upload_is_timed_by_the_body_timeouts_never_against_the_upstream(
     }
     let endpoint = app_endpoint(&gw).await;
     assert_eq!((endpoint["failures"].as_u64(), endpoint["available"].as_bool()), (Some(0), Some(true)), "{endpoint}");
+    gw.stop().await;
+}
+
+/// The HTTP/2 connection preface and an empty SETTINGS frame (RFC 9113 §3.4, §6.5).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// A HEADERS frame on stream 1 with END_STREAM and END_HEADERS: `GET http://gw.test/` in HPACK
+/// (static-table `:method GET`, `:scheme http`, `:path /`, a literal `:authority`).
+const H2_GET: &[u8] = b"\x00\x00\x0c\x01\x05\x00\x00\x00\x01\x82\x86\x84\x41\x07gw.test";
+
+/// How long until the gateway closes `stream` (reading and discarding what it sends), at most
+/// `limit`; `None` if it is still open then.
+async fn closed_after(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    let read_all = async { while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {} };
+    tokio::time::timeout(limit, read_all).await.ok().map(|()| started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_stage_is_bounded_silent_sniffing_and_unacknowledged_goaway() {
+    let upstream = echo_upstream().await;
+    let settings = "header_read_timeout_ms = 300\nkeep_alive_timeout_ms = 1000\ndrain_timeout_ms = 300";
+    let gw = TestGateway::start(&listener_with(config(upstream, &route("public", "/", &[])), settings)).await;
+
+    // A TCP connection that sends nothing: closed at the header-read timeout, not at 60 s.
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let after = closed_after(&mut silent, Duration::from_secs(5)).await.expect("a silent connection is closed");
+    println!("silent TCP connection closed after {after:?}");
+    assert!(
+        after >= Duration::from_millis(250) && after < Duration::from_millis(900),
+        "{after:?}: not the 1 s keep-alive"
+    );
+
+    // An h2c client that sends its preface and SETTINGS and then nothing.
+    let mut preface_only = TcpStream::connect(gw.addr).await.unwrap();
+    preface_only.write_all(H2_PREFACE).await.unwrap();
+    let after = closed_after(&mut preface_only, Duration::from_secs(5)).await.expect("closed");
+    println!("h2c preface and SETTINGS only: closed after {after:?}");
+    assert!(after < Duration::from_millis(900), "{after:?}: not the 1 s keep-alive");
+
+    // An h2c client that makes a request, then never acknowledges SETTINGS, GOAWAY or PING:
+    // asked to close when idle (1 s), closed hard 300 ms later.
+    let mut deaf = TcpStream::connect(gw.addr).await.unwrap();
+    deaf.write_all(H2_PREFACE).await.unwrap();
+    deaf.write_all(H2_GET).await.unwrap();
+    let after = closed_after(&mut deaf, Duration::from_secs(10)).await.expect("an un-acked h2c connection is closed");
+    println!("h2c client ignoring GOAWAY and PING: closed after {after:?}");
+    assert!(after >= Duration::from_millis(1200) && after < Duration::from_secs(4), "{after:?}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_per_ip_cap_are_closed_and_the_slot_comes_back() {
+    let upstream = echo_upstream().await;
+    let gw =
+        TestGateway::start(&listener_with(config(upstream, &route("public", "/", &[])), "max_connections_per_ip = 2"))
+            .await;
+    let first = TcpStream::connect(gw.addr).await.unwrap();
+    let _second = TcpStream::connect(gw.addr).await.unwrap();
+    let mut third = TcpStream::connect(gw.addr).await.unwrap();
+    // The header-read timeout is 10 s: a close within 2 s is the cap.
+    assert!(closed_after(&mut third, Duration::from_secs(2)).await.is_some(), "the third connection is refused");
+    drop(first);
+    let started = Instant::now();
+    loop {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(b"GET /x HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n").await.unwrap();
+        let (text, _) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        if text.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the closed connection's slot never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     gw.stop().await;
 }
 

@@ -46,7 +46,9 @@ pub struct GatewayConfig {
 pub struct ListenerConfig {
     /// `ip:port` to bind; port 0 picks a free port.
     pub address: SocketAddr,
-    /// Time allowed to receive a request head, in ms (hyper's `header_read_timeout`).
+    /// Time allowed to receive a request head, in ms (hyper's `header_read_timeout`); also how
+    /// long a new connection may stay open without starting a request (protocol detection,
+    /// the HTTP/2 preface and SETTINGS included).
     #[serde(default = "defaults::header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
     /// Largest request body accepted when a chain buffers it, in bytes (413 beyond).
@@ -86,6 +88,12 @@ pub struct ListenerConfig {
     /// as they are accepted.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: u64,
+    /// Most connections open at once from one client IP (the TCP peer), as HAProxy's and
+    /// Envoy's per-source limits; connections past it are closed as soon as they are
+    /// accepted. Peers in `trusted_proxies` are exempt (a load balancer carries many
+    /// clients). Absent: no per-IP limit.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<u64>,
     /// Longest gap between two chunks of a request body, in ms; 408 when exceeded.
     #[serde(default = "defaults::body_idle_timeout_ms")]
     pub body_idle_timeout_ms: u64,
@@ -99,7 +107,8 @@ pub struct ListenerConfig {
     #[serde(default = "defaults::keep_alive_timeout_ms")]
     pub keep_alive_timeout_ms: u64,
     /// On shutdown (SIGTERM, SIGINT), how long in-flight requests may take to finish, in ms;
-    /// connections still open then are closed.
+    /// connections still open then are closed. Also how long a connection asked to close
+    /// (idle past `keep_alive_timeout_ms`: HTTP/2 GOAWAY) may linger before it is closed hard.
     #[serde(default = "defaults::drain_timeout_ms")]
     pub drain_timeout_ms: u64,
     /// TLS termination; absent: clear text.

@@ -32,6 +32,9 @@ pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
         check_range(&mut issues, &at("max_request_headers"), l.max_request_headers, 1, 1000);
         check_range(&mut issues, &at("max_uri_bytes"), l.max_uri_bytes, 256, 65_534);
         check_range(&mut issues, &at("max_connections"), l.max_connections, 1, 1_000_000);
+        if let Some(per_ip) = l.max_connections_per_ip {
+            check_range(&mut issues, &at("max_connections_per_ip"), per_ip, 1, 1_000_000);
+        }
         for (field, v) in [
             ("body_idle_timeout_ms", l.body_idle_timeout_ms),
             ("body_timeout_ms", l.body_timeout_ms),
