@@ -124,6 +124,15 @@ pub struct InstanceLabels {
     pub state: String,
 }
 
+/// Labels of an audit sink's record count.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuditLabels {
+    /// The audit file, or `stdout`.
+    pub sink: String,
+    /// `written` or `failed`.
+    pub result: String,
+}
+
 /// Labels naming a listener.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
@@ -190,6 +199,8 @@ pub struct Metrics {
     pub listener_connections: Family<ListenerLabels, Gauge>,
     /// `portcullis_tls_handshakes_total{listener,result}`.
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
+    /// `portcullis_audit_records_total{sink,result}`: audit records `written` or `failed`.
+    pub audit_records: Family<AuditLabels, Counter>,
 }
 
 // === impl Metrics ===
@@ -213,6 +224,7 @@ impl Default for Metrics {
             plugin_instances: Family::default(),
             listener_connections: Family::default(),
             tls_handshakes: Family::default(),
+            audit_records: Family::default(),
         };
         let m = &metrics;
         registry.register(
@@ -273,6 +285,11 @@ impl Default for Metrics {
             "plugin_instances",
             "Plugin instances alive, by plugin and state",
             m.plugin_instances.clone(),
+        );
+        registry.register(
+            "audit_records",
+            "Audit records written or failed (disk full, say), by sink",
+            m.audit_records.clone(),
         );
         registry.register(
             "listener_connections",

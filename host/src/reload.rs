@@ -233,6 +233,8 @@ impl Reloader {
             tracing::debug!(config = %self.file.display(), "watched files hold what is serving; nothing to reload");
             return Ok(());
         }
+        // Rotated audit files (logrotate's `postrotate` sends SIGHUP or POST /reload).
+        self.engine.audit_sinks().reopen();
         let started = Instant::now();
         let mut warnings = Vec::new();
         let outcome = async {
@@ -323,6 +325,11 @@ impl Reloader {
         tokio::task::spawn_blocking(move || sources.changed_on_disk().into_iter().map(Path::to_path_buf).collect())
             .await
             .unwrap_or_default()
+    }
+
+    /// The engine the snapshots are built on.
+    pub fn engine(&self) -> &Arc<PluginEngine> {
+        &self.engine
     }
 
     /// The recent reload attempts, oldest first (at most [`HISTORY`]).

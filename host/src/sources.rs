@@ -20,11 +20,18 @@ pub struct Sources(BTreeMap<PathBuf, Option<String>>);
 
 /// SHA-256 of `bytes`, lowercase hex (64 characters): the content hash of plugins and sources.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    Sha256::digest(bytes).iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    hex(&Sha256::digest(bytes))
+}
+
+/// `bytes` as lowercase hex, two characters each.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 // === impl Sources ===

@@ -9,7 +9,8 @@
 //!   9457 problem whose `errors` list every problem (the running configuration keeps serving).
 //! - `GET /status`: JSON with each upstream endpoint's health (available, active check
 //!   verdict, ejection, requests in flight, totals, recent error rate and latency), each
-//!   plugin's SHA-256, breaker state and failure count, and the last reload.
+//!   plugin's SHA-256, breaker state and failure count, each audit sink's written and failed
+//!   records, and the last reload.
 //! - `GET /reloads`: the recent reload attempts (time, cause, result, error, warnings,
 //!   duration, and each plugin's SHA-256), oldest first.
 //!
@@ -216,7 +217,9 @@ fn status(state: &AdminState) -> String {
         })
         .collect();
     let last_reload = state.reloader.history().pop();
-    serde_json::json!({ "upstreams": upstreams, "plugins": plugins, "last_reload": last_reload }).to_string()
+    let audit_sinks = state.reloader.engine().audit_sinks().status();
+    serde_json::json!({ "upstreams": upstreams, "plugins": plugins, "audit_sinks": audit_sinks, "last_reload": last_reload })
+        .to_string()
 }
 
 fn json(status: StatusCode, body: String) -> Response<Body> {

@@ -17,14 +17,34 @@
 //! Sinks belong to the engine, not to a snapshot: a reload keeps appending to the same chain.
 //! Appends from every instance of every plugin sharing a sink are serialized by its lock. A
 //! record is written with one `write` call; there is no `fsync` per record.
+//!
+//! The host writes records of its own into the chain, marked `"portcullis_audit"`:
+//!
+//! - `recovered`: the file ended in a torn line (a crash or a full disk mid-write); on open
+//!   it was truncated back to its last complete record (`truncated_bytes`) and the chain goes
+//!   on. A whole last line that is not a chained record is still refused: that file is not
+//!   this chain, and nothing of it is cut.
+//! - `gap`: appends failed (a full disk, say; each failed write is truncated away, so the file
+//!   never holds half a line) and `lost_records` records were not written; the first append
+//!   that succeeds again writes this first.
+//! - `continued`: the first record of a file that follows a rotated one (`mv audit.jsonl
+//!   audit.jsonl.1`, then a reload or SIGHUP, logrotate's `postrotate` convention): its `prev`
+//!   and `from` are the old file's last hash, so the chain runs on across files.
+//!
+//! Written and failed records are counted per sink (`portcullis_audit_records_total{sink,
+//! result}` and `GET /status`).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest, Sha256};
+
+use crate::metrics::{AuditLabels, Metrics};
 
 /// Largest record a plugin may append, in bytes (64 KiB).
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
@@ -48,11 +68,40 @@ pub enum AuditError {
 pub struct Sink {
     name: String,
     state: Mutex<SinkState>,
+    written: AtomicU64,
+    failed: AtomicU64,
+    counters: Option<(Counter, Counter)>,
 }
 
 struct SinkState {
-    out: Box<dyn Write + Send>,
+    out: Output,
     last: String,
+    /// Records lost since the last write that succeeded, for the next `gap` record.
+    lost: u64,
+    last_error: Option<String>,
+}
+
+enum Output {
+    Stdout(std::io::Stdout),
+    File {
+        file: File,
+        path: PathBuf,
+        /// Bytes in the file as this sink wrote it, for truncating a failed write away.
+        len: u64,
+    },
+}
+
+/// A sink as `GET /status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SinkStatus {
+    /// The file, or `stdout`.
+    pub sink: String,
+    /// Records written since the process started.
+    pub written: u64,
+    /// Records that could not be written.
+    pub failed: u64,
+    /// The last write error, while the sink has not written since.
+    pub last_error: Option<String>,
 }
 
 impl std::fmt::Debug for Sink {
@@ -64,28 +113,127 @@ impl std::fmt::Debug for Sink {
 // === impl Sink ===
 
 impl Sink {
-    /// Checks `record`, chains it and writes it as one line. Returns its hash.
+    fn new(name: String, out: Output, last: String, metrics: Option<&Metrics>) -> Sink {
+        let counters = metrics.map(|m| {
+            let written =
+                m.audit_records.get_or_create(&AuditLabels { sink: name.clone(), result: "written".into() }).clone();
+            let failed =
+                m.audit_records.get_or_create(&AuditLabels { sink: name.clone(), result: "failed".into() }).clone();
+            (written, failed)
+        });
+        Sink {
+            name,
+            state: Mutex::new(SinkState { out, last, lost: 0, last_error: None }),
+            written: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            counters,
+        }
+    }
+
+    /// Checks `record`, chains it and writes it as one line. Returns its hash. After failed
+    /// appends, the first that succeeds writes a `gap` record first.
     ///
     /// Errors: [`AuditError::InvalidRecord`] when the record is not a non-empty JSON object on
     /// one line without `prev`/`hash` members, or is over [`MAX_RECORD_BYTES`];
-    /// [`AuditError::Unavailable`] when the write fails.
+    /// [`AuditError::Unavailable`] when the write fails (the record is counted as failed and
+    /// nothing of it stays in the file).
     pub fn append(&self, record: &str) -> Result<String, AuditError> {
         check_record(record)?;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let hash = chain_hash(&state.last, record);
+        let mut result = Ok(());
+        if state.lost > 0 {
+            let gap = format!(r#"{{"portcullis_audit":"gap","lost_records":{},"time_ms":{}}}"#, state.lost, now_ms());
+            result = state.write(&gap).map(drop);
+        }
+        let result = result.and_then(|()| state.write(record));
+        match result {
+            Ok(hash) => {
+                state.lost = 0;
+                state.last_error = None;
+                self.written.fetch_add(1, Ordering::Relaxed);
+                if let Some((written, _)) = &self.counters {
+                    written.inc();
+                }
+                Ok(hash)
+            }
+            Err(e) => {
+                state.lost += 1;
+                let why = format!("{}: {e}", self.name);
+                state.last_error = Some(why.clone());
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                if let Some((_, failed)) = &self.counters {
+                    failed.inc();
+                }
+                Err(AuditError::Unavailable(why))
+            }
+        }
+    }
+
+    /// Counts and the last error, for `GET /status`.
+    pub fn status(&self) -> SinkStatus {
+        let last_error = self.state.lock().unwrap_or_else(|e| e.into_inner()).last_error.clone();
+        SinkStatus {
+            sink: self.name.clone(),
+            written: self.written.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            last_error,
+        }
+    }
+
+    /// Opens the configured path again when the file there is no longer the one being written
+    /// (renamed or removed by log rotation), continuing the chain in the new file.
+    ///
+    /// Errors: the new file cannot be opened or its tail is not a chained record; the sink
+    /// keeps writing to the old file.
+    fn reopen(&self) -> Result<(), String> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Output::File { file, path, .. } = &state.out else { return Ok(()) };
+        if same_file(file, path) {
+            return Ok(());
+        }
+        let path = path.clone();
+        let (file, tail) = open_chained(&path)?;
+        let len = file.metadata().map_err(|e| e.to_string())?.len();
+        let from = state.last.clone();
+        state.out = Output::File { file, path: path.clone(), len };
+        match tail {
+            // A fresh file: its first record says which chain it continues.
+            None => {
+                let record = format!(r#"{{"portcullis_audit":"continued","from":"{from}","time_ms":{}}}"#, now_ms());
+                state.write(&record).map_err(|e| format!("audit file {}: {e}", path.display()))?;
+            }
+            Some(last) => state.last = last,
+        }
+        tracing::info!(file = %path.display(), "audit file reopened (rotated); the chain continues");
+        Ok(())
+    }
+}
+
+// === impl SinkState ===
+
+impl SinkState {
+    /// Chains `record` after `last` and writes the line; on failure truncates the file back,
+    /// so no half line stays, and keeps `last`.
+    fn write(&mut self, record: &str) -> std::io::Result<String> {
+        let hash = chain_hash(&self.last, record);
         let mut line = String::with_capacity(record.len() + SUFFIX_LEN + 1);
         line.push_str(&record[..record.len() - 1]);
         line.push_str(",\"prev\":\"");
-        line.push_str(&state.last);
+        line.push_str(&self.last);
         line.push_str("\",\"hash\":\"");
         line.push_str(&hash);
         line.push_str("\"}\n");
-        state
-            .out
-            .write_all(line.as_bytes())
-            .and_then(|()| state.out.flush())
-            .map_err(|e| AuditError::Unavailable(format!("{}: {e}", self.name)))?;
-        state.last.clone_from(&hash);
+        match &mut self.out {
+            Output::Stdout(out) => out.write_all(line.as_bytes()).and_then(|()| out.flush())?,
+            Output::File { file, len, .. } => {
+                if let Err(e) = file.write_all(line.as_bytes()) {
+                    let _ = file.set_len(*len);
+                    return Err(e);
+                }
+                *len += line.len() as u64;
+            }
+        }
+        self.last.clone_from(&hash);
         Ok(hash)
     }
 }
@@ -95,24 +243,30 @@ impl Sink {
 pub struct AuditSinks {
     files: Mutex<HashMap<PathBuf, Arc<Sink>>>,
     stdout: Mutex<Option<Arc<Sink>>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 // === impl AuditSinks ===
 
 impl AuditSinks {
+    /// Sinks whose records are counted in `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        AuditSinks { metrics: Some(metrics), ..Default::default() }
+    }
+
     /// The sink for `path` (created if absent, appended to if present, continuing its chain),
-    /// or the stdout sink for none. The same path always gives the same sink.
+    /// or the stdout sink for none. The same path always gives the same sink. A torn last line
+    /// is cut away and the recovery recorded in the chain (see the module docs).
     ///
-    /// Errors: the file cannot be opened, or its last line is not a chained record (the chain
-    /// cannot continue; the message says so rather than start a second chain in one file).
+    /// Errors: the file cannot be opened, or its last complete line is not a chained record
+    /// (the chain cannot continue; the message says so rather than start a second chain in
+    /// one file).
     pub fn open(&self, path: Option<&Path>) -> Result<Arc<Sink>, String> {
+        let metrics = self.metrics.as_deref();
         let Some(path) = path else {
             let mut stdout = self.stdout.lock().unwrap_or_else(|e| e.into_inner());
             let sink = stdout.get_or_insert_with(|| {
-                Arc::new(Sink {
-                    name: "stdout".into(),
-                    state: Mutex::new(SinkState { out: Box::new(std::io::stdout()), last: GENESIS.into() }),
-                })
+                Arc::new(Sink::new("stdout".into(), Output::Stdout(std::io::stdout()), GENESIS.into(), metrics))
             });
             return Ok(sink.clone());
         };
@@ -120,20 +274,90 @@ impl AuditSinks {
         if let Some(sink) = files.get(path) {
             return Ok(sink.clone());
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| format!("cannot open audit file {}: {e}", path.display()))?;
-        let last = last_hash(&mut file).map_err(|e| format!("audit file {}: {e}", path.display()))?;
-        let sink = Arc::new(Sink {
-            name: path.display().to_string(),
-            state: Mutex::new(SinkState { out: Box::new(file), last }),
-        });
+        let (file, tail) = open_chained(path)?;
+        let len = file.metadata().map_err(|e| format!("audit file {}: {e}", path.display()))?.len();
+        let out = Output::File { file, path: path.to_owned(), len };
+        let sink =
+            Arc::new(Sink::new(path.display().to_string(), out, tail.unwrap_or_else(|| GENESIS.into()), metrics));
         files.insert(path.to_owned(), sink.clone());
         Ok(sink)
     }
+
+    /// Reopens every file sink whose path now names another file or none (log rotation);
+    /// called on every reload and SIGHUP. Failures are logged; those sinks keep their file.
+    pub fn reopen(&self) {
+        let sinks: Vec<Arc<Sink>> = self.files.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for sink in sinks {
+            if let Err(e) = sink.reopen() {
+                tracing::error!(sink = %sink.name, error = %e, "cannot reopen the audit file; still writing to the old one");
+            }
+        }
+    }
+
+    /// Every sink's counts, files by path then stdout.
+    pub fn status(&self) -> Vec<SinkStatus> {
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<SinkStatus> = files.values().map(|s| s.status()).collect();
+        all.sort_by(|a, b| a.sink.cmp(&b.sink));
+        all.extend(self.stdout.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|s| s.status()));
+        all
+    }
+}
+
+/// Opens `path` for appending (creating it) and finds where its chain ends: `None` for an
+/// empty file, else the last record's hash, after cutting a torn last line away and recording
+/// that in the chain.
+///
+/// Errors: the file cannot be opened or repaired, or its last complete line is not chained.
+fn open_chained(path: &Path) -> Result<(File, Option<String>), String> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot open audit file {}: {e}", path.display()))?;
+    let at = |e: String| format!("audit file {}: {e}", path.display());
+    let (last, torn) = last_hash(&mut file).map_err(at)?;
+    if torn == 0 {
+        return Ok((file, last));
+    }
+    let len = file.metadata().map_err(|e| at(e.to_string()))?.len();
+    file.set_len(len - torn).map_err(|e| at(e.to_string()))?;
+    tracing::warn!(file = %path.display(), truncated_bytes = torn, "audit file ended in a torn line; cut back to its last complete record");
+    let mut state = SinkState {
+        out: Output::File { file, path: path.to_owned(), len: len - torn },
+        last: last.unwrap_or_else(|| GENESIS.into()),
+        lost: 0,
+        last_error: None,
+    };
+    let record = format!(r#"{{"portcullis_audit":"recovered","truncated_bytes":{torn},"time_ms":{}}}"#, now_ms());
+    let hash = state.write(&record).map_err(|e| at(e.to_string()))?;
+    let Output::File { file, .. } = state.out else { unreachable!("built as a file above") };
+    Ok((file, Some(hash)))
+}
+
+/// Whether `path` still names the open `file` (same device and inode); elsewhere than Unix,
+/// whether `path` exists.
+fn same_file(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        path.exists()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn check_record(record: &str) -> Result<(), AuditError> {
@@ -161,24 +385,35 @@ fn chain_hash(prev: &str, record: &str) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
     h.update(record.as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::sources::hex(&h.finalize())
 }
 
-/// The hash of the file's last record, or [`GENESIS`] for an empty file.
-fn last_hash(file: &mut File) -> Result<String, String> {
+/// The hash of the file's last complete record (none for a file without one), and how many
+/// bytes of a torn last line (no final newline) follow it.
+///
+/// Errors: the last complete line is not a chained record, or the file cannot be read.
+fn last_hash(file: &mut File) -> Result<(Option<String>, u64), String> {
     let len = file.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
     if len == 0 {
-        return Ok(GENESIS.into());
+        return Ok((None, 0));
     }
-    let window = (MAX_RECORD_BYTES + SUFFIX_LEN + 2) as u64;
-    file.seek(SeekFrom::Start(len.saturating_sub(window))).map_err(|e| e.to_string())?;
+    let window = (2 * (MAX_RECORD_BYTES + SUFFIX_LEN) + 2) as u64;
+    let start = len.saturating_sub(window);
+    file.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
     let mut tail = Vec::new();
     file.read_to_end(&mut tail).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&tail);
+    // Bytes after the last newline are a line cut short mid-write.
+    let complete = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let torn = (tail.len() - complete) as u64;
+    if complete == 0 && start == 0 {
+        return Ok((None, torn));
+    }
+    let text = String::from_utf8_lossy(&tail[..complete]);
     let line = text.trim_end_matches('\n').rsplit('\n').next().unwrap_or("");
-    split_line(line).map(|(_, _, hash)| hash.to_owned()).map_err(|why| {
+    let last = split_line(line).map(|(_, _, hash)| hash.to_owned()).map_err(|why| {
         format!("its last line is not a chained audit record ({why}); move the file aside or repair it to continue")
-    })
+    })?;
+    Ok((Some(last), torn))
 }
 
 /// Splits a written line into (record text, prev, hash).
@@ -194,6 +429,12 @@ fn split_line(line: &str) -> Result<(String, &str, &str), String> {
         (Some(prev), Some(hash), true) if is_hex64(prev) && is_hex64(hash) => Ok((format!("{body}}}"), prev, hash)),
         _ => Err("no `\"prev\":\"…\",\"hash\":\"…\"}` suffix".into()),
     }
+}
+
+/// Whether `record` is the host's `continued` record naming `prev` as the chain it follows.
+fn continues(record: &str, prev: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(record)
+        .is_ok_and(|v| v["portcullis_audit"] == "continued" && v["from"] == prev)
 }
 
 fn is_hex64(s: &str) -> bool {
@@ -215,7 +456,8 @@ pub struct Broken {
 /// Checks a whole chain read from `input`. Returns the number of records and the last hash.
 ///
 /// Errors: [`Broken`] for the first record that is not a chained record, whose `prev` is not the
-/// previous record's hash (the first must have [`GENESIS`]), or whose `hash` does not match its
+/// previous record's hash (the first must have [`GENESIS`], or be a `continued` record whose
+/// `from` is its `prev`: a file after a rotation), or whose `hash` does not match its
 /// content; or an I/O error reading.
 pub fn verify(input: impl BufRead) -> Result<Result<(u64, String), Broken>, std::io::Error> {
     let mut expected = GENESIS.to_owned();
@@ -232,6 +474,9 @@ pub fn verify(input: impl BufRead) -> Result<Result<(u64, String), Broken>, std:
             Ok(parts) => parts,
             Err(why) => return broken(why),
         };
+        if records == 1 && prev != GENESIS && continues(&record, prev) {
+            expected = prev.to_owned();
+        }
         if prev != expected {
             return broken(format!(
                 "`prev` is {prev}, expected {expected}: a record before it was changed, removed or reordered"
@@ -315,6 +560,69 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         std::fs::write(&path, "{\"not\":\"chained\"}\n").unwrap();
         assert!(AuditSinks::default().open(Some(&path)).unwrap_err().contains("not a chained audit record"));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_away_and_the_recovery_chained() {
+        let (_dir, path) = chain(&[r#"{"a":1}"#]);
+        let whole = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{whole}{{\"b\":2,\"prev\":\"00")).unwrap();
+        let sink = AuditSinks::default().open(Some(&path)).unwrap();
+        sink.append(r#"{"c":3}"#).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[1].starts_with(r#"{"portcullis_audit":"recovered","truncated_bytes":17,"#), "{}", lines[1]);
+        assert_eq!(check(&path).unwrap().0, 3);
+        // A file that is nothing but a torn line starts over.
+        std::fs::write(&path, "{\"half").unwrap();
+        AuditSinks::default().open(Some(&path)).unwrap().append(r#"{"d":4}"#).unwrap();
+        assert_eq!(check(&path).unwrap().0, 2);
+    }
+
+    #[test]
+    fn failed_appends_are_counted_leave_nothing_and_a_gap_record_follows() {
+        let (_dir, path) = chain(&[r#"{"a":1}"#]);
+        let sink = AuditSinks::default().open(Some(&path)).unwrap();
+        let swap = |file: File| {
+            let mut state = sink.state.lock().unwrap();
+            let Output::File { file: open, .. } = &mut state.out else { unreachable!() };
+            *open = file;
+        };
+        // A handle that cannot write stands in for a full disk.
+        swap(File::open(&path).unwrap());
+        assert!(matches!(sink.append(r#"{"lost":1}"#), Err(AuditError::Unavailable(_))));
+        assert!(matches!(sink.append(r#"{"lost":2}"#), Err(AuditError::Unavailable(_))));
+        let status = sink.status();
+        assert_eq!((status.written, status.failed, status.last_error.is_some()), (0, 2, true));
+        swap(OpenOptions::new().append(true).open(&path).unwrap());
+        sink.append(r#"{"back":true}"#).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#"{"portcullis_audit":"gap","lost_records":2,"#), "{text}");
+        assert!(!text.contains("lost\":"), "{text}");
+        assert_eq!(check(&path).unwrap().0, 3);
+        assert_eq!(sink.status().last_error, None);
+    }
+
+    #[test]
+    fn a_rotated_file_is_reopened_and_the_chain_continues_in_the_new_one() {
+        let (dir, path) = chain(&[]);
+        let sinks = AuditSinks::default();
+        let sink = sinks.open(Some(&path)).unwrap();
+        let last = sink.append(r#"{"a":1}"#).unwrap();
+        sinks.reopen();
+        assert_eq!(check(&path).unwrap().0, 1, "not rotated: nothing changes");
+        let rotated = dir.path().join("audit.jsonl.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        sinks.reopen();
+        sink.append(r#"{"b":2}"#).unwrap();
+        assert_eq!(check(&rotated).unwrap(), (1, last.clone()));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(&format!(r#"{{"portcullis_audit":"continued","from":"{last}","#)), "{text}");
+        assert_eq!(check(&path).unwrap().0, 2, "a continued file verifies on its own");
+        // A first record with a foreign `prev` that does not say so is still broken.
+        std::fs::write(&path, text.replacen("continued", "continuez", 1)).unwrap();
+        assert_eq!(check(&path).unwrap_err().record, 1);
     }
 
     /// A scratch directory removed on drop (no extra dev-dependency for four tests).

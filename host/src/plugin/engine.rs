@@ -112,11 +112,12 @@ impl PluginEngine {
             telemetry,
             clock,
         });
+        let audit = AuditSinks::with_metrics(shared.metrics.clone());
         Ok(Arc::new(PluginEngine {
             engine,
             linker,
             shared,
-            audit: AuditSinks::default(),
+            audit,
             fuel_metering: runtime.fuel_metering,
             compiled: Mutex::new(HashMap::new()),
             ticker_stop,
