@@ -22,7 +22,7 @@ async fn admin(gw: &TestGateway, method: &str, path: &str, headers: &[(&str, &st
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    send(request.body(Full::<Bytes>::default()).unwrap()).await
+    send(request.body(Full::<Bytes>::default()).expect("a valid admin request")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

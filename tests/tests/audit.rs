@@ -1,8 +1,6 @@
 //! The audit sink end to end: the real gateway with the audit-log plugin writing its hash
 //! chain, a torn last line left by a crash, and a rotation by `mv` and `POST /reload`.
 
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions: a panic is the failure report")]
-
 use std::path::Path;
 
 use bytes::Bytes;
