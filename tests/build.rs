@@ -32,6 +32,15 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let dir = target_dir.join("wasm32-wasip2").join("plugin");
+    println!("cargo:rustc-env=PORTCULLIS_PLUGIN_DIR={}", dir.display());
+    // `cargo clippy` only checks the tests, which run nothing: the components are not needed,
+    // and building them under clippy's environment would rebuild them for the next test run.
+    println!("cargo:rerun-if-env-changed=RUSTC_WORKSPACE_WRAPPER");
+    let wrapper = std::env::var_os("RUSTC_WORKSPACE_WRAPPER").map(PathBuf::from);
+    if wrapper.is_some_and(|w| w.file_stem().is_some_and(|s| s.to_string_lossy().starts_with("clippy-driver"))) {
+        return;
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
     build
@@ -39,9 +48,7 @@ fn main() {
         .args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"])
         .args(PACKAGES.iter().flat_map(|p| ["-p", p]))
         .env("CARGO_TARGET_DIR", &target_dir)
-        // Flags meant for the host build must not leak into the guest build, nor must
-        // `cargo clippy`'s driver (its lints run on the plugins natively, as workspace members).
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        // Flags meant for the host build must not leak into the guest build.
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET");
@@ -50,6 +57,4 @@ fn main() {
         status.success(),
         "building the plugins for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)"
     );
-    let dir = target_dir.join("wasm32-wasip2").join("plugin");
-    println!("cargo:rustc-env=PORTCULLIS_PLUGIN_DIR={}", dir.display());
 }
