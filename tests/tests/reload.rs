@@ -236,18 +236,19 @@ async fn reloads_under_load_drop_no_request() {
         }));
     }
     let rss_before = rss_bytes();
-    let started = Instant::now();
-    let mut swaps = 0;
-    while swaps < 24 || started.elapsed() < Duration::from_secs(3) {
-        if swaps % 2 == 0 {
-            replace_file(&dir.join("filter.wasm"), if swaps % 4 == 0 { &b } else { &a });
+    // 100 configuration swaps and 20 plugin swaps, interleaved.
+    let (mut config_swaps, mut plugin_swaps) = (0, 0);
+    while config_swaps + plugin_swaps < 120 {
+        if (config_swaps + plugin_swaps) % 6 == 5 {
+            plugin_swaps += 1;
+            replace_file(&dir.join("filter.wasm"), if plugin_swaps % 2 == 1 { &b } else { &a });
         } else {
-            let suffix = if swaps % 4 == 1 { "-2" } else { "-1" };
+            config_swaps += 1;
+            let suffix = if config_swaps % 2 == 1 { "-2" } else { "-1" };
             replace_file(&gw.config_file(), site(upstream, &dir, suffix, false, "").as_bytes());
         }
         gw.gateway.reload().await.unwrap();
-        swaps += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.store(true, Ordering::Relaxed);
     for client in clients {
@@ -257,7 +258,7 @@ async fn reloads_under_load_drop_no_request() {
     let (sent, wrong, errors) =
         (sent.load(Ordering::Relaxed), wrong.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
     println!(
-        "{swaps} reloads under 16 concurrent clients: {sent} requests, {wrong} wrong or non-200, {errors} connection errors; RSS {} → {} MiB",
+        "{config_swaps} config and {plugin_swaps} plugin swaps under 16 concurrent clients: {sent} requests, {wrong} wrong or non-200, {errors} connection errors; RSS {} → {} MiB",
         rss_before >> 20,
         rss_after >> 20
     );
