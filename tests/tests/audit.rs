@@ -74,3 +74,101 @@ async fn a_rotated_audit_file_is_reopened_on_reload_and_the_chain_carries_across
     assert!(metric(&scrape(&gw).await, "portcullis_audit_records_total", &labels).is_some_and(|n| n >= 2.0));
     gw.stop().await;
 }
+
+/// A 64 KiB tmpfs mounted for one test and unmounted when dropped (lazily, even after a panic).
+struct TinyDisk(std::path::PathBuf);
+
+impl TinyDisk {
+    /// Mounts it, or `None` where mounting is not permitted (not root).
+    fn mount() -> Option<TinyDisk> {
+        let dir = std::env::temp_dir().join(format!("portcullis-tinyfs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| TinyDisk(dir))
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The `audit_sinks` entry of `/status` for `path`.
+async fn sink_status(gw: &TestGateway, path: &Path) -> serde_json::Value {
+    let status = get(&format!("http://{}/status", gw.admin), &[]).await.json();
+    let sinks = status["audit_sinks"].as_array().cloned().unwrap_or_default();
+    sinks.into_iter().find(|s| s["sink"] == path.display().to_string()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_loses_records_countably_and_the_chain_resumes_with_a_gap_record() {
+    let Some(disk) = TinyDisk::mount() else {
+        let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+        assert!(!root, "running as root, mounting a 64 KiB tmpfs must work");
+        println!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    // The configuration, and so `audit.jsonl` beside it, on the tiny disk.
+    let file = disk.0.join("gateway.toml");
+    std::fs::write(&file, config(echo_upstream().await, &route("audited", "/", &[("audit", None)]))).unwrap();
+    let gw = TestGateway::start_file(&file).await;
+    let audit = disk.0.join("audit.jsonl");
+    assert_eq!(get(&gw.url("/x"), &[("x-request-id", "before-full")]).await.status, 200);
+    gw.audit_records(1).await;
+    // Fill the disk.
+    let filler = disk.0.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[b'x'; 512]).is_ok() {}
+    }
+    // The audit file's last page may still take a record or two; then writes fail.
+    let failed_count = || async { sink_status(&gw, &audit).await["failed"].as_u64().unwrap_or(0) };
+    let mut sent = 0;
+    while failed_count().await == 0 {
+        assert!(sent < 200, "no append failed on a full disk: {}", sink_status(&gw, &audit).await);
+        let reply = get(&gw.url("/x"), &[("x-request-id", &format!("while-full-{sent}"))]).await;
+        assert_eq!(reply.status, 200, "a fail-open logging step never fails the request");
+        sent += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    for i in 0..3 {
+        assert_eq!(get(&gw.url("/x"), &[("x-request-id", &format!("still-full-{i}"))]).await.status, 200);
+    }
+    let mut failed = 0;
+    for _ in 0..100 {
+        failed = failed_count().await;
+        if failed >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(failed >= 4, "{}", sink_status(&gw, &audit).await);
+    let written_before = sink_status(&gw, &audit).await["written"].as_u64().unwrap();
+    let labels = format!("sink=\"{}\",result=\"failed\"", audit.display());
+    assert_eq!(metric(&scrape(&gw).await, "portcullis_audit_records_total", &labels), Some(failed as f64));
+    // Every record in the file is whole: the exchanges written, and the host's gap records
+    // (a write that fails after an earlier failure was recovered from).
+    let (before, _) = intact(&audit);
+    let gaps_before = host_records(&audit).len() as u64;
+    assert_eq!(before - gaps_before, written_before, "nothing half-written stays behind");
+    // Space returns: the chain resumes, saying what it lost.
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(get(&gw.url("/x"), &[("x-request-id", "after-full")]).await.status, 200);
+    let records = gw.audit_records(usize::try_from(before).unwrap() + 2).await;
+    assert!(records.iter().any(|r| r["request_id"] == "after-full"), "{records:?}");
+    let lost: u64 =
+        records.iter().filter(|r| r["portcullis_audit"] == "gap").filter_map(|r| r["lost_records"].as_u64()).sum();
+    assert_eq!(lost, failed, "the gap records account for every lost record: {records:?}");
+    assert_eq!(intact(&audit).0, before + 2, "a gap record, then the new exchange");
+    assert!(sink_status(&gw, &audit).await["last_error"].is_null());
+    gw.stop().await;
+    drop(disk);
+}

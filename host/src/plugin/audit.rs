@@ -143,7 +143,8 @@ impl Sink {
         let mut result = Ok(());
         if state.lost > 0 {
             let gap = format!(r#"{{"portcullis_audit":"gap","lost_records":{},"time_ms":{}}}"#, state.lost, now_ms());
-            result = state.write(&gap).map(drop);
+            // Once written, the gap accounts for those records, whatever happens next.
+            result = state.write(&gap).map(|_| state.lost = 0);
         }
         let result = result.and_then(|()| state.write(record));
         match result {
