@@ -52,8 +52,9 @@ fn signal_of(kind: &EventKind, path: &Path) -> Option<Signal> {
 /// costs one reload and a file written slowly is not read half way. Paths outside the watched
 /// set are ignored, except `..`-prefixed names in a watched directory (Kubernetes' `..data`
 /// swap). The watches are registered when this is called (inside the tokio runtime), before
-/// the future first runs, and its first act is a no-op-unless-changed reload, so a write
-/// made while the gateway was starting is not missed.
+/// the future first runs, and its first pass reloads (a no-op unless something changed) after
+/// the same wait as any event, so a write made while the gateway was starting is neither
+/// missed nor read half way.
 pub fn watch_files(
     reloader: Arc<Reloader>,
     debounce: Duration,
@@ -92,20 +93,24 @@ pub fn watch_files(
                 return;
             }
         };
-        // A write between the snapshot's build and the watches' start: this finds it (and
-        // does nothing when every file still holds what was built).
-        let _ = reloader.reload(ReloadCause::FileChange).await;
         // Watched files a writer has open, across reloads: no reload reads them until closed.
         let mut writing: BTreeSet<PathBuf> = BTreeSet::new();
+        // The first pass checks at once for a write between the snapshot's build and the
+        // watches' start (a no-op when every file still holds what was built), but through the
+        // same quiet period and open-for-writing wait as any event: a writer already at work
+        // when the gateway started is not read half way.
+        let mut first_pass = true;
         loop {
             let wanted = reloader.watched();
             update_watches(debouncer, &wanted, &mut dirs);
-            let signals = tokio::select! {
-                signals = rx.recv() => match signals { Some(s) => s, None => return },
-                _ = shutdown.changed() => return,
-            };
-            if !absorb(&signals, &wanted, &mut writing) {
-                continue;
+            if !std::mem::take(&mut first_pass) {
+                let signals = tokio::select! {
+                    signals = rx.recv() => match signals { Some(s) => s, None => return },
+                    _ = shutdown.changed() => return,
+                };
+                if !absorb(&signals, &wanted, &mut writing) {
+                    continue;
+                }
             }
             let (first, mut last) = (Instant::now(), Instant::now());
             loop {
