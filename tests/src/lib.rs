@@ -250,6 +250,11 @@ failure_policy = "fail-open"
     )
 }
 
+/// `config` with `settings` (TOML lines) added to its first `[[listener]]`.
+pub fn listener_with(config: String, settings: &str) -> String {
+    config.replacen("address = \"127.0.0.1:0\"\n", &format!("address = \"127.0.0.1:0\"\n{settings}\n"), 1)
+}
+
 /// A `[plugin.ID]` table for the component built from plugin crate `crate_name` (e.g.
 /// `jwt_auth`), an auth plugin granted `http-client` and `kv` and allowed to reach
 /// `http://{origin}` only: for steps that fetch from a test server.

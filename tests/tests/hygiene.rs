@@ -6,7 +6,7 @@
 
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions: a panic is the failure report")]
 
-use portcullis_e2e::{JWT_CONFIG, TestGateway, config, echo_upstream, route};
+use portcullis_e2e::{JWT_CONFIG, TestGateway, config, echo_upstream, listener_with, route};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -86,11 +86,7 @@ const SPOOFED: &str = "forwarded: for=6.6.6.6;proto=https\r\nx-real-ip: 6.6.6.6\
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_clients_forwarding_fields_are_replaced_by_the_gateways_own() {
     let upstream = echo_upstream().await;
-    let text = config(upstream, &route("public", "/", &[])).replacen(
-        "address = \"127.0.0.1:0\"\n",
-        "address = \"127.0.0.1:0\"\nforwarded_headers = \"both\"\n",
-        1,
-    );
+    let text = listener_with(config(upstream, &route("public", "/", &[])), "forwarded_headers = \"both\"");
     let gw = TestGateway::start(&text).await;
     let (status, body) = raw(&gw, &get("/x", SPOOFED)).await;
     assert_eq!(status, 200);
@@ -106,10 +102,9 @@ async fn an_untrusted_clients_forwarding_fields_are_replaced_by_the_gateways_own
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_proxys_forwarding_fields_are_kept_and_extended() {
     let upstream = echo_upstream().await;
-    let text = config(upstream, &route("public", "/", &[])).replacen(
-        "address = \"127.0.0.1:0\"\n",
-        "address = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\nforwarded_headers = \"forwarded\"\n",
-        1,
+    let text = listener_with(
+        config(upstream, &route("public", "/", &[])),
+        "trusted_proxies = [\"127.0.0.1\"]\nforwarded_headers = \"forwarded\"",
     );
     let gw = TestGateway::start(&text).await;
     let (status, body) = raw(&gw, &get("/x", SPOOFED)).await;
@@ -124,10 +119,9 @@ async fn a_trusted_proxys_forwarding_fields_are_kept_and_extended() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_trusted_proxy_the_forwarded_client_ip_is_used_and_the_chain_kept() {
     let upstream = echo_upstream().await;
-    let text = config(upstream, &route("public", "/", &[("audit", None)])).replacen(
-        "address = \"127.0.0.1:0\"\n",
-        "address = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
-        1,
+    let text = listener_with(
+        config(upstream, &route("public", "/", &[("audit", None)])),
+        "trusted_proxies = [\"127.0.0.0/8\"]",
     );
     let gw = TestGateway::start(&text).await;
     let (status, body) =
@@ -142,10 +136,9 @@ async fn behind_a_trusted_proxy_the_forwarded_client_ip_is_used_and_the_chain_ke
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_get_431_and_414_and_excess_connections_are_closed() {
     let upstream = echo_upstream().await;
-    let text = config(upstream, &route("public", "/", &[])).replacen(
-        "address = \"127.0.0.1:0\"\n",
-        "address = \"127.0.0.1:0\"\nmax_connections = 2\nmax_request_header_bytes = 16384\n",
-        1,
+    let text = listener_with(
+        config(upstream, &route("public", "/", &[])),
+        "max_connections = 2\nmax_request_header_bytes = 16384",
     );
     let gw = TestGateway::start(&text).await;
     let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();

@@ -9,14 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use portcullis_e2e::{TestGateway, config, echo_upstream, route, serve, silent_upstream};
+use portcullis_e2e::{TestGateway, config, echo_upstream, listener_with, route, serve, silent_upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// `config` with `settings` (TOML lines) added to its listener.
-fn listener_with(config: String, settings: &str) -> String {
-    config.replacen("address = \"127.0.0.1:0\"\n", &format!("address = \"127.0.0.1:0\"\n{settings}\n"), 1)
-}
 
 /// Reads until the peer closes (at most `limit`): the bytes, and whether it closed in time.
 async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
