@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Packages built for the tests: the plugins of `plugins/` and the guests of `tests/guests/`.
-const PACKAGES: [&str; 12] = [
+const PACKAGES: [&str; 13] = [
     "jwt-auth",
     "audit-log",
     "rate-limit",
@@ -23,6 +23,7 @@ const PACKAGES: [&str; 12] = [
     "socket-filter",
     "tag-filter-a",
     "tag-filter-b",
+    "legacy-filter",
 ];
 
 fn main() {

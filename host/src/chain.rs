@@ -26,10 +26,8 @@ use crate::plugin::bindings::exports::portcullis::plugin::{
     rate_limit::{Quota, RateLimitOutcome},
     validation::ValidationOutcome,
 };
-use crate::plugin::bindings::portcullis::plugin::types::{
-    HeaderEdits, Identity, LocalResponse, RequestHead, ResponseHead,
-};
-use crate::plugin::{Call, CallPhase, FailureKind, LoadedPlugin, PluginFailure, Reply, StepPool};
+use crate::plugin::bindings::portcullis::plugin::types::{HeaderEdits, Identity, LocalResponse, ResponseHead};
+use crate::plugin::{Call, CallPhase, FailureKind, LoadedPlugin, PluginFailure, PluginRequest, Reply, StepPool};
 use crate::proxy::headers::{self, IdentityHeaders};
 use crate::telemetry::{self, SpanOutcome, Telemetry};
 
@@ -100,23 +98,25 @@ impl Chain {
         self.has_logging
     }
 
-    /// Runs the request phase. `head` is what plugins see; `headers` is what goes upstream, and
-    /// both receive filter edits and an auth step's credential removal. `body` is read when the
-    /// first step that asked for it runs.
+    /// Runs the request phase. `request` is what plugins see, its headers what goes upstream:
+    /// filter edits and an auth step's credential removal apply to it in place. `body` is read
+    /// when the first step that asked for it runs. Steps without a request hook are skipped.
     ///
     /// Errors: [`GatewayError::PluginFailed`] when a fail-closed step fails;
     /// [`GatewayError::BodyTooLarge`] (413) when the body exceeds the `body-limit` of a step
     /// that reads it; [`GatewayError::BadBody`] when it cannot be read.
     pub async fn on_request(
         &self,
-        head: &mut RequestHead,
-        headers: &mut HeaderMap,
+        request: &mut Arc<PluginRequest>,
         body: &mut LazyBody,
         ids: &IdentityHeaders,
         state: &mut ChainState,
         trace: &Trace,
     ) -> Result<Verdict, GatewayError> {
         for step in &self.steps {
+            if !step.pool.hooks().request {
+                continue;
+            }
             let plugin = step.pool.plugin();
             let identity = state.identity.as_ref();
             let bytes = match (plugin.kind, step.pool.body_limit()) {
@@ -130,17 +130,17 @@ impl Chain {
                 _ => None,
             };
             let call = match plugin.kind {
-                PluginKind::Auth => Call::Authenticate(head),
-                PluginKind::RateLimit => Call::Check(head, identity),
-                PluginKind::Validation => Call::Validate(head, identity, bytes.as_deref()),
-                PluginKind::Filter => Call::OnRequest(head, identity),
+                PluginKind::Auth => Call::Authenticate(request),
+                PluginKind::RateLimit => Call::Check(request, identity),
+                PluginKind::Validation => Call::Validate(request, identity, bytes.as_deref()),
+                PluginKind::Filter => Call::OnRequest(request, identity),
                 PluginKind::Logging => continue,
             };
             let started = Instant::now();
             let span = trace.step(plugin, "request");
-            let outcome = match step.pool.call(&head.request_id, &span, call).await {
+            let outcome = match step.pool.call(&request.request_id, &span, call).await {
                 Ok((reply, settle)) => {
-                    let applied = self.apply(step, reply, head, headers, ids, state);
+                    let applied = self.apply(step, reply, request, ids, state);
                     settle.settle(applied.is_ok());
                     applied
                 }
@@ -149,7 +149,7 @@ impl Chain {
             let elapsed = started.elapsed();
             let (decision, verdict) = match outcome {
                 Ok(done) => done,
-                Err(failure) => match fail(step, failure, &head.request_id, &span) {
+                Err(failure) => match fail(step, failure, &request.request_id, &span) {
                     Ok(decision) => (decision, Verdict::Continue),
                     Err(e) => {
                         plugin.record_call(CallPhase::Request, None, elapsed);
@@ -177,8 +177,7 @@ impl Chain {
         &self,
         step: &Step,
         reply: Reply,
-        head: &mut RequestHead,
-        headers: &mut HeaderMap,
+        request: &mut Arc<PluginRequest>,
         ids: &IdentityHeaders,
         state: &mut ChainState,
     ) -> Result<(&'static str, Verdict), PluginFailure> {
@@ -189,8 +188,8 @@ impl Chain {
                 headers::check_identity(&done.identity).map_err(invalid)?;
                 if !done.remove_headers.is_empty() {
                     let edits = HeaderEdits { remove: done.remove_headers, set: Vec::new(), append: Vec::new() };
+                    let headers = &mut Arc::make_mut(request).headers;
                     headers::apply_edits(headers, &edits, Some(ids)).map_err(|e| invalid(e.to_string()))?;
-                    head.headers = headers::to_wit(headers);
                 }
                 state.remove_query_params.extend(done.remove_query_params);
                 state.identity = Some(done.identity);
@@ -220,7 +219,7 @@ impl Chain {
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate-limited",
                     "The request exceeds a rate limit quota.",
-                    &head.request_id,
+                    &request.request_id,
                     None,
                 );
                 let retry = limited.retry_after_ms.div_ceil(1000).max(1);
@@ -239,13 +238,20 @@ impl Chain {
                     .iter()
                     .map(|v| serde_json::json!({ "pointer": v.pointer, "detail": v.message }))
                     .collect();
-                let response =
-                    problem(status, slug, detail, &head.request_id, Some(("errors", serde_json::Value::Array(errors))));
+                let response = problem(
+                    status,
+                    slug,
+                    detail,
+                    &request.request_id,
+                    Some(("errors", serde_json::Value::Array(errors))),
+                );
                 ("invalid", Verdict::Respond(response))
             }
             Reply::Filter(FilterAction::Continue(edits)) => {
-                headers::apply_edits(headers, &edits, Some(ids)).map_err(|e| invalid(e.to_string()))?;
-                head.headers = headers::to_wit(headers);
+                if !(edits.remove.is_empty() && edits.set.is_empty() && edits.append.is_empty()) {
+                    let headers = &mut Arc::make_mut(request).headers;
+                    headers::apply_edits(headers, &edits, Some(ids)).map_err(|e| invalid(e.to_string()))?;
+                }
                 ("continue", Verdict::Continue)
             }
             Reply::Filter(FilterAction::Respond(local)) => {
@@ -255,28 +261,29 @@ impl Chain {
         })
     }
 
-    /// Runs `filter.on-response` steps in reverse order on `response`.
+    /// Runs `filter.on-response` steps in reverse order on `response`, skipping filters that
+    /// do not implement it.
     ///
     /// Errors: [`GatewayError::PluginFailed`] when a fail-closed step fails.
     pub async fn on_response(
         &self,
-        head: &RequestHead,
+        request: &Arc<PluginRequest>,
         response: &mut Response<Body>,
         state: &mut ChainState,
         trace: &Trace,
     ) -> Result<(), GatewayError> {
         for step in self.steps.iter().rev() {
             let plugin = step.pool.plugin();
-            if plugin.kind != PluginKind::Filter {
+            if plugin.kind != PluginKind::Filter || !step.pool.hooks().response {
                 continue;
             }
             let seen =
                 ResponseHead { status: response.status().as_u16(), headers: headers::to_wit(response.headers()) };
             let started = Instant::now();
-            let call = Call::OnResponse(head, state.identity.as_ref(), &seen);
+            let call = Call::OnResponse(request, state.identity.as_ref(), &seen);
             let invalid = |e: String| PluginFailure::new(&plugin.id, FailureKind::InvalidOutput(e));
             let span = trace.step(plugin, "response");
-            let outcome = match step.pool.call(&head.request_id, &span, call).await {
+            let outcome = match step.pool.call(&request.request_id, &span, call).await {
                 Ok((reply, settle)) => {
                     let applied = match reply {
                         Reply::Filter(FilterAction::Continue(edits)) => {
@@ -297,7 +304,7 @@ impl Chain {
             let elapsed = started.elapsed();
             let decision = match outcome {
                 Ok(d) => d,
-                Err(failure) => match fail(step, failure, &head.request_id, &span) {
+                Err(failure) => match fail(step, failure, &request.request_id, &span) {
                     Ok(decision) => decision,
                     Err(e) => {
                         plugin.record_call(CallPhase::Response, None, elapsed);

@@ -1,6 +1,6 @@
 //! The one-line export macros, one per plugin kind, and the glue they expand to.
 //!
-//! `export_auth!(MyPlugin)` makes the component export `portcullis:plugin/auth@0.1.0`, keeps one
+//! `export_auth!(MyPlugin)` makes the component export `portcullis:plugin/auth@0.2.0`, keeps one
 //! configured `MyPlugin` per plugin instance, and forwards each host call to the trait method.
 
 use std::cell::RefCell;
@@ -12,6 +12,10 @@ use crate::{ConfigError, Plugin};
 #[doc(hidden)]
 pub mod __private {
     pub use super::{configure, section, with_instance};
+
+    /// How wit-bindgen passes the lent `borrow<request>` to an export.
+    #[cfg(target_arch = "wasm32")]
+    pub type HostRequest<'a> = &'a crate::bindings::portcullis::plugin::types::Request;
 
     /// Each kind world's `component-type` section payload, encoded by `build.rs`.
     pub const AUTH_WORLD: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/auth-plugin.component-type"));
@@ -63,7 +67,7 @@ pub fn with_instance<P: Plugin, R>(slot: &'static LocalKey<RefCell<Option<P>>>, 
 /// `Guest` impl whose methods are given, and wit-bindgen's export glue for that interface.
 ///
 /// Emitted only for `wasm32`: natively (unit tests) the export names, such as
-/// `portcullis:plugin/auth@0.1.0#authenticate`, are not valid linker symbols, and tests call the
+/// `portcullis:plugin/auth@0.2.0#authenticate`, are not valid linker symbols, and tests call the
 /// trait methods directly anyway.
 #[doc(hidden)]
 #[macro_export]
@@ -104,8 +108,9 @@ macro_rules! __export_kind {
 #[macro_export]
 macro_rules! export_auth {
     ($plugin:ty) => {
-        $crate::__export_kind!($plugin, auth, __export_portcullis_plugin_auth_0_1_0_cabi, AUTH_WORLD, {
-            fn authenticate(request: $crate::RequestHead) -> $crate::AuthOutcome {
+        $crate::__export_kind!($plugin, auth, __export_portcullis_plugin_auth_0_2_0_cabi, AUTH_WORLD, {
+            fn authenticate(request: $crate::__private::HostRequest<'_>) -> $crate::AuthOutcome {
+                let request = $crate::Request::from_host(request);
                 $crate::__private::with_instance(&INSTANCE, |p: &$plugin| $crate::Auth::authenticate(p, &request))
             }
         });
@@ -120,13 +125,14 @@ macro_rules! export_rate_limit {
         $crate::__export_kind!(
             $plugin,
             rate_limit,
-            __export_portcullis_plugin_rate_limit_0_1_0_cabi,
+            __export_portcullis_plugin_rate_limit_0_2_0_cabi,
             RATE_LIMIT_WORLD,
             {
                 fn check(
-                    request: $crate::RequestHead,
+                    request: $crate::__private::HostRequest<'_>,
                     identity: ::std::option::Option<$crate::Identity>,
                 ) -> $crate::RateLimitOutcome {
+                    let request = $crate::Request::from_host(request);
                     $crate::__private::with_instance(&INSTANCE, |p: &$plugin| {
                         $crate::RateLimit::check(p, &request, identity.as_ref())
                     })
@@ -144,17 +150,18 @@ macro_rules! export_validation {
         $crate::__export_kind!(
             $plugin,
             validation,
-            __export_portcullis_plugin_validation_0_1_0_cabi,
+            __export_portcullis_plugin_validation_0_2_0_cabi,
             VALIDATION_WORLD,
             {
                 fn body_limit() -> ::std::option::Option<u64> {
                     $crate::__private::with_instance(&INSTANCE, |p: &$plugin| $crate::Validation::body_limit(p))
                 }
                 fn validate(
-                    request: $crate::RequestHead,
+                    request: $crate::__private::HostRequest<'_>,
                     identity: ::std::option::Option<$crate::Identity>,
                     body: ::std::option::Option<::std::vec::Vec<u8>>,
                 ) -> $crate::ValidationOutcome {
+                    let request = $crate::Request::from_host(request);
                     $crate::__private::with_instance(&INSTANCE, |p: &$plugin| {
                         $crate::Validation::validate(p, &request, identity.as_ref(), body.as_deref())
                     })
@@ -169,7 +176,7 @@ macro_rules! export_validation {
 #[macro_export]
 macro_rules! export_logging {
     ($plugin:ty) => {
-        $crate::__export_kind!($plugin, logging, __export_portcullis_plugin_logging_0_1_0_cabi, LOGGING_WORLD, {
+        $crate::__export_kind!($plugin, logging, __export_portcullis_plugin_logging_0_2_0_cabi, LOGGING_WORLD, {
             fn observe(exchange: $crate::Exchange) {
                 $crate::__private::with_instance(&INSTANCE, |p: &$plugin| $crate::Logging::observe(p, &exchange))
             }
@@ -181,20 +188,25 @@ macro_rules! export_logging {
 #[macro_export]
 macro_rules! export_filter {
     ($plugin:ty) => {
-        $crate::__export_kind!($plugin, filter, __export_portcullis_plugin_filter_0_1_0_cabi, FILTER_WORLD, {
+        $crate::__export_kind!($plugin, filter, __export_portcullis_plugin_filter_0_2_0_cabi, FILTER_WORLD, {
+            fn hooks() -> $crate::HookSet {
+                $crate::__private::with_instance(&INSTANCE, |p: &$plugin| $crate::Filter::hooks(p))
+            }
             fn on_request(
-                request: $crate::RequestHead,
+                request: $crate::__private::HostRequest<'_>,
                 identity: ::std::option::Option<$crate::Identity>,
             ) -> $crate::FilterAction {
+                let request = $crate::Request::from_host(request);
                 $crate::__private::with_instance(&INSTANCE, |p: &$plugin| {
                     $crate::Filter::on_request(p, &request, identity.as_ref())
                 })
             }
             fn on_response(
-                request: $crate::RequestHead,
+                request: $crate::__private::HostRequest<'_>,
                 identity: ::std::option::Option<$crate::Identity>,
                 response: $crate::ResponseHead,
             ) -> $crate::FilterAction {
+                let request = $crate::Request::from_host(request);
                 $crate::__private::with_instance(&INSTANCE, |p: &$plugin| {
                     $crate::Filter::on_response(p, &request, identity.as_ref(), &response)
                 })

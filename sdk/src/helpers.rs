@@ -1,43 +1,27 @@
 //! Conveniences on the WIT records: header look-up, identities, local responses and edits.
 
-use crate::{AuthOutcome, Authenticated, Header, HeaderEdits, Identity, LocalResponse, RequestHead};
-
-// === impl RequestHead ===
-
-impl RequestHead {
-    /// The first value of header `name` (case-insensitive), if present.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
-    }
-
-    /// Every value of header `name` (case-insensitive), in the order received.
-    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
-    }
-
-    /// The raw (still percent-encoded) value of query parameter `name`, if present.
-    pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query.as_deref()?.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then_some(v)
-        })
-    }
-
-    /// The token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1), if present. The
-    /// scheme is matched case-insensitively.
-    pub fn bearer_token(&self) -> Option<&str> {
-        let value = self.header("authorization")?;
-        let (scheme, token) = value.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
-    }
-}
+use crate::{AuthOutcome, Authenticated, Authentication, Header, HeaderEdits, Identity, LocalResponse};
 
 // === impl Identity ===
 
 impl Identity {
-    /// An identity for `subject` with no issuer, roles or scopes.
+    /// An identity for `subject` with no issuer, roles, scopes, authentication facts or claims.
     pub fn new(subject: impl Into<String>) -> Self {
-        Identity { subject: subject.into(), issuer: None, roles: Vec::new(), scopes: Vec::new() }
+        Identity {
+            subject: subject.into(),
+            issuer: None,
+            roles: Vec::new(),
+            scopes: Vec::new(),
+            authentication: Authentication { acr: None, amr: Vec::new(), auth_time: None },
+            claims: Vec::new(),
+        }
+    }
+
+    /// Sets how the subject authenticated: `acr`, `amr` and `auth_time` (seconds since the Unix
+    /// epoch), as OpenID Connect Core §2 names them; step-up policies (RFC 9470) read them.
+    pub fn with_authentication(mut self, acr: Option<String>, amr: Vec<String>, auth_time: Option<u64>) -> Self {
+        self.authentication = Authentication { acr, amr, auth_time };
+        self
     }
 
     /// Sets the issuer.

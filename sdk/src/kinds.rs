@@ -4,7 +4,7 @@
 use serde::de::DeserializeOwned;
 
 use crate::{
-    AuthOutcome, Exchange, FilterAction, HeaderEdits, Identity, RateLimitOutcome, RequestHead, ResponseHead,
+    AuthOutcome, Exchange, FilterAction, HeaderEdits, HookSet, Identity, RateLimitOutcome, Request, ResponseHead,
     ValidationOutcome,
 };
 
@@ -26,7 +26,7 @@ pub trait Plugin: Sized + 'static {
 /// Kind `auth`: establishes who is calling.
 pub trait Auth: Plugin {
     /// Called for every request, before the upstream. Default: [`AuthOutcome::Anonymous`].
-    fn authenticate(&self, request: &RequestHead) -> AuthOutcome {
+    fn authenticate(&self, request: &Request<'_>) -> AuthOutcome {
         let _ = request;
         AuthOutcome::Anonymous
     }
@@ -35,7 +35,7 @@ pub trait Auth: Plugin {
 /// Kind `rate-limit`: decides whether a request fits its quotas.
 pub trait RateLimit: Plugin {
     /// Called for every request. Default: allowed, with no quota to report.
-    fn check(&self, request: &RequestHead, identity: Option<&Identity>) -> RateLimitOutcome {
+    fn check(&self, request: &Request<'_>, identity: Option<&Identity>) -> RateLimitOutcome {
         let _ = (request, identity);
         RateLimitOutcome::Allowed(Vec::new())
     }
@@ -50,7 +50,7 @@ pub trait Validation: Plugin {
 
     /// Called for every request; `body` is the buffered body when [`Validation::body_limit`]
     /// asked for it. Default: [`ValidationOutcome::Valid`].
-    fn validate(&self, request: &RequestHead, identity: Option<&Identity>, body: Option<&[u8]>) -> ValidationOutcome {
+    fn validate(&self, request: &Request<'_>, identity: Option<&Identity>, body: Option<&[u8]>) -> ValidationOutcome {
         let _ = (request, identity, body);
         ValidationOutcome::Valid
     }
@@ -65,15 +65,28 @@ pub trait Logging: Plugin {
 }
 
 /// Kind `filter`: general request and response processing.
+///
+/// The host calls only the hooks [`Filter::hooks`] names, by default `on_request` alone: a
+/// filter that implements [`Filter::on_response`] must say so there, or it is never called.
 pub trait Filter: Plugin {
+    /// The hooks the host calls on this instance, asked once after configuration. Default:
+    /// [`HookSet::ON_REQUEST`]. Return `HookSet::ON_REQUEST | HookSet::ON_RESPONSE` when the
+    /// filter implements `on_response`, or `HookSet::ON_RESPONSE` alone for a response-only
+    /// filter (the configuration may decide: a filter with nothing to do on responses should
+    /// leave it out, saving a plugin call per request).
+    fn hooks(&self) -> HookSet {
+        HookSet::ON_REQUEST
+    }
+
     /// Called before the upstream. Default: continue with no edits.
-    fn on_request(&self, request: &RequestHead, identity: Option<&Identity>) -> FilterAction {
+    fn on_request(&self, request: &Request<'_>, identity: Option<&Identity>) -> FilterAction {
         let _ = (request, identity);
         FilterAction::Continue(HeaderEdits::default())
     }
 
-    /// Called when the upstream's response head arrives. Default: continue with no edits.
-    fn on_response(&self, request: &RequestHead, identity: Option<&Identity>, response: &ResponseHead) -> FilterAction {
+    /// Called when the upstream's response head arrives, when [`Filter::hooks`] has
+    /// [`HookSet::ON_RESPONSE`]. Default: continue with no edits.
+    fn on_response(&self, request: &Request<'_>, identity: Option<&Identity>, response: &ResponseHead) -> FilterAction {
         let _ = (request, identity, response);
         FilterAction::Continue(HeaderEdits::default())
     }

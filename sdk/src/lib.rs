@@ -1,7 +1,7 @@
 //! Write Portcullis gateway plugins in Rust.
 //!
 //! A Portcullis plugin is a WebAssembly component implementing one typed kind of the
-//! `portcullis:plugin@0.1.0` WIT package (`wit/` in the repository): `auth`, `rate-limit`,
+//! `portcullis:plugin@0.2.0` WIT package (`wit/` in the repository): `auth`, `rate-limit`,
 //! `validation`, `logging` or `filter`. With this crate a plugin is a configuration type, a
 //! constructor that validates it, the trait of its kind with only the hooks it needs, and one
 //! export macro. Build it with `cargo build --target wasm32-wasip2`; no other tool is needed.
@@ -10,7 +10,7 @@
 //!
 //! ```
 //! use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, LocalResponse,
-//!                      Plugin, RequestHead};
+//!                      Plugin, Request};
 //! use serde::Deserialize;
 //!
 //! #[derive(Deserialize)]
@@ -34,9 +34,9 @@
 //! }
 //!
 //! impl Filter for Tagger {
-//!     fn on_request(&self, request: &RequestHead, _identity: Option<&Identity>) -> FilterAction {
+//!     fn on_request(&self, request: &Request<'_>, _identity: Option<&Identity>) -> FilterAction {
 //!         if let Some(prefix) = &self.0.blocked_prefix {
-//!             if request.path.starts_with(prefix.as_str()) {
+//!             if request.path().starts_with(prefix.as_str()) {
 //!                 return FilterAction::Respond(LocalResponse::problem(
 //!                     403, "about:blank", "Forbidden", "this path is blocked"));
 //!             }
@@ -65,13 +65,13 @@
 mod bindings_mod {
     pub use crate::bindings::exports::portcullis::plugin::{
         auth::{AuthOutcome, Authenticated},
-        filter::FilterAction,
+        filter::{FilterAction, HookSet},
         logging::{Exchange, Phase, StepDecision},
         rate_limit::{Limited, Quota, RateLimitOutcome},
         validation::{Invalid, ValidationOutcome, Violation},
     };
     pub use crate::bindings::portcullis::plugin::types::{
-        ClientCert, ConfigError, Header, HeaderEdits, Identity, LocalResponse, RequestHead, ResponseHead,
+        Authentication, Claim, ClientCert, ConfigError, Header, HeaderEdits, Identity, LocalResponse, ResponseHead,
     };
 }
 
@@ -82,6 +82,7 @@ mod export;
 mod helpers;
 mod host;
 mod kinds;
+mod request;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
@@ -94,5 +95,6 @@ pub use host::{
     log_with, now_ms,
 };
 pub use kinds::{Auth, Filter, Logging, Plugin, RateLimit, Validation};
+pub use request::Request;
 pub use serde;
 pub use serde_json;

@@ -18,7 +18,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::host::{HttpError, Level, OutboundRequest, OutboundResponse};
-use crate::{ConfigError, Header, Plugin, RequestHead};
+use crate::request::Owned;
+use crate::{ConfigError, Header, Plugin, Request};
 
 /// One log event a plugin emitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,14 +98,14 @@ pub fn configure<P: Plugin>(json: &str) -> Result<P, ConfigError> {
     crate::config::parse::<P>(json)
 }
 
-/// Starts a [`RequestHead`] for `method` and `target` (path with optional `?query`), as the host
+/// Starts a [`Request`] for `method` and `target` (path with optional `?query`), as the host
 /// would pass it: scheme `http`, authority `example.test`, client IP `127.0.0.1`, route `test`.
 pub fn request(method: &str, target: &str) -> RequestBuilder {
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
         None => (target.to_owned(), None),
     };
-    RequestBuilder(RequestHead {
+    RequestBuilder(Owned {
         method: method.to_owned(),
         scheme: "http".to_owned(),
         authority: "example.test".to_owned(),
@@ -118,9 +119,9 @@ pub fn request(method: &str, target: &str) -> RequestBuilder {
     })
 }
 
-/// Builder for a test [`RequestHead`]; see [`request`].
+/// Builder for a test [`Request`]; see [`request`].
 #[derive(Debug, Clone)]
-pub struct RequestBuilder(RequestHead);
+pub struct RequestBuilder(Owned);
 
 impl RequestBuilder {
     /// Adds a header field; the name is lowercased as the host does.
@@ -148,9 +149,9 @@ impl RequestBuilder {
         self
     }
 
-    /// The finished request head.
-    pub fn build(self) -> RequestHead {
-        self.0
+    /// The finished request.
+    pub fn build(self) -> Request<'static> {
+        Request::from_owned(self.0)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Measures, on this machine, in one run:
 //! - one `filter` plugin call on a warm instance, through the host's `StepPool` (host overhead
-//!   of lowering the request head and lifting the answer included);
+//!   of lending the request and lifting the answer included);
 //! - one `jwt-auth` call on a warm instance (an RS256 signature check inside wasm);
 //! - a plugin that loops forever, at the default 100 ms deadline: request start to its 500;
 //! - the request phase of a one-step chain for each first-party plugin on a warm instance
@@ -15,26 +15,28 @@
 
 use std::time::{Duration, Instant};
 
-use http::HeaderMap;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, Method};
 use portcullis::body::{LazyBody, full};
 use portcullis::chain::ChainState;
-use portcullis::plugin::Call;
-use portcullis::plugin::bindings::portcullis::plugin::types::{Header, RequestHead};
+use portcullis::plugin::{Call, PluginRequest};
 use portcullis_e2e::{JWT_CONFIG, TestGateway, claims, config, echo_upstream, get, mint, route};
 
 const CALLS: u32 = 20_000;
 const REQUESTS: u32 = 2_000;
 const ROUNDS: usize = 5;
 
-fn head(token: Option<&str>) -> RequestHead {
-    let header = |name: &str, value: String| Header { name: name.into(), value };
-    let mut headers = vec![header("user-agent", "bench".into()), header("accept", "*/*".into())];
+fn head(token: Option<&str>) -> Arc<PluginRequest> {
+    let mut headers = HeaderMap::new();
+    headers.insert("user-agent", HeaderValue::from_static("bench"));
+    headers.insert("accept", HeaderValue::from_static("*/*"));
     if let Some(t) = token {
-        headers.push(header("authorization", format!("Bearer {t}")));
+        headers.insert("authorization", format!("Bearer {t}").parse().expect("a header value"));
     }
-    RequestHead {
-        method: "GET".into(),
-        scheme: "http".into(),
+    Arc::new(PluginRequest {
+        method: Method::GET,
+        scheme: "http",
         authority: "127.0.0.1:8080".into(),
         path: "/api/orders".into(),
         query: None,
@@ -43,7 +45,7 @@ fn head(token: Option<&str>) -> RequestHead {
         client_cert: None,
         request_id: "bench".into(),
         route: "bench".into(),
-    }
+    })
 }
 
 fn median(mut samples: Vec<f64>) -> f64 {
@@ -103,14 +105,10 @@ async fn main() {
     for _ in 0..ROUNDS {
         let started = Instant::now();
         for _ in 0..CALLS / 20 {
-            let mut h = authed.clone();
-            let mut headers = HeaderMap::new();
+            let mut h = Arc::new((*authed).clone());
             let mut state = ChainState::default();
             let mut body = LazyBody::new(full(bytes::Bytes::new()), 0);
-            chain
-                .on_request(&mut h, &mut headers, &mut body, &snapshot.identity, &mut state, &trace)
-                .await
-                .expect("chain");
+            chain.on_request(&mut h, &mut body, &snapshot.identity, &mut state, &trace).await.expect("chain");
         }
         request_phase.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS / 20));
     }
@@ -120,27 +118,20 @@ async fn main() {
     let order_body = bytes::Bytes::from_static(br#"{"item": "bolt", "quantity": 3, "note": "bench order"}"#);
     for (index, name) in [(5, "rbac"), (6, "rate-limit"), (7, "api-key-auth"), (8, "request-validation")] {
         let chain = &snapshot.routes[index].chain;
-        let mut request = authed.clone();
-        request.headers.push(Header { name: "x-api-key".into(), value: "k-bench-0123456789".into() });
-        request.headers.push(Header { name: "content-type".into(), value: "application/json".into() });
-        let identity = portcullis::plugin::bindings::portcullis::plugin::types::Identity {
-            subject: "alice".into(),
-            issuer: None,
-            roles: vec!["reader".into()],
-            scopes: vec![],
-        };
+        let mut request = (*authed).clone();
+        request.headers.insert("x-api-key", HeaderValue::from_static("k-bench-0123456789"));
+        request.headers.insert("content-type", HeaderValue::from_static("application/json"));
+        let identity =
+            portcullis::plugin::bindings::portcullis::plugin::types::Identity::new("alice", vec!["reader".into()]);
         let mut samples = Vec::new();
         for _ in 0..ROUNDS {
             let started = Instant::now();
             for _ in 0..CALLS / 4 {
-                let mut h = request.clone();
-                let mut headers = HeaderMap::new();
+                let mut h = Arc::new(request.clone());
                 let mut state = ChainState { identity: Some(identity.clone()), ..ChainState::default() };
                 let mut body = LazyBody::new(full(order_body.clone()), 1024 * 1024);
-                let verdict = chain
-                    .on_request(&mut h, &mut headers, &mut body, &snapshot.identity, &mut state, &trace)
-                    .await
-                    .expect("chain");
+                let verdict =
+                    chain.on_request(&mut h, &mut body, &snapshot.identity, &mut state, &trace).await.expect("chain");
                 assert!(matches!(verdict, portcullis::chain::Verdict::Continue), "{name}: {verdict:?}");
             }
             samples.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS / 4));
@@ -161,7 +152,7 @@ async fn main() {
         duration_us: 350,
         bytes_in: 0,
         bytes_out: 120,
-        request_headers: authed.headers.clone(),
+        request_headers: portcullis::proxy::headers::to_wit(&authed.headers),
         response_headers: vec![],
         endpoint: Some("127.0.0.1:8081".into()),
         decisions: vec![],

@@ -1,7 +1,9 @@
 //! Microbenchmarks (criterion): `cargo bench -p portcullis-e2e --bench micro`.
 //!
 //! - `plugin_call/*`: one call of each first-party plugin kind on a warm instance, through the
-//!   host's `StepPool` (lowering the request head, the call, lifting and checking the answer);
+//!   host's `StepPool` (lending the request, the call, lifting and checking the answer), and a
+//!   small filter built against each contract version (`legacy-filter` for 0.1.0, the tag
+//!   filter for 0.2.0);
 //! - `instance/*`: the same rbac call on a pooled instance and on a fresh one per call
 //!   (`isolation = "request"`: instantiate, `configure`, call);
 //! - `route_lookup/*`: `Router::find` with 10, 1,000 and 10,000 routes (a hit in the middle of
@@ -10,22 +12,26 @@
 //!   rbac chain, plugins already compiled (what a reload of a large configuration costs).
 
 use std::hint::black_box;
+use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::Method;
-use portcullis::plugin::Call;
 use portcullis::plugin::bindings::exports::portcullis::plugin::logging::Exchange;
-use portcullis::plugin::bindings::portcullis::plugin::types::{Header, Identity, RequestHead};
+use portcullis::plugin::bindings::portcullis::plugin::types::Identity;
+use portcullis::plugin::{Call, PluginRequest};
 use portcullis::router::Router;
 use portcullis::telemetry::Context;
 use portcullis_e2e::{JWT_CONFIG, TestGateway, claims, config_with, echo_upstream, mint, route};
 
-fn head(headers: Vec<(&str, String)>) -> RequestHead {
-    let mut all = vec![Header { name: "user-agent".into(), value: "bench".into() }];
-    all.extend(headers.into_iter().map(|(name, value)| Header { name: name.into(), value }));
-    RequestHead {
-        method: "POST".into(),
-        scheme: "http".into(),
+fn head(headers: Vec<(&'static str, String)>) -> Arc<PluginRequest> {
+    let mut all = http::HeaderMap::new();
+    all.insert("user-agent", http::HeaderValue::from_static("bench"));
+    for (name, value) in headers {
+        all.append(name, value.parse().expect("a header value"));
+    }
+    Arc::new(PluginRequest {
+        method: Method::POST,
+        scheme: "http",
         authority: "127.0.0.1:8080".into(),
         path: "/api/orders".into(),
         query: None,
@@ -34,7 +40,7 @@ fn head(headers: Vec<(&str, String)>) -> RequestHead {
         client_cert: None,
         request_id: "bench".into(),
         route: "bench".into(),
-    }
+    })
 }
 
 const RBAC: &str = r#"{ rules = [{ path = "/admin/**", roles = ["admin"] }, { methods = ["GET", "POST"], path = "/api/**", roles = ["reader"] }] }"#;
@@ -49,6 +55,8 @@ fn plugin_calls(c: &mut Criterion) {
         route("validate", "/validate/", &[("validate", Some(r#"{ methods = ["POST"], content_types = ["application/json"], body_schema = { type = "object", required = ["item", "quantity"], properties = { item = { type = "string", minLength = 1 }, quantity = { type = "integer", minimum = 1 } } } }"#))]),
         route("audit", "/audit/", &[("audit", None)]),
         route("fresh", "/fresh/", &[("rbac-fresh", Some(RBAC))]),
+        route("legacy", "/legacy/", &[("legacy", Some("{}"))]),
+        route("tag", "/tag/", &[("tagger", None)]),
     ]
     .concat();
     let extra = format!(
@@ -67,7 +75,7 @@ fn plugin_calls(c: &mut Criterion) {
     let keyed = head(vec![("x-api-key", "k-bench-0123456789".into())]);
     let json = head(vec![("content-type", "application/json".into())]);
     let body = br#"{"item": "bolt", "quantity": 3, "note": "benchmark order"}"#;
-    let identity = Identity { subject: "alice".into(), issuer: None, roles: vec!["reader".into()], scopes: vec![] };
+    let identity = Identity::new("alice", vec!["reader".into()]);
     let exchange = Exchange {
         request_id: "bench".into(),
         route: "audit".into(),
@@ -82,20 +90,24 @@ fn plugin_calls(c: &mut Criterion) {
         duration_us: 350,
         bytes_in: 58,
         bytes_out: 120,
-        request_headers: authed.headers.clone(),
+        request_headers: portcullis::proxy::headers::to_wit(&authed.headers),
         response_headers: vec![],
         endpoint: Some("127.0.0.1:8081".into()),
         decisions: vec![],
     };
 
     let mut group = c.benchmark_group("plugin_call");
-    let cases: [(&str, usize, Call<'_>); 6] = [
+    let cases: [(&str, usize, Call<'_>); 8] = [
         ("auth_jwt_rs256", 0, Call::Authenticate(&authed)),
         ("auth_api_key", 1, Call::Authenticate(&keyed)),
         ("filter_rbac", 2, Call::OnRequest(&json, Some(&identity))),
         ("rate_limit", 3, Call::Check(&json, Some(&identity))),
         ("validation_json_schema", 4, Call::Validate(&json, Some(&identity), Some(body))),
         ("logging_audit_append", 5, Call::Observe(&exchange)),
+        // The same small filter built against contract 0.1.0 (a request-head record copied in)
+        // and 0.2.0 (the request lent, only what it reads copied).
+        ("filter_tag_contract_0_1_0", 7, Call::OnRequest(&keyed, Some(&identity))),
+        ("filter_tag_contract_0_2_0", 8, Call::OnRequest(&keyed, Some(&identity))),
     ];
     for (name, index, call) in cases {
         let pool = pool(index);

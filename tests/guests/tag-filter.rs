@@ -1,8 +1,12 @@
 // Shared body of the `tag-filter-a` and `tag-filter-b` test guests, which differ only in `TAG`:
 // two builds of "the same plugin", for hot-reload tests that swap one component for the other.
-// Sets `x-tag: <TAG><suffix>`, where `suffix` comes from the step configuration.
+// Sets `x-tag: <TAG><suffix>`, where `suffix` comes from the step configuration. With
+// `response = true` it also implements the response hook (and says so in `hooks`), setting
+// `x-tag-response: <TAG><suffix>` on the response.
 
-use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, Plugin, RequestHead};
+use portcullis_sdk::{
+    ConfigError, Filter, FilterAction, HeaderEdits, HookSet, Identity, Plugin, Request, ResponseHead,
+};
 use serde::Deserialize;
 
 /// Step configuration.
@@ -12,21 +16,32 @@ pub struct Config {
     /// Appended to the tag.
     #[serde(default)]
     suffix: String,
+    /// Whether to tag responses too.
+    #[serde(default)]
+    response: bool,
 }
 
-/// The plugin.
-pub struct TagFilter(String);
+/// The plugin: its tag, and whether it tags responses.
+pub struct TagFilter(String, bool);
 
 impl Plugin for TagFilter {
     type Config = Config;
     fn new(config: Config) -> Result<Self, ConfigError> {
-        Ok(TagFilter(format!("{TAG}{}", config.suffix)))
+        Ok(TagFilter(format!("{TAG}{}", config.suffix), config.response))
     }
 }
 
 impl Filter for TagFilter {
-    fn on_request(&self, _: &RequestHead, _: Option<&Identity>) -> FilterAction {
+    fn hooks(&self) -> HookSet {
+        if self.1 { HookSet::ON_REQUEST | HookSet::ON_RESPONSE } else { HookSet::ON_REQUEST }
+    }
+
+    fn on_request(&self, _: &Request<'_>, _: Option<&Identity>) -> FilterAction {
         FilterAction::Continue(HeaderEdits::default().set("x-tag", &self.0))
+    }
+
+    fn on_response(&self, _: &Request<'_>, _: Option<&Identity>, _: &ResponseHead) -> FilterAction {
+        FilterAction::Continue(HeaderEdits::default().set("x-tag-response", &self.0))
     }
 }
 

@@ -152,7 +152,8 @@ pub fn write_config(config: &str) -> (PathBuf, PathBuf) {
 /// guests declared, followed by `routes` (TOML): `jwt`, `audit` (to `audit.jsonl` beside the
 /// configuration), `ratelimit`, `rbac`, `apikey`, `validate`, `mtls`, and the chaos test guest as
 /// `chaos` (fail-closed, 1 s deadline), `chaos-open` (fail-open), `chaos-breaker` (breaker
-/// opens after 3 failures, for 300 ms) and `chaos-fresh` (a fresh instance per request).
+/// opens after 3 failures, for 300 ms), `chaos-fresh` (a fresh instance per request), the tag
+/// filter test guest (build `a`) as `tagger`, and the contract 0.1.0 test guest as `legacy`.
 pub fn config(upstream: SocketAddr, routes: &str) -> String {
     config_with(upstream, "", routes)
 }
@@ -234,6 +235,14 @@ capabilities = ["kv"]
 isolation = "request"
 failure_policy = "fail-open"
 
+[plugin.tagger]
+path = "{tag}"
+kind = "filter"
+
+[plugin.legacy]
+path = "{legacy}"
+kind = "filter"
+
 {extra}
 
 {routes}
@@ -246,6 +255,8 @@ failure_policy = "fail-open"
         validate = plugin("request_validation").display(),
         mtls = plugin("mtls_auth").display(),
         chaos = plugin("chaos_filter").display(),
+        tag = plugin("tag_filter_a").display(),
+        legacy = plugin("legacy_filter").display(),
         routes = routes.replace("{JWKS}", &jwks.display().to_string()),
     )
 }

@@ -129,7 +129,11 @@ async fn a_request_exports_its_span_tree_and_carries_the_trace_to_the_upstream_a
     let routes = route(
         "api",
         "/api/",
-        &[("jwt-remote", Some(&step)), ("rbac", Some(r#"{ rules = [{ path = "/api/**", roles = ["reader"] }] }"#))],
+        &[
+            ("jwt-remote", Some(&step)),
+            ("rbac", Some(r#"{ rules = [{ path = "/api/**", roles = ["reader"] }] }"#)),
+            ("legacy", Some("{}")),
+        ],
     );
     let gw = TestGateway::start_with(&config_with(upstream, &extra, &routes), exporting_engine(receiver)).await;
 
@@ -143,9 +147,11 @@ async fn a_request_exports_its_span_tree_and_carries_the_trace_to_the_upstream_a
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     let request_id = reply.headers["x-request-id"].to_str().unwrap().to_owned();
 
-    // The request span; jwt-auth's step; rbac's steps in the request and the response phase
-    // (it is a filter); the JWKS fetch; the upstream exchange.
-    let spans = spans_received(&spans, 6).await;
+    // The request span; jwt-auth's step; rbac's request step (a filter without a response
+    // hook, so never called on the response); the 0.1.0 legacy filter's steps in the request
+    // and the response phase (0.1.0 declares no hooks: both are called); the JWKS fetch; the
+    // upstream exchange.
+    let spans = spans_received(&spans, 7).await;
     assert!(content_types.lock().unwrap().iter().all(|t| t == "application/x-protobuf"));
     let by_name = |name: &str| spans.iter().filter(|s| s.name == name).collect::<Vec<_>>();
     let [server] = by_name("GET api")[..] else { panic!("one request span: {spans:#?}") };
@@ -162,18 +168,22 @@ async fn a_request_exports_its_span_tree_and_carries_the_trace_to_the_upstream_a
     let [jwt] = by_name("plugin jwt-remote")[..] else { panic!("one jwt-auth step span: {spans:#?}") };
     let names: Vec<_> = spans.iter().map(|s| s.name.as_str()).collect();
     let phase = |s: &&&Span| attribute(s, "portcullis.plugin.phase");
-    let rbac_steps = by_name("plugin rbac");
-    let [rbac] = rbac_steps.iter().filter(|s| phase(s).as_deref() == Some("request")).copied().collect::<Vec<_>>()[..]
+    let [rbac] = by_name("plugin rbac")[..] else { panic!("one rbac span, in the request phase: {names:?}") };
+    let legacy_steps = by_name("plugin legacy");
+    let [legacy] =
+        legacy_steps.iter().filter(|s| phase(s).as_deref() == Some("request")).copied().collect::<Vec<_>>()[..]
     else {
-        panic!("one rbac request-phase span: {names:?}")
+        panic!("one legacy request-phase span: {names:?}")
     };
-    let [rbac_response] =
-        rbac_steps.iter().filter(|s| phase(s).as_deref() == Some("response")).copied().collect::<Vec<_>>()[..]
+    let [legacy_response] =
+        legacy_steps.iter().filter(|s| phase(s).as_deref() == Some("response")).copied().collect::<Vec<_>>()[..]
     else {
-        panic!("one rbac response-phase span: {names:?}")
+        panic!("one legacy response-phase span: {names:?}")
     };
-    assert_eq!(rbac_response.parent_span_id, server.span_id);
-    for (step, kind, decision) in [(jwt, "auth", "authenticated"), (rbac, "filter", "continue")] {
+    assert_eq!(legacy_response.parent_span_id, server.span_id);
+    for (step, kind, decision) in
+        [(jwt, "auth", "authenticated"), (rbac, "filter", "continue"), (legacy, "filter", "continue")]
+    {
         assert_eq!(step.parent_span_id, server.span_id, "{} is a child of the request", step.name);
         assert_eq!(step.kind, SpanKind::Internal as i32);
         assert_eq!(attribute(step, "portcullis.plugin.kind").as_deref(), Some(kind));
@@ -182,6 +192,7 @@ async fn a_request_exports_its_span_tree_and_carries_the_trace_to_the_upstream_a
         assert!(step.start_time_unix_nano >= server.start_time_unix_nano);
     }
     assert!(rbac.start_time_unix_nano >= jwt.end_time_unix_nano, "steps run in chain order");
+    assert!(legacy.start_time_unix_nano >= rbac.end_time_unix_nano, "steps run in chain order");
 
     let clients: Vec<_> = spans.iter().filter(|s| s.kind == SpanKind::Client as i32).collect();
     assert_eq!(clients.len(), 2, "{clients:#?}");
@@ -195,7 +206,7 @@ async fn a_request_exports_its_span_tree_and_carries_the_trace_to_the_upstream_a
     assert_eq!(attribute(exchange, "http.response.status_code").as_deref(), Some("200"));
     assert_eq!(attribute(exchange, "server.address").as_deref(), Some("127.0.0.1"));
     assert!(
-        rbac_response.start_time_unix_nano >= exchange.end_time_unix_nano,
+        legacy_response.start_time_unix_nano >= exchange.end_time_unix_nano,
         "the response phase follows the exchange"
     );
 

@@ -155,6 +155,7 @@ fn plugins(snapshot: &Snapshot) -> String {
                 "id": &*p.id,
                 "kind": p.kind.to_string(),
                 "sha256": p.content_hash,
+                "contract": p.contract.to_string(),
                 "failure_policy": match p.policy {
                     crate::config::FailurePolicy::FailClosed => "fail-closed",
                     crate::config::FailurePolicy::FailOpen => "fail-open",

@@ -1,9 +1,14 @@
-//! The host's one `wasmtime::component::bindgen!`, over the `gateway` world of `wit/`.
+//! The host's `wasmtime::component::bindgen!`s: the current contract, `portcullis:plugin@0.2.0`
+//! (`wit/`), at the top of this module, and the previous one, `0.1.0` (`wit/0.1.0/`), in
+//! [`v1`], so components built against either load (see `docs/DECISIONS.md`, "Contract 0.2.0").
 //!
-//! The world exports every plugin kind; a plugin component exports one. The host never
-//! instantiates the world as a whole: it loads the one exported interface of the kind named in
+//! Each world exports every plugin kind; a plugin component exports one. The host never
+//! instantiates a world as a whole: it loads the one exported interface of the kind named in
 //! the configuration through that interface's `GuestIndices`, so a component needs only that
 //! export (and fails to load, with a clear error, when it lacks it).
+//!
+//! The rest of the host works in 0.2.0's types; [`super::legacy`] converts to and from 0.1.0's
+//! at the call.
 #![allow(
     missing_docs,
     unsafe_code,
@@ -19,3 +24,16 @@ wasmtime::component::bindgen!({
     },
     exports: { default: async },
 });
+
+/// The `portcullis:plugin@0.1.0` contract, served for components built against it.
+pub mod v1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.1.0",
+        world: "portcullis:plugin/gateway",
+        imports: {
+            "portcullis:plugin/http-client.send": async | trappable,
+            default: trappable,
+        },
+        exports: { default: async },
+    });
+}

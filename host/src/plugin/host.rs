@@ -14,7 +14,6 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::audit::{AuditError, Sink};
-use super::bindings::portcullis::plugin::{audit, clock, http_client, kv, log, types};
 use super::clock::Clock;
 use super::failure::CapabilityDenied;
 use super::kv::{KvError as StoreError, KvStore};
@@ -139,41 +138,16 @@ impl HostState {
     }
 }
 
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+impl HostState {
+    /// The store's resource table (WASI's handles and lent requests).
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 
-impl types::Host for HostState {}
-
-impl log::Host for HostState {
-    fn emit(&mut self, level: log::Level, mut message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
-        self.log_events += 1;
-        if self.log_events > self.grants.max_log_events_per_call {
-            let labels = PluginLabels { plugin: self.grants.plugin_id.to_string() };
-            self.shared.metrics.log_events_dropped.get_or_create(&labels).inc();
-            return Ok(());
-        }
-        if message.len() > MAX_LOG_MESSAGE_BYTES {
-            let mut cut = MAX_LOG_MESSAGE_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
-        let plugin = &*self.grants.plugin_id;
-        let request_id = self.request_id.as_str();
-        let fields = (!fields.is_empty()).then(|| FieldList(&fields).to_string());
-        let fields = fields.as_deref();
-        match level {
-            log::Level::Trace => tracing::trace!(target: "portcullis::plugin", plugin, request_id, fields, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "portcullis::plugin", plugin, request_id, fields, "{message}"),
-            log::Level::Info => tracing::info!(target: "portcullis::plugin", plugin, request_id, fields, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "portcullis::plugin", plugin, request_id, fields, "{message}"),
-            log::Level::Error => tracing::error!(target: "portcullis::plugin", plugin, request_id, fields, "{message}"),
-        }
-        Ok(())
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -192,18 +166,52 @@ impl std::fmt::Display for FieldList<'_> {
     }
 }
 
-impl kv::Host for HostState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::KvError>> {
+/// The host side of the capability interfaces, identical in contracts 0.1.0 and 0.2.0 but
+/// generated as distinct Rust types, so implemented once here for the module `$m` of each.
+macro_rules! capabilities {
+    ($m:ident, $errors:ident, $down:path, $up:path) => {
+impl $m::log::Host for HostState {
+    fn emit(&mut self, level: $m::log::Level, mut message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
+        self.log_events += 1;
+        if self.log_events > self.grants.max_log_events_per_call {
+            let labels = PluginLabels { plugin: self.grants.plugin_id.to_string() };
+            self.shared.metrics.log_events_dropped.get_or_create(&labels).inc();
+            return Ok(());
+        }
+        if message.len() > MAX_LOG_MESSAGE_BYTES {
+            let mut cut = MAX_LOG_MESSAGE_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let plugin = &*self.grants.plugin_id;
+        let request_id = self.request_id.as_str();
+        let fields = (!fields.is_empty()).then(|| FieldList(&fields).to_string());
+        let fields = fields.as_deref();
+        match level {
+            $m::log::Level::Trace => tracing::trace!(target: "portcullis::plugin", plugin, request_id, fields, "{message}"),
+            $m::log::Level::Debug => tracing::debug!(target: "portcullis::plugin", plugin, request_id, fields, "{message}"),
+            $m::log::Level::Info => tracing::info!(target: "portcullis::plugin", plugin, request_id, fields, "{message}"),
+            $m::log::Level::Warn => tracing::warn!(target: "portcullis::plugin", plugin, request_id, fields, "{message}"),
+            $m::log::Level::Error => tracing::error!(target: "portcullis::plugin", plugin, request_id, fields, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl $m::kv::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, $m::kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
         Ok(Ok(self.shared.kv.get(&self.grants.plugin_id, &key)))
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<Result<(), kv::KvError>> {
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<Result<(), $m::kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
-        Ok(self.shared.kv.set(&self.grants.plugin_id, &key, value, ttl_ms).map_err(wit_kv_error))
+        Ok(self.shared.kv.set(&self.grants.plugin_id, &key, value, ttl_ms).map_err($errors))
     }
 
-    fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, kv::KvError>> {
+    fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, $m::kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
         Ok(Ok(self.shared.kv.delete(&self.grants.plugin_id, &key)))
     }
@@ -213,9 +221,9 @@ impl kv::Host for HostState {
         key: String,
         delta: i64,
         ttl_ms: Option<u64>,
-    ) -> wasmtime::Result<Result<i64, kv::KvError>> {
+    ) -> wasmtime::Result<Result<i64, $m::kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
-        Ok(self.shared.kv.increment(&self.grants.plugin_id, &key, delta, ttl_ms).map_err(wit_kv_error))
+        Ok(self.shared.kv.increment(&self.grants.plugin_id, &key, delta, ttl_ms).map_err($errors))
     }
 
     fn compare_and_swap(
@@ -224,40 +232,40 @@ impl kv::Host for HostState {
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
         ttl_ms: Option<u64>,
-    ) -> wasmtime::Result<Result<bool, kv::KvError>> {
+    ) -> wasmtime::Result<Result<bool, $m::kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
         Ok(self
             .shared
             .kv
             .compare_and_swap(&self.grants.plugin_id, &key, expected.as_deref(), value, ttl_ms)
-            .map_err(wit_kv_error))
+            .map_err($errors))
     }
 }
 
-fn wit_kv_error(e: StoreError) -> kv::KvError {
+fn $errors(e: StoreError) -> $m::kv::KvError {
     match e {
-        StoreError::TooLarge => kv::KvError::TooLarge,
-        StoreError::QuotaExceeded => kv::KvError::QuotaExceeded,
-        StoreError::NotANumber => kv::KvError::NotANumber,
+        StoreError::TooLarge => $m::kv::KvError::TooLarge,
+        StoreError::QuotaExceeded => $m::kv::KvError::QuotaExceeded,
+        StoreError::NotANumber => $m::kv::KvError::NotANumber,
     }
 }
 
-impl clock::Host for HostState {
+impl $m::clock::Host for HostState {
     fn now_ms(&mut self) -> wasmtime::Result<u64> {
         Ok(self.shared.clock.now_ms())
     }
 }
 
-impl http_client::Host for HostState {
+impl $m::http_client::Host for HostState {
     async fn send(
         &mut self,
-        request: http_client::OutboundRequest,
-    ) -> wasmtime::Result<Result<http_client::OutboundResponse, http_client::HttpError>> {
+        request: $m::http_client::OutboundRequest,
+    ) -> wasmtime::Result<Result<$m::http_client::OutboundResponse, $m::http_client::HttpError>> {
         self.require(Capability::HttpClient, "http-client")?;
         self.http_requests += 1;
         if self.http_requests > MAX_REQUESTS_PER_CALL {
             let why = format!("at most {MAX_REQUESTS_PER_CALL} outbound requests per plugin call");
-            return Ok(Err(http_client::HttpError::NotAllowed(why)));
+            return Ok(Err($m::http_client::HttpError::NotAllowed(why)));
         }
         let url = request.url.clone();
         let started = Instant::now();
@@ -270,7 +278,8 @@ impl http_client::Host for HostState {
             ];
             (request.method.clone(), attributes)
         });
-        let outcome = self.shared.outbound.send(&self.grants.origins, request, Some((telemetry, &span))).await;
+        let outcome =
+            $up(self.shared.outbound.send(&self.grants.origins, $down(request), Some((telemetry, &span))).await);
         match &outcome {
             Ok(response) => {
                 let failed = if response.status >= 500 { SpanOutcome::Error } else { SpanOutcome::Ok };
@@ -287,15 +296,27 @@ impl http_client::Host for HostState {
     }
 }
 
-impl audit::Host for HostState {
-    fn append(&mut self, record: String) -> wasmtime::Result<Result<String, audit::AuditError>> {
+impl $m::audit::Host for HostState {
+    fn append(&mut self, record: String) -> wasmtime::Result<Result<String, $m::audit::AuditError>> {
         self.require(Capability::Audit, "audit")?;
         let Some(sink) = &self.grants.audit else {
-            return Ok(Err(audit::AuditError::Unavailable("no audit sink is configured".into())));
+            return Ok(Err($m::audit::AuditError::Unavailable("no audit sink is configured".into())));
         };
         Ok(sink.append(&record).map_err(|e| match e {
-            AuditError::InvalidRecord(why) => audit::AuditError::InvalidRecord(why),
-            AuditError::Unavailable(why) => audit::AuditError::Unavailable(why),
+            AuditError::InvalidRecord(why) => $m::audit::AuditError::InvalidRecord(why),
+            AuditError::Unavailable(why) => $m::audit::AuditError::Unavailable(why),
         }))
     }
 }
+
+    };
+}
+
+use super::bindings::portcullis::plugin as current;
+use super::bindings::v1::portcullis::plugin as v1;
+
+capabilities!(current, current_kv_error, std::convert::identity, std::convert::identity);
+capabilities!(v1, v1_kv_error, super::legacy::outbound_request, super::legacy::outbound_result);
+
+impl current::types::Host for HostState {}
+impl v1::types::Host for HostState {}

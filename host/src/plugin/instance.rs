@@ -1,12 +1,49 @@
 //! One plugin instance: a store and the loaded export of its kind, and the typed calls on it.
+//!
+//! A component built against contract 0.2.0 is called with the request lent as a resource; one
+//! built against 0.1.0 gets a `request-head` record built for the call ([`super::legacy`]).
+
+use std::sync::Arc;
 
 use wasmtime::Store;
 use wasmtime::component::{Instance as WasmInstance, InstancePre};
 
 use super::bindings::exports::portcullis::plugin::{auth, filter, logging, rate_limit, validation};
-use super::bindings::portcullis::plugin::types::{ConfigError, Identity, RequestHead, ResponseHead};
+use super::bindings::portcullis::plugin::types::{ConfigError, Identity, ResponseHead};
+use super::bindings::v1::exports::portcullis::plugin as v1;
 use super::host::HostState;
+use super::legacy;
+use super::request::PluginRequest;
 use crate::config::PluginKind;
+
+/// Which contract a component was built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contract {
+    /// `portcullis:plugin@0.1.0`.
+    V0_1,
+    /// `portcullis:plugin@0.2.0`, the current one.
+    V0_2,
+}
+
+impl std::fmt::Display for Contract {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Contract::V0_1 => "0.1.0",
+            Contract::V0_2 => "0.2.0",
+        })
+    }
+}
+
+/// The hooks a step's plugin implements: the host calls only these. Only a 0.2.0 `filter`
+/// reports them (`filter.hooks`); every other plugin has its kind's request hook, and a 0.1.0
+/// filter both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hooks {
+    /// The request-phase hook (`authenticate`, `check`, `validate`, `on-request`).
+    pub request: bool,
+    /// `filter.on-response`.
+    pub response: bool,
+}
 
 /// Export look-ups of one kind, resolved once per component.
 pub(crate) enum KindIndices {
@@ -15,6 +52,11 @@ pub(crate) enum KindIndices {
     Validation(validation::GuestIndices),
     Logging(logging::GuestIndices),
     Filter(filter::GuestIndices),
+    V1Auth(v1::auth::GuestIndices),
+    V1RateLimit(v1::rate_limit::GuestIndices),
+    V1Validation(v1::validation::GuestIndices),
+    V1Logging(v1::logging::GuestIndices),
+    V1Filter(v1::filter::GuestIndices),
 }
 
 /// The loaded export of one kind on one instance.
@@ -24,26 +66,31 @@ pub(crate) enum Guest {
     Validation(validation::Guest),
     Logging(logging::Guest),
     Filter(filter::Guest),
+    V1Auth(v1::auth::Guest),
+    V1RateLimit(v1::rate_limit::Guest),
+    V1Validation(v1::validation::Guest),
+    V1Logging(v1::logging::Guest),
+    V1Filter(v1::filter::Guest),
 }
 
 /// A call the chain makes, by kind (borrows only, so it is `Copy`).
 #[derive(Clone, Copy)]
 pub enum Call<'a> {
     /// `auth.authenticate`
-    Authenticate(&'a RequestHead),
+    Authenticate(&'a Arc<PluginRequest>),
     /// `rate-limit.check`
-    Check(&'a RequestHead, Option<&'a Identity>),
+    Check(&'a Arc<PluginRequest>, Option<&'a Identity>),
     /// `validation.validate`
-    Validate(&'a RequestHead, Option<&'a Identity>, Option<&'a [u8]>),
+    Validate(&'a Arc<PluginRequest>, Option<&'a Identity>, Option<&'a [u8]>),
     /// `logging.observe`
     Observe(&'a logging::Exchange),
     /// `filter.on-request`
-    OnRequest(&'a RequestHead, Option<&'a Identity>),
+    OnRequest(&'a Arc<PluginRequest>, Option<&'a Identity>),
     /// `filter.on-response`
-    OnResponse(&'a RequestHead, Option<&'a Identity>, &'a ResponseHead),
+    OnResponse(&'a Arc<PluginRequest>, Option<&'a Identity>, &'a ResponseHead),
 }
 
-/// What the plugin answered, by kind.
+/// What the plugin answered, by kind (in 0.2.0's types whatever the plugin's contract).
 #[derive(Debug)]
 pub enum Reply {
     /// From `authenticate`.
@@ -68,16 +115,28 @@ pub(crate) struct Instance {
 // === impl KindIndices ===
 
 impl KindIndices {
-    /// Looks up `kind`'s export. Errors: the component does not export that interface (or
-    /// exports it with other functions).
-    pub fn new(kind: PluginKind, pre: &InstancePre<HostState>) -> wasmtime::Result<Self> {
-        Ok(match kind {
-            PluginKind::Auth => KindIndices::Auth(auth::GuestIndices::new(pre)?),
-            PluginKind::RateLimit => KindIndices::RateLimit(rate_limit::GuestIndices::new(pre)?),
-            PluginKind::Validation => KindIndices::Validation(validation::GuestIndices::new(pre)?),
-            PluginKind::Logging => KindIndices::Logging(logging::GuestIndices::new(pre)?),
-            PluginKind::Filter => KindIndices::Filter(filter::GuestIndices::new(pre)?),
-        })
+    /// Looks up `kind`'s export, of contract 0.2.0 or else 0.1.0. Errors: the component exports
+    /// that interface in neither (or with other functions); the message is 0.2.0's.
+    pub fn new(kind: PluginKind, pre: &InstancePre<HostState>) -> wasmtime::Result<(Self, Contract)> {
+        let current = match kind {
+            PluginKind::Auth => auth::GuestIndices::new(pre).map(KindIndices::Auth),
+            PluginKind::RateLimit => rate_limit::GuestIndices::new(pre).map(KindIndices::RateLimit),
+            PluginKind::Validation => validation::GuestIndices::new(pre).map(KindIndices::Validation),
+            PluginKind::Logging => logging::GuestIndices::new(pre).map(KindIndices::Logging),
+            PluginKind::Filter => filter::GuestIndices::new(pre).map(KindIndices::Filter),
+        };
+        let error = match current {
+            Ok(indices) => return Ok((indices, Contract::V0_2)),
+            Err(e) => e,
+        };
+        let legacy = match kind {
+            PluginKind::Auth => v1::auth::GuestIndices::new(pre).map(KindIndices::V1Auth),
+            PluginKind::RateLimit => v1::rate_limit::GuestIndices::new(pre).map(KindIndices::V1RateLimit),
+            PluginKind::Validation => v1::validation::GuestIndices::new(pre).map(KindIndices::V1Validation),
+            PluginKind::Logging => v1::logging::GuestIndices::new(pre).map(KindIndices::V1Logging),
+            PluginKind::Filter => v1::filter::GuestIndices::new(pre).map(KindIndices::V1Filter),
+        };
+        legacy.map(|indices| (indices, Contract::V0_1)).map_err(|_| error)
     }
 
     pub fn load(&self, store: &mut Store<HostState>, instance: &WasmInstance) -> wasmtime::Result<Guest> {
@@ -87,6 +146,11 @@ impl KindIndices {
             KindIndices::Validation(i) => Guest::Validation(i.load(store, instance)?),
             KindIndices::Logging(i) => Guest::Logging(i.load(store, instance)?),
             KindIndices::Filter(i) => Guest::Filter(i.load(store, instance)?),
+            KindIndices::V1Auth(i) => Guest::V1Auth(i.load(store, instance)?),
+            KindIndices::V1RateLimit(i) => Guest::V1RateLimit(i.load(store, instance)?),
+            KindIndices::V1Validation(i) => Guest::V1Validation(i.load(store, instance)?),
+            KindIndices::V1Logging(i) => Guest::V1Logging(i.load(store, instance)?),
+            KindIndices::V1Filter(i) => Guest::V1Filter(i.load(store, instance)?),
         })
     }
 }
@@ -97,12 +161,20 @@ impl Instance {
     /// `configure(config)` on whichever kind this is.
     pub async fn configure(&mut self, config: &str) -> wasmtime::Result<Result<(), ConfigError>> {
         let store = &mut self.store;
+        let legacy = |r: Result<(), super::bindings::v1::portcullis::plugin::types::ConfigError>| {
+            r.map_err(legacy::config_error)
+        };
         match &self.guest {
             Guest::Auth(g) => g.call_configure(store, config).await,
             Guest::RateLimit(g) => g.call_configure(store, config).await,
             Guest::Validation(g) => g.call_configure(store, config).await,
             Guest::Logging(g) => g.call_configure(store, config).await,
             Guest::Filter(g) => g.call_configure(store, config).await,
+            Guest::V1Auth(g) => g.call_configure(store, config).await.map(legacy),
+            Guest::V1RateLimit(g) => g.call_configure(store, config).await.map(legacy),
+            Guest::V1Validation(g) => g.call_configure(store, config).await.map(legacy),
+            Guest::V1Logging(g) => g.call_configure(store, config).await.map(legacy),
+            Guest::V1Filter(g) => g.call_configure(store, config).await.map(legacy),
         }
     }
 
@@ -110,23 +182,110 @@ impl Instance {
     pub async fn body_limit(&mut self) -> wasmtime::Result<Option<u64>> {
         match &self.guest {
             Guest::Validation(g) => g.call_body_limit(&mut self.store).await,
+            Guest::V1Validation(g) => g.call_body_limit(&mut self.store).await,
             _ => Ok(None),
         }
     }
 
+    /// The hooks to call: `filter.hooks` for a 0.2.0 filter, the kind's otherwise.
+    pub async fn hooks(&mut self) -> wasmtime::Result<Hooks> {
+        Ok(match &self.guest {
+            Guest::Filter(g) => {
+                let flags = g.call_hooks(&mut self.store).await?;
+                Hooks {
+                    request: flags.contains(filter::HookSet::ON_REQUEST),
+                    response: flags.contains(filter::HookSet::ON_RESPONSE),
+                }
+            }
+            Guest::V1Filter(_) => Hooks { request: true, response: true },
+            Guest::Logging(_) | Guest::V1Logging(_) => Hooks { request: false, response: false },
+            _ => Hooks { request: true, response: false },
+        })
+    }
+
     /// Makes `call`. Errors: a trap, a timeout, or a call of the wrong kind (a host bug).
     pub async fn invoke(&mut self, call: Call<'_>) -> wasmtime::Result<Reply> {
+        let lent = match call {
+            Call::Authenticate(r)
+            | Call::Check(r, _)
+            | Call::Validate(r, _, _)
+            | Call::OnRequest(r, _)
+            | Call::OnResponse(r, _, _)
+                if self.is_current() =>
+            {
+                Some(self.store.data_mut().lend(r)?)
+            }
+            _ => None,
+        };
+        let reply = self.invoke_lent(call, lent.as_ref()).await;
+        if let Some(handle) = lent {
+            self.store.data_mut().end_lend(handle);
+        }
+        reply
+    }
+
+    fn is_current(&self) -> bool {
+        matches!(
+            self.guest,
+            Guest::Auth(_) | Guest::RateLimit(_) | Guest::Validation(_) | Guest::Logging(_) | Guest::Filter(_)
+        )
+    }
+
+    async fn invoke_lent(
+        &mut self,
+        call: Call<'_>,
+        lent: Option<&wasmtime::component::Resource<super::request::RequestView>>,
+    ) -> wasmtime::Result<Reply> {
         let store = &mut self.store;
+        let handle = || {
+            lent.map(|h| {
+                wasmtime::component::Resource::<super::bindings::portcullis::plugin::types::Request>::new_borrow(
+                    h.rep(),
+                )
+            })
+            .ok_or_else(|| wasmtime::format_err!("host bug: request not lent"))
+        };
+        let v1_identity = |i: Option<&Identity>| i.map(legacy::identity);
         match (&self.guest, call) {
-            (Guest::Auth(g), Call::Authenticate(r)) => g.call_authenticate(store, r).await.map(Reply::Auth),
-            (Guest::RateLimit(g), Call::Check(r, i)) => g.call_check(store, r, i).await.map(Reply::RateLimit),
-            (Guest::Validation(g), Call::Validate(r, i, b)) => {
-                g.call_validate(store, r, i, b).await.map(Reply::Validation)
+            (Guest::Auth(g), Call::Authenticate(_)) => g.call_authenticate(store, handle()?).await.map(Reply::Auth),
+            (Guest::RateLimit(g), Call::Check(_, i)) => g.call_check(store, handle()?, i).await.map(Reply::RateLimit),
+            (Guest::Validation(g), Call::Validate(_, i, b)) => {
+                g.call_validate(store, handle()?, i, b).await.map(Reply::Validation)
             }
             (Guest::Logging(g), Call::Observe(e)) => g.call_observe(store, e).await.map(|()| Reply::Observed),
-            (Guest::Filter(g), Call::OnRequest(r, i)) => g.call_on_request(store, r, i).await.map(Reply::Filter),
-            (Guest::Filter(g), Call::OnResponse(r, i, s)) => {
-                g.call_on_response(store, r, i, s).await.map(Reply::Filter)
+            (Guest::Filter(g), Call::OnRequest(_, i)) => {
+                g.call_on_request(store, handle()?, i).await.map(Reply::Filter)
+            }
+            (Guest::Filter(g), Call::OnResponse(_, i, s)) => {
+                g.call_on_response(store, handle()?, i, s).await.map(Reply::Filter)
+            }
+            (Guest::V1Auth(g), Call::Authenticate(r)) => {
+                let head = legacy::request_head(r);
+                g.call_authenticate(store, &head).await.map(|o| Reply::Auth(legacy::auth_outcome(o)))
+            }
+            (Guest::V1RateLimit(g), Call::Check(r, i)) => {
+                let head = legacy::request_head(r);
+                let outcome = g.call_check(store, &head, v1_identity(i).as_ref()).await?;
+                Ok(Reply::RateLimit(legacy::rate_limit_outcome(outcome)))
+            }
+            (Guest::V1Validation(g), Call::Validate(r, i, b)) => {
+                let head = legacy::request_head(r);
+                let outcome = g.call_validate(store, &head, v1_identity(i).as_ref(), b).await?;
+                Ok(Reply::Validation(legacy::validation_outcome(outcome)))
+            }
+            (Guest::V1Logging(g), Call::Observe(e)) => {
+                g.call_observe(store, &legacy::exchange(e)).await.map(|()| Reply::Observed)
+            }
+            (Guest::V1Filter(g), Call::OnRequest(r, i)) => {
+                let head = legacy::request_head(r);
+                let action = g.call_on_request(store, &head, v1_identity(i).as_ref()).await?;
+                Ok(Reply::Filter(legacy::filter_action(action)))
+            }
+            (Guest::V1Filter(g), Call::OnResponse(r, i, s)) => {
+                let head = legacy::request_head(r);
+                let seen = legacy::response_head(s);
+                let action = g.call_on_response(store, &head, v1_identity(i).as_ref(), &seen).await?;
+                Ok(Reply::Filter(legacy::filter_action(action)))
             }
             _ => Err(wasmtime::format_err!("host bug: call does not match the plugin's kind")),
         }

@@ -19,7 +19,9 @@ mod host;
 mod imports;
 mod instance;
 pub mod kv;
+mod legacy;
 pub mod outbound;
+pub mod request;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,8 +36,9 @@ use breaker::{Admission, Breaker};
 pub use engine::{EPOCH_TICK, MAX_INSTANCES, MAX_MEMORY_BYTES, PluginEngine};
 pub use failure::{CapabilityDenied, FailureKind, PluginFailure};
 pub use host::{Grants, HostState, MAX_LOG_MESSAGE_BYTES, Shared};
-pub use instance::{Call, Reply};
+pub use instance::{Call, Contract, Hooks, Reply};
 use instance::{Instance, KindIndices};
+pub use request::PluginRequest;
 
 use crate::config::{FailurePolicy, Isolation, PluginConfig, PluginKind};
 use crate::metrics::{DecisionLabels, PhaseLabels};
@@ -53,6 +56,8 @@ pub struct LoadedPlugin {
     pub policy: FailurePolicy,
     /// SHA-256 of the component file, lowercase hex.
     pub content_hash: String,
+    /// The contract the component was built against.
+    pub contract: Contract,
     engine: Arc<PluginEngine>,
     pre: InstancePre<HostState>,
     indices: KindIndices,
@@ -148,7 +153,7 @@ impl LoadedPlugin {
             return Err("`fuel` needs `fuel_metering = true` in [runtime] when the gateway starts".into());
         }
         let pre = engine.linker().instantiate_pre(component).map_err(|e| format!("{e:#}"))?;
-        let indices = KindIndices::new(config.kind, &pre)
+        let (indices, contract) = KindIndices::new(config.kind, &pre)
             .map_err(|e| format!("the component does not export the `{}` kind's interface: {e:#}", config.kind))?;
         let policy = config.failure_policy.unwrap_or(match config.kind {
             PluginKind::Logging => FailurePolicy::FailOpen,
@@ -159,6 +164,7 @@ impl LoadedPlugin {
             kind: config.kind,
             policy,
             content_hash,
+            contract,
             grants: Arc::new(Grants {
                 plugin_id: id.into(),
                 capabilities: config.capabilities.clone(),
@@ -298,6 +304,7 @@ pub struct StepPool {
     idle: Mutex<Vec<Instance>>,
     permits: Semaphore,
     body_limit: Option<u64>,
+    hooks: Hooks,
 }
 
 impl std::fmt::Debug for StepPool {
@@ -322,10 +329,15 @@ impl StepPool {
             config,
             idle: Mutex::new(Vec::new()),
             body_limit: None,
+            hooks: Hooks { request: true, response: false },
         };
         let mut first = pool.fresh().await?;
         pool.body_limit = first
             .body_limit()
+            .await
+            .map_err(|e| StepLoadError::Failed(PluginFailure::from_wasmtime(&pool.plugin.id, &e)))?;
+        pool.hooks = first
+            .hooks()
             .await
             .map_err(|e| StepLoadError::Failed(PluginFailure::from_wasmtime(&pool.plugin.id, &e)))?;
         Ok(pool)
@@ -341,6 +353,11 @@ impl StepPool {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).len();
         let busy = self.plugin.max_instances.saturating_sub(self.permits.available_permits());
         (idle, busy)
+    }
+
+    /// The hooks the chain calls on this step (the others are never called).
+    pub fn hooks(&self) -> Hooks {
+        self.hooks
     }
 
     /// For a validation step, the request body bytes it wants buffered.

@@ -281,10 +281,9 @@ mod tests {
     #[test]
     fn check_identity_refuses_values_the_identity_headers_cannot_carry_faithfully() {
         let identity = |subject: &str, roles: &[&str], scopes: &[&str]| Identity {
-            subject: subject.into(),
             issuer: Some("https://issuer.example".into()),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..Identity::new(subject, roles.iter().map(|r| r.to_string()).collect())
         };
         assert!(check_identity(&identity("alice", &["reader", "team lead"], &["orders:read"])).is_ok());
         let refused = [

@@ -18,8 +18,9 @@ use opentelemetry::{Context, KeyValue};
 use crate::body::{Body, BodyEnd, BodyEndCell, Counted, LazyBody, Timed, boxed};
 use crate::chain::{ChainState, Trace, Verdict, add_rate_limit_headers};
 use crate::error::GatewayError;
+use crate::plugin::PluginRequest;
 use crate::plugin::bindings::exports::portcullis::plugin::logging::Exchange;
-use crate::plugin::bindings::portcullis::plugin::types::{Header, RequestHead};
+use crate::plugin::bindings::portcullis::plugin::types::Header;
 use crate::snapshot::Snapshot;
 use crate::telemetry::{self, SpanOutcome};
 
@@ -51,7 +52,8 @@ pub struct ConnInfo {
 struct Record {
     started: Instant,
     start_ms: u64,
-    head: RequestHead,
+    /// What plugins see; its headers are the request's own while the chain runs.
+    head: Arc<PluginRequest>,
     request_headers: Vec<Header>,
     route_index: Option<usize>,
     bytes_in: Arc<AtomicU64>,
@@ -95,25 +97,22 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     headers::strip_hop_by_hop(&mut parts.headers);
     snapshot.identity.strip(&mut parts.headers);
     let trace = start_trace(&snapshot, &conn, &mut parts, &authority, route_index, &request_id);
-    // Plugins see the headers as WIT records; routes without steps skip the conversion.
     let chain = route_index.map(|i| &snapshot.routes[i].chain);
-    let has_steps = chain.is_some_and(|c| !c.steps().is_empty());
     let has_logging = chain.is_some_and(|c| c.has_logging());
-    let request_headers = if has_steps { headers::to_wit(&parts.headers) } else { Vec::new() };
-    // The exchange record keeps the headers as received; filters may edit the plugins' view.
-    let logged_headers = if has_logging { request_headers.clone() } else { Vec::new() };
-    let head = RequestHead {
-        method: parts.method.to_string(),
-        scheme: conn.scheme.to_owned(),
+    // The exchange record keeps the headers as received; filters may edit them.
+    let logged_headers = if has_logging { headers::to_wit(&parts.headers) } else { Vec::new() };
+    let head = Arc::new(PluginRequest {
+        method: parts.method.clone(),
+        scheme: conn.scheme,
         authority: authority.clone(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
-        headers: request_headers,
+        headers: std::mem::take(&mut parts.headers),
         client_ip: client_ip.to_string(),
         client_cert: conn.client_cert.clone(),
         request_id: request_id.clone(),
-        route: route_index.map_or_else(|| "-".to_owned(), |i| snapshot.routes[i].id.to_string()),
-    };
+        route: route_index.map_or_else(|| Arc::from("-"), |i| snapshot.routes[i].id.clone()),
+    });
     let bytes_in = Arc::new(AtomicU64::new(0));
     let counter = bytes_in.clone();
     let body_end = Arc::new(BodyEndCell::new());
@@ -203,15 +202,17 @@ async fn forward(
     let mut body = LazyBody::new(body, limit);
     let head = &mut record.head;
     let trace = &record.trace;
-    match route.chain.on_request(head, &mut parts.headers, &mut body, &snapshot.identity, state, trace).await {
+    match route.chain.on_request(head, &mut body, &snapshot.identity, state, trace).await {
         Err(e) => return (e.into_response(&request_id), None),
         Ok(Verdict::Respond(response)) => return (response, None),
         Ok(Verdict::Continue) => {}
     }
+    // The chain's edits are the request's: take its headers back for the upstream.
+    parts.headers = std::mem::take(&mut Arc::make_mut(head).headers);
     let body = body.into_body();
     if !state.remove_query_params.is_empty() {
         parts.uri = headers::strip_query_params(&parts.uri, &state.remove_query_params);
-        head.query = parts.uri.query().map(str::to_owned);
+        Arc::make_mut(head).query = parts.uri.query().map(str::to_owned);
     }
     if let Some(identity) = &state.identity {
         snapshot.identity.inject(&mut parts.headers, identity);
@@ -285,8 +286,8 @@ fn finish(
 ) {
     let elapsed = record.started.elapsed();
     let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-    let head = record.head;
-    snapshot.metrics.request_finished(&head.route, &head.method, status, elapsed);
+    let head = Arc::try_unwrap(record.head).unwrap_or_else(|shared| (*shared).clone());
+    snapshot.metrics.request_finished(&head.route, head.method.as_str(), status, elapsed);
     let bytes_in = record.bytes_in.load(Ordering::Relaxed);
     let subject = state.identity.as_ref().map_or("-", |i| i.subject.as_str());
     let trace = record.trace;
@@ -324,8 +325,8 @@ fn finish(
     }
     let exchange = Exchange {
         request_id: head.request_id,
-        route: head.route,
-        method: head.method,
+        route: head.route.to_string(),
+        method: head.method.as_str().to_owned(),
         authority: head.authority,
         path: head.path,
         query: head.query,

@@ -18,7 +18,7 @@
 //!
 //! Configuration reference: `plugins/api-key-auth/README.md`.
 
-use portcullis_sdk::{Auth, AuthOutcome, Authenticated, ConfigError, Identity, LocalResponse, Plugin, RequestHead};
+use portcullis_sdk::{Auth, AuthOutcome, Authenticated, ConfigError, Identity, LocalResponse, Plugin, Request};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -172,7 +172,7 @@ impl ApiKeyAuth {
 }
 
 impl Auth for ApiKeyAuth {
-    fn authenticate(&self, request: &RequestHead) -> AuthOutcome {
+    fn authenticate(&self, request: &Request<'_>) -> AuthOutcome {
         let from_header = request.header(&self.config.header).map(|v| v.trim().to_owned());
         let from_query = match (&from_header, &self.config.query_param) {
             (None, Some(q)) => request.query_param(q).map(portcullis_sdk::percent_decode),

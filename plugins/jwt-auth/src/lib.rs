@@ -33,7 +33,7 @@ mod keys;
 use std::cell::RefCell;
 
 use base64::Engine as _;
-use portcullis_sdk::{Auth, AuthOutcome, ConfigError, Identity, LocalResponse, Plugin, RequestHead};
+use portcullis_sdk::{Auth, AuthOutcome, ConfigError, Identity, LocalResponse, Plugin, Request};
 use serde::Deserialize;
 
 pub use keys::KeyConfig;
@@ -379,22 +379,24 @@ impl JwtAuth {
     }
 
     /// The token from the first configured source that has one.
-    fn token<'a>(&self, request: &'a RequestHead) -> Option<&'a str> {
+    fn token(&self, request: &Request<'_>) -> Option<String> {
         self.config.token_sources.iter().find_map(|source| match source {
             TokenSource::Header(HeaderSource { header, scheme: Some(scheme) }) => {
                 let value = request.header(header)?;
                 let (got, token) = value.split_once(' ')?;
-                got.eq_ignore_ascii_case(scheme).then(|| token.trim()).filter(|t| !t.is_empty())
+                let token = token.trim();
+                (got.eq_ignore_ascii_case(scheme) && !token.is_empty()).then(|| token.to_owned())
             }
             TokenSource::Header(HeaderSource { header, scheme: None }) => {
-                request.header(header).map(str::trim).filter(|t| !t.is_empty())
+                request.header(header).map(|v| v.trim().to_owned()).filter(|t| !t.is_empty())
             }
             TokenSource::Cookie(CookieSource { cookie }) => request
-                .headers_named("cookie")
+                .header_values("cookie")
+                .iter()
                 .flat_map(|v| v.split(';'))
                 .filter_map(|pair| pair.trim().split_once('='))
                 .find(|(name, _)| name == cookie)
-                .map(|(_, value)| value.trim_matches('"'))
+                .map(|(_, value)| value.trim_matches('"').to_owned())
                 .filter(|t| !t.is_empty()),
         })
     }
@@ -408,7 +410,7 @@ impl JwtAuth {
 }
 
 impl Auth for JwtAuth {
-    fn authenticate(&self, request: &RequestHead) -> AuthOutcome {
+    fn authenticate(&self, request: &Request<'_>) -> AuthOutcome {
         let Some(token) = self.token(request) else {
             return if self.config.require_token {
                 AuthOutcome::Denied(self.challenge(None))
@@ -417,7 +419,7 @@ impl Auth for JwtAuth {
             };
         };
         let now_s = i64::try_from(portcullis_sdk::now_ms() / 1000).unwrap_or(i64::MAX);
-        match self.verify(token, now_s) {
+        match self.verify(&token, now_s) {
             Ok(identity) => AuthOutcome::authenticated(identity),
             Err(refusal) => AuthOutcome::Denied(self.challenge(Some(refusal))),
         }

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use portcullis_sdk::{
-    Auth, AuthOutcome, Authenticated, ClientCert, ConfigError, Identity, LocalResponse, Plugin, RequestHead,
+    Auth, AuthOutcome, Authenticated, ClientCert, ConfigError, Identity, LocalResponse, Plugin, Request,
 };
 use serde::Deserialize;
 
@@ -105,8 +105,8 @@ impl MtlsAuth {
 }
 
 impl Auth for MtlsAuth {
-    fn authenticate(&self, request: &RequestHead) -> AuthOutcome {
-        let Some(cert) = &request.client_cert else {
+    fn authenticate(&self, request: &Request<'_>) -> AuthOutcome {
+        let Some(cert) = request.client_cert() else {
             if !self.config.require_cert {
                 return AuthOutcome::Anonymous;
             }
@@ -116,7 +116,7 @@ impl Auth for MtlsAuth {
                     .with_header("www-authenticate", "MutualTLS"),
             );
         };
-        let subject = self.subject_of(cert);
+        let subject = self.subject_of(&cert);
         let Some(subject) = subject.filter(|s| self.allowed(s)) else {
             let detail = "The client certificate is not allowed on this route";
             return AuthOutcome::Denied(LocalResponse::problem(

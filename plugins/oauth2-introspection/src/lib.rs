@@ -23,8 +23,7 @@
 
 use base64::Engine as _;
 use portcullis_sdk::{
-    Auth, AuthOutcome, ConfigError, Header, HttpError, Identity, LocalResponse, OutboundRequest, Plugin, RequestHead,
-    kv,
+    Auth, AuthOutcome, ConfigError, Header, HttpError, Identity, LocalResponse, OutboundRequest, Plugin, Request, kv,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -266,7 +265,7 @@ impl Introspection {
 }
 
 impl Auth for Introspection {
-    fn authenticate(&self, request: &RequestHead) -> AuthOutcome {
+    fn authenticate(&self, request: &Request<'_>) -> AuthOutcome {
         let Some(token) = request.bearer_token() else {
             return if self.config.require_token {
                 AuthOutcome::Denied(self.challenge(false))
@@ -274,7 +273,7 @@ impl Auth for Introspection {
                 AuthOutcome::Anonymous
             };
         };
-        match self.introspect(token) {
+        match self.introspect(&token) {
             Ok(identity) => AuthOutcome::authenticated(identity),
             Err(Failure::Invalid) => AuthOutcome::Denied(self.challenge(true)),
             Err(Failure::Unavailable) => AuthOutcome::Denied(

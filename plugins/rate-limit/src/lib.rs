@@ -18,7 +18,7 @@
 //! Configuration reference: `plugins/rate-limit/README.md`.
 
 use portcullis_sdk::{
-    ConfigError, Identity, KvError, Limited, Plugin, Quota, RateLimit, RateLimitOutcome, RequestHead, kv,
+    ConfigError, Identity, KvError, Limited, Plugin, Quota, RateLimit, RateLimitOutcome, Request, kv,
 };
 use serde::Deserialize;
 
@@ -131,18 +131,18 @@ struct Decision {
 
 impl RateLimiter {
     /// The counter key for this request, without the policy name.
-    fn key(&self, request: &RequestHead, identity: Option<&Identity>) -> String {
+    fn key(&self, request: &Request<'_>, identity: Option<&Identity>) -> String {
         let who = match (&self.config.key, identity) {
             (KeyBy::Subject, Some(id)) => format!("sub:{}", id.subject),
             (KeyBy::Header(name), _) => match request.header(name) {
                 Some(v) => format!("hdr:{v}"),
-                None => format!("ip:{}", request.client_ip),
+                None => format!("ip:{}", request.client_ip()),
             },
             (KeyBy::Route, _) => "route".to_owned(),
-            (KeyBy::Subject | KeyBy::ClientIp, _) => format!("ip:{}", request.client_ip),
+            (KeyBy::Subject | KeyBy::ClientIp, _) => format!("ip:{}", request.client_ip()),
         };
         let mut key = match self.config.scope {
-            Scope::Route => format!("rl:{}:{who}", request.route),
+            Scope::Route => format!("rl:{}:{who}", request.route()),
             Scope::Global => format!("rl::{who}"),
         };
         // kv keys are capped at 512 bytes; a long header value is cut, which only merges keys
@@ -219,7 +219,7 @@ fn quota(limit: &LimitConfig, d: &Decision) -> Quota {
 }
 
 impl RateLimit for RateLimiter {
-    fn check(&self, request: &RequestHead, identity: Option<&Identity>) -> RateLimitOutcome {
+    fn check(&self, request: &Request<'_>, identity: Option<&Identity>) -> RateLimitOutcome {
         let now_us = portcullis_sdk::now_ms().saturating_mul(1000);
         let base = self.key(request, identity);
         let mut taken: Vec<(usize, String)> = Vec::new();

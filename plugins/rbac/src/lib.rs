@@ -19,7 +19,7 @@
 //!
 //! Configuration reference: `plugins/rbac/README.md`.
 
-use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, LocalResponse, Plugin, RequestHead};
+use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, LocalResponse, Plugin, Request};
 use serde::Deserialize;
 
 /// How the listed roles and scopes combine.
@@ -182,10 +182,10 @@ pub enum Decision {
 
 impl Rbac {
     /// Decides `request` for `identity`.
-    pub fn decide(&self, request: &RequestHead, identity: Option<&Identity>) -> Decision {
+    pub fn decide(&self, request: &Request<'_>, identity: Option<&Identity>) -> Decision {
         let rule = self.config.rules.iter().zip(&self.patterns).find(|(rule, pattern)| {
-            (rule.methods.is_empty() || rule.methods.iter().any(|m| m.eq_ignore_ascii_case(&request.method)))
-                && matches(pattern, &request.path)
+            (rule.methods.is_empty() || rule.methods.iter().any(|m| m.eq_ignore_ascii_case(request.method())))
+                && matches(pattern, request.path())
         });
         let Some((rule, _)) = rule else {
             return match self.config.default {
@@ -212,7 +212,7 @@ impl Rbac {
 }
 
 impl Filter for Rbac {
-    fn on_request(&self, request: &RequestHead, identity: Option<&Identity>) -> FilterAction {
+    fn on_request(&self, request: &Request<'_>, identity: Option<&Identity>) -> FilterAction {
         let realm = &self.config.realm;
         match self.decide(request, identity) {
             Decision::Allow => FilterAction::Continue(HeaderEdits::default()),

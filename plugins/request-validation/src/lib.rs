@@ -20,7 +20,7 @@
 //!
 //! Configuration reference: `plugins/request-validation/README.md`.
 
-use portcullis_sdk::{ConfigError, Identity, Invalid, Plugin, RequestHead, Validation, ValidationOutcome, Violation};
+use portcullis_sdk::{ConfigError, Identity, Invalid, Plugin, Request, Validation, ValidationOutcome, Violation};
 use serde::Deserialize;
 
 /// Default and largest body limit, in bytes.
@@ -121,10 +121,10 @@ impl Validation for RequestValidation {
         }
     }
 
-    fn validate(&self, request: &RequestHead, _identity: Option<&Identity>, body: Option<&[u8]>) -> ValidationOutcome {
+    fn validate(&self, request: &Request<'_>, _identity: Option<&Identity>, body: Option<&[u8]>) -> ValidationOutcome {
         let c = &self.config;
         let mut violations = Vec::new();
-        if !c.methods.is_empty() && !c.methods.iter().any(|m| m == &request.method) {
+        if !c.methods.is_empty() && !c.methods.iter().any(|m| m == request.method()) {
             violations.push(violation("/method", format!("method must be one of {}", c.methods.join(", "))));
         }
         let has_body = body.is_some_and(|b| !b.is_empty())

@@ -21,9 +21,7 @@
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use portcullis_sdk::{
-    ConfigError, Filter, FilterAction, HeaderEdits, Identity, Level, LocalResponse, Plugin, RequestHead,
-};
+use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, Level, LocalResponse, Plugin, Request};
 use serde::Deserialize;
 
 /// No settings.
@@ -56,8 +54,8 @@ fn recurse_small(n: u64) -> u64 {
 }
 
 impl Filter for ChaosFilter {
-    fn on_request(&self, request: &RequestHead, identity: Option<&Identity>) -> FilterAction {
-        match request.header("x-chaos") {
+    fn on_request(&self, request: &Request<'_>, identity: Option<&Identity>) -> FilterAction {
+        match request.header("x-chaos").as_deref() {
             Some("panic") => panic!("asked to panic"),
             Some("loop") => {
                 let mut n: u64 = 0;

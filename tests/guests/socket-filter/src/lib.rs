@@ -1,7 +1,7 @@
 //! Test guest: a `filter` plugin that opens a TCP connection with `std::net`, so its component
 //! imports `wasi:sockets`. The host must refuse to load it.
 
-use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, Plugin, RequestHead};
+use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, Plugin, Request};
 use serde::Deserialize;
 
 /// No settings.
@@ -20,7 +20,7 @@ impl Plugin for SocketFilter {
 }
 
 impl Filter for SocketFilter {
-    fn on_request(&self, _: &RequestHead, _: Option<&Identity>) -> FilterAction {
+    fn on_request(&self, _: &Request<'_>, _: Option<&Identity>) -> FilterAction {
         let reached = std::net::TcpStream::connect("127.0.0.1:9").is_ok();
         FilterAction::Continue(HeaderEdits::default().set("x-reached", if reached { "yes" } else { "no" }))
     }
