@@ -26,7 +26,7 @@ use crate::plugin::bindings::exports::portcullis::plugin::{
     rate_limit::{Quota, RateLimitOutcome},
     validation::ValidationOutcome,
 };
-use crate::plugin::bindings::portcullis::plugin::types::{HeaderEdits, Identity, LocalResponse, ResponseHead};
+use crate::plugin::bindings::portcullis::plugin::types::{Header, HeaderEdits, Identity, LocalResponse, ResponseHead};
 use crate::plugin::{Call, CallPhase, FailureKind, LoadedPlugin, PluginFailure, PluginRequest, Reply, StepPool};
 use crate::proxy::headers::{self, IdentityHeaders};
 use crate::telemetry::{self, SpanOutcome, Telemetry};
@@ -49,6 +49,8 @@ pub struct Chain {
     steps: Vec<Step>,
     body_limit: Option<u64>,
     has_logging: bool,
+    /// The header names the logging steps record (their union); none for all.
+    logged_headers: Option<Vec<http::HeaderName>>,
 }
 
 /// What the chain learnt about one exchange so far.
@@ -58,10 +60,36 @@ pub struct ChainState {
     pub identity: Option<Identity>,
     /// Quotas reported by rate-limit steps, sent as RateLimit fields.
     pub quotas: Vec<Quota>,
-    /// Each step's decision, for the logging plugins and the access log.
-    pub decisions: Vec<StepDecision>,
+    /// Each step's decision, for the logging plugins (made WIT records only for them).
+    pub decisions: Vec<Decision>,
     /// Query parameters an auth step asked to remove before forwarding (its credential).
     pub remove_query_params: Vec<String>,
+}
+
+/// What one step decided: [`StepDecision`] without its strings, which only a route with a
+/// logging step needs ([`Decision::to_wit`]).
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The step's plugin id.
+    pub plugin: Arc<str>,
+    /// Request or response phase.
+    pub phase: Phase,
+    /// `authenticated`, `continue`, `failed`, …
+    pub decision: &'static str,
+    /// Time spent in the call, in µs.
+    pub duration_us: u64,
+}
+
+impl Decision {
+    /// The WIT record.
+    pub fn to_wit(&self) -> StepDecision {
+        StepDecision {
+            plugin: self.plugin.to_string(),
+            phase: self.phase,
+            decision: self.decision.to_owned(),
+            duration_us: self.duration_us,
+        }
+    }
 }
 
 /// Go on to the upstream, or answer now.
@@ -79,8 +107,17 @@ impl Chain {
     /// A chain of `steps`, in order.
     pub fn new(steps: Vec<Step>) -> Self {
         let body_limit = steps.iter().filter_map(|s| s.pool.body_limit()).max();
-        let has_logging = steps.iter().any(|s| s.pool.plugin().kind == PluginKind::Logging);
-        Chain { steps, body_limit, has_logging }
+        let logging: Vec<_> = steps.iter().filter(|s| s.pool.plugin().kind == PluginKind::Logging).collect();
+        let has_logging = !logging.is_empty();
+        let logged_headers = logging.iter().try_fold(Vec::new(), |mut names, step| {
+            for name in step.pool.record_headers()? {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+            Some(names)
+        });
+        Chain { steps, body_limit, has_logging, logged_headers }
     }
 
     /// The steps, in order.
@@ -96,6 +133,25 @@ impl Chain {
     /// Whether any step observes the finished exchange.
     pub fn has_logging(&self) -> bool {
         self.has_logging
+    }
+
+    /// The fields of `headers` the logging steps record, as WIT records: those they named
+    /// (`logging.record-headers`), or all when one did not name any. Empty without logging.
+    pub fn logged_headers(&self, headers: &HeaderMap) -> Vec<Header> {
+        if !self.has_logging {
+            return Vec::new();
+        }
+        match &self.logged_headers {
+            None => headers::to_wit(headers),
+            Some(names) => names
+                .iter()
+                .flat_map(|name| headers.get_all(name).iter().map(move |v| (name, v)))
+                .map(|(name, v)| Header {
+                    name: name.as_str().to_owned(),
+                    value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                })
+                .collect(),
+        }
     }
 
     /// Runs the request phase. `request` is what plugins see, its headers what goes upstream:
@@ -159,10 +215,10 @@ impl Chain {
             };
             Trace::end_step(&span, decision);
             plugin.record_call(CallPhase::Request, Some(decision), elapsed);
-            state.decisions.push(StepDecision {
-                plugin: plugin.id.to_string(),
+            state.decisions.push(Decision {
+                plugin: plugin.id.clone(),
                 phase: Phase::Request,
-                decision: decision.to_owned(),
+                decision,
                 duration_us: micros(started),
             });
             if let Verdict::Respond(response) = verdict {
@@ -314,10 +370,10 @@ impl Chain {
             };
             Trace::end_step(&span, decision);
             plugin.record_call(CallPhase::Response, Some(decision), elapsed);
-            state.decisions.push(StepDecision {
-                plugin: plugin.id.to_string(),
+            state.decisions.push(Decision {
+                plugin: plugin.id.clone(),
                 phase: Phase::Response,
-                decision: decision.to_owned(),
+                decision,
                 duration_us: micros(started),
             });
         }

@@ -332,8 +332,46 @@ impl Metrics {
     }
 }
 
+/// The methods that are their own label value: RFC 9110's and `PATCH`.
+const KNOWN_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+
 /// The method as a bounded label: RFC 9110's methods and `PATCH` as they are, others `OTHER`.
 fn method_label(method: &str) -> &str {
-    const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
-    if KNOWN.contains(&method) { method } else { "OTHER" }
+    if KNOWN_METHODS.contains(&method) { method } else { "OTHER" }
+}
+
+/// One route's request series, resolved when the route is built: its duration histogram now,
+/// each (method label, status class) counter on first use. A finished request then records
+/// itself with two atomic updates, no label `String` and no family look-up.
+#[derive(Debug)]
+pub struct RouteSeries {
+    route: String,
+    duration: Histogram,
+    /// By method label (the known methods, then `OTHER`) and status class (1xx..5xx).
+    requests: [[std::sync::OnceLock<Counter>; 5]; KNOWN_METHODS.len() + 1],
+}
+
+impl RouteSeries {
+    /// The series of route `route` in `metrics`.
+    pub fn new(metrics: &Metrics, route: &str) -> Self {
+        let duration = metrics.http_request_duration.get_or_create(&RouteLabels { route: route.to_owned() }).clone();
+        RouteSeries { route: route.to_owned(), duration, requests: Default::default() }
+    }
+
+    /// Records one finished request: `status` 100..=599, `duration` from the request head to
+    /// the end of the response body.
+    pub fn finished(&self, metrics: &Metrics, method: &http::Method, status: u16, duration: Duration) {
+        let m = KNOWN_METHODS.iter().position(|k| *k == method.as_str()).unwrap_or(KNOWN_METHODS.len());
+        let class = usize::from((status / 100).clamp(1, 5) - 1);
+        let counter = self.requests[m][class].get_or_init(|| {
+            let labels = RequestLabels {
+                route: self.route.clone(),
+                method: KNOWN_METHODS.get(m).copied().unwrap_or("OTHER").to_owned(),
+                status_class: format!("{}xx", class + 1),
+            };
+            metrics.http_requests.get_or_create(&labels).clone()
+        });
+        counter.inc();
+        self.duration.observe(duration.as_secs_f64());
+    }
 }

@@ -29,6 +29,8 @@ pub struct RouteRuntime {
     pub chain: Chain,
     /// Largest request body accepted, in bytes (413 beyond).
     pub max_body_bytes: u64,
+    /// Its request metrics, resolved once.
+    pub series: crate::metrics::RouteSeries,
 }
 
 /// Everything the request path reads, immutable.
@@ -213,6 +215,7 @@ impl Snapshot {
                 upstream: upstream.clone(),
                 chain: Chain::new(steps),
                 max_body_bytes: route.max_body_bytes,
+                series: crate::metrics::RouteSeries::new(engine.metrics(), &route.id),
             });
         }
 

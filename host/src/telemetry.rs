@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -37,7 +37,7 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
     SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceState, Tracer as _, TracerProvider as _,
 };
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_http::HeaderExtractor;
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
@@ -428,14 +428,30 @@ impl Telemetry {
 
     /// Writes `cx`'s `traceparent` (and `tracestate`, when not empty) into `headers`,
     /// replacing any already there. Nothing is written for an invalid context.
+    ///
+    /// Written directly, as W3C Trace Context §3.2 spells it (`00-{trace-id}-{parent-id}-
+    /// {flags}`, lowercase hex, only the `sampled` flag), rather than through the
+    /// propagator's `format!`: this runs on every forwarded request, export or not. The
+    /// propagator still parses what clients send ([`Telemetry::extract`]); a test checks both
+    /// write the same bytes.
     pub fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
         headers.remove("traceparent");
         headers.remove("tracestate");
-        self.propagator.inject_context(cx, &mut HeaderInjector(headers));
-        // The propagator writes an empty `tracestate` too; W3C Trace Context §3.3 lets a
-        // vendor omit an empty one, and upstreams should not see a field with no members.
-        if headers.get("tracestate").is_some_and(|v| v.is_empty()) {
-            headers.remove("tracestate");
+        let span = cx.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return;
+        }
+        if let Ok(value) = HeaderValue::from_bytes(&traceparent(sc)) {
+            headers.insert(http::header::HeaderName::from_static("traceparent"), value);
+        }
+        // W3C Trace Context §3.3 lets a vendor omit an empty `tracestate`; upstreams should not
+        // see a field with no members.
+        let state = sc.trace_state().header();
+        if !state.is_empty()
+            && let Ok(value) = HeaderValue::from_str(&state)
+        {
+            headers.insert(http::header::HeaderName::from_static("tracestate"), value);
         }
     }
 
@@ -448,6 +464,21 @@ impl Telemetry {
             tracing::warn!(error = %e, "exporting the last spans failed");
         }
     }
+}
+
+/// The 55 bytes of `sc`'s `traceparent` value (W3C Trace Context §3.2, version `00`).
+fn traceparent(sc: &SpanContext) -> [u8; 55] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 55];
+    out[..2].copy_from_slice(b"00");
+    let flags = [(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()];
+    for (start, bytes) in [(3, &sc.trace_id().to_bytes()[..]), (36, &sc.span_id().to_bytes()[..]), (53, &flags[..])] {
+        for (i, b) in bytes.iter().enumerate() {
+            out[start + 2 * i] = DIGITS[usize::from(b >> 4)];
+            out[start + 2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
+    }
+    out
 }
 
 /// Ends the span in `cx` (when it is a recording span of ours) with `attributes` and, for an
@@ -549,7 +580,35 @@ impl opentelemetry_http::HttpClient for ExportClient {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry::trace::{SpanId, TraceId};
+    use opentelemetry_http::HeaderInjector;
+
     use super::*;
+
+    #[test]
+    fn inject_writes_what_the_w3c_propagator_writes() {
+        let telemetry = Telemetry::disabled();
+        for (flags, state) in [(TraceFlags::SAMPLED, "vendor=abc,other=1"), (TraceFlags::default(), "")] {
+            let sc = SpanContext::new(
+                TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+                SpanId::from_hex("b7ad6b7169203331").unwrap(),
+                flags,
+                true,
+                state.parse().unwrap(),
+            );
+            let cx = Context::new().with_remote_span_context(sc);
+            let mut ours = HeaderMap::new();
+            ours.insert("traceparent", HeaderValue::from_static("00-stale"));
+            telemetry.inject(&cx, &mut ours);
+            let mut theirs = HeaderMap::new();
+            TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut theirs));
+            assert_eq!(ours["traceparent"], theirs["traceparent"]);
+            assert_eq!(ours.get("tracestate"), theirs.get("tracestate").filter(|v| !v.is_empty()));
+        }
+        let mut none = HeaderMap::new();
+        telemetry.inject(&Context::new(), &mut none);
+        assert!(none.is_empty(), "an invalid context writes nothing");
+    }
 
     fn settings(vars: &[(&str, &str)]) -> Result<Option<ExportSettings>, TelemetryError> {
         let map: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();

@@ -177,6 +177,9 @@ macro_rules! export_validation {
 macro_rules! export_logging {
     ($plugin:ty) => {
         $crate::__export_kind!($plugin, logging, __export_portcullis_plugin_logging_0_2_0_cabi, LOGGING_WORLD, {
+            fn record_headers() -> ::std::option::Option<::std::vec::Vec<::std::string::String>> {
+                $crate::__private::with_instance(&INSTANCE, |p: &$plugin| $crate::Logging::record_headers(p))
+            }
             fn observe(exchange: $crate::Exchange) {
                 $crate::__private::with_instance(&INSTANCE, |p: &$plugin| $crate::Logging::observe(p, &exchange))
             }

@@ -58,6 +58,13 @@ pub trait Validation: Plugin {
 
 /// Kind `logging`: observes each finished exchange, after the response was sent.
 pub trait Logging: Plugin {
+    /// The header fields (lowercase names) this plugin wants in each [`Exchange`]'s
+    /// `request_headers` and `response_headers`, asked once after configuration; `None` (the
+    /// default) for every field. Naming them saves copying the rest into every call.
+    fn record_headers(&self) -> Option<Vec<String>> {
+        None
+    }
+
     /// Called once per exchange. Default: does nothing.
     fn observe(&self, exchange: &Exchange) {
         let _ = exchange;

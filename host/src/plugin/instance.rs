@@ -187,6 +187,15 @@ impl Instance {
         }
     }
 
+    /// `logging.record-headers` of a 0.2.0 logging plugin: the header names it wants in each
+    /// exchange record, or none for all (every 0.1.0 logging plugin, and other kinds).
+    pub async fn record_headers(&mut self) -> wasmtime::Result<Option<Vec<String>>> {
+        match &self.guest {
+            Guest::Logging(g) => g.call_record_headers(&mut self.store).await,
+            _ => Ok(None),
+        }
+    }
+
     /// The hooks to call: `filter.hooks` for a 0.2.0 filter, the kind's otherwise.
     pub async fn hooks(&mut self) -> wasmtime::Result<Hooks> {
         Ok(match &self.guest {

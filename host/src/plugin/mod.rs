@@ -85,12 +85,26 @@ pub enum CallPhase {
     Observe,
 }
 
-/// A plugin's call-latency histograms by phase and its decision counters.
+/// A plugin's call-latency histograms by phase, its decision counters and its breaker gauge,
+/// resolved at load so a call records itself without building a label or taking a lock.
 struct CallSeries {
     request: Histogram,
     response: Histogram,
     observe: Histogram,
-    decisions: Mutex<Vec<(&'static str, Counter)>>,
+    /// One counter per decision its kind can make ([`decisions_of`]).
+    decisions: Vec<(&'static str, Counter)>,
+    breaker_open: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// Every decision a plugin of `kind` can be recorded with (the chain's `apply` and `fail`).
+fn decisions_of(kind: PluginKind) -> &'static [&'static str] {
+    match kind {
+        PluginKind::Auth => &["authenticated", "anonymous", "denied", "failed"],
+        PluginKind::RateLimit => &["allowed", "limited", "failed"],
+        PluginKind::Validation => &["valid", "invalid", "failed"],
+        PluginKind::Logging => &["observed"],
+        PluginKind::Filter => &["continue", "respond", "failed"],
+    }
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -136,11 +150,17 @@ impl LoadedPlugin {
             let labels = PhaseLabels { plugin: id.to_owned(), phase: phase.to_owned() };
             engine.metrics().plugin_call_duration.get_or_create(&labels).clone()
         };
+        let decision = |decision: &'static str| {
+            let labels = DecisionLabels { plugin: id.to_owned(), decision: decision.to_owned() };
+            (decision, engine.metrics().plugin_decisions.get_or_create(&labels).clone())
+        };
+        let breaker_labels = crate::metrics::PluginLabels { plugin: id.to_owned() };
         let series = CallSeries {
             request: histogram("request"),
             response: histogram("response"),
             observe: histogram("observe"),
-            decisions: Mutex::new(Vec::new()),
+            decisions: decisions_of(config.kind).iter().map(|d| decision(d)).collect(),
+            breaker_open: engine.metrics().breaker_open.get_or_create(&breaker_labels).clone(),
         };
         let origins =
             config.allowed_origins.iter().map(|o| outbound::Origin::parse(o)).collect::<Result<Vec<_>, _>>()?;
@@ -209,16 +229,14 @@ impl LoadedPlugin {
         };
         histogram.observe(duration.as_secs_f64());
         let Some(decision) = decision else { return };
-        let mut counters = self.series.decisions.lock().unwrap_or_else(|e| e.into_inner());
-        match counters.iter().find(|(d, _)| *d == decision) {
+        match self.series.decisions.iter().find(|(d, _)| *d == decision) {
             Some((_, counter)) => {
                 counter.inc();
             }
+            // Not one of the kind's decisions: a host bug, still counted.
             None => {
                 let labels = DecisionLabels { plugin: self.id.to_string(), decision: decision.to_owned() };
-                let counter = self.engine.metrics().plugin_decisions.get_or_create(&labels).clone();
-                counter.inc();
-                counters.push((decision, counter));
+                self.engine.metrics().plugin_decisions.get_or_create(&labels).inc();
             }
         }
     }
@@ -233,9 +251,8 @@ impl LoadedPlugin {
         if self.breaker.record(Instant::now(), ok, probe) {
             tracing::error!(plugin = %self.id, "crash-loop breaker opened: calls fail fast until a probe succeeds");
         }
-        let labels = crate::metrics::PluginLabels { plugin: self.id.to_string() };
         let open = i64::from(self.breaker.state() != breaker::BreakerState::Closed);
-        self.engine.metrics().breaker_open.get_or_create(&labels).set(open);
+        self.series.breaker_open.set(open);
     }
 
     /// The per-call deadline.
@@ -305,6 +322,7 @@ pub struct StepPool {
     permits: Semaphore,
     body_limit: Option<u64>,
     hooks: Hooks,
+    record_headers: Option<Vec<http::HeaderName>>,
 }
 
 impl std::fmt::Debug for StepPool {
@@ -330,6 +348,7 @@ impl StepPool {
             idle: Mutex::new(Vec::new()),
             body_limit: None,
             hooks: Hooks { request: true, response: false },
+            record_headers: None,
         };
         let mut first = pool.fresh().await?;
         pool.body_limit = first
@@ -340,6 +359,25 @@ impl StepPool {
             .hooks()
             .await
             .map_err(|e| StepLoadError::Failed(PluginFailure::from_wasmtime(&pool.plugin.id, &e)))?;
+        let names = first
+            .record_headers()
+            .await
+            .map_err(|e| StepLoadError::Failed(PluginFailure::from_wasmtime(&pool.plugin.id, &e)))?;
+        pool.record_headers = names
+            .map(|names| {
+                names
+                    .iter()
+                    .map(|n| {
+                        http::HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+                            StepLoadError::Refused(PluginConfigError {
+                                pointer: String::new(),
+                                message: format!("`record-headers` returned {n:?}, which is not a header name"),
+                            })
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
         Ok(pool)
     }
 
@@ -358,6 +396,11 @@ impl StepPool {
     /// The hooks the chain calls on this step (the others are never called).
     pub fn hooks(&self) -> Hooks {
         self.hooks
+    }
+
+    /// For a logging step, the header names it wants in exchange records; none for all.
+    pub fn record_headers(&self) -> Option<&[http::HeaderName]> {
+        self.record_headers.as_deref()
     }
 
     /// For a validation step, the request body bytes it wants buffered.
@@ -425,10 +468,14 @@ impl StepPool {
         call: Call<'_>,
     ) -> Result<Reply, PluginFailure> {
         let id = &self.plugin.id;
-        let _permit = tokio::time::timeout(self.plugin.deadline, self.permits.acquire())
-            .await
-            .map_err(|_| PluginFailure::new(id, FailureKind::Unavailable("every instance is busy".into())))?
-            .map_err(|_| PluginFailure::new(id, FailureKind::Unavailable("pool closed".into())))?;
+        // A free slot is the usual case: take it without arming a timer.
+        let _permit = match self.permits.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => tokio::time::timeout(self.plugin.deadline, self.permits.acquire())
+                .await
+                .map_err(|_| PluginFailure::new(id, FailureKind::Unavailable("every instance is busy".into())))?
+                .map_err(|_| PluginFailure::new(id, FailureKind::Unavailable("pool closed".into())))?,
+        };
         let reuse = self.plugin.isolation == Isolation::Reuse;
         let idle = if reuse { self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() } else { None };
         let mut instance = match idle {

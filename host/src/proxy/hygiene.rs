@@ -191,9 +191,15 @@ impl Hygiene {
 
 /// Replaces every `name` field with one: their values and `element`, comma-separated.
 fn append_element(headers: &mut HeaderMap, name: &'static str, element: &str) {
-    let mut joined: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-    joined.push(element);
-    if let Ok(value) = HeaderValue::from_str(&joined.join(", ")) {
+    let joined = if headers.contains_key(name) {
+        let mut joined: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        joined.push(element);
+        HeaderValue::from_str(&joined.join(", "))
+    } else {
+        // The usual case, a client talking to us directly: no list to join.
+        HeaderValue::from_str(element)
+    };
+    if let Ok(value) = joined {
         headers.insert(name, value);
     }
 }

@@ -98,9 +98,9 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     snapshot.identity.strip(&mut parts.headers);
     let trace = start_trace(&snapshot, &conn, &mut parts, &authority, route_index, &request_id);
     let chain = route_index.map(|i| &snapshot.routes[i].chain);
-    let has_logging = chain.is_some_and(|c| c.has_logging());
-    // The exchange record keeps the headers as received; filters may edit them.
-    let logged_headers = if has_logging { headers::to_wit(&parts.headers) } else { Vec::new() };
+    // The exchange record keeps the headers as received (those its logging steps record);
+    // filters may edit them.
+    let logged_headers = chain.map_or_else(Vec::new, |c| c.logged_headers(&parts.headers));
     let head = Arc::new(PluginRequest {
         method: parts.method.clone(),
         scheme: conn.scheme,
@@ -176,7 +176,7 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         response.headers_mut().insert("x-request-id", v);
     }
     let status = response.status().as_u16();
-    let response_headers = if has_logging { headers::to_wit(response.headers()) } else { Vec::new() };
+    let response_headers = chain.map_or_else(Vec::new, |c| c.logged_headers(response.headers()));
     let (response_parts, response_body) = response.into_parts();
     let finished = Box::new(move |bytes_out: u64, end: BodyEnd| {
         finish(snapshot, record, state, status, response_headers, endpoint, bytes_out, end == BodyEnd::Complete);
@@ -287,7 +287,10 @@ fn finish(
     let elapsed = record.started.elapsed();
     let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     let head = Arc::try_unwrap(record.head).unwrap_or_else(|shared| (*shared).clone());
-    snapshot.metrics.request_finished(&head.route, head.method.as_str(), status, elapsed);
+    match record.route_index {
+        Some(i) => snapshot.routes[i].series.finished(&snapshot.metrics, &head.method, status, elapsed),
+        None => snapshot.metrics.request_finished(&head.route, head.method.as_str(), status, elapsed),
+    }
     let bytes_in = record.bytes_in.load(Ordering::Relaxed);
     let subject = state.identity.as_ref().map_or("-", |i| i.subject.as_str());
     let trace = record.trace;
@@ -340,7 +343,7 @@ fn finish(
         request_headers: record.request_headers,
         response_headers,
         endpoint,
-        decisions: state.decisions,
+        decisions: state.decisions.iter().map(crate::chain::Decision::to_wit).collect(),
     };
     // The completion hook runs inside hyper's connection task, so a runtime is there; if a body
     // were ever dropped elsewhere, the record is dropped rather than panicking.

@@ -18,7 +18,6 @@
 
 use portcullis_sdk::{ConfigError, Exchange, Level, Logging, Phase, Plugin};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
 
 /// Header names always redacted.
 pub const ALWAYS_REDACTED: [&str; 5] = ["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"];
@@ -52,51 +51,94 @@ impl Plugin for AuditLog {
     }
 }
 
+/// One audit record, serialized straight from the exchange it borrows (no `serde_json::Value`
+/// tree: this runs for every request on the route).
+#[derive(serde::Serialize)]
+struct Record<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    time_ms: u64,
+    request_id: &'a str,
+    route: &'a str,
+    method: &'a str,
+    authority: &'a str,
+    path: &'a str,
+    client_ip: &'a str,
+    subject: Option<&'a str>,
+    status: u16,
+    latency_ms: f64,
+    bytes_in: u64,
+    bytes_out: u64,
+    endpoint: Option<&'a str>,
+    headers: std::collections::BTreeMap<&'a str, &'a str>,
+    decisions: Vec<Decision<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct Decision<'a> {
+    plugin: &'a str,
+    phase: &'static str,
+    decision: &'a str,
+    duration_us: u64,
+}
+
 impl AuditLog {
-    /// The audit record for `exchange`, as a JSON object.
-    pub fn record(&self, e: &Exchange) -> Value {
-        let mut headers = Map::new();
-        for h in e.request_headers.iter().filter(|h| self.0.headers.contains(&h.name)) {
-            let secret = ALWAYS_REDACTED.contains(&h.name.as_str()) || self.0.redact.contains(&h.name);
-            let value = if secret { "[redacted]".to_owned() } else { h.value.clone() };
-            headers.insert(h.name.clone(), Value::String(value));
-        }
-        let decisions: Vec<Value> = e
-            .decisions
+    /// The audit record for `exchange`: one JSON object on one line.
+    pub fn record(&self, e: &Exchange) -> String {
+        let headers = e
+            .request_headers
             .iter()
-            .map(|d| {
-                let phase = match d.phase {
-                    Phase::Request => "request",
-                    Phase::Response => "response",
-                };
-                json!({ "plugin": d.plugin, "phase": phase, "decision": d.decision, "duration_us": d.duration_us })
+            .filter(|h| self.0.headers.contains(&h.name))
+            .map(|h| {
+                let secret = ALWAYS_REDACTED.contains(&h.name.as_str()) || self.0.redact.contains(&h.name);
+                (h.name.as_str(), if secret { "[redacted]" } else { h.value.as_str() })
             })
             .collect();
-        json!({
-            "type": "audit",
-            "time": rfc3339(e.start_ms),
-            "time_ms": e.start_ms,
-            "request_id": e.request_id,
-            "route": e.route,
-            "method": e.method,
-            "authority": e.authority,
-            "path": e.path,
-            "client_ip": e.client_ip,
-            "subject": e.identity.as_ref().map(|i| i.subject.as_str()),
-            "status": e.status,
-            "latency_ms": e.duration_us as f64 / 1000.0,
-            "bytes_in": e.bytes_in,
-            "bytes_out": e.bytes_out,
-            "endpoint": e.endpoint,
-            "headers": headers,
-            "decisions": decisions,
-        })
+        let decisions = e
+            .decisions
+            .iter()
+            .map(|d| Decision {
+                plugin: &d.plugin,
+                phase: match d.phase {
+                    Phase::Request => "request",
+                    Phase::Response => "response",
+                },
+                decision: &d.decision,
+                duration_us: d.duration_us,
+            })
+            .collect();
+        let record = Record {
+            kind: "audit",
+            time: rfc3339(e.start_ms),
+            time_ms: e.start_ms,
+            request_id: &e.request_id,
+            route: &e.route,
+            method: &e.method,
+            authority: &e.authority,
+            path: &e.path,
+            client_ip: &e.client_ip,
+            subject: e.identity.as_ref().map(|i| i.subject.as_str()),
+            status: e.status,
+            latency_ms: e.duration_us as f64 / 1000.0,
+            bytes_in: e.bytes_in,
+            bytes_out: e.bytes_out,
+            endpoint: e.endpoint.as_deref(),
+            headers,
+            decisions,
+        };
+        // Only strings, integers and a finite float: serialization cannot fail.
+        serde_json::to_string(&record).unwrap_or_default()
     }
 }
 
 impl Logging for AuditLog {
+    fn record_headers(&self) -> Option<Vec<String>> {
+        Some(self.0.headers.clone())
+    }
+
     fn observe(&self, exchange: &Exchange) {
-        if let Err(e) = portcullis_sdk::audit_append(&self.record(exchange).to_string()) {
+        if let Err(e) = portcullis_sdk::audit_append(&self.record(exchange)) {
             let detail = format!("audit record for request {} not written: {e:?}", exchange.request_id);
             portcullis_sdk::log(Level::Error, &detail);
         }
@@ -126,6 +168,7 @@ portcullis_sdk::export_logging!(AuditLog);
 #[cfg(test)]
 mod tests {
     use portcullis_sdk::{Header, Identity, StepDecision, testing};
+    use serde_json::Value;
 
     use super::*;
 

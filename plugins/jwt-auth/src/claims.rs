@@ -45,7 +45,15 @@ pub(crate) fn check(config: &Issuer, leeway_seconds: u64, claims: &Value, now_s:
     let subject = claims.get("sub").and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or(Refusal::ClaimsRejected)?;
     let roles = lookup(claims, &config.roles_claim).map(strings).unwrap_or_default();
     let scopes = claims.get("scope").or_else(|| claims.get("scp")).map(strings).unwrap_or_default();
-    Ok(Identity::new(subject).with_issuer(issuer).with_roles(roles).with_scopes(scopes))
+    // How the subject authenticated (OpenID Connect Core §2), for step-up policies (RFC 9470).
+    let acr = claims.get("acr").and_then(Value::as_str).map(str::to_owned);
+    let amr = claims.get("amr").map(strings).unwrap_or_default();
+    let auth_time = numeric_date(claims, "auth_time")?.and_then(|t| u64::try_from(t).ok());
+    Ok(Identity::new(subject)
+        .with_issuer(issuer)
+        .with_roles(roles)
+        .with_scopes(scopes)
+        .with_authentication(acr, amr, auth_time))
 }
 
 /// The seconds in which claims that passed [`check`] keep passing it: from `nbf` and `iat`

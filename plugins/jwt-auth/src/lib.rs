@@ -142,7 +142,7 @@ pub struct Config {
     /// JWKS URL caching.
     #[serde(default)]
     pub jwks_cache: jwks::CacheConfig,
-    /// Verified tokens remembered per instance, keyed by their SHA-256, so a token seen again
+    /// Verified tokens remembered per instance, keyed by a secret-keyed hash, so a token seen again
     /// skips the signature check; `0` turns the cache off.
     #[serde(default = "defaults::verified_cache_entries")]
     pub verified_cache_entries: usize,
@@ -333,7 +333,10 @@ impl JwtAuth {
         if token.len() > self.config.max_token_bytes {
             return Err(Refusal::TooLarge);
         }
-        let digest = self.verified.borrow().enabled().then(|| verified::digest(token));
+        let digest = {
+            let cache = self.verified.borrow();
+            cache.enabled().then(|| cache.digest(token))
+        };
         if let Some(digest) = &digest
             && let Some(identity) = self.verified.borrow_mut().get(digest, now_s)
         {

@@ -67,6 +67,21 @@ fn jwt_accepts_rs256_from_the_jwks_and_maps_the_identity() {
     assert_eq!(identity.issuer.as_deref(), Some("https://issuer.test"));
     assert_eq!(identity.roles, ["reader", "writer"]);
     assert_eq!(identity.scopes, ["read", "write"]);
+    assert_eq!(identity.authentication.acr, None);
+}
+
+#[test]
+fn jwt_passes_on_how_the_subject_authenticated() {
+    let mut c = claims();
+    c["acr"] = json!("urn:example:mfa");
+    c["amr"] = json!(["pwd", "otp"]);
+    c["auth_time"] = json!(NOW - 60);
+    let identity = plugin().verify(&rs256(&c), NOW).unwrap();
+    assert_eq!(identity.authentication.acr.as_deref(), Some("urn:example:mfa"));
+    assert_eq!(identity.authentication.amr, ["pwd", "otp"]);
+    assert_eq!(identity.authentication.auth_time, Some(u64::try_from(NOW - 60).unwrap()));
+    c["auth_time"] = json!("yesterday");
+    assert_eq!(plugin().verify(&rs256(&c), NOW).unwrap_err(), Refusal::ClaimsRejected, "a NumericDate or nothing");
 }
 
 #[test]

@@ -6,6 +6,10 @@
 //! `x-tag` header an earlier step set, or `none`), `x-legacy-subject` (the identity's subject,
 //! or `anonymous`) and `x-legacy-route`. On the response it sets `x-legacy-status` to the
 //! upstream's status. A step configuration other than `{}` is refused at `/`.
+//!
+//! Only built for `wasm32`: natively (a `cargo build --workspace`), export names such as
+//! `portcullis:plugin/filter@0.1.0#configure` are not valid linker symbols, as the SDK notes.
+#![cfg(target_arch = "wasm32")]
 #![allow(missing_docs, unsafe_code, reason = "wit-bindgen's generated canonical-ABI glue")]
 
 wit_bindgen::generate!({
