@@ -246,3 +246,21 @@ async fn build(toml: &str) -> Result<Snapshot, String> {
     let loaded = config::load(&file).map_err(|e| e.to_string())?;
     Snapshot::build(&loaded, &engine()).await.map_err(|e| e.to_string())
 }
+
+/// Every pooled instance keeps the fiber stack of its last call (wasmtime caches it in the
+/// store), so more step pools serving traffic than the engine has stacks must still be served:
+/// 1,100 routes, each a tag filter with its own configuration (its own pool), each called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_step_pools_in_use_than_a_thousand_stacks_all_serve() {
+    const ROUTES: usize = 1_100;
+    let routes: String = (0..ROUTES)
+        .map(|i| route(&format!("r{i}"), &format!("/r{i}/"), &[("tagger", Some(&format!("{{ suffix = \"-{i}\" }}")))]))
+        .collect();
+    let gw = TestGateway::start(&gateway_config(echo_upstream().await, &routes)).await;
+    for i in 0..ROUTES {
+        let reply = get(&gw.url(&format!("/r{i}/x")), &[]).await;
+        assert_eq!(reply.status, 200, "route {i}: {:?}", reply.body);
+        assert_eq!(reply.upstream_saw("x-tag"), [format!("a-{i}")]);
+    }
+    gw.stop().await;
+}

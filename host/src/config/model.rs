@@ -128,7 +128,7 @@ pub struct ListenerTlsConfig {
     /// refused during the handshake (rustls sends an `access_denied` alert).
     pub certificates: Vec<CertificateConfig>,
     /// PEM file of the CA certificates that client certificates must chain to. Present:
-    /// mutual TLS, and plugins see the verified client certificate (`request-head.client-cert`).
+    /// mutual TLS, and plugins see the verified client certificate (the request's `client-cert()`).
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
     /// Whether a client certificate is required (default) or only verified when sent.

@@ -75,7 +75,10 @@ impl PluginEngine {
             .total_core_instances(MAX_INSTANCES * 4)
             .total_memories(MAX_INSTANCES)
             .total_tables(MAX_INSTANCES * 4)
-            .total_stacks(1024)
+            // One fiber stack per instance: a store keeps the stack of its last call (wasmtime's
+            // `last_fiber_stack`), so every pooled instance holds one. With fewer stacks than
+            // instances, calls past the 1,024th pool in use failed as unavailable.
+            .total_stacks(MAX_INSTANCES)
             .max_memory_size(MAX_MEMORY_BYTES);
         let mut config = Config::new();
         config
