@@ -49,6 +49,8 @@ pub struct Chain {
     steps: Vec<Step>,
     body_limit: Option<u64>,
     has_logging: bool,
+    /// Whether some step has a response hook (it reads the request then too).
+    has_response_hooks: bool,
     /// The header names the logging steps record (their union); none for all.
     logged_headers: Option<Vec<http::HeaderName>>,
 }
@@ -117,7 +119,8 @@ impl Chain {
             }
             Some(names)
         });
-        Chain { steps, body_limit, has_logging, logged_headers }
+        let has_response_hooks = steps.iter().any(|s| s.pool.hooks().response);
+        Chain { steps, body_limit, has_logging, has_response_hooks, logged_headers }
     }
 
     /// The steps, in order.
@@ -128,6 +131,12 @@ impl Chain {
     /// Bytes of request body some step needs buffered, if any (the largest of them).
     pub fn body_limit(&self) -> Option<u64> {
         self.body_limit
+    }
+
+    /// Whether any step's response hook runs: it is lent the request again, headers included,
+    /// so they must outlive the upstream exchange.
+    pub fn has_response_hooks(&self) -> bool {
+        self.has_response_hooks
     }
 
     /// Whether any step observes the finished exchange.
@@ -145,11 +154,7 @@ impl Chain {
             None => headers::to_wit(headers),
             Some(names) => names
                 .iter()
-                .flat_map(|name| headers.get_all(name).iter().map(move |v| (name, v)))
-                .map(|(name, v)| Header {
-                    name: name.as_str().to_owned(),
-                    value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                })
+                .flat_map(|name| headers.get_all(name).iter().map(move |v| headers::wit_header(name, v)))
                 .collect(),
         }
     }
@@ -528,7 +533,6 @@ fn micros(started: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::bindings::portcullis::plugin::types::Header;
 
     #[test]
     fn local_response_refuses_bad_status_headers_and_size() {

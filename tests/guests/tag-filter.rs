@@ -2,7 +2,8 @@
 // two builds of "the same plugin", for hot-reload tests that swap one component for the other.
 // Sets `x-tag: <TAG><suffix>`, where `suffix` comes from the step configuration. With
 // `response = true` it also implements the response hook (and says so in `hooks`), setting
-// `x-tag-response: <TAG><suffix>` on the response.
+// `x-tag-response: <TAG><suffix>` on the response, and `x-tag-echo` to the request's `x-echo`
+// (the request is lent to the response hook too).
 
 use portcullis_sdk::{
     ConfigError, Filter, FilterAction, HeaderEdits, HookSet, Identity, Plugin, Request, ResponseHead,
@@ -40,8 +41,12 @@ impl Filter for TagFilter {
         FilterAction::Continue(HeaderEdits::default().set("x-tag", &self.0))
     }
 
-    fn on_response(&self, _: &Request<'_>, _: Option<&Identity>, _: &ResponseHead) -> FilterAction {
-        FilterAction::Continue(HeaderEdits::default().set("x-tag-response", &self.0))
+    fn on_response(&self, request: &Request<'_>, _: Option<&Identity>, _: &ResponseHead) -> FilterAction {
+        let mut edits = HeaderEdits::default().set("x-tag-response", &self.0);
+        if let Some(echo) = request.header("x-echo") {
+            edits = edits.set("x-tag-echo", &echo);
+        }
+        FilterAction::Continue(edits)
     }
 }
 

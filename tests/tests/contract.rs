@@ -18,7 +18,7 @@ async fn a_0_1_0_component_serves_beside_0_2_0_ones_and_sees_the_identity_and_ea
     );
     let gw = TestGateway::start(&config(upstream, &routes)).await;
     let token = format!("Bearer {}", mint(&claims("alice")));
-    let reply = get(&gw.url("/api/orders?x=1"), &[("authorization", &token)]).await;
+    let reply = get(&gw.url("/api/orders?x=1"), &[("authorization", &token), ("x-echo", "kept")]).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     // The 0.1.0 component got a request-head with the 0.2.0 filter's edit applied, and the
     // identity a 0.2.0 auth plugin established.
@@ -29,6 +29,7 @@ async fn a_0_1_0_component_serves_beside_0_2_0_ones_and_sees_the_identity_and_ea
     assert_eq!(reply.upstream_saw("x-tag"), ["a-2"]);
     // 0.1.0 declares no hooks, so its response hook is called.
     assert_eq!(reply.headers["x-legacy-status"], "200");
+    assert_eq!(reply.headers["x-legacy-echo"], "kept", "the request's headers outlive the upstream exchange");
 
     let plugins = admin_json(&gw, "/plugins").await;
     let contract = |id: &str| {
@@ -62,9 +63,11 @@ async fn a_filter_is_called_only_for_the_hooks_it_declares() {
         assert_eq!(plain.status, 200);
         assert_eq!(plain.upstream_saw("x-tag"), ["a"]);
         assert!(plain.headers.get("x-tag-response").is_none(), "no response hook declared: not called");
-        let both = get(&gw.url("/both/x"), &[]).await;
+        let both = get(&gw.url("/both/x"), &[("x-echo", "seen")]).await;
         assert_eq!(both.upstream_saw("x-tag"), ["a"]);
+        assert_eq!(both.upstream_saw("x-echo"), ["seen"]);
         assert_eq!(both.headers["x-tag-response"], "a", "the declared response hook runs");
+        assert_eq!(both.headers["x-tag-echo"], "seen", "and reads the request's headers");
     }
     let scraped = scrape(&gw).await;
     let calls = |plugin: &str, phase: &str| {

@@ -19,6 +19,10 @@ fn header(h: &cur::types::Header) -> v1::types::Header {
     v1::types::Header { name: h.name.clone(), value: h.value.clone() }
 }
 
+fn header_from_current(h: cur::types::Header) -> v1::types::Header {
+    v1::types::Header { name: h.name, value: h.value }
+}
+
 fn header_from(h: v1::types::Header) -> cur::types::Header {
     cur::types::Header { name: h.name, value: h.value }
 }
@@ -31,7 +35,11 @@ pub(crate) fn request_head(request: &PluginRequest) -> v1::types::RequestHead {
         authority: request.authority.clone(),
         path: request.path.clone(),
         query: request.query.clone(),
-        headers: crate::proxy::headers::to_wit(&request.headers).iter().map(header).collect(),
+        headers: request
+            .headers
+            .iter()
+            .map(|(name, value)| header_from_current(crate::proxy::headers::wit_header(name, value)))
+            .collect(),
         client_ip: request.client_ip.clone(),
         client_cert: request.client_cert.as_ref().map(|c| v1::types::ClientCert {
             subject: c.subject.clone(),

@@ -270,13 +270,12 @@ fn percent_decode(text: &str) -> Option<String> {
 /// The header section as WIT records: lowercase names, values as UTF-8 (invalid bytes replaced
 /// by U+FFFD, as the WIT documents).
 pub fn to_wit(headers: &HeaderMap) -> Vec<Header> {
-    headers
-        .iter()
-        .map(|(name, value)| Header {
-            name: name.as_str().to_owned(),
-            value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
-        })
-        .collect()
+    headers.iter().map(|(name, value)| wit_header(name, value)).collect()
+}
+
+/// One field as a WIT record; invalid UTF-8 in the value becomes U+FFFD, as the contract says.
+pub fn wit_header(name: &HeaderName, value: &HeaderValue) -> Header {
+    Header { name: name.as_str().to_owned(), value: String::from_utf8_lossy(value.as_bytes()).into_owned() }
 }
 
 #[cfg(test)]

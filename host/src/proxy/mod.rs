@@ -207,8 +207,13 @@ async fn forward(
         Ok(Verdict::Respond(response)) => return (response, None),
         Ok(Verdict::Continue) => {}
     }
-    // The chain's edits are the request's: take its headers back for the upstream.
-    parts.headers = std::mem::take(&mut Arc::make_mut(head).headers);
+    // The chain's edits are the request's: take its headers back for the upstream, or copy
+    // them when a response hook will be lent the request again.
+    parts.headers = if route.chain.has_response_hooks() {
+        head.headers.clone()
+    } else {
+        std::mem::take(&mut Arc::make_mut(head).headers)
+    };
     let body = body.into_body();
     if !state.remove_query_params.is_empty() {
         parts.uri = headers::strip_query_params(&parts.uri, &state.remove_query_params);

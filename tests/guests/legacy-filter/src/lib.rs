@@ -5,7 +5,7 @@
 //! On the request it reports what it saw: `x-legacy-path` (the path), `x-legacy-tag` (the
 //! `x-tag` header an earlier step set, or `none`), `x-legacy-subject` (the identity's subject,
 //! or `anonymous`) and `x-legacy-route`. On the response it sets `x-legacy-status` to the
-//! upstream's status. A step configuration other than `{}` is refused at `/`.
+//! upstream's status and `x-legacy-echo` to the request's `x-echo`, if any. A step configuration other than `{}` is refused at `/`.
 //!
 //! Only built for `wasm32`: natively (a `cargo build --workspace`), export names such as
 //! `portcullis:plugin/filter@0.1.0#configure` are not valid linker symbols, as the SDK notes.
@@ -50,13 +50,12 @@ impl Guest for Legacy {
         })
     }
 
-    fn on_response(_: RequestHead, _: Option<Identity>, response: ResponseHead) -> FilterAction {
-        let status = response.status.to_string();
-        FilterAction::Continue(HeaderEdits {
-            remove: Vec::new(),
-            set: vec![set("x-legacy-status", &status)],
-            append: Vec::new(),
-        })
+    fn on_response(request: RequestHead, _: Option<Identity>, response: ResponseHead) -> FilterAction {
+        let mut headers = vec![set("x-legacy-status", &response.status.to_string())];
+        if let Some(echo) = request.headers.iter().find(|h| h.name == "x-echo") {
+            headers.push(set("x-legacy-echo", &echo.value));
+        }
+        FilterAction::Continue(HeaderEdits { remove: Vec::new(), set: headers, append: Vec::new() })
     }
 }
 
