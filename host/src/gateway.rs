@@ -83,7 +83,31 @@ impl Gateway {
     /// Errors: as [`Gateway::start`].
     pub async fn start_with_engine(config_file: &Path, engine: Arc<PluginEngine>) -> Result<Gateway, StartError> {
         let loaded = config::load(config_file)?;
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&loaded, &engine).await?));
+        // The admin listener answers while plugins compile (tens of seconds for a JavaScript
+        // or Python component without a warm cache): `/readyz` says which are still loading.
+        let booting = if loaded.config.admin.enabled {
+            let address = loaded.config.admin.address;
+            let listener = TcpListener::bind(address).await.map_err(|source| StartError::Bind { address, source })?;
+            let access = Arc::new(
+                crate::admin::access::AdminAccess::new(&loaded)
+                    .map_err(|source| StartError::Admin { file: config_file.to_owned(), source })?,
+            );
+            let (stop, stopped) = watch::channel(false);
+            let serving = tokio::spawn(crate::admin::serve_starting(listener, access.clone(), engine.clone(), stopped));
+            Some((serving, stop, access))
+        } else {
+            None
+        };
+        let built = Snapshot::build(&loaded, &engine).await;
+        let admin = match booting {
+            Some((serving, stop, access)) => {
+                let _ = stop.send(true);
+                let listener = serving.await.map_err(|e| StartError::Engine(format!("admin listener task: {e}")))?;
+                Some((listener, access))
+            }
+            None => None,
+        };
+        let snapshot = Arc::new(ArcSwap::from_pointee(built?));
         let (shutdown, _) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
         let mut tasks = JoinSet::new();
@@ -95,23 +119,21 @@ impl Gateway {
         tasks.spawn(crate::reload::on_sighup(reloader.clone(), shutdown.subscribe()));
         tasks.spawn(crate::health::run_checks(snapshot.clone(), shutdown.subscribe()));
 
-        let admin_addr = if loaded.config.admin.enabled {
-            let address = loaded.config.admin.address;
-            let listener = TcpListener::bind(address).await.map_err(|source| StartError::Bind { address, source })?;
-            let bound = listener.local_addr().map_err(|source| StartError::Bind { address, source })?;
-            let access = crate::admin::access::AdminAccess::new(&loaded)
-                .map_err(|source| StartError::Admin { file: config_file.to_owned(), source })?;
-            let state = crate::admin::AdminState {
-                ready: ready.clone(),
-                snapshot: snapshot.clone(),
-                metrics: engine.metrics().clone(),
-                reloader: reloader.clone(),
-                access: Arc::new(access),
-            };
-            tasks.spawn(crate::admin::serve(listener, state, shutdown.subscribe()));
-            Some(bound)
-        } else {
-            None
+        let admin_addr = match admin {
+            Some((listener, access)) => {
+                let address = loaded.config.admin.address;
+                let bound = listener.local_addr().map_err(|source| StartError::Bind { address, source })?;
+                let state = crate::admin::AdminState {
+                    ready: ready.clone(),
+                    snapshot: snapshot.clone(),
+                    metrics: engine.metrics().clone(),
+                    reloader: reloader.clone(),
+                    access,
+                };
+                tasks.spawn(crate::admin::serve(listener, state, shutdown.subscribe()));
+                Some(bound)
+            }
+            None => None,
         };
 
         let mut listener_addrs = Vec::new();

@@ -98,7 +98,9 @@ impl Snapshot {
             let path = loaded.resolve(&plugin_config.path);
             let audit_file = plugin_config.audit_file.as_deref().map(|f| loaded.resolve(f));
             let field = format!("plugin.{id}.path");
-            let engine_for_compile = engine.clone();
+            let strict = plugin_config.strict_imports.unwrap_or(engine.strict_imports());
+            let (engine_for_compile, plugin_id) = (engine.clone(), id.clone());
+            let (kind, capabilities) = (plugin_config.kind, plugin_config.capabilities.clone());
             let read = path.clone();
             let compiled = tokio::task::spawn_blocking(move || {
                 let path = read;
@@ -107,17 +109,34 @@ impl Snapshot {
                     return Err(format!("{} is {size} bytes, over the {MAX_PLUGIN_BYTES}-byte cap", path.display()));
                 }
                 let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                engine_for_compile
-                    .compile(&bytes)
-                    .map_err(|e| format!("{} is not a valid component: {e:#}", path.display()))
+                let hash = crate::sources::sha256_hex(&bytes);
+                // Imports and exports are read from the binary first: a refusal costs
+                // milliseconds, not a compilation.
+                let surface = crate::plugin::imports::inspect(&bytes).map_err(|e| format!("{} {e}", path.display()))?;
+                crate::plugin::imports::check(&surface, &capabilities, strict)?;
+                crate::plugin::imports::check_exports(&surface, kind)?;
+                let _loading = engine_for_compile.begin_loading(&plugin_id, size);
+                let started = std::time::Instant::now();
+                tracing::info!(plugin = %plugin_id, bytes = size, "compiling plugin");
+                let (component, from) = engine_for_compile
+                    .compile(&bytes, &hash)
+                    .map_err(|e| format!("{} is not a valid component: {e:#}", path.display()))?;
+                tracing::info!(
+                    plugin = %plugin_id,
+                    bytes = size,
+                    ms = started.elapsed().as_millis() as u64,
+                    from = from.label(),
+                    "plugin compiled"
+                );
+                Ok((component, hash, surface.imports))
             })
             .await
             .unwrap_or_else(|e| Err(format!("compilation task failed: {e}")));
-            if let Ok((_, hash)) = &compiled {
+            if let Ok((_, hash, _)) = &compiled {
                 sources.record_digest(&path, hash.clone());
             }
-            match compiled.and_then(|(component, hash)| {
-                LoadedPlugin::new(engine.clone(), id, plugin_config, &component, hash, audit_file.as_deref())
+            match compiled.and_then(|(component, hash, imports)| {
+                LoadedPlugin::new(engine.clone(), id, plugin_config, &component, hash, imports, audit_file.as_deref())
             }) {
                 Ok(plugin) => {
                     plugins.insert(id.clone(), Arc::new(plugin));

@@ -77,6 +77,61 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
     }
 }
 
+/// Serves the admin endpoints while the first snapshot is built, until `stop` turns true, then
+/// hands the listener back for [`serve`]. `/healthz` answers 200; `/readyz` and `/status`
+/// answer 503 with `{"status":"starting","loading":[{"plugin","bytes","elapsed_ms"}]}` naming
+/// the plugins still compiling; every other endpoint answers 503 `starting` (RFC 9457).
+/// Access is checked as in [`serve`].
+pub async fn serve_starting(
+    listener: TcpListener,
+    access: Arc<AdminAccess>,
+    engine: Arc<crate::plugin::PluginEngine>,
+    mut stop: watch::Receiver<bool>,
+) -> TcpListener {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return listener,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let (access, engine) = (access.clone(), engine.clone());
+        let service = service_fn(move |request: Request<Incoming>| {
+            let (access, engine) = (access.clone(), engine.clone());
+            async move { Ok::<_, Infallible>(route_starting(&request, &access, &engine)) }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn route_starting(
+    request: &Request<Incoming>,
+    access: &AdminAccess,
+    engine: &crate::plugin::PluginEngine,
+) -> Response<Body> {
+    if let Err(refusal) = access.check(request.method(), request.uri().path(), request.headers()) {
+        return refused(&refusal);
+    }
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        (&Method::GET, "/readyz" | "/status") => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "starting", "loading": engine.loading() }).to_string(),
+        ),
+        _ => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting",
+            "The gateway is loading its configuration and plugins; `/readyz` lists what is still compiling.",
+            "-",
+            None,
+        ),
+    }
+}
+
 async fn route(request: &Request<Incoming>, state: &AdminState) -> Response<Body> {
     if let Err(refusal) = state.access.check(request.method(), request.uri().path(), request.headers()) {
         return refused(&refusal);
@@ -161,6 +216,7 @@ fn plugins(snapshot: &Snapshot) -> String {
                     crate::config::FailurePolicy::FailOpen => "fail-open",
                 },
                 "breaker": p.breaker_state().label(),
+                "imports": p.imports,
             })
         })
         .collect();
@@ -219,8 +275,15 @@ fn status(state: &AdminState) -> String {
         .collect();
     let last_reload = state.reloader.history().pop();
     let audit_sinks = state.reloader.engine().audit_sinks().status();
-    serde_json::json!({ "upstreams": upstreams, "plugins": plugins, "audit_sinks": audit_sinks, "last_reload": last_reload })
-        .to_string()
+    let loading = state.reloader.engine().loading();
+    serde_json::json!({
+        "upstreams": upstreams,
+        "plugins": plugins,
+        "loading": loading,
+        "audit_sinks": audit_sinks,
+        "last_reload": last_reload,
+    })
+    .to_string()
 }
 
 fn json(status: StatusCode, body: String) -> Response<Body> {

@@ -99,8 +99,11 @@ impl LoadedConfig {
 /// path), and references, names and values that do not hold together.
 pub fn load(file: &Path) -> Result<LoadedConfig, ConfigError> {
     let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
-    let config = check_text(&text).map_err(|issues| ConfigError::Invalid { file: file.to_owned(), issues })?;
+    let mut config = check_text(&text).map_err(|issues| ConfigError::Invalid { file: file.to_owned(), issues })?;
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    if let Some(dir) = &mut config.runtime.compile_cache_dir {
+        *dir = base_dir.join(&*dir);
+    }
     let digest = crate::sources::sha256_hex(text.as_bytes());
     Ok(LoadedConfig { file: file.to_owned(), base_dir, config, digest })
 }

@@ -275,11 +275,50 @@ pub struct RuntimeConfig {
     /// plugin some speed; off by default, and epoch deadlines bound time either way.
     #[serde(default)]
     pub fuel_metering: bool,
+    /// Refuse components that import `wasi:filesystem`, `wasi:sockets` or `wasi:http`, instead
+    /// of linking them to contexts that grant nothing (the default; see `plugin::imports`).
+    /// A plugin's own `strict_imports` overrides this.
+    #[serde(default)]
+    pub strict_imports: bool,
+    /// Keep compiled components on disk, keyed by content and engine configuration, so a
+    /// restart or `validate` does not compile an unchanged component again.
+    #[serde(default = "defaults::yes")]
+    pub compile_cache: bool,
+    /// Where compiled components are kept, relative to the configuration file. Absent:
+    /// `$XDG_CACHE_HOME/portcullis/components`, else `$HOME/.cache/portcullis/components`.
+    /// Created with mode 0700; a directory others may write to is not used.
+    #[serde(default)]
+    pub compile_cache_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { max_wasm_stack_kib: defaults::max_wasm_stack_kib(), fuel_metering: false }
+        RuntimeConfig {
+            max_wasm_stack_kib: defaults::max_wasm_stack_kib(),
+            fuel_metering: false,
+            strict_imports: false,
+            compile_cache: true,
+            compile_cache_dir: None,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The compile cache directory: `compile_cache_dir` (already resolved against the
+    /// configuration file by [`crate::config::load`]), else the user's cache directory; none
+    /// when the cache is off or no cache directory is known.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        if !self.compile_cache {
+            return None;
+        }
+        if let Some(dir) = &self.compile_cache_dir {
+            return Some(dir.clone());
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join("portcullis").join("components"))
     }
 }
 
@@ -607,6 +646,10 @@ pub struct PluginConfig {
     /// The crash-loop breaker.
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// Refuse this component if it imports `wasi:filesystem`, `wasi:sockets` or `wasi:http`.
+    /// Absent: `[runtime] strict_imports`.
+    #[serde(default)]
+    pub strict_imports: Option<bool>,
 }
 
 /// `[[route]]`: which requests it takes and what runs on them.

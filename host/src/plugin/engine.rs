@@ -1,6 +1,8 @@
 //! The process's one wasmtime [`Engine`]: async support (host calls that wait never block a
 //! tokio worker), epoch interruption with one ticker thread, the pooling allocator, a bounded
-//! wasm stack, and a cache of compiled components keyed by content hash.
+//! wasm stack, and caches of compiled components keyed by content hash: in memory, and on disk
+//! across restarts ([`super::cache`]). It also tracks which plugins are compiling now, for
+//! `/readyz` and `/status`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +13,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::audit::AuditSinks;
+use super::cache::CompileCache;
 use super::bindings::Gateway;
 use super::clock::Clock;
 use super::host::{HostState, Shared};
@@ -39,7 +42,49 @@ pub struct PluginEngine {
     audit: AuditSinks,
     fuel_metering: bool,
     compiled: Mutex<HashMap<String, Component>>,
+    disk: Option<CompileCache>,
+    loading: Mutex<Vec<Loading>>,
+    strict_imports: bool,
     ticker_stop: Arc<AtomicBool>,
+}
+
+/// A plugin being compiled now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadingStatus {
+    /// Plugin id.
+    pub plugin: String,
+    /// Component size, in bytes.
+    pub bytes: u64,
+    /// Time since its compilation started, in ms.
+    pub elapsed_ms: u64,
+}
+
+struct Loading {
+    plugin: String,
+    bytes: u64,
+    started: std::time::Instant,
+}
+
+/// Where [`PluginEngine::compile`] found a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompiledFrom {
+    /// Compiled earlier in this process from the same content.
+    Memory,
+    /// Read back from the on-disk compile cache.
+    Disk,
+    /// Compiled now with Cranelift.
+    Cranelift,
+}
+
+impl CompiledFrom {
+    /// `memory`, `disk` or `compiled`, for logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            CompiledFrom::Memory => "memory",
+            CompiledFrom::Disk => "disk",
+            CompiledFrom::Cranelift => "compiled",
+        }
+    }
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -92,7 +137,11 @@ impl PluginEngine {
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
+        // WASI with a context that grants nothing (no preopens, every socket address denied,
+        // empty environment and stdio) and `wasi:http` whose every request is denied: a
+        // toolchain's runtime that merely imports them loads, and a call gets an error value.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Gateway::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -116,6 +165,13 @@ impl PluginEngine {
             clock,
         });
         let audit = AuditSinks::with_metrics(shared.metrics.clone());
+        let disk = runtime.cache_dir().and_then(|dir| match CompileCache::open(&dir, &engine) {
+            Ok(cache) => Some(cache),
+            Err(why) => {
+                tracing::warn!("{why}; components are compiled at every start");
+                None
+            }
+        });
         Ok(Arc::new(PluginEngine {
             engine,
             linker,
@@ -123,6 +179,9 @@ impl PluginEngine {
             audit,
             fuel_metering: runtime.fuel_metering,
             compiled: Mutex::new(HashMap::new()),
+            disk,
+            loading: Mutex::new(Vec::new()),
+            strict_imports: runtime.strict_imports,
             ticker_stop,
         }))
     }
@@ -172,19 +231,81 @@ impl PluginEngine {
         self.fuel_metering
     }
 
-    /// Compiles `bytes` into a component, or returns the one compiled earlier from the same
-    /// content. Blocking: takes tens of milliseconds; call it on a blocking thread.
+    /// Whether plugins refuse `wasi:filesystem`, `wasi:sockets` and `wasi:http` imports unless
+    /// they say otherwise (`[runtime] strict_imports`).
+    pub fn strict_imports(&self) -> bool {
+        self.strict_imports
+    }
+
+    /// The on-disk compile cache's directory, when one is in use.
+    pub fn compile_cache_dir(&self) -> Option<&std::path::Path> {
+        self.disk.as_ref().map(CompileCache::dir)
+    }
+
+    /// Compiles `bytes` (content hash `hash`, lowercase hex SHA-256) into a component, or
+    /// returns the one compiled earlier from the same content, in this process or (read from
+    /// the disk cache) in an earlier one. Blocking: tens of milliseconds for a Rust plugin,
+    /// 10–35 s of Cranelift for a 12–18 MB JavaScript or Python one; call it on a blocking
+    /// thread.
     ///
-    /// Returns the component and the content hash (lowercase hex SHA-256).
+    /// Returns the component and where it came from.
     /// Errors: the bytes are not a valid component.
-    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<(Component, String)> {
-        let hash = crate::sources::sha256_hex(bytes);
-        if let Some(c) = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(&hash) {
-            return Ok((c.clone(), hash));
+    pub fn compile(&self, bytes: &[u8], hash: &str) -> wasmtime::Result<(Component, CompiledFrom)> {
+        if let Some(c) = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(hash) {
+            return Ok((c.clone(), CompiledFrom::Memory));
         }
-        let component = Component::new(&self.engine, bytes)?;
-        self.compiled.lock().unwrap_or_else(|e| e.into_inner()).insert(hash.clone(), component.clone());
-        Ok((component, hash))
+        let (component, from) = match self.disk.as_ref().and_then(|d| d.get(&self.engine, hash)) {
+            Some(component) => (component, CompiledFrom::Disk),
+            None => {
+                let component = Component::new(&self.engine, bytes)?;
+                if let Some(disk) = &self.disk {
+                    disk.put(hash, &component);
+                }
+                (component, CompiledFrom::Cranelift)
+            }
+        };
+        self.compiled.lock().unwrap_or_else(|e| e.into_inner()).insert(hash.to_owned(), component.clone());
+        Ok((component, from))
+    }
+
+    /// Marks plugin `plugin` (`bytes` long) as compiling until the returned guard is dropped.
+    pub fn begin_loading(self: &Arc<Self>, plugin: &str, bytes: u64) -> LoadingGuard {
+        let started = std::time::Instant::now();
+        self.loading.lock().unwrap_or_else(|e| e.into_inner()).push(Loading {
+            plugin: plugin.to_owned(),
+            bytes,
+            started,
+        });
+        LoadingGuard { engine: self.clone(), plugin: plugin.to_owned(), started }
+    }
+
+    /// The plugins being compiled now, for `/readyz` and `/status`.
+    pub fn loading(&self) -> Vec<LoadingStatus> {
+        let loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        loading
+            .iter()
+            .map(|l| LoadingStatus {
+                plugin: l.plugin.clone(),
+                bytes: l.bytes,
+                elapsed_ms: u64::try_from(l.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect()
+    }
+}
+
+/// Keeps a plugin listed by [`PluginEngine::loading`] while it compiles.
+pub struct LoadingGuard {
+    engine: Arc<PluginEngine>,
+    plugin: String,
+    started: std::time::Instant,
+}
+
+impl Drop for LoadingGuard {
+    fn drop(&mut self) {
+        let mut loading = self.engine.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = loading.iter().position(|l| l.plugin == self.plugin && l.started == self.started) {
+            loading.swap_remove(i);
+        }
     }
 }
 

@@ -59,6 +59,8 @@ pub struct Shared {
 /// Per-store state: WASI's empty context, resource limits, and the plugin's grants.
 pub struct HostState {
     wasi: WasiCtx,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    deny_http: DenyHttp,
     table: ResourceTable,
     /// Memory, table and instance limits for this store.
     pub(crate) limits: StoreLimits,
@@ -86,6 +88,8 @@ impl HostState {
     pub fn new(grants: Arc<Grants>, shared: Arc<Shared>, memory_bytes: usize) -> Self {
         HostState {
             wasi: WasiCtx::builder().build(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            deny_http: DenyHttp,
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(memory_bytes)
@@ -148,6 +152,36 @@ impl HostState {
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.deny_http }
+    }
+}
+
+/// The `wasi:http/outgoing-handler` behind every plugin: each request is answered with
+/// `error-code.HTTP-request-denied`, so a runtime that imports raw HTTP (StarlingMonkey's
+/// `fetch`) loads, and a plugin that calls it gets an error value, never a trap. Outbound HTTP
+/// goes through the granted `http-client` capability instead.
+struct DenyHttp;
+
+impl wasmtime_wasi_http::WasiHttpHooks for DenyHttp {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 

@@ -12,11 +12,12 @@
 pub mod audit;
 pub mod bindings;
 pub mod breaker;
+mod cache;
 pub mod clock;
 mod engine;
 mod failure;
 mod host;
-mod imports;
+pub mod imports;
 mod instance;
 pub mod kv;
 mod legacy;
@@ -33,7 +34,7 @@ use wasmtime::component::{Component, InstancePre};
 use wasmtime::{Store, UpdateDeadline};
 
 use breaker::{Admission, Breaker};
-pub use engine::{EPOCH_TICK, MAX_INSTANCES, MAX_MEMORY_BYTES, PluginEngine};
+pub use engine::{CompiledFrom, EPOCH_TICK, LoadingGuard, LoadingStatus, MAX_INSTANCES, MAX_MEMORY_BYTES, PluginEngine};
 pub use failure::{CapabilityDenied, FailureKind, PluginFailure};
 pub use host::{Grants, HostState, MAX_LOG_MESSAGE_BYTES, Shared};
 pub use instance::{Call, Contract, Hooks, Reply};
@@ -58,6 +59,9 @@ pub struct LoadedPlugin {
     pub content_hash: String,
     /// The contract the component was built against.
     pub contract: Contract,
+    /// The interfaces the component imports (e.g. `wasi:io/streams@0.2.12`), as `GET /plugins`
+    /// shows them.
+    pub imports: Vec<String>,
     engine: Arc<PluginEngine>,
     pre: InstancePre<HostState>,
     indices: KindIndices,
@@ -128,22 +132,22 @@ pub enum StepLoadError {
 
 impl LoadedPlugin {
     /// Prepares `component` as plugin `id` configured by `config`; `audit_file` is its
-    /// `audit_file` resolved against the configuration file's directory.
+    /// `audit_file` resolved against the configuration file's directory. Its imports were
+    /// checked before it was compiled ([`imports::check`]); `imports` lists them.
     ///
-    /// Errors (as text for the configuration report): imports the host never provides
-    /// (`wasi:sockets`, `wasi:filesystem`, `wasi:http`, unknown interfaces) or capabilities the
-    /// plugin is not granted, all listed; no export of `config.kind`; `fuel` without fuel
-    /// metering; an `allowed_origins` entry that is not an origin; an audit file that cannot be
-    /// opened or does not end with a chained record.
+    /// Errors (as text for the configuration report): an import the linker cannot satisfy
+    /// with the type the component expects; no export of `config.kind` with the contract's
+    /// functions; `fuel` without fuel metering; an `allowed_origins` entry that is not an
+    /// origin; an audit file that cannot be opened or does not end with a chained record.
     pub fn new(
         engine: Arc<PluginEngine>,
         id: &str,
         config: &PluginConfig,
         component: &Component,
         content_hash: String,
+        imports: Vec<String>,
         audit_file: Option<&std::path::Path>,
     ) -> Result<Self, String> {
-        imports::check(engine.engine(), component, &config.capabilities)?;
         // Each series in its own call: a `get_or_create` guard still alive (as temporaries in
         // one struct literal are) while another creates a series deadlocks on the family's lock.
         let histogram = |phase: &str| {
@@ -185,6 +189,7 @@ impl LoadedPlugin {
             policy,
             content_hash,
             contract,
+            imports,
             grants: Arc::new(Grants {
                 plugin_id: id.into(),
                 capabilities: config.capabilities.clone(),
