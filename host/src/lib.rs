@@ -32,6 +32,7 @@ pub mod plugin;
 pub mod proxy;
 pub mod reload;
 pub mod router;
+pub mod scaffold;
 pub mod server;
 pub mod snapshot;
 pub mod sources;

@@ -1,5 +1,5 @@
-//! The `portcullis` command: `run` serves a configuration, `validate` checks one, `audit
-//! verify` checks an audit file's hash chain.
+//! The `portcullis` command: `run` serves a configuration, `validate` checks one, `new`
+//! writes a plugin project, `audit verify` checks an audit file's hash chain.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +40,22 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Write a new plugin project: source with a small working policy, build file, README and
+    /// a configuration snippet, for one kind in one language.
+    New {
+        /// The plugin kind: auth, rate-limit, validation, logging or filter.
+        #[arg(value_parser = parse_kind)]
+        kind: portcullis::config::PluginKind,
+        /// The language.
+        #[arg(long, value_enum, default_value_t = NewLang::Rust)]
+        lang: NewLang,
+        /// The project directory (created; must not exist or be empty); its name is the
+        /// plugin's.
+        dir: PathBuf,
+        /// The SDK's directory, for Rust projects (default: this checkout's `sdk/`).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Audit trail tools.
     Audit {
         #[command(subcommand)]
@@ -56,6 +72,49 @@ enum AuditCommand {
         /// The audit file (JSON Lines).
         file: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NewLang {
+    Rust,
+    Js,
+    Python,
+}
+
+fn parse_kind(text: &str) -> Result<portcullis::config::PluginKind, String> {
+    use portcullis::config::PluginKind;
+    [PluginKind::Auth, PluginKind::RateLimit, PluginKind::Validation, PluginKind::Logging, PluginKind::Filter]
+        .into_iter()
+        .find(|k| k.to_string() == text)
+        .ok_or_else(|| "expected one of auth, rate-limit, validation, logging, filter".to_owned())
+}
+
+fn scaffold(
+    kind: portcullis::config::PluginKind,
+    lang: NewLang,
+    dir: &std::path::Path,
+    sdk: Option<PathBuf>,
+) -> ExitCode {
+    use portcullis::scaffold::{self, Lang};
+    let lang = match lang {
+        NewLang::Rust => Lang::Rust,
+        NewLang::Js => Lang::Js,
+        NewLang::Python => Lang::Python,
+    };
+    let sdk = sdk.unwrap_or_else(scaffold::default_sdk_path);
+    match scaffold::generate(kind, lang, dir, &sdk) {
+        Ok(files) => {
+            for file in files {
+                println!("{}", dir.join(file).display());
+            }
+            println!("a {kind} plugin project: see {}", dir.join("README.md").display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portcullis new: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -94,6 +153,7 @@ fn main() -> ExitCode {
             runtime.block_on(validate(&config))
         }
         Command::Audit { command: AuditCommand::Verify { file } } => verify_audit(&file),
+        Command::New { kind, lang, dir, sdk } => scaffold(kind, lang, &dir, sdk),
     }
 }
 

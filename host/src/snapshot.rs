@@ -98,7 +98,7 @@ impl Snapshot {
             let path = loaded.resolve(&plugin_config.path);
             let audit_file = plugin_config.audit_file.as_deref().map(|f| loaded.resolve(f));
             let field = format!("plugin.{id}.path");
-            let strict = plugin_config.strict_imports.unwrap_or(engine.strict_imports());
+            let strict = plugin_config.strict_imports.unwrap_or(config.runtime.strict_imports);
             let (engine_for_compile, plugin_id) = (engine.clone(), id.clone());
             let (kind, capabilities) = (plugin_config.kind, plugin_config.capabilities.clone());
             let read = path.clone();

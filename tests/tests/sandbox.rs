@@ -200,16 +200,33 @@ async fn kv_is_shared_by_a_plugins_instances_and_needs_the_grant() {
     );
 }
 
+/// A component importing `wasi:sockets` loads by default (the host links sockets with every
+/// address denied) and its connection attempt fails as an error value inside the guest, not a
+/// trap; with `strict_imports` it is refused at load, before compiling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn components_importing_sockets_are_refused_at_load() {
-    let toml = format!(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[upstream.app]\nendpoints = [\"127.0.0.1:9\"]\n\n[plugin.sneaky]\npath = \"{}\"\nkind = \"filter\"\n",
-        plugin("socket_filter").display()
-    );
-    let error = build(&toml).await.unwrap_err();
-    assert!(error.contains("plugin.sneaky.path: refused imports:"), "{error}");
-    assert!(error.contains("wasi:sockets/"), "{error}");
-    assert!(error.contains("plugins get no network access"), "{error}");
+async fn components_importing_sockets_load_denied_or_are_refused_when_strict() {
+    let sneaky = format!("\n[plugin.sneaky]\npath = \"{}\"\nkind = \"filter\"\n", plugin("socket_filter").display());
+    let toml = gateway_config(echo_upstream().await, &route("sneaky", "/sneaky/", &[("sneaky", None)])) + &sneaky;
+    let gw = TestGateway::start(&toml).await;
+    let reply = get(&gw.url("/sneaky/x"), &[]).await;
+    assert_eq!(reply.status, 200, "{:?}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(reply.upstream_saw("x-reached"), ["no"], "the connection was denied, and the guest saw an error");
+    let plugins = get(&format!("http://{}/plugins", gw.admin), &[]).await.json();
+    let listed = plugins["plugins"].as_array().unwrap().iter().find(|p| p["id"] == "sneaky").unwrap();
+    let imports = listed["imports"].as_array().unwrap().iter().filter_map(|i| i.as_str()).collect::<Vec<_>>();
+    assert!(imports.iter().any(|i| i.starts_with("wasi:sockets/tcp@")), "/plugins lists the imports: {imports:?}");
+    gw.stop().await;
+
+    for strict in ["[runtime]\nstrict_imports = true\n\n", ""] {
+        let plugin_strict = if strict.is_empty() { "strict_imports = true\n" } else { "" };
+        let toml = format!(
+            "{strict}[[listener]]\naddress = \"127.0.0.1:0\"\n\n[upstream.app]\nendpoints = [\"127.0.0.1:9\"]\n{sneaky}{plugin_strict}"
+        );
+        let error = build(&toml).await.unwrap_err();
+        assert!(error.contains("plugin.sneaky.path: refused imports:"), "{error}");
+        assert!(error.contains("wasi:sockets/"), "{error}");
+        assert!(error.contains("`strict_imports`: plugins get no network access"), "{error}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,16 +1,18 @@
 //! The admin listener, bound to loopback by default:
 //!
 //! - `GET /healthz`: the process is alive (`{"status":"ok"}`).
-//! - `GET /readyz`: a snapshot is loaded and every listener is bound (200, else 503).
+//! - `GET /readyz`: a snapshot is loaded and every listener is bound (200, else 503). The
+//!   admin listener is bound before the first snapshot is built, and until it is
+//!   ([`serve_starting`]) `/readyz` and `/status` answer 503 with the plugins still compiling.
 //! - `GET /metrics`: Prometheus metrics, text exposition format.
-//! - `GET /plugins`: each loaded plugin's id, kind, content hash (SHA-256), failure policy and
-//!   crash-loop breaker state, as JSON.
+//! - `GET /plugins`: each loaded plugin's id, kind, content hash (SHA-256), contract, imports,
+//!   failure policy and crash-loop breaker state, as JSON.
 //! - `POST /reload`: reloads the configuration now; 200 `{"result":"ok"}`, or 422 with an RFC
 //!   9457 problem whose `errors` list every problem (the running configuration keeps serving).
 //! - `GET /status`: JSON with each upstream endpoint's health (available, active check
 //!   verdict, ejection, requests in flight, totals, recent error rate and latency), each
 //!   plugin's SHA-256, breaker state and failure count, each audit sink's written and failed
-//!   records, and the last reload.
+//!   records, the plugins compiling now (`loading`), and the last reload.
 //! - `GET /reloads`: the recent reload attempts (time, cause, result, error, warnings,
 //!   duration, and each plugin's SHA-256), oldest first.
 //!

@@ -277,7 +277,8 @@ pub struct RuntimeConfig {
     pub fuel_metering: bool,
     /// Refuse components that import `wasi:filesystem`, `wasi:sockets` or `wasi:http`, instead
     /// of linking them to contexts that grant nothing (the default; see `plugin::imports`).
-    /// A plugin's own `strict_imports` overrides this.
+    /// A plugin's own `strict_imports` overrides this. Unlike the other `[runtime]` settings it
+    /// applies at every load, reloads included.
     #[serde(default)]
     pub strict_imports: bool,
     /// Keep compiled components on disk, keyed by content and engine configuration, so a

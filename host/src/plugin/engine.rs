@@ -13,8 +13,8 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::audit::AuditSinks;
-use super::cache::CompileCache;
 use super::bindings::Gateway;
+use super::cache::CompileCache;
 use super::clock::Clock;
 use super::host::{HostState, Shared};
 use super::kv::KvStore;
@@ -44,7 +44,6 @@ pub struct PluginEngine {
     compiled: Mutex<HashMap<String, Component>>,
     disk: Option<CompileCache>,
     loading: Mutex<Vec<Loading>>,
-    strict_imports: bool,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -181,7 +180,6 @@ impl PluginEngine {
             compiled: Mutex::new(HashMap::new()),
             disk,
             loading: Mutex::new(Vec::new()),
-            strict_imports: runtime.strict_imports,
             ticker_stop,
         }))
     }
@@ -229,12 +227,6 @@ impl PluginEngine {
     /// Whether the engine counts fuel (`[runtime] fuel_metering`).
     pub fn fuel_metering(&self) -> bool {
         self.fuel_metering
-    }
-
-    /// Whether plugins refuse `wasi:filesystem`, `wasi:sockets` and `wasi:http` imports unless
-    /// they say otherwise (`[runtime] strict_imports`).
-    pub fn strict_imports(&self) -> bool {
-        self.strict_imports
     }
 
     /// The on-disk compile cache's directory, when one is in use.

@@ -122,7 +122,9 @@ fn refusal(name: &str, granted: &[Capability], strict: bool) -> Option<&'static 
         ("wasi:filesystem", _) if strict => {
             Some("`strict_imports`: plugins get no filesystem; pass files with `{ \"$file\" = … }` in config")
         }
-        ("wasi:http", _) if strict => Some("`strict_imports`: plugins get no raw HTTP; use the `http-client` capability"),
+        ("wasi:http", _) if strict => {
+            Some("`strict_imports`: plugins get no raw HTTP; use the `http-client` capability")
+        }
         // Linked, granting nothing: no preopens, every address denied, every request denied.
         ("wasi:sockets" | "wasi:filesystem", _) => None,
         ("wasi:http", "wasi:http/types" | "wasi:http/outgoing-handler") => None,

@@ -34,7 +34,9 @@ use wasmtime::component::{Component, InstancePre};
 use wasmtime::{Store, UpdateDeadline};
 
 use breaker::{Admission, Breaker};
-pub use engine::{CompiledFrom, EPOCH_TICK, LoadingGuard, LoadingStatus, MAX_INSTANCES, MAX_MEMORY_BYTES, PluginEngine};
+pub use engine::{
+    CompiledFrom, EPOCH_TICK, LoadingGuard, LoadingStatus, MAX_INSTANCES, MAX_MEMORY_BYTES, PluginEngine,
+};
 pub use failure::{CapabilityDenied, FailureKind, PluginFailure};
 pub use host::{Grants, HostState, MAX_LOG_MESSAGE_BYTES, Shared};
 pub use instance::{Call, Contract, Hooks, Reply};
@@ -319,6 +321,9 @@ impl Drop for Settle<'_> {
     }
 }
 
+/// The least time `configure` gets, whatever the plugin's `deadline_ms`.
+const CONFIGURE_DEADLINE_FLOOR: Duration = Duration::from_secs(5);
+
 /// A plugin configured for one step: a pool of configured instances.
 pub struct StepPool {
     plugin: Arc<LoadedPlugin>,
@@ -414,14 +419,16 @@ impl StepPool {
     }
 
     /// A new instance, configured. Configuration may parse keys, so it gets ten times the call
-    /// deadline, at least one second.
+    /// deadline, at least five seconds: the deadline is wall time, and a Python plugin's
+    /// `configure` that takes milliseconds alone took over a second while Cranelift compiled
+    /// a JavaScript component on both cores (the limit was one second until then).
     async fn fresh(&self) -> Result<Instance, StepLoadError> {
         let id = &self.plugin.id;
         let mut instance =
             self.plugin.instantiate().await.map_err(|e| {
                 StepLoadError::Failed(PluginFailure::new(id, FailureKind::Unavailable(format!("{e:#}"))))
             })?;
-        let configure_deadline = (self.plugin.deadline * 10).max(Duration::from_secs(1));
+        let configure_deadline = (self.plugin.deadline * 10).max(CONFIGURE_DEADLINE_FLOOR);
         instance.store.data_mut().begin_call("configure", &opentelemetry::Context::new(), configure_deadline);
         instance.store.set_epoch_deadline(LoadedPlugin::ticks(configure_deadline));
         if self.plugin.engine.fuel_metering() {
