@@ -150,7 +150,7 @@ async fn each_language_refuses_a_bad_step_configuration_naming_plugin_and_field(
 
 fn engine_with_cache(dir: &Path, compile_cache: bool) -> Arc<PluginEngine> {
     let runtime = RuntimeConfig { compile_cache, compile_cache_dir: Some(dir.to_owned()), ..Default::default() };
-    PluginEngine::new(&runtime).unwrap()
+    PluginEngine::new(&runtime).expect("creating an engine with its own compile cache")
 }
 
 fn entries(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -283,7 +283,8 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
+    listener.local_addr().expect("a bound address").port()
 }
 
 /// The JavaScript and Python policies' own unit tests (`node --test`, `unittest`), which run

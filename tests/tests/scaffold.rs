@@ -39,7 +39,7 @@ async fn load(id: &str, kind: PluginKind, component: &Path) {
         scaffold::sample_config(kind)
     );
     let (_dir, file) = write_config(&toml);
-    let loaded = config::load(&file).unwrap();
+    let loaded = config::load(&file).expect("the test configuration parses");
     if let Err(e) = Snapshot::build(&loaded, &engine()).await {
         panic!("the {kind} template did not load:\n{e}");
     }
