@@ -272,8 +272,12 @@ impl LoadedPlugin {
         u64::try_from(deadline.as_millis().div_ceil(tick)).unwrap_or(u64::MAX)
     }
 
-    async fn instantiate(&self) -> wasmtime::Result<Instance> {
-        let state = HostState::new(self.grants.clone(), self.engine.shared().clone(), self.memory_bytes);
+    /// A new instance, its start functions run under `budget` of wall time (a 12–18 MB
+    /// JavaScript or Python component initializes its runtime here; under the call deadline,
+    /// 100 ms, that failed on a machine busy compiling).
+    async fn instantiate(&self, budget: Duration) -> wasmtime::Result<Instance> {
+        let mut state = HostState::new(self.grants.clone(), self.engine.shared().clone(), self.memory_bytes);
+        state.begin_call("instantiate", &opentelemetry::Context::new(), budget);
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limits);
         // Past the deadline, a call that spent time waiting on outbound HTTP gets that time
@@ -284,7 +288,7 @@ impl LoadedPlugin {
                 None => UpdateDeadline::Interrupt,
             })
         });
-        store.set_epoch_deadline(Self::ticks(self.deadline));
+        store.set_epoch_deadline(Self::ticks(budget));
         if self.engine.fuel_metering() {
             store.set_fuel(u64::MAX)?;
         }
@@ -418,17 +422,16 @@ impl StepPool {
         self.body_limit
     }
 
-    /// A new instance, configured. Configuration may parse keys, so it gets ten times the call
-    /// deadline, at least five seconds: the deadline is wall time, and a Python plugin's
+    /// A new instance, configured. Instantiation and configuration may initialize a language
+    /// runtime or parse keys, so each gets ten times the call deadline, at least five seconds: the deadline is wall time, and a Python plugin's
     /// `configure` that takes milliseconds alone took over a second while Cranelift compiled
     /// a JavaScript component on both cores (the limit was one second until then).
     async fn fresh(&self) -> Result<Instance, StepLoadError> {
         let id = &self.plugin.id;
-        let mut instance =
-            self.plugin.instantiate().await.map_err(|e| {
-                StepLoadError::Failed(PluginFailure::new(id, FailureKind::Unavailable(format!("{e:#}"))))
-            })?;
         let configure_deadline = (self.plugin.deadline * 10).max(CONFIGURE_DEADLINE_FLOOR);
+        let mut instance = self.plugin.instantiate(configure_deadline).await.map_err(|e| {
+            StepLoadError::Failed(PluginFailure::new(id, FailureKind::Unavailable(format!("instantiation: {e:#}"))))
+        })?;
         instance.store.data_mut().begin_call("configure", &opentelemetry::Context::new(), configure_deadline);
         instance.store.set_epoch_deadline(LoadedPlugin::ticks(configure_deadline));
         if self.plugin.engine.fuel_metering() {
