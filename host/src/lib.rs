@@ -8,7 +8,9 @@
 //!
 //! The running configuration is one immutable [`snapshot::Snapshot`]; configuration is
 //! parsed and checked by [`config`]; every gateway error becomes an RFC 9457 problem response
-//! in [`error`].
+//! in [`error`]. Components are checked from their binary before compiling
+//! ([`plugin::imports`]) and compiled once per content across restarts (an on-disk cache);
+//! [`scaffold`] writes new plugin projects in Rust, JavaScript or Python (`portcullis new`).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), portcullis::StartError> {
