@@ -252,6 +252,12 @@ impl Chain {
                     let headers = &mut Arc::make_mut(request).headers;
                     headers::apply_edits(headers, &edits, Some(ids)).map_err(|e| invalid(e.to_string()))?;
                 }
+                // The credential leaves the request at once: later steps are lent the query
+                // without it, as the upstream gets it.
+                if !done.remove_query_params.is_empty() {
+                    let lent = Arc::make_mut(request);
+                    lent.query = lent.query.as_deref().and_then(|q| headers::strip_query(q, &done.remove_query_params));
+                }
                 state.remove_query_params.extend(done.remove_query_params);
                 state.identity = Some(done.identity);
                 ("authenticated", Verdict::Continue)

@@ -3,7 +3,8 @@
 // Sets `x-tag: <TAG><suffix>`, where `suffix` comes from the step configuration. With
 // `response = true` it also implements the response hook (and says so in `hooks`), setting
 // `x-tag-response: <TAG><suffix>` on the response, and `x-tag-echo` to the request's `x-echo`
-// (the request is lent to the response hook too).
+// (the request is lent to the response hook too). On the request it also sets `x-tag-query`
+// to the query it was lent, when there is one (so tests see what later steps see).
 
 use portcullis_sdk::{
     ConfigError, Filter, FilterAction, HeaderEdits, HookSet, Identity, Plugin, Request, ResponseHead,
@@ -37,8 +38,12 @@ impl Filter for TagFilter {
         if self.1 { HookSet::ON_REQUEST | HookSet::ON_RESPONSE } else { HookSet::ON_REQUEST }
     }
 
-    fn on_request(&self, _: &Request<'_>, _: Option<&Identity>) -> FilterAction {
-        FilterAction::Continue(HeaderEdits::default().set("x-tag", &self.0))
+    fn on_request(&self, request: &Request<'_>, _: Option<&Identity>) -> FilterAction {
+        let mut edits = HeaderEdits::default().set("x-tag", &self.0);
+        if let Some(query) = request.query() {
+            edits = edits.set("x-tag-query", query);
+        }
+        FilterAction::Continue(edits)
     }
 
     fn on_response(&self, request: &Request<'_>, _: Option<&Identity>, _: &ResponseHead) -> FilterAction {

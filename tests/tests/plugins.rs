@@ -110,7 +110,11 @@ async fn api_keys_authenticate_and_never_reach_the_upstream() {
     let routes = route(
         "svc",
         "/svc/",
-        &[("apikey", Some(&keys)), ("rbac", Some(r#"{ rules = [{ path = "/svc/**", roles = ["reader"] }] }"#))],
+        &[
+            ("apikey", Some(&keys)),
+            ("rbac", Some(r#"{ rules = [{ path = "/svc/**", roles = ["reader"] }] }"#)),
+            ("tagger", None),
+        ],
     );
     let gw = TestGateway::start(&config(upstream, &routes)).await;
     let by_header = get(&gw.url("/svc/items"), &[("x-api-key", "k-reader-0123456789")]).await;
@@ -120,6 +124,7 @@ async fn api_keys_authenticate_and_never_reach_the_upstream() {
     let by_query = get(&gw.url("/svc/items?page=2&apikey=k-reader-0123456789"), &[]).await;
     assert_eq!(by_query.status, 200);
     assert_eq!(by_query.json()["query"], "page=2", "the key parameter is removed, the rest kept");
+    assert_eq!(by_query.upstream_saw("x-tag-query"), ["page=2"], "later steps are lent the query without the key");
     let wrong = get(&gw.url("/svc/items"), &[("x-api-key", "k-wrong-0123456789")]).await;
     assert_eq!(wrong.status, 401);
     assert!(wrong.headers["www-authenticate"].to_str().unwrap().starts_with("ApiKey"));

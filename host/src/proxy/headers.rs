@@ -227,6 +227,18 @@ pub fn apply_edits(
 /// up empty.
 pub fn strip_query_params(uri: &http::Uri, names: &[String]) -> http::Uri {
     let Some(query) = uri.query() else { return uri.clone() };
+    let path_and_query = match strip_query(query, names) {
+        Some(kept) => format!("{}?{kept}", uri.path()),
+        None => uri.path().to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = path_and_query.parse().ok().or(parts.path_and_query);
+    http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+/// `query` (without `?`) without the parameters named in `names`, as [`strip_query_params`]
+/// compares them; none when no parameter is left.
+pub fn strip_query(query: &str, names: &[String]) -> Option<String> {
     let kept: Vec<&str> = query
         .split('&')
         .filter(|pair| {
@@ -235,11 +247,7 @@ pub fn strip_query_params(uri: &http::Uri, names: &[String]) -> http::Uri {
             !names.iter().any(|n| n == name || decoded.as_deref() == Some(n.as_str()))
         })
         .collect();
-    let path_and_query =
-        if kept.is_empty() { uri.path().to_owned() } else { format!("{}?{}", uri.path(), kept.join("&")) };
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = path_and_query.parse().ok().or(parts.path_and_query);
-    http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+    (!kept.is_empty()).then(|| kept.join("&"))
 }
 
 /// `%XX` and `+` decoding of a query component; none when the result is not UTF-8.
