@@ -1,8 +1,9 @@
 //! The store's state type and the host side of every capability (`log`, `kv`, `clock`,
 //! `http-client`, `audit`), implemented on it as wasmtime's `wasi-config` does.
 //!
-//! WASI is linked because Rust's `std` imports it, with an empty context: no environment,
-//! arguments, preopened directories, sockets or inherited stdio.
+//! WASI is linked because language runtimes import it (Rust's `std`, StarlingMonkey, CPython),
+//! with an empty context: no environment, arguments, preopened directories, socket addresses
+//! or inherited stdio; `wasi:http`'s outgoing handler (`DenyHttp`) denies every request.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -10,7 +10,7 @@
 //! `wasi:http/outgoing-handler` answering `HTTP-request-denied`), so by default such imports
 //! are accepted and a use of them returns an error value. `strict_imports` (per plugin, or
 //! `[runtime]` for all) refuses `wasi:filesystem`, `wasi:sockets` and `wasi:http` as the host
-//! did before. The security model (docs/SECURITY.md) says why the default is safe.
+//! did before. The README's security model says why the default is safe.
 
 use crate::config::{Capability, PluginKind};
 

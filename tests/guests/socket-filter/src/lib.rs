@@ -1,5 +1,6 @@
 //! Test guest: a `filter` plugin that opens a TCP connection with `std::net`, so its component
-//! imports `wasi:sockets`. The host must refuse to load it.
+//! imports `wasi:sockets`. By default the host loads it and denies the connection (the guest
+//! sets `x-reached: no`); with `strict_imports` the host refuses to load it.
 
 use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, Plugin, Request};
 use serde::Deserialize;
