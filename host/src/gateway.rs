@@ -67,13 +67,14 @@ impl Gateway {
     /// unusable `OTEL_*` variable; [`StartError::Admin`] for an unreadable admin token;
     /// [`StartError::Engine`].
     pub async fn start(config_file: &Path) -> Result<Gateway, StartError> {
-        let runtime = config::load(config_file)?.config.runtime;
+        let config = config::load(config_file)?.config;
         let telemetry = Arc::new(crate::telemetry::Telemetry::from_env()?);
         if let Some(endpoint) = telemetry.endpoint() {
             tracing::info!(%endpoint, "exporting spans over OTLP/HTTP");
         }
         let engine =
-            PluginEngine::with_telemetry(&runtime, telemetry).map_err(|e| StartError::Engine(format!("{e:#}")))?;
+            PluginEngine::with_settings(&config.runtime, &config.kv, telemetry)
+                .map_err(|e| StartError::Engine(format!("{e:#}")))?;
         Self::start_with_engine(config_file, engine).await
     }
 
@@ -83,6 +84,17 @@ impl Gateway {
     /// Errors: as [`Gateway::start`].
     pub async fn start_with_engine(config_file: &Path, engine: Arc<PluginEngine>) -> Result<Gateway, StartError> {
         let loaded = config::load(config_file)?;
+        let wanted = match loaded.config.kv.backend {
+            config::KvBackend::Memory => "memory",
+            config::KvBackend::Redis => "redis",
+        };
+        if wanted != engine.kv().backend() {
+            tracing::warn!(
+                configured = wanted,
+                serving = engine.kv().backend(),
+                "[kv] is fixed by the engine this gateway was started with; its backend is used"
+            );
+        }
         // The admin listener answers while plugins compile (tens of seconds for a JavaScript
         // or Python component without a warm cache): `/readyz` says which are still loading.
         let booting = if loaded.config.admin.enabled {

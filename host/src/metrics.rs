@@ -149,6 +149,33 @@ pub struct HandshakeLabels {
     pub result: String,
 }
 
+/// Labels of a `kv` backend operation.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KvLabels {
+    /// `redis`.
+    pub backend: String,
+    /// `get`, `set`, `delete`, `increment`, `compare-and-swap`, `throttle` or `probe`.
+    pub op: String,
+}
+
+/// Labels of a failed `kv` backend operation.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KvErrorLabels {
+    /// `redis`.
+    pub backend: String,
+    /// As [`KvLabels::op`].
+    pub op: String,
+    /// `timeout` (no answer in time) or `error` (refused connection, server error).
+    pub reason: String,
+}
+
+/// Labels naming a `kv` backend.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KvBackendLabels {
+    /// `redis`.
+    pub backend: String,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Request and upstream latencies: 0.5 ms to about 16 s.
@@ -201,6 +228,13 @@ pub struct Metrics {
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
     /// `portcullis_audit_records_total{sink,result}`: audit records `written` or `failed`.
     pub audit_records: Family<AuditLabels, Counter>,
+    /// `portcullis_kv_command_duration_seconds{backend,op}`: one call to a shared `kv` store,
+    /// sent to answered (or timed out).
+    pub kv_command_duration: Histograms<KvLabels>,
+    /// `portcullis_kv_errors_total{backend,op,reason}`: calls to a shared `kv` store that failed.
+    pub kv_errors: Family<KvErrorLabels, Counter>,
+    /// `portcullis_kv_backend_up{backend}`: 1 while the shared `kv` store answers.
+    pub kv_up: Family<KvBackendLabels, Gauge>,
 }
 
 // === impl Metrics ===
@@ -225,6 +259,9 @@ impl Default for Metrics {
             listener_connections: Family::default(),
             tls_handshakes: Family::default(),
             audit_records: Family::default(),
+            kv_command_duration: Family::new_with_constructor(call_histogram as fn() -> Histogram),
+            kv_errors: Family::default(),
+            kv_up: Family::default(),
         };
         let m = &metrics;
         registry.register(
@@ -296,6 +333,14 @@ impl Default for Metrics {
             "Open client connections, by listener",
             m.listener_connections.clone(),
         );
+        registry.register_with_unit(
+            "kv_command_duration",
+            "Duration of one call to the shared kv store, by backend and operation",
+            prometheus_client::registry::Unit::Seconds,
+            m.kv_command_duration.clone(),
+        );
+        registry.register("kv_errors", "Failed calls to the shared kv store, by operation and reason", m.kv_errors.clone());
+        registry.register("kv_backend_up", "1 while the shared kv store answers", m.kv_up.clone());
         registry.register("tls_handshakes", "TLS handshakes, by listener and result", m.tls_handshakes.clone());
         *metrics.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         metrics

@@ -4,7 +4,7 @@
 
 pub use crate::bindings::portcullis::plugin::audit::AuditError;
 pub use crate::bindings::portcullis::plugin::http_client::{HttpError, OutboundRequest, OutboundResponse};
-pub use crate::bindings::portcullis::plugin::kv::KvError;
+pub use crate::bindings::portcullis::plugin::kv::{Cell, KvError};
 pub use crate::bindings::portcullis::plugin::log::Level;
 
 #[cfg(target_arch = "wasm32")]
@@ -22,6 +22,18 @@ pub fn log_with(level: Level, message: &str, fields: &[(&str, &str)]) {
 /// Emits a log event at `level`.
 pub fn log(level: Level, message: &str) {
     imp::log::emit(level, message, &[]);
+}
+
+/// Fails the current call: logs `message` at error level and panics, which the host sees as a
+/// trap (on wasm32, Rust's panic is the `unreachable` instruction). The step's failure policy
+/// then decides the request: fail-closed answers 500, or 503 when the cause was a `kv` call
+/// that found the shared store unavailable; fail-open lets the request through and counts the
+/// failure. The instance is discarded and a fresh one serves the next call.
+///
+/// Use it when the plugin cannot decide, for example a quota that cannot be read.
+pub fn fail(message: &str) -> ! {
+    imp::log::emit(Level::Error, message, &[]);
+    panic!("{message}");
 }
 
 /// Wall-clock time in milliseconds since the Unix epoch, as the host (or the test fake) sees it.
@@ -48,6 +60,7 @@ pub fn audit_append(record: &str) -> Result<String, AuditError> {
 /// The plugin's key/value store: shared by all instances of the plugin, namespaced per plugin,
 /// surviving configuration reloads. TTLs are in milliseconds.
 pub mod kv {
+    pub use super::Cell;
     use super::{KvError, imp};
 
     /// The value under `key`, or `None`.
@@ -80,5 +93,17 @@ pub mod kv {
         ttl_ms: Option<u64>,
     ) -> Result<bool, KvError> {
         imp::kv::compare_and_swap(key, expected, value, ttl_ms)
+    }
+
+    /// Takes `quantity` units from the generic cell rate algorithm cell (GCRA, ITU-T I.371)
+    /// under `key`, atomically and in one round trip on a shared store: each unit costs
+    /// `interval_us` microseconds, and units may be taken up to `window_us` ahead of now
+    /// (the burst). A refused take changes nothing; a negative `quantity` gives units back.
+    /// Now is the store's clock (the Redis server's on Redis).
+    ///
+    /// Errors: [`KvError::NotANumber`] when `key` holds something else; the store's
+    /// [`KvError::Unavailable`], [`KvError::QuotaExceeded`] and [`KvError::TooLarge`].
+    pub fn throttle(key: &str, interval_us: u64, window_us: u64, quantity: i32) -> Result<super::Cell, KvError> {
+        imp::kv::throttle(key, interval_us, window_us, quantity)
     }
 }

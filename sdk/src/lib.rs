@@ -91,7 +91,7 @@ pub use bindings_mod::*;
 pub use export::__private;
 pub use helpers::{is_quotable, percent_decode};
 pub use host::{
-    AuditError, HttpError, KvError, Level, OutboundRequest, OutboundResponse, audit_append, http_send, kv, log,
+    AuditError, HttpError, KvError, Level, OutboundRequest, OutboundResponse, audit_append, fail, http_send, kv, log,
     log_with, now_ms,
 };
 pub use kinds::{Auth, Filter, Logging, Plugin, RateLimit, Validation};

@@ -37,6 +37,7 @@ type HttpHandler = Box<dyn FnMut(&OutboundRequest) -> Result<OutboundResponse, H
 struct State {
     now_ms: u64,
     kv: HashMap<String, (Vec<u8>, Option<u64>)>,
+    kv_down: Option<String>,
     logs: Vec<LogRecord>,
     audit: Vec<String>,
     http: Option<HttpHandler>,
@@ -47,7 +48,7 @@ impl Default for State {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        State { now_ms, kv: HashMap::new(), logs: Vec::new(), audit: Vec::new(), http: None }
+        State { now_ms, kv: HashMap::new(), kv_down: None, logs: Vec::new(), audit: Vec::new(), http: None }
     }
 }
 
@@ -84,6 +85,12 @@ pub fn logs() -> Vec<LogRecord> {
 /// as the plugin gave it (without the host's `prev` and `hash`).
 pub fn audit_records() -> Vec<String> {
     with_state(|s| s.audit.clone())
+}
+
+/// Makes every `kv` call fail with `KvError::Unavailable(why)` (a shared store that is down),
+/// or, with `None`, work again.
+pub fn set_kv_unavailable(why: Option<&str>) {
+    with_state(|s| s.kv_down = why.map(str::to_owned));
 }
 
 /// Answers outbound HTTP requests with `handler` instead of refusing them.
@@ -202,7 +209,7 @@ pub(crate) mod fake {
 
     pub mod kv {
         use super::super::{State, with_state};
-        use crate::host::KvError;
+        use crate::host::{Cell, KvError};
 
         const MAX_KEY: usize = 512;
         const MAX_VALUE: usize = 64 * 1024;
@@ -219,10 +226,11 @@ pub(crate) mod fake {
             if key.len() > MAX_KEY || value.len() > MAX_VALUE {
                 return Err(KvError::TooLarge);
             }
-            Ok(())
+            with_state(|s| s.kv_down.clone()).map_or(Ok(()), |why| Err(KvError::Unavailable(why)))
         }
 
         pub fn get(key: &str) -> Result<Option<Vec<u8>>, KvError> {
+            check(key, b"")?;
             with_state(|s| Ok(live(s, key).map(|(v, _)| v.clone())))
         }
 
@@ -236,6 +244,7 @@ pub(crate) mod fake {
         }
 
         pub fn delete(key: &str) -> Result<bool, KvError> {
+            check(key, b"")?;
             with_state(|s| Ok(live(s, key).is_some() && s.kv.remove(key).is_some()))
         }
 
@@ -274,6 +283,49 @@ pub(crate) mod fake {
                 let expiry = ttl_ms.map(|t| s.now_ms + t);
                 s.kv.insert(key.to_owned(), (value.to_vec(), expiry));
                 Ok(true)
+            })
+        }
+    
+        /// GCRA as the host's stores run it (`host/src/plugin/kv/gcra.rs`), on the fake clock.
+        pub fn throttle(key: &str, interval_us: u64, window_us: u64, quantity: i32) -> Result<Cell, KvError> {
+            check(key, b"")?;
+            with_state(|s| {
+                let now = s.now_ms.saturating_mul(1000);
+                let stored = match live(s, key) {
+                    Some((v, _)) => {
+                        Some(std::str::from_utf8(v).ok().and_then(|t| t.parse::<u64>().ok()).ok_or(KvError::NotANumber)?)
+                    }
+                    None => None,
+                };
+                let interval = interval_us.max(1);
+                let cost = interval.saturating_mul(u64::from(quantity.unsigned_abs()));
+                let remaining = |tat: u64| window_us.saturating_sub(tat.saturating_sub(now)) / interval;
+                let (cell, store) = if quantity < 0 {
+                    match stored {
+                        None => (Cell { allowed: true, remaining: remaining(now), reset_us: 0, retry_after_us: 0 }, None),
+                        Some(tat) => {
+                            let back = tat.saturating_sub(cost).max(now);
+                            let cell = Cell { allowed: true, remaining: remaining(back), reset_us: back - now, retry_after_us: 0 };
+                            (cell, Some(back))
+                        }
+                    }
+                } else {
+                    let tat = stored.unwrap_or(0).max(now);
+                    let new_tat = tat.saturating_add(cost);
+                    let allow_at = new_tat.saturating_sub(window_us);
+                    if now < allow_at {
+                        let cell = Cell { allowed: false, remaining: remaining(tat), reset_us: tat - now, retry_after_us: allow_at - now };
+                        (cell, None)
+                    } else {
+                        let cell = Cell { allowed: true, remaining: remaining(new_tat), reset_us: new_tat - now, retry_after_us: 0 };
+                        (cell, Some(new_tat))
+                    }
+                };
+                if let Some(tat) = store {
+                    let ttl_ms = (tat - now).div_ceil(1000) + 1;
+                    s.kv.insert(key.to_owned(), (tat.to_string().into_bytes(), Some(s.now_ms + ttl_ms)));
+                }
+                Ok(cell)
             })
         }
     }

@@ -2,6 +2,7 @@
 //! ephemeral loopback ports with plugins built from `plugins/` and `tests/guests/` (see
 //! `build.rs`), real upstreams, a real HTTP client, and tokens minted with `jsonwebtoken`.
 
+pub mod redis_server;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -66,6 +67,21 @@ impl TestGateway {
         Self::start_with(config, engine()).await
     }
 
+    /// Writes `config` and starts a gateway with its own engine, built from the file's
+    /// `[runtime]` and `[kv]` as the binary does: for engine-wide settings such as a shared
+    /// Redis (the shared [`engine`] has the in-process store).
+    ///
+    /// # Panics
+    /// As [`TestGateway::start`].
+    pub async fn start_standalone(config: &str) -> TestGateway {
+        let (_, file) = write_config(config);
+        let gateway = match Gateway::start(&file).await {
+            Ok(g) => g,
+            Err(e) => panic!("gateway refused the test configuration:\n{e}"),
+        };
+        Self::wrap(gateway, &file)
+    }
+
     /// [`TestGateway::start`] on `engine` (e.g. one with fuel metering).
     ///
     /// # Panics
@@ -89,6 +105,10 @@ impl TestGateway {
             Ok(g) => g,
             Err(e) => panic!("gateway refused the test configuration:\n{e}"),
         };
+        Self::wrap(gateway, file)
+    }
+
+    fn wrap(gateway: Gateway, file: &Path) -> TestGateway {
         let addr = gateway.listener_addrs()[0];
         let admin = gateway.admin_addr().expect("admin listener enabled");
         let dir = file.parent().expect("a file in a directory").to_path_buf();

@@ -1,7 +1,8 @@
 //! The admin listener, bound to loopback by default:
 //!
 //! - `GET /healthz`: the process is alive (`{"status":"ok"}`).
-//! - `GET /readyz`: a snapshot is loaded and every listener is bound (200, else 503). The
+//! - `GET /readyz`: a snapshot is loaded and every listener is bound (200, else 503); with a
+//!   shared `kv` store that is down, 200 `{"status":"degraded","kv":{…}}`. The
 //!   admin listener is bound before the first snapshot is built, and until it is
 //!   ([`serve_starting`]) `/readyz` and `/status` answer 503 with the plugins still compiling.
 //! - `GET /metrics`: Prometheus metrics, text exposition format.
@@ -12,7 +13,9 @@
 //! - `GET /status`: JSON with each upstream endpoint's health (available, active check
 //!   verdict, ejection, requests in flight, totals, recent error rate and latency), each
 //!   plugin's SHA-256, breaker state and failure count, each audit sink's written and failed
-//!   records, the plugins compiling now (`loading`), and the last reload.
+//!   records, the plugins compiling now (`loading`), the `kv` backend's health (`kv`:
+//!   backend, `up` or `down`, the last error, the address without credentials), and the last
+//!   reload.
 //! - `GET /reloads`: the recent reload attempts (time, cause, result, error, warnings,
 //!   duration, and each plugin's SHA-256), oldest first.
 //!
@@ -168,7 +171,16 @@ async fn route(request: &Request<Incoming>, state: &AdminState) -> Response<Body
         }
         (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         (&Method::GET, "/readyz") if state.ready.load(Ordering::Acquire) => {
-            json(StatusCode::OK, r#"{"status":"ready"}"#.into())
+            // A shared `kv` store that is down degrades the gateway without taking it out of
+            // rotation: routes that do not use it serve as before, and those that do answer
+            // per their steps' failure policy.
+            let kv = state.reloader.engine().kv().health();
+            let body = if kv.state == "up" {
+                serde_json::json!({ "status": "ready" })
+            } else {
+                serde_json::json!({ "status": "degraded", "kv": kv })
+            };
+            json(StatusCode::OK, body.to_string())
         }
         (&Method::GET, "/readyz") => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"starting"}"#.into()),
         (&Method::GET, "/metrics") => {
@@ -278,10 +290,12 @@ fn status(state: &AdminState) -> String {
     let last_reload = state.reloader.history().pop();
     let audit_sinks = state.reloader.engine().audit_sinks().status();
     let loading = state.reloader.engine().loading();
+    let kv = state.reloader.engine().kv().health();
     serde_json::json!({
         "upstreams": upstreams,
         "plugins": plugins,
         "loading": loading,
+        "kv": kv,
         "audit_sinks": audit_sinks,
         "last_reload": last_reload,
     })

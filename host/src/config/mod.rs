@@ -12,8 +12,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use model::{
-    BreakerConfig, Capability, FailurePolicy, GatewayConfig, Isolation, PluginConfig, PluginKind, RouteConfig,
-    RuntimeConfig, StepConfig,
+    BreakerConfig, Capability, FailurePolicy, GatewayConfig, Isolation, KvBackend, KvConfig, PluginConfig, PluginKind,
+    RouteConfig, RuntimeConfig, StepConfig,
 };
 
 /// One problem in a configuration file.
@@ -103,6 +103,9 @@ pub fn load(file: &Path) -> Result<LoadedConfig, ConfigError> {
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     if let Some(dir) = &mut config.runtime.compile_cache_dir {
         *dir = base_dir.join(&*dir);
+    }
+    if let Some(file) = &mut config.kv.password_file {
+        *file = base_dir.join(&*file);
     }
     let digest = crate::sources::sha256_hex(text.as_bytes());
     Ok(LoadedConfig { file: file.to_owned(), base_dir, config, digest })

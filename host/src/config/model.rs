@@ -22,6 +22,10 @@ pub struct GatewayConfig {
     /// Settings of the WebAssembly engine, shared by every plugin.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Where the `kv` capability keeps plugin state: in process (default) or on a Redis
+    /// shared by a fleet.
+    #[serde(default)]
+    pub kv: KvConfig,
     /// Hot reload.
     #[serde(default)]
     pub reload: ReloadConfig,
@@ -219,6 +223,72 @@ pub enum ForwardedHeaders {
     Forwarded,
     /// Both families.
     Both,
+}
+
+/// Which store backs the `kv` capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KvBackend {
+    /// In the gateway process: per instance, lost at exit.
+    #[default]
+    Memory,
+    /// A Redis server (or Valkey) shared by every gateway configured with it.
+    Redis,
+}
+
+/// `[kv]`: the `kv` capability's store. Read at start; a reload cannot change it.
+///
+/// With `backend = "redis"`, every gateway with the same `url` and `key_prefix` shares each
+/// plugin's keys (`docs/FLEET.md`). Credentials never go in `url`: the password comes from
+/// `password_file` or `password_env` and is never logged.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvConfig {
+    /// `memory` (default) or `redis`.
+    #[serde(default)]
+    pub backend: KvBackend,
+    /// `redis://host:port/db`, or `rediss://…` for TLS (verified against the system roots).
+    /// Default `redis://127.0.0.1:6379/0`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// ACL user name (Redis 6+), when the server has users.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File whose first line is the password (resolved against the configuration file's
+    /// directory; read at start).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Prepended to every key, so several fleets can share one Redis. Default `portcullis:`.
+    #[serde(default = "defaults::kv_key_prefix")]
+    pub key_prefix: String,
+    /// Time allowed to open a connection, in ms. Default 250.
+    #[serde(default = "defaults::kv_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time allowed for one command's answer, in ms. Default 100.
+    #[serde(default = "defaults::kv_command_timeout_ms")]
+    pub command_timeout_ms: u64,
+    /// How often a `PING` checks the server between calls, in ms. Default 1000.
+    #[serde(default = "defaults::kv_probe_interval_ms")]
+    pub probe_interval_ms: u64,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        KvConfig {
+            backend: KvBackend::Memory,
+            url: None,
+            username: None,
+            password_file: None,
+            password_env: None,
+            key_prefix: defaults::kv_key_prefix(),
+            connect_timeout_ms: defaults::kv_connect_timeout_ms(),
+            command_timeout_ms: defaults::kv_command_timeout_ms(),
+            probe_interval_ms: defaults::kv_probe_interval_ms(),
+        }
+    }
 }
 
 /// `[admin]`: the operator's listener.
@@ -707,6 +777,23 @@ pub struct StepConfig {
 
 /// Defaults, named so the docs and the code agree.
 pub mod defaults {
+    /// `portcullis:`.
+    pub fn kv_key_prefix() -> String {
+        "portcullis:".to_owned()
+    }
+    /// 250 ms: a LAN connect is under 1 ms; this bounds a request's wait while Redis is away.
+    pub fn kv_connect_timeout_ms() -> u64 {
+        250
+    }
+    /// 100 ms: loopback and LAN answers take 0.1–1 ms (`docs/FLEET.md` has the measurements);
+    /// beyond this Redis is treated as unavailable for the call.
+    pub fn kv_command_timeout_ms() -> u64 {
+        100
+    }
+    /// 1 s.
+    pub fn kv_probe_interval_ms() -> u64 {
+        1000
+    }
     /// 30: an operator's or a deploy tool's pace, not a loop's.
     pub fn max_reloads_per_minute() -> u32 {
         30

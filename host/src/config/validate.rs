@@ -6,6 +6,40 @@ use std::collections::HashSet;
 use super::Issue;
 use super::model::{Capability, GatewayConfig, PluginKind, RouteConfig};
 
+/// `[kv]`: a Redis URL without credentials, one password source, sane timeouts.
+fn check_kv(issues: &mut Vec<Issue>, kv: &super::model::KvConfig) {
+    use super::model::KvBackend;
+    if kv.backend == KvBackend::Memory {
+        if kv.url.is_some() {
+            issues.push(Issue::new("kv.url", "is only used with `backend = \"redis\"`"));
+        }
+        return;
+    }
+    if let Some(url) = &kv.url {
+        match url.split_once("://") {
+            Some(("redis" | "rediss", rest)) => {
+                let authority = rest.split('/').next().unwrap_or_default();
+                if authority.contains('@') {
+                    issues.push(Issue::new(
+                        "kv.url",
+                        "must not hold credentials: set `username`, and `password_file` or `password_env`",
+                    ));
+                }
+            }
+            _ => issues.push(Issue::new("kv.url", "must start with redis:// or rediss://")),
+        }
+    }
+    if kv.password_file.is_some() && kv.password_env.is_some() {
+        issues.push(Issue::new("kv.password_env", "set `password_file` or `password_env`, not both"));
+    }
+    if !kv.key_prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        issues.push(Issue::new("kv.key_prefix", "use visible ASCII characters"));
+    }
+    check_range(issues, "kv.connect_timeout_ms", kv.connect_timeout_ms, 1, 60_000);
+    check_range(issues, "kv.command_timeout_ms", kv.command_timeout_ms, 1, 60_000);
+    check_range(issues, "kv.probe_interval_ms", kv.probe_interval_ms, 10, 3_600_000);
+}
+
 /// Every problem in `config`, in file order; empty when it holds together.
 pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
     let mut issues = Vec::new();
@@ -13,6 +47,7 @@ pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
     if config.listeners.is_empty() {
         issues.push(Issue::new("listener", "at least one [[listener]] is required"));
     }
+    check_kv(&mut issues, &config.kv);
     let admin = &config.admin;
     if admin.token_file.is_some() && admin.token_env.is_some() {
         issues.push(Issue::new("admin.token_env", "set `token_file` or `token_env`, not both"));

@@ -17,9 +17,9 @@ use super::bindings::Gateway;
 use super::cache::CompileCache;
 use super::clock::Clock;
 use super::host::{HostState, Shared};
-use super::kv::KvStore;
+use super::kv::{Kv, KvStore, RedisKv};
 use super::outbound::Outbound;
-use crate::config::RuntimeConfig;
+use crate::config::{KvBackend, KvConfig, RuntimeConfig};
 use crate::metrics::Metrics;
 use crate::telemetry::Telemetry;
 
@@ -110,6 +110,16 @@ impl PluginEngine {
     ///
     /// Errors: as [`PluginEngine::new`].
     pub fn with_telemetry(runtime: &RuntimeConfig, telemetry: Arc<Telemetry>) -> wasmtime::Result<Arc<Self>> {
+        Self::with_settings(runtime, &KvConfig::default(), telemetry)
+    }
+
+    /// [`PluginEngine::with_telemetry`] whose `kv` capability is backed as `kv` says: in
+    /// process, or on a shared Redis (connected lazily: a gateway starts while Redis is down).
+    /// Must run inside a Tokio runtime when `kv` names Redis.
+    ///
+    /// Errors: as [`PluginEngine::new`]; an unreadable `kv.password_file`, an unset
+    /// `kv.password_env`, or an unusable `kv.url`, each named in the message.
+    pub fn with_settings(runtime: &RuntimeConfig, kv: &KvConfig, telemetry: Arc<Telemetry>) -> wasmtime::Result<Arc<Self>> {
         let stack = usize::try_from(runtime.max_wasm_stack_kib * 1024).unwrap_or(usize::MAX);
         let mut pool = PoolingAllocationConfig::default();
         // Sized for a 1,000-route configuration whose old and new snapshots coexist during a
@@ -156,9 +166,17 @@ impl PluginEngine {
             .map_err(wasmtime::Error::from)?;
 
         let clock = Clock::default();
+        let metrics = Arc::new(Metrics::default());
+        let kv = match kv.backend {
+            KvBackend::Memory => Kv::Memory(KvStore::new(clock.clone())),
+            KvBackend::Redis => {
+                let password = kv_password(kv).map_err(wasmtime::Error::msg)?;
+                Kv::Redis(RedisKv::new(kv, password, &metrics).map_err(wasmtime::Error::msg)?)
+            }
+        };
         let shared = Arc::new(Shared {
-            kv: Arc::new(KvStore::new(clock.clone())),
-            metrics: Arc::new(Metrics::default()),
+            kv: Arc::new(kv),
+            metrics,
             outbound: Outbound::new().map_err(wasmtime::Error::from)?,
             telemetry,
             clock,
@@ -194,8 +212,8 @@ impl PluginEngine {
         &self.linker
     }
 
-    /// The in-process key/value store shared by every plugin (namespaced per plugin id).
-    pub fn kv(&self) -> &Arc<KvStore> {
+    /// The `kv` backend shared by every plugin (namespaced per plugin id).
+    pub fn kv(&self) -> &Arc<Kv> {
         &self.shared.kv
     }
 
@@ -314,4 +332,20 @@ impl Drop for PluginEngine {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// The Redis password from `kv.password_file` (its first line) or `kv.password_env`.
+///
+/// Errors: the file cannot be read, or the variable is unset or not UTF-8; the message names
+/// the field, never the value.
+fn kv_password(kv: &KvConfig) -> Result<Option<String>, String> {
+    if let Some(file) = &kv.password_file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("kv.password_file: cannot read {}: {e}", file.display()))?;
+        return Ok(Some(text.lines().next().unwrap_or_default().to_owned()));
+    }
+    if let Some(var) = &kv.password_env {
+        return std::env::var(var).map(Some).map_err(|e| format!("kv.password_env: `{var}`: {e}"));
+    }
+    Ok(None)
 }

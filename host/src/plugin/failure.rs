@@ -23,11 +23,16 @@ pub enum FailureKind {
     Unavailable(String),
     /// The plugin's crash-loop breaker is open: the call was not made.
     BreakerOpen,
+    /// The plugin trapped after a `kv` call found the shared store unavailable (Redis down
+    /// or slow): the plugin failed its request for that reason. Not counted by the breaker,
+    /// since the plugin is not at fault.
+    KvUnavailable(String),
 }
 
 impl FailureKind {
     /// A short stable label, for logs and metrics: `timeout`, `out-of-fuel`, `out-of-memory`,
-    /// `trap`, `invalid-output`, `capability-denied`, `unavailable`, `breaker-open`.
+    /// `trap`, `invalid-output`, `capability-denied`, `unavailable`, `breaker-open`,
+    /// `kv-unavailable`.
     pub fn label(&self) -> &'static str {
         match self {
             FailureKind::Timeout => "timeout",
@@ -38,13 +43,15 @@ impl FailureKind {
             FailureKind::CapabilityDenied(_) => "capability-denied",
             FailureKind::Unavailable(_) => "unavailable",
             FailureKind::BreakerOpen => "breaker-open",
+            FailureKind::KvUnavailable(_) => "kv-unavailable",
         }
     }
 
     /// Whether the gateway, rather than the plugin's own behaviour on this call, kept the call
-    /// from running (no instance free, breaker open): answered 503 instead of 500.
+    /// from succeeding (no instance free, breaker open, the shared `kv` store unreachable):
+    /// answered 503 instead of 500.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, FailureKind::Unavailable(_) | FailureKind::BreakerOpen)
+        matches!(self, FailureKind::Unavailable(_) | FailureKind::BreakerOpen | FailureKind::KvUnavailable(_))
     }
 }
 
@@ -73,7 +80,8 @@ impl PluginFailure {
             FailureKind::Trap(d)
             | FailureKind::InvalidOutput(d)
             | FailureKind::CapabilityDenied(d)
-            | FailureKind::Unavailable(d) => d.clone(),
+            | FailureKind::Unavailable(d)
+            | FailureKind::KvUnavailable(d) => d.clone(),
             FailureKind::Timeout => "deadline exceeded".to_owned(),
             FailureKind::OutOfFuel => "fuel exhausted".to_owned(),
             FailureKind::OutOfMemory => "memory limit reached".to_owned(),

@@ -17,7 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::audit::{AuditError, Sink};
 use super::clock::Clock;
 use super::failure::CapabilityDenied;
-use super::kv::{KvError as StoreError, KvStore};
+use super::kv::{Kv, KvError as StoreError};
 use super::outbound::{self, MAX_REQUESTS_PER_CALL, Origin, Outbound};
 use crate::config::Capability;
 use crate::metrics::{Metrics, PluginLabels};
@@ -46,7 +46,7 @@ pub struct Grants {
 #[derive(Debug)]
 pub struct Shared {
     /// The `kv` backend.
-    pub kv: Arc<KvStore>,
+    pub kv: Arc<Kv>,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
     /// The `http-client` backend.
@@ -80,6 +80,9 @@ pub struct HostState {
     started: Instant,
     budget: Duration,
     waited: Duration,
+    /// Why a `kv` call of the current call found the store unavailable, if one did: a trap
+    /// that follows is the plugin failing its request for that reason.
+    kv_unavailable: Option<String>,
 }
 
 // === impl HostState ===
@@ -108,6 +111,7 @@ impl HostState {
             started: Instant::now(),
             budget: Duration::ZERO,
             waited: Duration::ZERO,
+            kv_unavailable: None,
         }
     }
 
@@ -122,6 +126,25 @@ impl HostState {
         self.started = Instant::now();
         self.budget = budget;
         self.waited = Duration::ZERO;
+        self.kv_unavailable = None;
+    }
+
+    /// Why the current call's `kv` store was unavailable, when a `kv` call failed so.
+    pub(crate) fn kv_unavailable(&self) -> Option<&str> {
+        self.kv_unavailable.as_deref()
+    }
+
+    /// Awaits a `kv` call: the wait does not count against the running-time budget (a shared
+    /// store is I/O, as outbound HTTP is), and an unavailable store is remembered.
+    async fn kv_wait<T>(&mut self, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let outcome = call.await;
+        self.waited += started.elapsed();
+        if let Err(StoreError::Unavailable(why)) = &outcome {
+            tracing::debug!(plugin = %self.grants.plugin_id, request_id = %self.request_id, error = %why, "kv store unavailable");
+            self.kv_unavailable = Some(why.clone());
+        }
+        outcome
     }
 
     /// Called when the epoch deadline passes: the running time left, or none when the call
@@ -204,7 +227,7 @@ impl std::fmt::Display for FieldList<'_> {
 /// The host side of the capability interfaces, identical in contracts 0.1.0 and 0.2.0 but
 /// generated as distinct Rust types, so implemented once here for the module `$m` of each.
 macro_rules! capabilities {
-    ($m:ident, $errors:ident, $down:path, $up:path) => {
+    ($m:ident, $errors:ident, $down:path, $up:path, { $($throttle:tt)* }) => {
 impl $m::log::Host for HostState {
     fn emit(&mut self, level: $m::log::Level, mut message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
         self.log_events += 1;
@@ -236,32 +259,40 @@ impl $m::log::Host for HostState {
 }
 
 impl $m::kv::Host for HostState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, $m::kv::KvError>> {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, $m::kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
-        Ok(Ok(self.shared.kv.get(&self.grants.plugin_id, &key)))
+        let (shared, grants) = (self.shared.clone(), self.grants.clone());
+        let outcome = self.kv_wait(shared.kv.get(&grants.plugin_id, &key)).await;
+        Ok(outcome.map_err($errors))
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<Result<(), $m::kv::KvError>> {
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<Result<(), $m::kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
-        Ok(self.shared.kv.set(&self.grants.plugin_id, &key, value, ttl_ms).map_err($errors))
+        let (shared, grants) = (self.shared.clone(), self.grants.clone());
+        let outcome = self.kv_wait(shared.kv.set(&grants.plugin_id, &key, value, ttl_ms)).await;
+        Ok(outcome.map_err($errors))
     }
 
-    fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, $m::kv::KvError>> {
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, $m::kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
-        Ok(Ok(self.shared.kv.delete(&self.grants.plugin_id, &key)))
+        let (shared, grants) = (self.shared.clone(), self.grants.clone());
+        let outcome = self.kv_wait(shared.kv.delete(&grants.plugin_id, &key)).await;
+        Ok(outcome.map_err($errors))
     }
 
-    fn increment(
+    async fn increment(
         &mut self,
         key: String,
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<i64, $m::kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
-        Ok(self.shared.kv.increment(&self.grants.plugin_id, &key, delta, ttl_ms).map_err($errors))
+        let (shared, grants) = (self.shared.clone(), self.grants.clone());
+        let outcome = self.kv_wait(shared.kv.increment(&grants.plugin_id, &key, delta, ttl_ms)).await;
+        Ok(outcome.map_err($errors))
     }
 
-    fn compare_and_swap(
+    async fn compare_and_swap(
         &mut self,
         key: String,
         expected: Option<Vec<u8>>,
@@ -269,12 +300,13 @@ impl $m::kv::Host for HostState {
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<bool, $m::kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
-        Ok(self
-            .shared
-            .kv
-            .compare_and_swap(&self.grants.plugin_id, &key, expected.as_deref(), value, ttl_ms)
-            .map_err($errors))
+        let (shared, grants) = (self.shared.clone(), self.grants.clone());
+        let cas = shared.kv.compare_and_swap(&grants.plugin_id, &key, expected.as_deref(), value, ttl_ms);
+        let outcome = self.kv_wait(cas).await;
+        Ok(outcome.map_err($errors))
     }
+
+    $($throttle)*
 }
 
 fn $errors(e: StoreError) -> $m::kv::KvError {
@@ -282,6 +314,7 @@ fn $errors(e: StoreError) -> $m::kv::KvError {
         StoreError::TooLarge => $m::kv::KvError::TooLarge,
         StoreError::QuotaExceeded => $m::kv::KvError::QuotaExceeded,
         StoreError::NotANumber => $m::kv::KvError::NotANumber,
+        StoreError::Unavailable(why) => $m::kv::KvError::Unavailable(why),
     }
 }
 
@@ -350,8 +383,28 @@ impl $m::audit::Host for HostState {
 use super::bindings::portcullis::plugin as current;
 use super::bindings::v1::portcullis::plugin as v1;
 
-capabilities!(current, current_kv_error, std::convert::identity, std::convert::identity);
-capabilities!(v1, v1_kv_error, super::legacy::outbound_request, super::legacy::outbound_result);
+capabilities!(current, current_kv_error, std::convert::identity, std::convert::identity, {
+    async fn throttle(
+        &mut self,
+        key: String,
+        interval_us: u64,
+        window_us: u64,
+        quantity: i32,
+    ) -> wasmtime::Result<Result<current::kv::Cell, current::kv::KvError>> {
+        self.require(Capability::Kv, "kv")?;
+        let (shared, grants) = (self.shared.clone(), self.grants.clone());
+        let take = shared.kv.throttle(&grants.plugin_id, &key, interval_us, window_us, quantity);
+        let outcome = self.kv_wait(take).await;
+        Ok(outcome.map_err(current_kv_error).map(|c| current::kv::Cell {
+            allowed: c.allowed,
+            remaining: c.remaining,
+            reset_us: c.reset_us,
+            retry_after_us: c.retry_after_us,
+        }))
+    }
+});
+// 0.1.0's `kv` has no `throttle`.
+capabilities!(v1, v1_kv_error, super::legacy::outbound_request, super::legacy::outbound_result, {});
 
 impl current::types::Host for HostState {}
 impl v1::types::Host for HostState {}

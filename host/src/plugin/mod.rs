@@ -469,6 +469,9 @@ impl StepPool {
         let settle = Settle { plugin, probe: admission == Admission::Probe, settled: false };
         match self.call_instance(request_id, trace, call).await {
             Ok(reply) => Ok((reply, settle)),
+            // A shared store that is down is not the plugin crashing: the breaker is left
+            // alone (a probe gives its slot back).
+            Err(failure @ PluginFailure { kind: FailureKind::KvUnavailable(_), .. }) => Err(failure),
             Err(failure) => {
                 settle.settle(false);
                 Err(failure)
@@ -508,7 +511,16 @@ impl StepPool {
         if let Some(fuel) = self.plugin.fuel {
             instance.store.set_fuel(fuel).map_err(|e| PluginFailure::from_wasmtime(id, &e))?;
         }
-        let reply = instance.invoke(call).await.map_err(|e| PluginFailure::from_wasmtime(id, &e))?;
+        let reply = match instance.invoke(call).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                let mut failure = PluginFailure::from_wasmtime(id, &e);
+                if let (FailureKind::Trap(_), Some(why)) = (&failure.kind, instance.store.data().kv_unavailable()) {
+                    failure.kind = FailureKind::KvUnavailable(why.to_owned());
+                }
+                return Err(failure);
+            }
+        };
         instance.uses += 1;
         if reuse && instance.uses < self.plugin.max_uses {
             self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(instance);

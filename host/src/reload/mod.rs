@@ -20,7 +20,7 @@
 //! A reload that leaves a route that had an `auth` step with none is refused unless the route
 //! says `public = true`: an empty chain served by mistake is an open door.
 //!
-//! Listener, admin and `[runtime]` settings are fixed at start: a reload that changes them
+//! Listener, admin, `[runtime]` and `[kv]` settings are fixed at start: a reload that changes them
 //! keeps the running ones and says which changed. The exception is a listener's TLS material
 //! and options (certificates, client CA, ALPN, versions), rebuilt with every snapshot.
 
@@ -100,7 +100,7 @@ pub struct Reloader {
 }
 
 /// The settings a reload cannot change, as text for comparison, by the name the warning
-/// gives them (`listener[0]`, `admin`, `runtime`). A listener is compared whole, with every
+/// gives them (`listener[0]`, `admin`, `runtime`, `kv`). A listener is compared whole, with every
 /// field present and future, except the TLS options rebuilt with every snapshot; whether it
 /// has TLS and its `handshake_timeout_ms` are fixed.
 fn fixed_settings(config: &GatewayConfig) -> Vec<(String, String)> {
@@ -112,6 +112,7 @@ fn fixed_settings(config: &GatewayConfig) -> Vec<(String, String)> {
         .collect();
     fixed.push(("admin".to_owned(), format!("{:?}", config.admin)));
     fixed.push(("runtime".to_owned(), format!("{:?}", config.runtime)));
+    fixed.push(("kv".to_owned(), format!("{:?}", config.kv)));
     fixed
 }
 

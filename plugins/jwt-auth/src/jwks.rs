@@ -153,7 +153,9 @@ impl Remote {
                 now.to_string().as_bytes(),
                 Some(self.cache.refetch_cooldown_ms.max(1)),
             );
-            if won == Ok(true) {
+            // An unreachable shared store (Redis down) must not stop the keys refreshing:
+            // each instance then fetches for itself, as without a shared store.
+            if matches!(won, Ok(true) | Err(_)) {
                 match self.fetch() {
                     Ok((text, max_age_ms)) => self.install(local, &text, now, max_age_ms),
                     Err(why) => portcullis_sdk::log_with(

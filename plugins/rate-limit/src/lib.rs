@@ -3,9 +3,10 @@
 //! Envoy's and Stripe's limiters).
 //!
 //! **Why GCRA rather than a token bucket:** it is a token bucket stated as one number per key,
-//! the *theoretical arrival time* (TAT). One value means one atomic `kv` compare-and-swap per
-//! quota per request, so every instance of the plugin (and every gateway sharing a store)
-//! counts exactly, with no refill timer and no separate "last refill" field to keep consistent.
+//! the *theoretical arrival time* (TAT). One value means one atomic `kv.throttle` per quota
+//! per request (one round trip on a shared Redis, where the update runs as a server-side
+//! script), so every instance of the plugin and every gateway sharing a store counts exactly,
+//! with no refill timer and no separate "last refill" field to keep consistent.
 //! A quota of `requests` per `window_ms` admits a burst of `requests` and then one request every
 //! `window_ms / requests`; an idle key's state expires from `kv` once it is fully replenished.
 //!
@@ -15,10 +16,17 @@
 //! fields (draft-ietf-httpapi-ratelimit-headers) on every response and answers 429 with
 //! `Retry-After` (RFC 6585 §4) when limited.
 //!
+//! When the store is unavailable (a shared Redis down or slow), the quota cannot be checked:
+//! the call fails ([`portcullis_sdk::fail`]) and the step's failure policy decides. With
+//! `fail-closed` (the default) the request gets 503; with `fail-open` it goes through and the
+//! failure is counted in `portcullis_plugin_failures_total{kind="kv-unavailable"}`. A full
+//! store still admits the request, with a warning.
+//!
 //! Configuration reference: `plugins/rate-limit/README.md`.
 
 use portcullis_sdk::{
     ConfigError, Identity, KvError, Limited, Plugin, Quota, RateLimit, RateLimitOutcome, Request, kv,
+    kv::Cell,
 };
 use serde::Deserialize;
 
@@ -87,8 +95,6 @@ pub struct RateLimiter {
 }
 
 const MAX_WINDOW_MS: u64 = 31 * 24 * 3600 * 1000;
-/// Compare-and-swap attempts per quota before the request is refused as contended.
-const MAX_CAS_ATTEMPTS: u32 = 64;
 
 impl Plugin for RateLimiter {
     type Config = Config;
@@ -121,14 +127,6 @@ impl Plugin for RateLimiter {
     }
 }
 
-/// A quota's state after a decision, in microseconds.
-struct Decision {
-    allowed: bool,
-    remaining: u64,
-    reset_us: u64,
-    retry_after_us: u64,
-}
-
 impl RateLimiter {
     /// The counter key for this request, without the policy name.
     fn key(&self, request: &Request<'_>, identity: Option<&Identity>) -> String {
@@ -157,80 +155,53 @@ impl RateLimiter {
         key
     }
 
-    /// Takes one request from quota `limit` under `key` at `now_us`, atomically.
-    fn take(limit: &LimitConfig, key: &str, now_us: u64) -> Result<Decision, KvError> {
+    /// Takes one request from quota `limit` under `key`: one atomic `kv.throttle`, so one
+    /// round trip on a shared store. Now is the store's clock.
+    fn take(limit: &LimitConfig, key: &str) -> Result<Cell, KvError> {
         let window_us = limit.window_ms * 1000;
         let interval_us = (window_us / limit.requests).max(1);
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let stored = kv::get(key)?;
-            let tat = stored.as_deref().and_then(parse_u64).unwrap_or(0).max(now_us);
-            let new_tat = tat + interval_us;
-            let allow_at = new_tat.saturating_sub(window_us);
-            if now_us < allow_at {
-                return Ok(Decision {
-                    allowed: false,
-                    remaining: 0,
-                    reset_us: tat - now_us,
-                    retry_after_us: allow_at - now_us,
-                });
-            }
-            let ttl_ms = (new_tat - now_us).div_ceil(1000) + 1;
-            if kv::compare_and_swap(key, stored.as_deref(), new_tat.to_string().as_bytes(), Some(ttl_ms))? {
-                let used = new_tat - now_us;
-                return Ok(Decision {
-                    allowed: true,
-                    remaining: (window_us - used.min(window_us)) / interval_us,
-                    reset_us: used,
-                    retry_after_us: 0,
-                });
-            }
-        }
-        Err(KvError::Unavailable("too much contention on one rate-limit key".to_owned()))
+        kv::throttle(key, interval_us, window_us, 1)
     }
 
     /// Gives back one request taken from `key` (best effort: when the key has expired there
     /// is nothing to give back).
     fn give_back(limit: &LimitConfig, key: &str) {
-        let interval_us = ((limit.window_ms * 1000) / limit.requests).max(1);
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let Ok(stored) = kv::get(key) else { return };
-            let Some(tat) = stored.as_deref().and_then(parse_u64) else { return };
-            let back = tat.saturating_sub(interval_us).to_string();
-            match kv::compare_and_swap(key, stored.as_deref(), back.as_bytes(), Some(limit.window_ms + 1)) {
-                Ok(true) | Err(_) => return,
-                Ok(false) => continue,
-            }
-        }
+        let window_us = limit.window_ms * 1000;
+        let _ = kv::throttle(key, (window_us / limit.requests).max(1), window_us, -1);
     }
 }
 
-fn parse_u64(bytes: &[u8]) -> Option<u64> {
-    std::str::from_utf8(bytes).ok()?.parse().ok()
-}
-
-fn quota(limit: &LimitConfig, d: &Decision) -> Quota {
+fn quota(limit: &LimitConfig, cell: &Cell) -> Quota {
     Quota {
         policy: limit.name.clone(),
         limit: limit.requests,
         window_ms: limit.window_ms,
-        remaining: d.remaining,
-        reset_ms: d.reset_us.div_ceil(1000),
+        remaining: cell.remaining.min(limit.requests),
+        reset_ms: cell.reset_us.div_ceil(1000),
     }
 }
 
 impl RateLimit for RateLimiter {
     fn check(&self, request: &Request<'_>, identity: Option<&Identity>) -> RateLimitOutcome {
-        let now_us = portcullis_sdk::now_ms().saturating_mul(1000);
         let base = self.key(request, identity);
         let mut taken: Vec<(usize, String)> = Vec::new();
         let mut quotas = Vec::new();
         for (i, limit) in self.config.limits.iter().enumerate() {
             let key = format!("{base}:{}", limit.name);
-            let decision = match Self::take(limit, &key, now_us) {
-                Ok(d) => d,
+            let decision = match Self::take(limit, &key) {
+                Ok(cell) => cell,
+                // A shared store that cannot be reached: the quota cannot be checked, so the
+                // call fails and the step's failure policy decides (fail-closed: 503; fail-open:
+                // admitted and counted). Quotas already taken are given back first.
+                Err(KvError::Unavailable(why)) => {
+                    for (j, key) in &taken {
+                        Self::give_back(&self.config.limits[*j], key);
+                    }
+                    portcullis_sdk::fail(&format!("rate-limit store unavailable: {why}"));
+                }
                 Err(e) => {
-                    // The store is full or unreachable: admit the request rather than lock every
-                    // client out, and say so in the log.
+                    // The store is full, or the key holds something else: admit the request
+                    // rather than lock every client out, and say so in the log.
                     portcullis_sdk::log(
                         portcullis_sdk::Level::Warn,
                         &format!("rate-limit store error, request admitted: {e:?}"),
@@ -334,6 +305,21 @@ mod tests {
         assert!(matches!(by_route.check(&req, None), RateLimitOutcome::Allowed(_)));
         assert!(matches!(by_route.check(&other_route, None), RateLimitOutcome::Allowed(_)));
         assert!(matches!(by_route.check(&req, Some(&alice)), RateLimitOutcome::Limited(_)));
+    }
+
+    #[test]
+    fn an_unavailable_store_fails_the_call_and_gives_back_what_it_took() {
+        testing::reset();
+        testing::set_now_ms(1_000_000);
+        let p = limiter(r#"{"limits": [{"name": "q", "requests": 2, "window_ms": 60000}]}"#);
+        assert!(matches!(check(&p, "a"), RateLimitOutcome::Allowed(_)));
+        testing::set_kv_unavailable(Some("connection refused"));
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&p, "a")));
+        assert!(failed.is_err(), "a quota that cannot be read must not be admitted by the plugin");
+        assert!(testing::logs().iter().any(|l| l.message.contains("connection refused")));
+        testing::set_kv_unavailable(None);
+        assert!(matches!(check(&p, "a"), RateLimitOutcome::Allowed(_)));
+        assert!(matches!(check(&p, "a"), RateLimitOutcome::Limited(_)));
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //! - `big-body`: answers a local response with a 10 MiB body (invalid output).
 //! - `log-flood`: emits 10,000 log events, then continues.
 //! - `count`: increments the `kv` counter `hits` and sets `x-count` to its value.
+//! - `cas`: adds one to the `kv` counter `cas` by get and compare-and-swap alone, retrying
+//!   until its swap wins; sets `x-cas` to the value it wrote and `x-cas-attempts`.
+//! - `kv-set`: stores `x-kv-value` under `x-kv-key` (TTL `x-kv-ttl-ms`, if sent); `x-kv:
+//!   stored`.
+//! - `kv-get`: sets `x-kv` to the value under `x-kv-key`, or `absent`.
 //! - `calls`: sets `x-calls` to how many `calls` requests this instance has served (memory
 //!   that survives between requests only when instances are reused).
 //! - otherwise: sets `x-filtered: yes` and, when an earlier step established an identity,
@@ -87,6 +92,39 @@ impl Filter for ChaosFilter {
             Some("calls") => {
                 let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
                 FilterAction::Continue(HeaderEdits::default().set("x-calls", &calls.to_string()))
+            }
+            Some("cas") => {
+                // A counter kept by compare-and-swap alone: read, add one, write if unchanged.
+                let mut attempts = 0u32;
+                let value = loop {
+                    attempts += 1;
+                    let current = portcullis_sdk::kv::get("cas").expect("kv get");
+                    let n: u64 = current.as_deref().map_or(0, |v| {
+                        std::str::from_utf8(v).ok().and_then(|t| t.parse().ok()).expect("a decimal counter")
+                    });
+                    let next = (n + 1).to_string();
+                    if portcullis_sdk::kv::compare_and_swap("cas", current.as_deref(), next.as_bytes(), None).expect("kv cas") {
+                        break next;
+                    }
+                };
+                FilterAction::Continue(
+                    HeaderEdits::default().set("x-cas", &value).set("x-cas-attempts", &attempts.to_string()),
+                )
+            }
+            Some("kv-set") => {
+                let key = request.header("x-kv-key").unwrap_or_default();
+                let value = request.header("x-kv-value").unwrap_or_default();
+                let ttl = request.header("x-kv-ttl-ms").and_then(|t| t.parse().ok());
+                portcullis_sdk::kv::set(&key, value.as_bytes(), ttl).expect("kv set");
+                FilterAction::Continue(HeaderEdits::default().set("x-kv", "stored"))
+            }
+            Some("kv-get") => {
+                let key = request.header("x-kv-key").unwrap_or_default();
+                let value = match portcullis_sdk::kv::get(&key).expect("kv get") {
+                    Some(v) => String::from_utf8_lossy(&v).into_owned(),
+                    None => "absent".to_owned(),
+                };
+                FilterAction::Continue(HeaderEdits::default().set("x-kv", &value))
             }
             Some("count") => {
                 let hits = portcullis_sdk::kv::increment("hits", 1, None).unwrap_or(-1);

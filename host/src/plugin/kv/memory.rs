@@ -1,39 +1,18 @@
 //! The in-process backend of the `kv` capability: one namespace per plugin id, TTLs, atomic
-//! increment and compare-and-swap, and caps on entries and bytes per namespace.
+//! increment, compare-and-swap and throttle, and caps on entries and bytes per namespace.
 //!
 //! Values live as long as the process, across configuration reloads, because the store belongs
-//! to the [`PluginEngine`](super::PluginEngine), not to a snapshot.
+//! to the [`PluginEngine`](crate::plugin::PluginEngine), not to a snapshot.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::clock::Clock;
+use super::gcra::{self, Cell};
+use super::{KvError, MAX_BYTES_PER_NAMESPACE, MAX_ENTRIES_PER_NAMESPACE, check_sizes};
+use crate::plugin::clock::Clock;
 
-/// Largest key, in bytes.
-pub const MAX_KEY_BYTES: usize = 512;
-/// Largest value, in bytes.
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
-/// Most live entries per plugin namespace.
-pub const MAX_ENTRIES_PER_NAMESPACE: usize = 100_000;
-/// Most key and value bytes per plugin namespace (64 MiB).
-pub const MAX_BYTES_PER_NAMESPACE: usize = 64 * 1024 * 1024;
 /// Writes to a namespace between two sweeps of its expired entries.
 const SWEEP_EVERY_WRITES: u32 = 4096;
-
-/// Why a `kv` call failed; mirrors the WIT `kv-error`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KvError {
-    /// Key over [`MAX_KEY_BYTES`] or value over [`MAX_VALUE_BYTES`].
-    #[error("key or value too large")]
-    TooLarge,
-    /// The namespace holds [`MAX_ENTRIES_PER_NAMESPACE`] live entries or
-    /// [`MAX_BYTES_PER_NAMESPACE`] bytes.
-    #[error("namespace full")]
-    QuotaExceeded,
-    /// `increment` on a value that is not a decimal i64, or an overflow.
-    #[error("not a number")]
-    NotANumber,
-}
 
 #[derive(Debug)]
 struct Entry {
@@ -196,13 +175,26 @@ impl KvStore {
             Ok(true)
         })
     }
-}
 
-fn check_sizes(key: &str, value: &[u8]) -> Result<(), KvError> {
-    if key.len() > MAX_KEY_BYTES || value.len() > MAX_VALUE_BYTES {
-        return Err(KvError::TooLarge);
+    /// Takes `quantity` units from the GCRA cell at `key` at the store clock's now
+    /// ([`gcra::take`]), under the namespace's lock.
+    ///
+    /// Errors: [`KvError::NotANumber`] when `key` holds something else, [`KvError::TooLarge`],
+    /// [`KvError::QuotaExceeded`].
+    pub fn throttle(&self, ns: &str, key: &str, interval_us: u64, window_us: u64, quantity: i32) -> Result<Cell, KvError> {
+        check_sizes(key, b"")?;
+        self.with(ns, |space, now| {
+            let stored = match space.live(key, now) {
+                Some(e) => Some(parse_counter(&e.value).and_then(|v| u64::try_from(v).map_err(|_| KvError::NotANumber))?),
+                None => None,
+            };
+            let step = gcra::take(stored, now.saturating_mul(1000), interval_us, window_us, quantity);
+            if let Some((tat, ttl_ms)) = step.store {
+                space.put(key, Entry { value: tat.to_string().into_bytes(), expires: expiry(now, Some(ttl_ms)) }, now)?;
+            }
+            Ok(step.cell)
+        })
     }
-    Ok(())
 }
 
 fn expiry(now: u64, ttl_ms: Option<u64>) -> Option<u64> {
@@ -216,6 +208,7 @@ fn parse_counter(value: &[u8]) -> Result<i64, KvError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugin::kv::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
     #[test]
     fn kv_increment_counts_from_zero_and_keeps_namespaces_apart() {
@@ -276,6 +269,23 @@ mod tests {
         assert_eq!(kv.compare_and_swap("a", "k", None, b"2".to_vec(), None), Ok(false));
         assert_eq!(kv.compare_and_swap("a", "k", Some(b"1"), b"2".to_vec(), None), Ok(true));
         assert_eq!(kv.get("a", "k").as_deref(), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn kv_throttle_takes_from_one_cell_on_the_store_clock() {
+        let clock = Clock::default();
+        let kv = KvStore::new(clock.clone());
+        let (interval, window) = (200_000, 1_000_000);
+        for left in (0..5).rev() {
+            assert_eq!(kv.throttle("a", "c", interval, window, 1).map(|c| c.remaining), Ok(left));
+        }
+        assert!(!kv.throttle("a", "c", interval, window, 1).unwrap().allowed);
+        clock.advance(std::time::Duration::from_millis(200));
+        assert!(kv.throttle("a", "c", interval, window, 1).unwrap().allowed);
+        kv.set("a", "text", b"x".to_vec(), None).unwrap();
+        assert_eq!(kv.throttle("a", "text", interval, window, 1), Err(KvError::NotANumber));
+        clock.advance(std::time::Duration::from_secs(2));
+        assert_eq!(kv.get("a", "c"), None, "a full cell expires");
     }
 
     #[test]

@@ -1,0 +1,182 @@
+//! The `kv` capability's backends: the in-process store ([`memory`], the default) and a shared
+//! Redis ([`redis`]), so every plugin that uses `kv` counts and caches fleet-wide by
+//! configuration alone (`[kv] backend = "redis"`).
+//!
+//! Both keep the WIT's meaning: TTLs in milliseconds, atomic `increment`, `compare-and-swap`
+//! and `throttle`, one namespace per plugin id, and the same caps ([`MAX_KEY_BYTES`],
+//! [`MAX_VALUE_BYTES`], [`MAX_ENTRIES_PER_NAMESPACE`], [`MAX_BYTES_PER_NAMESPACE`]).
+//!
+//! [`Kv`] is a closed enum rather than a `dyn` trait: the in-process calls stay synchronous
+//! and allocation-free, and only the Redis arm awaits (see `docs/DECISIONS.md`, "A fleet on
+//! Redis").
+
+pub mod gcra;
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+
+pub use gcra::Cell;
+pub use memory::KvStore;
+pub use redis::RedisKv;
+
+/// Largest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Largest value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// Most live entries per plugin namespace.
+pub const MAX_ENTRIES_PER_NAMESPACE: usize = 100_000;
+/// Most key and value bytes per plugin namespace (64 MiB).
+pub const MAX_BYTES_PER_NAMESPACE: usize = 64 * 1024 * 1024;
+
+/// Why a `kv` call failed; mirrors the WIT `kv-error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// Key over [`MAX_KEY_BYTES`] or value over [`MAX_VALUE_BYTES`].
+    #[error("key or value too large")]
+    TooLarge,
+    /// The namespace holds [`MAX_ENTRIES_PER_NAMESPACE`] live entries or
+    /// [`MAX_BYTES_PER_NAMESPACE`] bytes.
+    #[error("namespace full")]
+    QuotaExceeded,
+    /// `increment` or `throttle` on a value that is not a decimal integer, or an overflow.
+    #[error("not a number")]
+    NotANumber,
+    /// The shared store did not answer within its timeouts, or refused the command; the text
+    /// says why (never with credentials).
+    #[error("kv store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The configured backend, shared by every store of the engine.
+#[derive(Debug)]
+pub enum Kv {
+    /// The process's own store (default): fast, per instance.
+    Memory(KvStore),
+    /// A Redis shared by every gateway configured with it.
+    Redis(Arc<RedisKv>),
+}
+
+/// The backend's health, for `/status`, `/readyz` and `/metrics`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KvHealth {
+    /// `memory` or `redis`.
+    pub backend: &'static str,
+    /// `up`, or `down` when the last command or probe failed.
+    pub state: &'static str,
+    /// Why it is down (the last error), when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Where it is: `host:port/db` for Redis, without credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+// === impl Kv ===
+
+impl Kv {
+    /// `memory` or `redis`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Kv::Memory(_) => "memory",
+            Kv::Redis(_) => "redis",
+        }
+    }
+
+    /// Current health; the in-process store is always up.
+    pub fn health(&self) -> KvHealth {
+        match self {
+            Kv::Memory(_) => KvHealth { backend: "memory", state: "up", error: None, address: None },
+            Kv::Redis(r) => r.health(),
+        }
+    }
+
+    /// The live value of `key` in namespace `ns`.
+    ///
+    /// Errors: [`KvError::Unavailable`] (Redis only).
+    pub async fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        match self {
+            Kv::Memory(m) => Ok(m.get(ns, key)),
+            Kv::Redis(r) => r.get(ns, key).await,
+        }
+    }
+
+    /// Stores `value`; `ttl_ms` none keeps it until deleted.
+    ///
+    /// Errors: [`KvError::TooLarge`], [`KvError::QuotaExceeded`], [`KvError::Unavailable`].
+    pub async fn set(&self, ns: &str, key: &str, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), KvError> {
+        check_sizes(key, &value)?;
+        match self {
+            Kv::Memory(m) => m.set(ns, key, value, ttl_ms),
+            Kv::Redis(r) => r.set(ns, key, value, ttl_ms).await,
+        }
+    }
+
+    /// Removes `key`; true when a live value was removed.
+    ///
+    /// Errors: [`KvError::Unavailable`].
+    pub async fn delete(&self, ns: &str, key: &str) -> Result<bool, KvError> {
+        match self {
+            Kv::Memory(m) => Ok(m.delete(ns, key)),
+            Kv::Redis(r) => r.delete(ns, key).await,
+        }
+    }
+
+    /// Adds `delta` to the decimal counter at `key`, returning the new value.
+    ///
+    /// Errors: [`KvError::NotANumber`], [`KvError::TooLarge`], [`KvError::QuotaExceeded`],
+    /// [`KvError::Unavailable`].
+    pub async fn increment(&self, ns: &str, key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError> {
+        check_sizes(key, b"")?;
+        match self {
+            Kv::Memory(m) => m.increment(ns, key, delta, ttl_ms),
+            Kv::Redis(r) => r.increment(ns, key, delta, ttl_ms).await,
+        }
+    }
+
+    /// Writes `value` only when the live value equals `expected` (none: absent).
+    ///
+    /// Errors: [`KvError::TooLarge`], [`KvError::QuotaExceeded`], [`KvError::Unavailable`].
+    pub async fn compare_and_swap(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<bool, KvError> {
+        check_sizes(key, &value)?;
+        match self {
+            Kv::Memory(m) => m.compare_and_swap(ns, key, expected, value, ttl_ms),
+            Kv::Redis(r) => r.compare_and_swap(ns, key, expected, value, ttl_ms).await,
+        }
+    }
+
+    /// Takes `quantity` units from the GCRA cell at `key` ([`gcra::take`]); one round trip on
+    /// Redis, where the server's clock is now.
+    ///
+    /// Errors: [`KvError::NotANumber`] when `key` holds something else, [`KvError::TooLarge`],
+    /// [`KvError::QuotaExceeded`], [`KvError::Unavailable`].
+    pub async fn throttle(
+        &self,
+        ns: &str,
+        key: &str,
+        interval_us: u64,
+        window_us: u64,
+        quantity: i32,
+    ) -> Result<Cell, KvError> {
+        check_sizes(key, b"")?;
+        match self {
+            Kv::Memory(m) => m.throttle(ns, key, interval_us, window_us, quantity),
+            Kv::Redis(r) => r.throttle(ns, key, interval_us, window_us, quantity).await,
+        }
+    }
+}
+
+/// Errors: [`KvError::TooLarge`] past [`MAX_KEY_BYTES`] or [`MAX_VALUE_BYTES`].
+pub(crate) fn check_sizes(key: &str, value: &[u8]) -> Result<(), KvError> {
+    if key.len() > MAX_KEY_BYTES || value.len() > MAX_VALUE_BYTES {
+        return Err(KvError::TooLarge);
+    }
+    Ok(())
+}
