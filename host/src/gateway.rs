@@ -72,9 +72,8 @@ impl Gateway {
         if let Some(endpoint) = telemetry.endpoint() {
             tracing::info!(%endpoint, "exporting spans over OTLP/HTTP");
         }
-        let engine =
-            PluginEngine::with_settings(&config.runtime, &config.kv, telemetry)
-                .map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        let engine = PluginEngine::with_settings(&config.runtime, &config.kv, telemetry)
+            .map_err(|e| StartError::Engine(format!("{e:#}")))?;
         Self::start_with_engine(config_file, engine).await
     }
 

@@ -339,7 +339,11 @@ impl Default for Metrics {
             prometheus_client::registry::Unit::Seconds,
             m.kv_command_duration.clone(),
         );
-        registry.register("kv_errors", "Failed calls to the shared kv store, by operation and reason", m.kv_errors.clone());
+        registry.register(
+            "kv_errors",
+            "Failed calls to the shared kv store, by operation and reason",
+            m.kv_errors.clone(),
+        );
         registry.register("kv_backend_up", "1 while the shared kv store answers", m.kv_up.clone());
         registry.register("tls_handshakes", "TLS handshakes, by listener and result", m.tls_handshakes.clone());
         *metrics.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;

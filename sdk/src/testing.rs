@@ -285,16 +285,16 @@ pub(crate) mod fake {
                 Ok(true)
             })
         }
-    
+
         /// GCRA as the host's stores run it (`host/src/plugin/kv/gcra.rs`), on the fake clock.
         pub fn throttle(key: &str, interval_us: u64, window_us: u64, quantity: i32) -> Result<Cell, KvError> {
             check(key, b"")?;
             with_state(|s| {
                 let now = s.now_ms.saturating_mul(1000);
                 let stored = match live(s, key) {
-                    Some((v, _)) => {
-                        Some(std::str::from_utf8(v).ok().and_then(|t| t.parse::<u64>().ok()).ok_or(KvError::NotANumber)?)
-                    }
+                    Some((v, _)) => Some(
+                        std::str::from_utf8(v).ok().and_then(|t| t.parse::<u64>().ok()).ok_or(KvError::NotANumber)?,
+                    ),
                     None => None,
                 };
                 let interval = interval_us.max(1);
@@ -302,10 +302,17 @@ pub(crate) mod fake {
                 let remaining = |tat: u64| window_us.saturating_sub(tat.saturating_sub(now)) / interval;
                 let (cell, store) = if quantity < 0 {
                     match stored {
-                        None => (Cell { allowed: true, remaining: remaining(now), reset_us: 0, retry_after_us: 0 }, None),
+                        None => {
+                            (Cell { allowed: true, remaining: remaining(now), reset_us: 0, retry_after_us: 0 }, None)
+                        }
                         Some(tat) => {
                             let back = tat.saturating_sub(cost).max(now);
-                            let cell = Cell { allowed: true, remaining: remaining(back), reset_us: back - now, retry_after_us: 0 };
+                            let cell = Cell {
+                                allowed: true,
+                                remaining: remaining(back),
+                                reset_us: back - now,
+                                retry_after_us: 0,
+                            };
                             (cell, Some(back))
                         }
                     }
@@ -314,10 +321,20 @@ pub(crate) mod fake {
                     let new_tat = tat.saturating_add(cost);
                     let allow_at = new_tat.saturating_sub(window_us);
                     if now < allow_at {
-                        let cell = Cell { allowed: false, remaining: remaining(tat), reset_us: tat - now, retry_after_us: allow_at - now };
+                        let cell = Cell {
+                            allowed: false,
+                            remaining: remaining(tat),
+                            reset_us: tat - now,
+                            retry_after_us: allow_at - now,
+                        };
                         (cell, None)
                     } else {
-                        let cell = Cell { allowed: true, remaining: remaining(new_tat), reset_us: new_tat - now, retry_after_us: 0 };
+                        let cell = Cell {
+                            allowed: true,
+                            remaining: remaining(new_tat),
+                            reset_us: new_tat - now,
+                            retry_after_us: 0,
+                        };
                         (cell, Some(new_tat))
                     }
                 };

@@ -74,7 +74,11 @@ async fn two_gateways_on_one_redis_let_through_exactly_one_quota() {
     let (status, ready) = admin_json(&b, "/readyz").await;
     assert_eq!((status, ready["status"].as_str()), (200, Some("ready")));
     let exposition = scrape(&a).await;
-    assert!(metric(&exposition, "portcullis_kv_command_duration_seconds_count", r#"backend="redis",op="throttle""#).unwrap() >= 1.0);
+    assert!(
+        metric(&exposition, "portcullis_kv_command_duration_seconds_count", r#"backend="redis",op="throttle""#)
+            .unwrap()
+            >= 1.0
+    );
     assert_eq!(metric(&exposition, "portcullis_kv_backend_up", r#"backend="redis""#), Some(1.0));
     a.stop().await;
     b.stop().await;
@@ -95,8 +99,7 @@ async fn compare_and_swap_ttls_and_namespaces_hold_across_two_gateways() {
         .collect();
     let replies = concurrently(jobs).await;
     assert!(replies.iter().all(|r| r.status == 200), "{:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
-    let written: BTreeSet<u64> =
-        replies.iter().map(|r| r.upstream_saw("x-cas")[0].parse().unwrap()).collect();
+    let written: BTreeSet<u64> = replies.iter().map(|r| r.upstream_saw("x-cas")[0].parse().unwrap()).collect();
     assert_eq!(written, (1..=40).collect(), "every swap wrote a distinct value: none was lost");
     let stored: String = redis.command(&["GET", "portcullis:chaos:k:cas"]);
     assert_eq!(stored, "40");
@@ -194,7 +197,11 @@ async fn with_redis_down_or_slow_protected_routes_answer_per_policy_in_time_and_
         let started = Instant::now();
         let reply = get(&gw.url("/closed/x"), &[]).await;
         assert_eq!(reply.status, 503, "fail-closed without its quota store");
-        assert!(started.elapsed() < Duration::from_millis(1500), "answered within the timeouts: {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "answered within the timeouts: {:?}",
+            started.elapsed()
+        );
     }
     assert_eq!(get(&gw.url("/open/x"), &[]).await.status, 200, "fail-open lets the request through");
     assert_eq!(get(&gw.url("/plain/x"), &[]).await.status, 200, "routes without kv are unaffected");
@@ -234,7 +241,11 @@ async fn with_redis_down_or_slow_protected_routes_answer_per_policy_in_time_and_
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     assert_eq!(get(&gw.url("/closed/x"), &[]).await.status, 503);
-    assert!(started.elapsed() < Duration::from_millis(1000), "the command timeout bounds the wait: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "the command timeout bounds the wait: {:?}",
+        started.elapsed()
+    );
     assert_eq!(get(&gw.url("/plain/x"), &[]).await.status, 200);
     stall.join().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

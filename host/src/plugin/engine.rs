@@ -119,7 +119,11 @@ impl PluginEngine {
     ///
     /// Errors: as [`PluginEngine::new`]; an unreadable `kv.password_file`, an unset
     /// `kv.password_env`, or an unusable `kv.url`, each named in the message.
-    pub fn with_settings(runtime: &RuntimeConfig, kv: &KvConfig, telemetry: Arc<Telemetry>) -> wasmtime::Result<Arc<Self>> {
+    pub fn with_settings(
+        runtime: &RuntimeConfig,
+        kv: &KvConfig,
+        telemetry: Arc<Telemetry>,
+    ) -> wasmtime::Result<Arc<Self>> {
         let stack = usize::try_from(runtime.max_wasm_stack_kib * 1024).unwrap_or(usize::MAX);
         let mut pool = PoolingAllocationConfig::default();
         // Sized for a 1,000-route configuration whose old and new snapshots coexist during a

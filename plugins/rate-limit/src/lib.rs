@@ -25,8 +25,7 @@
 //! Configuration reference: `plugins/rate-limit/README.md`.
 
 use portcullis_sdk::{
-    ConfigError, Identity, KvError, Limited, Plugin, Quota, RateLimit, RateLimitOutcome, Request, kv,
-    kv::Cell,
+    ConfigError, Identity, KvError, Limited, Plugin, Quota, RateLimit, RateLimitOutcome, Request, kv, kv::Cell,
 };
 use serde::Deserialize;
 

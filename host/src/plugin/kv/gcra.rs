@@ -37,7 +37,10 @@ pub fn take(stored: Option<u64>, now_us: u64, interval_us: u64, window_us: u64, 
     let ttl_ms = |tat: u64| tat.saturating_sub(now_us).div_ceil(1000) + 1;
     if quantity < 0 {
         let Some(tat) = stored else {
-            return Step { cell: Cell { allowed: true, remaining: remaining(now_us), reset_us: 0, retry_after_us: 0 }, store: None };
+            return Step {
+                cell: Cell { allowed: true, remaining: remaining(now_us), reset_us: 0, retry_after_us: 0 },
+                store: None,
+            };
         };
         let back = tat.saturating_sub(cost).max(now_us);
         let cell = Cell { allowed: true, remaining: remaining(back), reset_us: back - now_us, retry_after_us: 0 };
@@ -47,7 +50,12 @@ pub fn take(stored: Option<u64>, now_us: u64, interval_us: u64, window_us: u64, 
     let new_tat = tat.saturating_add(cost);
     let allow_at = new_tat.saturating_sub(window_us);
     if now_us < allow_at {
-        let cell = Cell { allowed: false, remaining: remaining(tat), reset_us: tat - now_us, retry_after_us: allow_at - now_us };
+        let cell = Cell {
+            allowed: false,
+            remaining: remaining(tat),
+            reset_us: tat - now_us,
+            retry_after_us: allow_at - now_us,
+        };
         return Step { cell, store: None };
     }
     let cell = Cell { allowed: true, remaining: remaining(new_tat), reset_us: new_tat - now_us, retry_after_us: 0 };

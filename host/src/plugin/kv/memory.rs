@@ -181,16 +181,29 @@ impl KvStore {
     ///
     /// Errors: [`KvError::NotANumber`] when `key` holds something else, [`KvError::TooLarge`],
     /// [`KvError::QuotaExceeded`].
-    pub fn throttle(&self, ns: &str, key: &str, interval_us: u64, window_us: u64, quantity: i32) -> Result<Cell, KvError> {
+    pub fn throttle(
+        &self,
+        ns: &str,
+        key: &str,
+        interval_us: u64,
+        window_us: u64,
+        quantity: i32,
+    ) -> Result<Cell, KvError> {
         check_sizes(key, b"")?;
         self.with(ns, |space, now| {
             let stored = match space.live(key, now) {
-                Some(e) => Some(parse_counter(&e.value).and_then(|v| u64::try_from(v).map_err(|_| KvError::NotANumber))?),
+                Some(e) => {
+                    Some(parse_counter(&e.value).and_then(|v| u64::try_from(v).map_err(|_| KvError::NotANumber))?)
+                }
                 None => None,
             };
             let step = gcra::take(stored, now.saturating_mul(1000), interval_us, window_us, quantity);
             if let Some((tat, ttl_ms)) = step.store {
-                space.put(key, Entry { value: tat.to_string().into_bytes(), expires: expiry(now, Some(ttl_ms)) }, now)?;
+                space.put(
+                    key,
+                    Entry { value: tat.to_string().into_bytes(), expires: expiry(now, Some(ttl_ms)) },
+                    now,
+                )?;
             }
             Ok(step.cell)
         })

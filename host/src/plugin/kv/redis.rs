@@ -272,7 +272,8 @@ impl RedisKv {
     /// Errors: an unusable `url` (the message never contains credentials).
     pub fn new(config: &KvConfig, password: Option<String>, metrics: &Metrics) -> Result<Arc<Self>, String> {
         let url = config.url.as_deref().unwrap_or("redis://127.0.0.1:6379/0");
-        let mut info = url.into_connection_info().map_err(|e| format!("`kv.url` is not a Redis URL: {}", e.category()))?;
+        let mut info =
+            url.into_connection_info().map_err(|e| format!("`kv.url` is not a Redis URL: {}", e.category()))?;
         let address = match info.addr() {
             redis::ConnectionAddr::Tcp(host, port) => format!("redis://{host}:{port}/{}", info.redis_settings().db()),
             redis::ConnectionAddr::TcpTls { host, port, .. } => {
@@ -302,15 +303,17 @@ impl RedisKv {
             .set_max_delay(Duration::from_millis(100));
         let connection =
             ConnectionManager::new_lazy_with_config(client, manager).map_err(|e| format!("`kv`: {}", e.category()))?;
-        let script = |body: &str| {
-            Script::new(&format!("local SWEEP = {SWEEP_PER_WRITE}\n{PRELUDE}\n{body}"))
-        };
+        let script = |body: &str| Script::new(&format!("local SWEEP = {SWEEP_PER_WRITE}\n{PRELUDE}\n{body}"));
         let series = OPS
             .iter()
             .map(|op| {
                 let labels = KvLabels { backend: "redis".to_owned(), op: op.label().to_owned() };
                 let errors = |reason: &str| {
-                    let labels = KvErrorLabels { backend: "redis".to_owned(), op: op.label().to_owned(), reason: reason.to_owned() };
+                    let labels = KvErrorLabels {
+                        backend: "redis".to_owned(),
+                        op: op.label().to_owned(),
+                        reason: reason.to_owned(),
+                    };
                     metrics.kv_errors.get_or_create(&labels).clone()
                 };
                 Series {
@@ -468,7 +471,8 @@ impl RedisKv {
         let keys = self.keys(ns, key);
         let (delta, ttl) = (delta.to_string(), ttl_arg(ttl_ms));
         let args: [&[u8]; 2] = [delta.as_bytes(), ttl.as_bytes()];
-        let reply: Vec<Value> = self.run(Op::Increment, self.invoke(&self.scripts.increment, &keys, key, &args)).await?;
+        let reply: Vec<Value> =
+            self.run(Op::Increment, self.invoke(&self.scripts.increment, &keys, key, &args)).await?;
         match reply.as_slice() {
             [Value::Int(1), value] => {
                 let text: String = redis::from_redis_value_ref(value).map_err(|_| KvError::NotANumber)?;
@@ -494,7 +498,10 @@ impl RedisKv {
         let ttl = ttl_arg(ttl_ms);
         let present: &[u8] = if expected.is_some() { b"1" } else { b"0" };
         let args: [&[u8]; 4] = [present, expected.unwrap_or_default(), &value, ttl.as_bytes()];
-        match self.run(Op::CompareAndSwap, self.invoke::<i64>(&self.scripts.compare_and_swap, &keys, key, &args)).await? {
+        match self
+            .run(Op::CompareAndSwap, self.invoke::<i64>(&self.scripts.compare_and_swap, &keys, key, &args))
+            .await?
+        {
             1 => Ok(true),
             0 => Ok(false),
             _ => Err(KvError::QuotaExceeded),

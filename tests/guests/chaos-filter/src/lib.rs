@@ -103,7 +103,9 @@ impl Filter for ChaosFilter {
                         std::str::from_utf8(v).ok().and_then(|t| t.parse().ok()).expect("a decimal counter")
                     });
                     let next = (n + 1).to_string();
-                    if portcullis_sdk::kv::compare_and_swap("cas", current.as_deref(), next.as_bytes(), None).expect("kv cas") {
+                    if portcullis_sdk::kv::compare_and_swap("cas", current.as_deref(), next.as_bytes(), None)
+                        .expect("kv cas")
+                    {
                         break next;
                     }
                 };
