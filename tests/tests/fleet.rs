@@ -57,13 +57,14 @@ async fn two_gateways_on_one_redis_let_through_exactly_one_quota() {
     assert_eq!((ok, limited), (5, 15), "one quota of 5 for the two gateways together");
     for r in replies.iter().filter(|r| r.status == 429) {
         assert_eq!(r.headers["ratelimit-policy"], "\"fleet\";q=5;w=10");
-        assert_eq!(r.headers["retry-after"], "2", "one request per 2 s");
+        let retry = r.headers["retry-after"].to_str().unwrap();
+        assert!(matches!(retry, "1" | "2"), "one request per 2 s, less the time the burst took: {retry}");
     }
     // One cell in Redis, in the plugin's namespace, expiring once full again.
     let keys: Vec<String> = redis.command(&["KEYS", "portcullis:ratelimit:k:*"]);
     assert_eq!(keys, vec!["portcullis:ratelimit:k:rl:limited:route:fleet".to_owned()]);
     let ttl: i64 = redis.command(&["PTTL", &keys[0]]);
-    assert!((9_000..=10_001).contains(&ttl), "the cell expires when full again: {ttl} ms");
+    assert!((5_000..=10_001).contains(&ttl), "the cell expires when full again: {ttl} ms");
 
     let (status, body) = admin_json(&a, "/status").await;
     assert_eq!(status, 200);
@@ -103,6 +104,13 @@ async fn compare_and_swap_ttls_and_namespaces_hold_across_two_gateways() {
     assert_eq!(written, (1..=40).collect(), "every swap wrote a distinct value: none was lost");
     let stored: String = redis.command(&["GET", "portcullis:chaos:k:cas"]);
     assert_eq!(stored, "40");
+    // `increment` (INCRBY inside the script) from both gateways at once: every count once.
+    let jobs = (0..20)
+        .map(|i| ((if i % 2 == 0 { &a } else { &b }).url("/cas/x"), vec![("x-chaos", "count".to_owned())]))
+        .collect();
+    let counted: BTreeSet<i64> =
+        concurrently(jobs).await.iter().map(|r| r.upstream_saw("x-count")[0].parse().unwrap()).collect();
+    assert_eq!(counted, (1..=20).collect());
 
     let kv = |gw: &TestGateway, path: &str, op: &str, key: &str, extra: &[(&'static str, &str)]| {
         let url = gw.url(path);
@@ -129,9 +137,10 @@ async fn compare_and_swap_ttls_and_namespaces_hold_across_two_gateways() {
     // The namespace's index forgets the expired key at the next write.
     assert_eq!(kv(&a, "/cas/x", "kv-set", "later", &[("x-kv-value", "v")]).await, "stored");
     let indexed: Vec<String> = redis.command(&["ZRANGE", "portcullis:chaos:i", "0", "-1"]);
-    assert_eq!(indexed, vec!["cas", "later", "shared"], "brief was swept from the index");
+    assert_eq!(indexed, vec!["cas", "hits", "later", "shared"], "brief was swept from the index");
     let bytes: i64 = redis.command(&["GET", "portcullis:chaos:b"]);
-    assert_eq!(bytes, i64::try_from("cas40latervsharedfrom-a".len()).unwrap(), "the byte count follows the keys");
+    let live = "cas40hits20latervsharedfrom-a".len();
+    assert_eq!(bytes, i64::try_from(live).unwrap(), "the byte count follows the keys");
     a.stop().await;
     b.stop().await;
 }
