@@ -399,9 +399,14 @@ impl RedisKv {
         Err(KvError::Unavailable(why))
     }
 
+    /// Records the outcome of a call or probe; a success while up touches one atomic only.
     fn mark(&self, down: Option<String>) {
         let up = down.is_none();
-        if self.connected.swap(up, std::sync::atomic::Ordering::Relaxed) != up {
+        let was_up = self.connected.swap(up, std::sync::atomic::Ordering::Relaxed);
+        if up && was_up {
+            return;
+        }
+        if was_up != up {
             self.up.set(i64::from(up));
             match &down {
                 Some(why) => tracing::warn!(address = %self.address, error = %why, "kv backend redis is down"),
