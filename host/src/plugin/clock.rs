@@ -1,4 +1,5 @@
-//! The clock plugins read (`clock.now-ms`) and the `kv` store's TTLs run on.
+//! The clock plugins read (`clock.now-ms`) and the in-process `kv` store's TTLs run on (a
+//! Redis-backed store uses the Redis server's clock).
 //!
 //! It is the system's wall clock plus an offset that starts at zero. [`Clock::advance`] moves
 //! it forward, which lets a test (or a drill) show a rate-limit window or a cached token expire

@@ -231,7 +231,8 @@ impl PluginEngine {
         &self.shared.metrics
     }
 
-    /// The clock plugins read and `kv` TTLs run on. Tests move it with [`Clock::advance`].
+    /// The clock plugins read and the in-process `kv` store's TTLs run on (a Redis store uses
+    /// the server's clock). Tests move it with [`Clock::advance`].
     pub fn clock(&self) -> &Clock {
         &self.shared.clock
     }

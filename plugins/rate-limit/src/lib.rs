@@ -68,6 +68,13 @@ pub struct LimitConfig {
     pub window_ms: u64,
 }
 
+impl LimitConfig {
+    /// The GCRA emission interval: one request per `window_ms / requests`, in µs (at least 1).
+    fn interval_us(&self) -> u64 {
+        (self.window_ms * 1000 / self.requests).max(1)
+    }
+}
+
 /// The step configuration (JSON).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,16 +164,13 @@ impl RateLimiter {
     /// Takes one request from quota `limit` under `key`: one atomic `kv.throttle`, so one
     /// round trip on a shared store. Now is the store's clock.
     fn take(limit: &LimitConfig, key: &str) -> Result<Cell, KvError> {
-        let window_us = limit.window_ms * 1000;
-        let interval_us = (window_us / limit.requests).max(1);
-        kv::throttle(key, interval_us, window_us, 1)
+        kv::throttle(key, limit.interval_us(), limit.window_ms * 1000, 1)
     }
 
     /// Gives back one request taken from `key` (best effort: when the key has expired there
     /// is nothing to give back).
     fn give_back(limit: &LimitConfig, key: &str) {
-        let window_us = limit.window_ms * 1000;
-        let _ = kv::throttle(key, (window_us / limit.requests).max(1), window_us, -1);
+        let _ = kv::throttle(key, limit.interval_us(), limit.window_ms * 1000, -1);
     }
 }
 
