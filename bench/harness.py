@@ -283,7 +283,8 @@ def start_portcullis(name: str, conf: Path, port: int) -> Server:
     return Server(name, [str(PORTCULLIS), "run", "--config", str(conf)], port, SERVER_CORE, env=env, cwd=conf.parent)
 
 
-def wrk(url: str, connections: int, seconds: int, token: str, extra: dict | None = None) -> float:
+def post_script(token: str, extra: dict | None = None) -> Path:
+    """The wrk script sending the benchmark's request: POST, the JSON body, the bearer token."""
     script = WORK / "post.lua"
     script.write_text(
         'wrk.method = "POST"\n'
@@ -292,6 +293,11 @@ def wrk(url: str, connections: int, seconds: int, token: str, extra: dict | None
         f'wrk.headers["Authorization"] = "Bearer {token}"\n'
         'wrk.headers["User-Agent"] = "portcullis-bench"\n'
         + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (extra or {}).items()))
+    return script
+
+
+def wrk(url: str, connections: int, seconds: int, token: str, extra: dict | None = None) -> float:
+    script = post_script(token, extra)
     out = subprocess.run(["taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

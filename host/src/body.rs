@@ -253,12 +253,18 @@ pub enum BodyTimeout {
 /// A body with an idle timeout (longest gap between frames) and a total deadline; running
 /// past either yields a [`BodyTimeout`] error and then ends. hyper has neither (FIELD-NOTES),
 /// and without them a client can hold a request open by trickling its body. A body that is
-/// already at its end costs no timer.
+/// already at its end costs no timer, and the timers are armed only when the body first has
+/// to wait for the client: a body read with its head (most small bodies) never touches the
+/// timer wheel.
 pub struct Timed<B> {
     inner: B,
     idle: Duration,
     total: Duration,
-    /// The idle and total timers; none for an empty body.
+    /// When the body started (the request head); the total deadline runs from it.
+    started: Instant,
+    /// When the last frame arrived before the timers were armed.
+    last_frame: Instant,
+    /// The idle and total timers, once the body has had to wait.
     timers: Option<Timers>,
     failed: bool,
 }
@@ -272,11 +278,8 @@ impl<B: HttpBody> Timed<B> {
     /// Wraps `inner`: each frame must arrive within `idle` of the previous one (or of now),
     /// and the whole body within `total` of now.
     pub fn new(inner: B, idle: Duration, total: Duration) -> Self {
-        let timers = (!inner.is_end_stream()).then(|| {
-            let now = Instant::now();
-            (Box::pin(tokio::time::sleep_until(now + idle)), Box::pin(tokio::time::sleep_until(now + total)))
-        });
-        Timed { inner, idle, total, timers, failed: false }
+        let now = Instant::now();
+        Timed { inner, idle, total, started: now, last_frame: now, timers: None, failed: false }
     }
 }
 
@@ -294,6 +297,20 @@ where
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into);
         let (idle, total) = (self.idle, self.total);
+        if self.timers.is_none() {
+            match &polled {
+                Poll::Pending => {
+                    let idle_due = tokio::time::sleep_until(self.last_frame + idle);
+                    let total_due = tokio::time::sleep_until(self.started + total);
+                    self.timers = Some((Box::pin(idle_due), Box::pin(total_due)));
+                }
+                Poll::Ready(Some(Ok(_))) => {
+                    self.last_frame = Instant::now();
+                    return polled;
+                }
+                Poll::Ready(_) => return polled,
+            }
+        }
         let Some((idle_sleep, total_sleep)) = self.timers.as_mut() else { return polled };
         let expired = match &polled {
             Poll::Ready(Some(Ok(_))) => {

@@ -9,7 +9,7 @@
 //! returns is checked before use.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
@@ -27,26 +27,112 @@ use crate::plugin::bindings::exports::portcullis::plugin::{
     validation::ValidationOutcome,
 };
 use crate::plugin::bindings::portcullis::plugin::types::{Header, HeaderEdits, Identity, LocalResponse, ResponseHead};
-use crate::plugin::{Call, CallPhase, FailureKind, LoadedPlugin, PluginFailure, PluginRequest, Reply, StepPool};
+use crate::plugin::{
+    Call, CallPhase, FailureKind, Hooks, LoadedPlugin, PluginFailure, PluginRequest, Reply, Settle, StepPool,
+};
 use crate::proxy::headers::{self, IdentityHeaders};
 use crate::telemetry::{self, SpanOutcome, Telemetry};
 
 /// Largest local response body a plugin may return, in bytes.
 pub const MAX_LOCAL_RESPONSE_BYTES: usize = 1024 * 1024;
 
-/// One step: a configured plugin pool and its failure policy.
+/// What the chain needs of one step: the seam between the filter chain and the plugin
+/// runtime. [`WasmStep`] calls a plugin through its [`StepPool`]; the chain's unit tests use
+/// fakes, so ordering, short-circuits, failure policies and edits are tested without Wasm.
+pub trait Step: Send + Sync {
+    /// The step's plugin id, for decisions, metrics and logs.
+    fn id(&self) -> &Arc<str>;
+    /// Its kind: which call the chain makes and how the reply applies.
+    fn kind(&self) -> PluginKind;
+    /// The hooks it implements; the chain calls no other.
+    fn hooks(&self) -> Hooks;
+    /// For a validation step, the request body bytes it wants buffered.
+    fn body_limit(&self) -> Option<u64>;
+    /// For a logging step, the header names it records; none for all.
+    fn record_headers(&self) -> Option<&[http::HeaderName]>;
+    /// Makes `call`. A reply comes with the breaker's [`Settle`], which the chain completes
+    /// once it has checked the reply.
+    ///
+    /// Errors: the [`PluginFailure`] of a call that did not return a reply.
+    fn call<'s>(
+        &'s self,
+        request_id: &str,
+        span: &Context,
+        call: Call<'_>,
+    ) -> impl Future<Output = Result<(Reply, Settle<'s>), PluginFailure>> + Send;
+    /// Records one call's duration and decision (none for a failure) in the metrics.
+    fn record_call(&self, phase: CallPhase, decision: Option<&'static str>, duration: Duration);
+    /// Counts a failure, of the call or of its reply.
+    fn count_failure(&self, failure: &PluginFailure);
+}
+
+/// A step served by a Wasm plugin: its configured instance pool.
 #[derive(Debug, Clone)]
-pub struct Step {
-    /// The plugin configured for this step.
-    pub pool: Arc<StepPool>,
-    /// What a failure does.
+pub struct WasmStep(pub Arc<StepPool>);
+
+impl WasmStep {
+    /// The instance pool.
+    pub fn pool(&self) -> &Arc<StepPool> {
+        &self.0
+    }
+
+    fn plugin(&self) -> &LoadedPlugin {
+        self.0.plugin()
+    }
+}
+
+impl Step for WasmStep {
+    fn id(&self) -> &Arc<str> {
+        &self.plugin().id
+    }
+
+    fn kind(&self) -> PluginKind {
+        self.plugin().kind
+    }
+
+    fn hooks(&self) -> Hooks {
+        self.0.hooks()
+    }
+
+    fn body_limit(&self) -> Option<u64> {
+        self.0.body_limit()
+    }
+
+    fn record_headers(&self) -> Option<&[http::HeaderName]> {
+        self.0.record_headers()
+    }
+
+    fn call<'s>(
+        &'s self,
+        request_id: &str,
+        span: &Context,
+        call: Call<'_>,
+    ) -> impl Future<Output = Result<(Reply, Settle<'s>), PluginFailure>> + Send {
+        self.0.call(request_id, span, call)
+    }
+
+    fn record_call(&self, phase: CallPhase, decision: Option<&'static str>, duration: Duration) {
+        self.plugin().record_call(phase, decision, duration);
+    }
+
+    fn count_failure(&self, failure: &PluginFailure) {
+        self.plugin().count_failure(failure);
+    }
+}
+
+/// One link of a chain: a step and its failure policy.
+#[derive(Debug, Clone)]
+pub struct ChainStep<S = WasmStep> {
+    /// The step.
+    pub step: S,
+    /// What its failure does.
     pub policy: FailurePolicy,
 }
 
 /// A route's ordered steps.
-#[derive(Debug, Default)]
-pub struct Chain {
-    steps: Vec<Step>,
+#[derive(Debug)]
+pub struct Chain<S = WasmStep> {
+    steps: Vec<ChainStep<S>>,
     body_limit: Option<u64>,
     has_logging: bool,
     /// Whether some step has a response hook (it reads the request then too).
@@ -105,26 +191,38 @@ pub enum Verdict {
 
 // === impl Chain ===
 
-impl Chain {
+impl<S> Default for Chain<S> {
+    fn default() -> Self {
+        Chain {
+            steps: Vec::new(),
+            body_limit: None,
+            has_logging: false,
+            has_response_hooks: false,
+            logged_headers: None,
+        }
+    }
+}
+
+impl<S: Step> Chain<S> {
     /// A chain of `steps`, in order.
-    pub fn new(steps: Vec<Step>) -> Self {
-        let body_limit = steps.iter().filter_map(|s| s.pool.body_limit()).max();
-        let logging: Vec<_> = steps.iter().filter(|s| s.pool.plugin().kind == PluginKind::Logging).collect();
+    pub fn new(steps: Vec<ChainStep<S>>) -> Self {
+        let body_limit = steps.iter().filter_map(|s| s.step.body_limit()).max();
+        let logging: Vec<_> = steps.iter().filter(|s| s.step.kind() == PluginKind::Logging).collect();
         let has_logging = !logging.is_empty();
-        let logged_headers = logging.iter().try_fold(Vec::new(), |mut names, step| {
-            for name in step.pool.record_headers()? {
+        let logged_headers = logging.iter().try_fold(Vec::new(), |mut names, link| {
+            for name in link.step.record_headers()? {
                 if !names.contains(name) {
                     names.push(name.clone());
                 }
             }
             Some(names)
         });
-        let has_response_hooks = steps.iter().any(|s| s.pool.hooks().response);
+        let has_response_hooks = steps.iter().any(|s| s.step.hooks().response);
         Chain { steps, body_limit, has_logging, has_response_hooks, logged_headers }
     }
 
     /// The steps, in order.
-    pub fn steps(&self) -> &[Step] {
+    pub fn steps(&self) -> &[ChainStep<S>] {
         &self.steps
     }
 
@@ -174,13 +272,13 @@ impl Chain {
         state: &mut ChainState,
         trace: &Trace,
     ) -> Result<Verdict, GatewayError> {
-        for step in &self.steps {
-            if !step.pool.hooks().request {
+        for link in &self.steps {
+            let step = &link.step;
+            if !step.hooks().request {
                 continue;
             }
-            let plugin = step.pool.plugin();
             let identity = state.identity.as_ref();
-            let bytes = match (plugin.kind, step.pool.body_limit()) {
+            let bytes = match (step.kind(), step.body_limit()) {
                 (PluginKind::Validation, Some(limit)) => {
                     let bytes = body.bytes().await?.clone();
                     if bytes.len() as u64 > limit {
@@ -190,7 +288,7 @@ impl Chain {
                 }
                 _ => None,
             };
-            let call = match plugin.kind {
+            let call = match step.kind() {
                 PluginKind::Auth => Call::Authenticate(request),
                 PluginKind::RateLimit => Call::Check(request, identity),
                 PluginKind::Validation => Call::Validate(request, identity, bytes.as_deref()),
@@ -198,10 +296,10 @@ impl Chain {
                 PluginKind::Logging => continue,
             };
             let started = Instant::now();
-            let span = trace.step(plugin, "request");
-            let outcome = match step.pool.call(&request.request_id, &span, call).await {
+            let span = trace.step(step.id(), step.kind(), "request");
+            let outcome = match step.call(&request.request_id, &span, call).await {
                 Ok((reply, settle)) => {
-                    let applied = self.apply(step, reply, request, ids, state);
+                    let applied = apply(step.id(), reply, request, ids, state);
                     settle.settle(applied.is_ok());
                     applied
                 }
@@ -210,18 +308,18 @@ impl Chain {
             let elapsed = started.elapsed();
             let (decision, verdict) = match outcome {
                 Ok(done) => done,
-                Err(failure) => match fail(step, failure, &request.request_id, &span) {
+                Err(failure) => match fail(link, failure, &request.request_id, &span) {
                     Ok(decision) => (decision, Verdict::Continue),
                     Err(e) => {
-                        plugin.record_call(CallPhase::Request, None, elapsed);
+                        step.record_call(CallPhase::Request, None, elapsed);
                         return Err(e);
                     }
                 },
             };
             Trace::end_step(&span, decision);
-            plugin.record_call(CallPhase::Request, Some(decision), elapsed);
+            step.record_call(CallPhase::Request, Some(decision), elapsed);
             state.decisions.push(Decision {
-                plugin: plugin.id.clone(),
+                plugin: step.id().clone(),
                 phase: Phase::Request,
                 decision,
                 duration_us: micros(started),
@@ -231,101 +329,6 @@ impl Chain {
             }
         }
         Ok(Verdict::Continue)
-    }
-
-    /// What one request-phase reply does.
-    fn apply(
-        &self,
-        step: &Step,
-        reply: Reply,
-        request: &mut Arc<PluginRequest>,
-        ids: &IdentityHeaders,
-        state: &mut ChainState,
-    ) -> Result<(&'static str, Verdict), PluginFailure> {
-        let id = &step.pool.plugin().id;
-        let invalid = |e: String| PluginFailure::new(id, FailureKind::InvalidOutput(e));
-        Ok(match reply {
-            Reply::Auth(AuthOutcome::Authenticated(done)) => {
-                headers::check_identity(&done.identity).map_err(invalid)?;
-                if !done.remove_headers.is_empty() {
-                    let edits = HeaderEdits { remove: done.remove_headers, set: Vec::new(), append: Vec::new() };
-                    let headers = &mut Arc::make_mut(request).headers;
-                    headers::apply_edits(headers, &edits, Some(ids)).map_err(|e| invalid(e.to_string()))?;
-                }
-                // The credential leaves the request at once: later steps are lent the query
-                // without it, as the upstream gets it.
-                if !done.remove_query_params.is_empty() {
-                    let lent = Arc::make_mut(request);
-                    lent.query = lent.query.as_deref().and_then(|q| headers::strip_query(q, &done.remove_query_params));
-                }
-                state.remove_query_params.extend(done.remove_query_params);
-                state.identity = Some(done.identity);
-                ("authenticated", Verdict::Continue)
-            }
-            Reply::Auth(AuthOutcome::Anonymous) => ("anonymous", Verdict::Continue),
-            Reply::Auth(AuthOutcome::Denied(local)) => {
-                let mut response = local_response(local).map_err(invalid)?;
-                if response.status() == StatusCode::UNAUTHORIZED
-                    && !response.headers().contains_key(header::WWW_AUTHENTICATE)
-                {
-                    response
-                        .headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"portcullis\""));
-                }
-                ("denied", Verdict::Respond(response))
-            }
-            Reply::RateLimit(RateLimitOutcome::Allowed(quotas)) => {
-                check_quotas(&quotas).map_err(invalid)?;
-                state.quotas.extend(quotas);
-                ("allowed", Verdict::Continue)
-            }
-            Reply::RateLimit(RateLimitOutcome::Limited(limited)) => {
-                check_quotas(&limited.quotas).map_err(invalid)?;
-                state.quotas.extend(limited.quotas);
-                let mut response = problem(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate-limited",
-                    "The request exceeds a rate limit quota.",
-                    &request.request_id,
-                    None,
-                );
-                let retry = limited.retry_after_ms.div_ceil(1000).max(1);
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry));
-                ("limited", Verdict::Respond(response))
-            }
-            Reply::Validation(ValidationOutcome::Valid) => ("valid", Verdict::Continue),
-            Reply::Validation(ValidationOutcome::Invalid(invalid)) => {
-                let (status, slug, detail) = if invalid.malformed {
-                    (StatusCode::BAD_REQUEST, "malformed-request", "The request could not be parsed.")
-                } else {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", "The request breaks the route's rules.")
-                };
-                let errors: Vec<_> = invalid
-                    .violations
-                    .iter()
-                    .map(|v| serde_json::json!({ "pointer": v.pointer, "detail": v.message }))
-                    .collect();
-                let response = problem(
-                    status,
-                    slug,
-                    detail,
-                    &request.request_id,
-                    Some(("errors", serde_json::Value::Array(errors))),
-                );
-                ("invalid", Verdict::Respond(response))
-            }
-            Reply::Filter(FilterAction::Continue(edits)) => {
-                if !(edits.remove.is_empty() && edits.set.is_empty() && edits.append.is_empty()) {
-                    let headers = &mut Arc::make_mut(request).headers;
-                    headers::apply_edits(headers, &edits, Some(ids)).map_err(|e| invalid(e.to_string()))?;
-                }
-                ("continue", Verdict::Continue)
-            }
-            Reply::Filter(FilterAction::Respond(local)) => {
-                ("respond", Verdict::Respond(local_response(local).map_err(invalid)?))
-            }
-            Reply::Observed => ("observed", Verdict::Continue),
-        })
     }
 
     /// Runs `filter.on-response` steps in reverse order on `response`, skipping filters that
@@ -339,18 +342,18 @@ impl Chain {
         state: &mut ChainState,
         trace: &Trace,
     ) -> Result<(), GatewayError> {
-        for step in self.steps.iter().rev() {
-            let plugin = step.pool.plugin();
-            if plugin.kind != PluginKind::Filter || !step.pool.hooks().response {
+        for link in self.steps.iter().rev() {
+            let step = &link.step;
+            if step.kind() != PluginKind::Filter || !step.hooks().response {
                 continue;
             }
             let seen =
                 ResponseHead { status: response.status().as_u16(), headers: headers::to_wit(response.headers()) };
             let started = Instant::now();
             let call = Call::OnResponse(request, state.identity.as_ref(), &seen);
-            let invalid = |e: String| PluginFailure::new(&plugin.id, FailureKind::InvalidOutput(e));
-            let span = trace.step(plugin, "response");
-            let outcome = match step.pool.call(&request.request_id, &span, call).await {
+            let invalid = |e: String| PluginFailure::new(step.id(), FailureKind::InvalidOutput(e));
+            let span = trace.step(step.id(), step.kind(), "response");
+            let outcome = match step.call(&request.request_id, &span, call).await {
                 Ok((reply, settle)) => {
                     let applied = match reply {
                         Reply::Filter(FilterAction::Continue(edits)) => {
@@ -371,18 +374,18 @@ impl Chain {
             let elapsed = started.elapsed();
             let decision = match outcome {
                 Ok(d) => d,
-                Err(failure) => match fail(step, failure, &request.request_id, &span) {
+                Err(failure) => match fail(link, failure, &request.request_id, &span) {
                     Ok(decision) => decision,
                     Err(e) => {
-                        plugin.record_call(CallPhase::Response, None, elapsed);
+                        step.record_call(CallPhase::Response, None, elapsed);
                         return Err(e);
                     }
                 },
             };
             Trace::end_step(&span, decision);
-            plugin.record_call(CallPhase::Response, Some(decision), elapsed);
+            step.record_call(CallPhase::Response, Some(decision), elapsed);
             state.decisions.push(Decision {
-                plugin: plugin.id.clone(),
+                plugin: step.id().clone(),
                 phase: Phase::Response,
                 decision,
                 duration_us: micros(started),
@@ -394,15 +397,15 @@ impl Chain {
     /// Hands the finished exchange to every logging step. Failures are logged and otherwise
     /// ignored: the response is already sent.
     pub async fn observe(&self, exchange: &Exchange, trace: &Trace) {
-        for step in &self.steps {
-            let plugin = step.pool.plugin();
-            if plugin.kind != PluginKind::Logging {
+        for link in &self.steps {
+            let step = &link.step;
+            if step.kind() != PluginKind::Logging {
                 continue;
             }
             let started = Instant::now();
-            let span = trace.step(plugin, "observe");
-            let called = step.pool.call(&exchange.request_id, &span, Call::Observe(exchange)).await;
-            plugin.record_call(CallPhase::Observe, called.is_ok().then_some("observed"), started.elapsed());
+            let span = trace.step(step.id(), step.kind(), "observe");
+            let called = step.call(&exchange.request_id, &span, Call::Observe(exchange)).await;
+            step.record_call(CallPhase::Observe, called.is_ok().then_some("observed"), started.elapsed());
             match called {
                 Ok((_, settle)) => {
                     settle.settle(true);
@@ -415,9 +418,9 @@ impl Chain {
                         failure.kind.label(),
                         vec![KeyValue::new(DECISION, "failed")],
                     );
-                    plugin.count_failure(&failure);
+                    step.count_failure(&failure);
                     tracing::warn!(
-                    plugin = %plugin.id, kind = failure.kind.label(), request_id = %exchange.request_id,
+                    plugin = %step.id(), kind = failure.kind.label(), request_id = %exchange.request_id,
                     detail = %failure.detail, "logging plugin failed"
                     );
                 }
@@ -426,16 +429,109 @@ impl Chain {
     }
 }
 
+/// What one request-phase reply of step `id` does.
+fn apply(
+    id: &str,
+    reply: Reply,
+    request: &mut Arc<PluginRequest>,
+    ids: &IdentityHeaders,
+    state: &mut ChainState,
+) -> Result<(&'static str, Verdict), PluginFailure> {
+    let invalid = |e: String| PluginFailure::new(id, FailureKind::InvalidOutput(e));
+    Ok(match reply {
+        Reply::Auth(AuthOutcome::Authenticated(done)) => {
+            headers::check_identity(&done.identity).map_err(invalid)?;
+            if !done.remove_headers.is_empty() {
+                let edits = HeaderEdits { remove: done.remove_headers, set: Vec::new(), append: Vec::new() };
+                let headers = &mut Arc::make_mut(request).headers;
+                headers::apply_edits(headers, &edits, Some(ids)).map_err(|e| invalid(e.to_string()))?;
+            }
+            // The credential leaves the request at once: later steps are lent the query
+            // without it, as the upstream gets it.
+            if !done.remove_query_params.is_empty() {
+                let lent = Arc::make_mut(request);
+                lent.query = lent.query.as_deref().and_then(|q| headers::strip_query(q, &done.remove_query_params));
+            }
+            state.remove_query_params.extend(done.remove_query_params);
+            state.identity = Some(done.identity);
+            ("authenticated", Verdict::Continue)
+        }
+        Reply::Auth(AuthOutcome::Anonymous) => ("anonymous", Verdict::Continue),
+        Reply::Auth(AuthOutcome::Denied(local)) => {
+            let mut response = local_response(local).map_err(invalid)?;
+            if response.status() == StatusCode::UNAUTHORIZED
+                && !response.headers().contains_key(header::WWW_AUTHENTICATE)
+            {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"portcullis\""));
+            }
+            ("denied", Verdict::Respond(response))
+        }
+        Reply::RateLimit(RateLimitOutcome::Allowed(quotas)) => {
+            check_quotas(&quotas).map_err(invalid)?;
+            state.quotas.extend(quotas);
+            ("allowed", Verdict::Continue)
+        }
+        Reply::RateLimit(RateLimitOutcome::Limited(limited)) => {
+            check_quotas(&limited.quotas).map_err(invalid)?;
+            state.quotas.extend(limited.quotas);
+            let mut response = problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "The request exceeds a rate limit quota.",
+                &request.request_id,
+                None,
+            );
+            let retry = limited.retry_after_ms.div_ceil(1000).max(1);
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry));
+            ("limited", Verdict::Respond(response))
+        }
+        Reply::Validation(ValidationOutcome::Valid) => ("valid", Verdict::Continue),
+        Reply::Validation(ValidationOutcome::Invalid(invalid)) => {
+            let (status, slug, detail) = if invalid.malformed {
+                (StatusCode::BAD_REQUEST, "malformed-request", "The request could not be parsed.")
+            } else {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", "The request breaks the route's rules.")
+            };
+            let errors: Vec<_> = invalid
+                .violations
+                .iter()
+                .map(|v| serde_json::json!({ "pointer": v.pointer, "detail": v.message }))
+                .collect();
+            let response =
+                problem(status, slug, detail, &request.request_id, Some(("errors", serde_json::Value::Array(errors))));
+            ("invalid", Verdict::Respond(response))
+        }
+        Reply::Filter(FilterAction::Continue(edits)) => {
+            if !(edits.remove.is_empty() && edits.set.is_empty() && edits.append.is_empty()) {
+                let headers = &mut Arc::make_mut(request).headers;
+                headers::apply_edits(headers, &edits, Some(ids)).map_err(|e| invalid(e.to_string()))?;
+            }
+            ("continue", Verdict::Continue)
+        }
+        Reply::Filter(FilterAction::Respond(local)) => {
+            ("respond", Verdict::Respond(local_response(local).map_err(invalid)?))
+        }
+        Reply::Observed => ("observed", Verdict::Continue),
+    })
+}
+
 /// Applies the failure policy: fail-closed turns the failure into the request's error,
 /// fail-open records it and lets the chain go on. Every request-path failure is counted here.
-fn fail(step: &Step, failure: PluginFailure, request_id: &str, span: &Context) -> Result<&'static str, GatewayError> {
-    step.pool.plugin().count_failure(&failure);
+fn fail<S: Step>(
+    link: &ChainStep<S>,
+    failure: PluginFailure,
+    request_id: &str,
+    span: &Context,
+) -> Result<&'static str, GatewayError> {
+    link.step.count_failure(&failure);
     telemetry::end(span, SpanOutcome::Error, failure.kind.label(), vec![KeyValue::new(DECISION, "failed")]);
     tracing::warn!(
         plugin = %failure.plugin, kind = failure.kind.label(), request_id, detail = %failure.detail,
-        policy = ?step.policy, "plugin call failed"
+        policy = ?link.policy, "plugin call failed"
     );
-    match step.policy {
+    match link.policy {
         FailurePolicy::FailClosed => Err(GatewayError::PluginFailed(failure)),
         FailurePolicy::FailOpen => Ok("failed"),
     }
@@ -513,14 +609,14 @@ pub struct Trace {
 impl Trace {
     /// The span of one call of `plugin` in `phase` (`request`, `response`, `observe`); without
     /// export, the request's context.
-    fn step(&self, plugin: &LoadedPlugin, phase: &'static str) -> Context {
+    fn step(&self, id: &str, kind: PluginKind, phase: &'static str) -> Context {
         self.telemetry.start(&self.cx, SpanKind::Internal, || {
             let attributes = vec![
-                KeyValue::new("portcullis.plugin.id", plugin.id.to_string()),
-                KeyValue::new("portcullis.plugin.kind", plugin.kind.to_string()),
+                KeyValue::new("portcullis.plugin.id", id.to_owned()),
+                KeyValue::new("portcullis.plugin.kind", kind.to_string()),
                 KeyValue::new("portcullis.plugin.phase", phase),
             ];
-            (format!("plugin {}", plugin.id), attributes)
+            (format!("plugin {id}"), attributes)
         })
     }
 
@@ -538,7 +634,360 @@ fn micros(started: Instant) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
+    use crate::plugin::bindings::exports::portcullis::plugin::auth::Authenticated;
+    use crate::plugin::bindings::exports::portcullis::plugin::rate_limit::Limited;
+    use crate::plugin::bindings::exports::portcullis::plugin::validation::{Invalid, Violation};
+
+    /// What a fake step answers, given the call it was made.
+    type Behaviour = Box<dyn Fn(&Call<'_>) -> Result<Reply, FailureKind> + Send + Sync>;
+
+    /// A step without Wasm: it answers with `behaviour` and writes what happened to `log`.
+    struct Fake {
+        id: Arc<str>,
+        kind: PluginKind,
+        hooks: Hooks,
+        body_limit: Option<u64>,
+        behaviour: Behaviour,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Step for Fake {
+        fn id(&self) -> &Arc<str> {
+            &self.id
+        }
+        fn kind(&self) -> PluginKind {
+            self.kind
+        }
+        fn hooks(&self) -> Hooks {
+            self.hooks
+        }
+        fn body_limit(&self) -> Option<u64> {
+            self.body_limit
+        }
+        fn record_headers(&self) -> Option<&[http::HeaderName]> {
+            None
+        }
+        fn call<'s>(
+            &'s self,
+            _request_id: &str,
+            _span: &Context,
+            call: Call<'_>,
+        ) -> impl Future<Output = Result<(Reply, Settle<'s>), PluginFailure>> + Send {
+            let phase = if matches!(call, Call::OnResponse(..)) { "response" } else { "request" };
+            self.log.lock().unwrap().push(format!("{} {phase}", self.id));
+            let answer = (self.behaviour)(&call)
+                .map(|reply| (reply, Settle::detached()))
+                .map_err(|kind| PluginFailure::new(&self.id, kind));
+            std::future::ready(answer)
+        }
+        fn record_call(&self, _phase: CallPhase, decision: Option<&'static str>, _duration: Duration) {
+            self.log.lock().unwrap().push(format!("{} recorded {}", self.id, decision.unwrap_or("none")));
+        }
+        fn count_failure(&self, failure: &PluginFailure) {
+            self.log.lock().unwrap().push(format!("{} failure {}", self.id, failure.kind.label()));
+        }
+    }
+
+    /// Builds fake chains that share one log.
+    #[derive(Default)]
+    struct Fakes {
+        log: Arc<Mutex<Vec<String>>>,
+        steps: Vec<ChainStep<Fake>>,
+    }
+
+    impl Fakes {
+        fn step(
+            mut self,
+            id: &str,
+            kind: PluginKind,
+            policy: FailurePolicy,
+            behaviour: impl Fn(&Call<'_>) -> Result<Reply, FailureKind> + Send + Sync + 'static,
+        ) -> Self {
+            let step = Fake {
+                id: id.into(),
+                kind,
+                hooks: Hooks { request: true, response: false },
+                body_limit: (kind == PluginKind::Validation).then_some(16),
+                behaviour: Box::new(behaviour),
+                log: self.log.clone(),
+            };
+            self.steps.push(ChainStep { step, policy });
+            self
+        }
+
+        /// The last step added gets `hooks`.
+        fn hooks(mut self, request: bool, response: bool) -> Self {
+            if let Some(last) = self.steps.last_mut() {
+                last.step.hooks = Hooks { request, response };
+            }
+            self
+        }
+
+        fn build(self) -> (Chain<Fake>, Arc<Mutex<Vec<String>>>) {
+            (Chain::new(self.steps), self.log)
+        }
+    }
+
+    fn request(query: Option<&str>, headers: &[(&'static str, &'static str)]) -> Arc<PluginRequest> {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        Arc::new(PluginRequest {
+            method: http::Method::GET,
+            scheme: "http",
+            authority: "example.test".into(),
+            path: "/orders".into(),
+            query: query.map(str::to_owned),
+            headers: map,
+            client_ip: "127.0.0.1".into(),
+            client_cert: None,
+            request_id: "req-1".into(),
+            route: "orders".into(),
+        })
+    }
+
+    fn ids() -> IdentityHeaders {
+        IdentityHeaders {
+            subject: http::HeaderName::from_static("x-user-id"),
+            roles: http::HeaderName::from_static("x-user-roles"),
+            scopes: http::HeaderName::from_static("x-user-scopes"),
+            issuer: http::HeaderName::from_static("x-user-issuer"),
+            strip: Vec::new(),
+        }
+    }
+
+    fn trace() -> Trace {
+        Trace { telemetry: Arc::new(Telemetry::disabled()), cx: Context::new() }
+    }
+
+    fn header(name: &str, value: &str) -> Header {
+        Header { name: name.into(), value: value.into() }
+    }
+
+    fn set(name: &str, value: &str) -> Reply {
+        Reply::Filter(FilterAction::Continue(HeaderEdits {
+            remove: Vec::new(),
+            set: vec![header(name, value)],
+            append: Vec::new(),
+        }))
+    }
+
+    fn pass() -> Reply {
+        Reply::Filter(FilterAction::Continue(HeaderEdits { remove: Vec::new(), set: Vec::new(), append: Vec::new() }))
+    }
+
+    /// The request a call lends.
+    fn lent<'a>(call: &Call<'a>) -> &'a PluginRequest {
+        match *call {
+            Call::Authenticate(r)
+            | Call::Check(r, _)
+            | Call::Validate(r, _, _)
+            | Call::OnRequest(r, _)
+            | Call::OnResponse(r, _, _) => r,
+            Call::Observe(_) => panic!("observe lends no request"),
+        }
+    }
+
+    async fn run(
+        chain: &Chain<Fake>,
+        request: &mut Arc<PluginRequest>,
+        body: &[u8],
+    ) -> (Result<Verdict, GatewayError>, ChainState) {
+        let mut state = ChainState::default();
+        let mut body = LazyBody::new(full(Bytes::copy_from_slice(body)), 1024);
+        let verdict = chain.on_request(request, &mut body, &ids(), &mut state, &trace()).await;
+        (verdict, state)
+    }
+
+    fn lines(log: &Mutex<Vec<String>>) -> Vec<String> {
+        log.lock().unwrap().clone()
+    }
+
+    fn decisions(state: &ChainState) -> Vec<(String, &'static str)> {
+        state.decisions.iter().map(|d| (d.plugin.to_string(), d.decision)).collect()
+    }
+
+    #[tokio::test]
+    async fn steps_run_in_order_and_each_sees_the_edits_before_it() {
+        let (chain, log) = Fakes::default()
+            .step("first", PluginKind::Filter, FailurePolicy::FailClosed, |_| Ok(set("x-first", "1")))
+            .step("second", PluginKind::Filter, FailurePolicy::FailClosed, |call| {
+                let seen = lent(call).headers.get("x-first").map_or("absent", |v| v.to_str().unwrap_or("?"));
+                Ok(set("x-second-saw", if seen == "1" { "first" } else { "nothing" }))
+            })
+            .build();
+        let mut request = request(None, &[]);
+        let (verdict, state) = run(&chain, &mut request, b"").await;
+        assert!(matches!(verdict, Ok(Verdict::Continue)), "{verdict:?}");
+        assert_eq!(request.headers["x-first"], "1");
+        assert_eq!(request.headers["x-second-saw"], "first");
+        assert_eq!(decisions(&state), [("first".into(), "continue"), ("second".into(), "continue")]);
+        let calls: Vec<_> = lines(&log).into_iter().filter(|l| l.ends_with(" request")).collect();
+        assert_eq!(calls, ["first request", "second request"]);
+    }
+
+    #[tokio::test]
+    async fn a_denial_answers_and_no_later_step_runs() {
+        let (chain, log) = Fakes::default()
+            .step("auth", PluginKind::Auth, FailurePolicy::FailClosed, |_| {
+                Ok(Reply::Auth(AuthOutcome::Denied(LocalResponse { status: 401, headers: vec![], body: vec![] })))
+            })
+            .step("after", PluginKind::Filter, FailurePolicy::FailClosed, |_| Ok(pass()))
+            .build();
+        let (verdict, state) = run(&chain, &mut request(None, &[]), b"").await;
+        let Ok(Verdict::Respond(response)) = verdict else { panic!("expected a local response: {verdict:?}") };
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        // RFC 9110 §11.6.1: a 401 carries a challenge.
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"portcullis\"");
+        assert_eq!(decisions(&state), [("auth".into(), "denied")]);
+        assert!(!lines(&log).iter().any(|l| l.starts_with("after")), "{:?}", lines(&log));
+    }
+
+    #[tokio::test]
+    async fn fail_closed_refuses_the_request_and_fail_open_skips_the_step() {
+        let trap = |_: &Call<'_>| Err(FailureKind::Trap("unreachable".into()));
+        let (closed, log) = Fakes::default()
+            .step("broken", PluginKind::Filter, FailurePolicy::FailClosed, trap)
+            .step("after", PluginKind::Filter, FailurePolicy::FailClosed, |_| Ok(pass()))
+            .build();
+        let (verdict, state) = run(&closed, &mut request(None, &[]), b"").await;
+        let Err(GatewayError::PluginFailed(failure)) = verdict else { panic!("expected a failure: {verdict:?}") };
+        assert_eq!(failure.kind.label(), "trap");
+        assert!(state.decisions.is_empty());
+        assert_eq!(lines(&log), ["broken request", "broken failure trap", "broken recorded none"]);
+
+        let (open, log) = Fakes::default()
+            .step("broken", PluginKind::Filter, FailurePolicy::FailOpen, trap)
+            .step("after", PluginKind::Filter, FailurePolicy::FailClosed, |_| Ok(set("x-after", "ran")))
+            .build();
+        let mut request = request(None, &[]);
+        let (verdict, state) = run(&open, &mut request, b"").await;
+        assert!(matches!(verdict, Ok(Verdict::Continue)), "{verdict:?}");
+        assert_eq!(request.headers["x-after"], "ran");
+        assert_eq!(decisions(&state), [("broken".into(), "failed"), ("after".into(), "continue")]);
+        assert!(lines(&log).contains(&"broken failure trap".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn output_the_host_refuses_is_a_failure_of_the_step() {
+        let (chain, log) = Fakes::default()
+            .step("crlf", PluginKind::Filter, FailurePolicy::FailClosed, |_| Ok(set("x-a", "1\r\nset-cookie: x")))
+            .build();
+        let mut request = request(None, &[]);
+        let (verdict, _) = run(&chain, &mut request, b"").await;
+        let Err(GatewayError::PluginFailed(failure)) = verdict else { panic!("expected a failure: {verdict:?}") };
+        assert_eq!(failure.kind.label(), "invalid-output");
+        assert!(!request.headers.contains_key("x-a"));
+        assert!(lines(&log).contains(&"crlf failure invalid-output".to_owned()));
+
+        // A filter may not assert an identity: the identity headers are the gateway's.
+        let (chain, _) = Fakes::default()
+            .step("spoof", PluginKind::Filter, FailurePolicy::FailOpen, |_| Ok(set("x-user-id", "admin")))
+            .build();
+        let mut request = super::tests::request(None, &[]);
+        let (verdict, state) = run(&chain, &mut request, b"").await;
+        assert!(matches!(verdict, Ok(Verdict::Continue)), "{verdict:?}");
+        assert!(!request.headers.contains_key("x-user-id"));
+        assert_eq!(decisions(&state), [("spoof".into(), "failed")]);
+    }
+
+    #[tokio::test]
+    async fn the_identity_and_the_credential_removal_reach_every_later_step() {
+        let (chain, _) = Fakes::default()
+            .step("keys", PluginKind::Auth, FailurePolicy::FailClosed, |_| {
+                Ok(Reply::Auth(AuthOutcome::Authenticated(Authenticated {
+                    identity: Identity::new("alice", vec!["admin".into()]),
+                    remove_headers: vec!["x-api-key".into()],
+                    remove_query_params: vec!["apikey".into()],
+                })))
+            })
+            .step("limit", PluginKind::RateLimit, FailurePolicy::FailClosed, |call| {
+                let Call::Check(request, identity) = *call else { panic!("a rate-limit step is asked to check") };
+                assert_eq!(identity.map(|i| i.subject.as_str()), Some("alice"));
+                assert_eq!(request.query.as_deref(), Some("page=2"));
+                assert!(!request.headers.contains_key("x-api-key"));
+                Ok(Reply::RateLimit(RateLimitOutcome::Allowed(vec![])))
+            })
+            .build();
+        let mut request = request(Some("apikey=s3cret&page=2"), &[("x-api-key", "s3cret"), ("accept", "*/*")]);
+        let (verdict, state) = run(&chain, &mut request, b"").await;
+        assert!(matches!(verdict, Ok(Verdict::Continue)), "{verdict:?}");
+        assert_eq!(state.identity.as_ref().map(|i| i.subject.as_str()), Some("alice"));
+        assert_eq!(state.remove_query_params, ["apikey"]);
+        assert_eq!(request.headers["accept"], "*/*");
+        assert_eq!(decisions(&state), [("keys".into(), "authenticated"), ("limit".into(), "allowed")]);
+    }
+
+    #[tokio::test]
+    async fn a_limited_request_gets_429_with_retry_after_and_the_quotas() {
+        let (chain, _) = Fakes::default()
+            .step("limit", PluginKind::RateLimit, FailurePolicy::FailClosed, |_| {
+                let quota =
+                    Quota { policy: "per-minute".into(), limit: 10, window_ms: 60_000, remaining: 0, reset_ms: 1_500 };
+                Ok(Reply::RateLimit(RateLimitOutcome::Limited(Limited { quotas: vec![quota], retry_after_ms: 1_500 })))
+            })
+            .build();
+        let (verdict, state) = run(&chain, &mut request(None, &[]), b"").await;
+        let Ok(Verdict::Respond(response)) = verdict else { panic!("expected a local response: {verdict:?}") };
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(state.quotas.len(), 1);
+        let mut fields = HeaderMap::new();
+        add_rate_limit_headers(&mut fields, &state.quotas);
+        assert_eq!(fields["ratelimit"], "\"per-minute\";r=0;t=2");
+    }
+
+    #[tokio::test]
+    async fn a_validation_step_reads_the_body_and_its_limit_is_413() {
+        let validate = |call: &Call<'_>| {
+            let Call::Validate(_, _, body) = *call else { panic!("a validation step is asked to validate") };
+            Ok(Reply::Validation(if body == Some(b"{}".as_slice()) {
+                ValidationOutcome::Valid
+            } else {
+                ValidationOutcome::Invalid(Invalid {
+                    malformed: false,
+                    violations: vec![Violation { pointer: "".into(), message: "expected {}".into() }],
+                })
+            }))
+        };
+        let (chain, _) =
+            Fakes::default().step("schema", PluginKind::Validation, FailurePolicy::FailClosed, validate).build();
+        assert_eq!(chain.body_limit(), Some(16));
+        let (verdict, _) = run(&chain, &mut request(None, &[]), b"{}").await;
+        assert!(matches!(verdict, Ok(Verdict::Continue)), "{verdict:?}");
+        let (verdict, _) = run(&chain, &mut request(None, &[]), b"[]").await;
+        let Ok(Verdict::Respond(response)) = verdict else { panic!("expected a local response: {verdict:?}") };
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let (verdict, _) = run(&chain, &mut request(None, &[]), &[b' '; 17]).await;
+        assert!(matches!(verdict, Err(GatewayError::BodyTooLarge { limit: 16 })), "{verdict:?}");
+    }
+
+    #[tokio::test]
+    async fn hooks_a_step_lacks_are_never_called_and_responses_run_in_reverse() {
+        let (chain, log) = Fakes::default()
+            .step("outer", PluginKind::Filter, FailurePolicy::FailClosed, |call| {
+                Ok(if matches!(call, Call::OnResponse(..)) { set("x-outer", "1") } else { pass() })
+            })
+            .hooks(true, true)
+            .step("response-only", PluginKind::Filter, FailurePolicy::FailClosed, |_| Ok(set("x-inner", "1")))
+            .hooks(false, true)
+            .step("request-only", PluginKind::Filter, FailurePolicy::FailClosed, |_| Ok(pass()))
+            .build();
+        assert!(chain.has_response_hooks());
+        let mut request = request(None, &[]);
+        let (verdict, mut state) = run(&chain, &mut request, b"").await;
+        assert!(matches!(verdict, Ok(Verdict::Continue)), "{verdict:?}");
+        let mut response = Response::new(full(Bytes::new()));
+        chain.on_response(&request, &mut response, &mut state, &trace()).await.expect("the response phase runs");
+        assert_eq!(response.headers()["x-outer"], "1");
+        assert_eq!(response.headers()["x-inner"], "1");
+        let calls: Vec<_> = lines(&log).into_iter().filter(|l| !l.contains(" recorded ")).collect();
+        assert_eq!(calls, ["outer request", "request-only request", "response-only response", "outer response"]);
+    }
 
     #[test]
     fn local_response_refuses_bad_status_headers_and_size() {

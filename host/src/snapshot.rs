@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
-use crate::chain::{Chain, Step};
+use crate::chain::{Chain, ChainStep, WasmStep};
 use crate::config::{ConfigError, Issue, LoadedConfig};
 use crate::plugin::{LoadedPlugin, PluginEngine, StepLoadError, StepPool};
 use crate::proxy::headers::IdentityHeaders;
@@ -38,8 +38,8 @@ pub struct RouteRuntime {
 pub struct Snapshot {
     /// The routing index.
     pub router: Router,
-    /// Routes, by the router's index.
-    pub routes: Vec<RouteRuntime>,
+    /// Routes, in configuration order (the router's index); [`Snapshot::route`] finds one.
+    pub routes: Vec<Arc<RouteRuntime>>,
     /// Identity header names.
     pub identity: IdentityHeaders,
     /// Loaded plugins by id.
@@ -62,6 +62,12 @@ pub struct Snapshot {
 // === impl Snapshot ===
 
 impl Snapshot {
+    /// The most specific route for `host` (lowercase, no port), `path` and `method`
+    /// ([`Router::find`]'s rules), if any.
+    pub fn route(&self, host: &str, path: &str, method: &http::Method) -> Option<&Arc<RouteRuntime>> {
+        self.router.find(host, path, method).and_then(|i| self.routes.get(i))
+    }
+
     /// Builds a snapshot: compiles every plugin (on blocking threads, reusing components
     /// compiled before from identical bytes), configures one pool per distinct (plugin, step
     /// configuration), and indexes the routes.
@@ -226,16 +232,21 @@ impl Snapshot {
                         }
                     },
                 };
-                steps.push(Step { pool, policy: step.failure_policy.unwrap_or(plugin.policy) });
+                steps.push(ChainStep { step: WasmStep(pool), policy: step.failure_policy.unwrap_or(plugin.policy) });
             }
-            let Some(upstream) = upstreams.get(route.upstream.as_str()) else { continue };
-            routes.push(RouteRuntime {
+            // Validation refused a route naming no upstream; skipping it would shift every
+            // later route's index, so it ends the build here too.
+            let Some(upstream) = upstreams.get(route.upstream.as_str()) else {
+                issues.push(Issue::new(format!("route[{i}].upstream"), format!("no upstream `{}`", route.upstream)));
+                continue;
+            };
+            routes.push(Arc::new(RouteRuntime {
                 id: route.id.as_str().into(),
                 upstream: upstream.clone(),
                 chain: Chain::new(steps),
                 max_body_bytes: route.max_body_bytes,
                 series: crate::metrics::RouteSeries::new(engine.metrics(), &route.id),
-            });
+            }));
         }
 
         if !issues.is_empty() {

@@ -80,7 +80,7 @@ async fn main() {
     // No span is recorded without export: the calls run under an empty trace context.
     let cx = portcullis::telemetry::Context::new();
     let trace = portcullis::chain::Trace { telemetry: snapshot.telemetry.clone(), cx: cx.clone() };
-    let step = |route: usize| snapshot.routes[route].chain.steps()[0].pool.clone();
+    let step = |route: usize| snapshot.routes[route].chain.steps()[0].step.pool().clone();
     let (filter, jwt) = (step(1), step(2));
     let plain = head(None);
     let authed = head(Some(&token));

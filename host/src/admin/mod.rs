@@ -251,11 +251,12 @@ fn refresh_gauges(snapshot: &Snapshot, metrics: &Metrics) {
         snapshot.plugins.keys().map(|id| (id.as_str(), (0, 0))).collect();
     let mut seen = std::collections::HashSet::new();
     for step in snapshot.routes.iter().flat_map(|r| r.chain.steps()) {
-        if !seen.insert(Arc::as_ptr(&step.pool)) {
+        let pool = step.step.pool();
+        if !seen.insert(Arc::as_ptr(pool)) {
             continue;
         }
-        let (idle, busy) = step.pool.instance_counts();
-        if let Some(count) = counts.get_mut(&*step.pool.plugin().id) {
+        let (idle, busy) = pool.instance_counts();
+        if let Some(count) = counts.get_mut(&*pool.plugin().id) {
             count.0 += idle;
             count.1 += busy;
         }

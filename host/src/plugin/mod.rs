@@ -304,23 +304,34 @@ impl LoadedPlugin {
 /// recorded.
 #[must_use = "settle the call's outcome once the reply is checked"]
 pub struct Settle<'a> {
-    plugin: &'a LoadedPlugin,
+    /// The plugin whose breaker records the outcome; none for a step without one.
+    plugin: Option<&'a LoadedPlugin>,
     probe: bool,
     settled: bool,
 }
 
 impl Settle<'_> {
+    /// The settle of a step that has no breaker (a test's fake step): settling records nothing.
+    pub fn detached() -> Settle<'static> {
+        Settle { plugin: None, probe: false, settled: false }
+    }
+
     /// Records whether the call, including the host's checks of its reply, succeeded.
     pub fn settle(mut self, ok: bool) {
         self.settled = true;
-        self.plugin.record_outcome(ok, self.probe);
+        if let Some(plugin) = self.plugin {
+            plugin.record_outcome(ok, self.probe);
+        }
     }
 }
 
 impl Drop for Settle<'_> {
     fn drop(&mut self) {
-        if !self.settled && self.probe {
-            self.plugin.breaker.abandon_probe();
+        if !self.settled
+            && self.probe
+            && let Some(plugin) = self.plugin
+        {
+            plugin.breaker.abandon_probe();
         }
     }
 }
@@ -466,7 +477,7 @@ impl StepPool {
         if admission == Admission::Refused {
             return Err(PluginFailure::new(&plugin.id, FailureKind::BreakerOpen));
         }
-        let settle = Settle { plugin, probe: admission == Admission::Probe, settled: false };
+        let settle = Settle { plugin: Some(plugin), probe: admission == Admission::Probe, settled: false };
         match self.call_instance(request_id, trace, call).await {
             Ok(reply) => Ok((reply, settle)),
             // A shared store that is down is not the plugin crashing: the breaker is left

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use http::uri::Authority;
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use opentelemetry::trace::SpanKind;
@@ -19,9 +20,9 @@ use crate::body::{Body, BodyEnd, BodyEndCell, Counted, LazyBody, Timed, boxed};
 use crate::chain::{ChainState, Trace, Verdict, add_rate_limit_headers};
 use crate::error::GatewayError;
 use crate::plugin::PluginRequest;
-use crate::plugin::bindings::exports::portcullis::plugin::logging::Exchange;
+use crate::plugin::bindings::exports::portcullis::plugin::logging;
 use crate::plugin::bindings::portcullis::plugin::types::Header;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{RouteRuntime, Snapshot};
 use crate::telemetry::{self, SpanOutcome};
 
 /// A verified client certificate as plugins see it (WIT `client-cert`).
@@ -48,21 +49,38 @@ pub struct ConnInfo {
     pub hygiene: Arc<hygiene::Hygiene>,
 }
 
-/// Facts about the exchange gathered while serving it, for the access log and logging plugins.
-struct Record {
+/// One request on its way through the gateway, from its head to the access log: created by
+/// [`handle`] once the route is known, carried through the chain, the upstream and the response
+/// phase, and consumed by [`Exchange::finish`] when the response body ends (or the client
+/// leaves).
+struct Exchange {
+    snapshot: Arc<Snapshot>,
+    /// The matched route; none for a request refused before routing or matching none.
+    route: Option<Arc<RouteRuntime>>,
     started: Instant,
+    /// Wall-clock start, in ms since the Unix epoch (logging plugins' `start-ms`).
     start_ms: u64,
     /// What plugins see; its headers are the request's own while the chain runs.
-    head: Arc<PluginRequest>,
+    request: Arc<PluginRequest>,
+    /// The request fields the route's logging steps record, as received.
     request_headers: Vec<Header>,
-    route_index: Option<usize>,
+    /// Request body bytes read so far.
     bytes_in: Arc<AtomicU64>,
     /// How the request body ended; the upstream's response timer waits for it.
     body_end: Arc<BodyEndCell>,
     trace: Trace,
+    /// What the chain learnt: identity, quotas, decisions.
+    state: ChainState,
+    /// The endpoint the request was sent to, once one was picked.
+    endpoint: Option<Authority>,
+    /// The response's status, once known.
+    status: u16,
+    /// The response fields the logging steps record.
+    response_headers: Vec<Header>,
 }
 
-/// Serves one request with `snapshot`. Never fails: every error becomes a problem response.
+/// Serves one request with `snapshot`. Never fails: every error becomes a problem response
+/// (RFC 9457).
 pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: Arc<ConnInfo>) -> Response<Body> {
     let started = Instant::now();
     let start_ms =
@@ -81,13 +99,14 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         .map(|a| a.as_str().to_owned())
         .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
         .unwrap_or_default();
-    let host = host_of(&authority);
-    let route_index =
-        if refused.is_none() { snapshot.router.find(&host, parts.uri.path(), &parts.method) } else { None };
-    let max_body = route_index.map_or(u64::MAX, |i| snapshot.routes[i].max_body_bytes);
+    let route = match refused {
+        None => snapshot.route(&host_of(&authority), parts.uri.path(), &parts.method).cloned(),
+        Some(_) => None,
+    };
+    let max_body = route.as_ref().map_or(u64::MAX, |r| r.max_body_bytes);
     // A declared length over the route's limit is refused before reading a byte of it.
     let refused = match refused {
-        None if route_index.is_some() && http_body::Body::size_hint(&body).lower() > max_body => {
+        None if route.is_some() && http_body::Body::size_hint(&body).lower() > max_body => {
             Some(GatewayError::BodyTooLarge { limit: max_body })
         }
         other => other,
@@ -96,22 +115,21 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
 
     headers::strip_hop_by_hop(&mut parts.headers);
     snapshot.identity.strip(&mut parts.headers);
-    let trace = start_trace(&snapshot, &conn, &mut parts, &authority, route_index, &request_id);
-    let chain = route_index.map(|i| &snapshot.routes[i].chain);
-    // The exchange record keeps the headers as received (those its logging steps record);
-    // filters may edit them.
-    let logged_headers = chain.map_or_else(Vec::new, |c| c.logged_headers(&parts.headers));
-    let head = Arc::new(PluginRequest {
+    let trace = start_trace(&snapshot, &conn, &mut parts, &authority, route.as_deref(), &request_id);
+    // The exchange keeps the headers as received (those its logging steps record); filters may
+    // edit them.
+    let request_headers = route.as_ref().map_or_else(Vec::new, |r| r.chain.logged_headers(&parts.headers));
+    let request = Arc::new(PluginRequest {
         method: parts.method.clone(),
         scheme: conn.scheme,
-        authority: authority.clone(),
+        authority,
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         headers: std::mem::take(&mut parts.headers),
         client_ip: client_ip.to_string(),
         client_cert: conn.client_cert.clone(),
-        request_id: request_id.clone(),
-        route: route_index.map_or_else(|| Arc::from("-"), |i| snapshot.routes[i].id.clone()),
+        request_id,
+        route: route.as_ref().map_or_else(|| Arc::from("-"), |r| r.id.clone()),
     });
     let bytes_in = Arc::new(AtomicU64::new(0));
     let counter = bytes_in.clone();
@@ -128,234 +146,238 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
             ended.set(end);
         }),
     );
-    let mut record = Record {
+    let mut exchange = Exchange {
+        snapshot,
+        route,
         started,
         start_ms,
-        head,
-        request_headers: logged_headers,
-        route_index,
+        request,
+        request_headers,
         bytes_in,
-        body_end: body_end.clone(),
+        body_end,
         trace,
+        state: ChainState::default(),
+        endpoint: None,
+        status: 0,
+        response_headers: Vec::new(),
     };
 
-    let mut state = ChainState::default();
-    let mut must_close = refused.is_some();
-    let (mut response, endpoint) = match (refused, route_index) {
-        (Some(e), _) => (e.into_response(&request_id), None),
-        (None, None) => (GatewayError::NoRoute.into_response(&request_id), None),
-        (None, Some(i)) => forward(&snapshot, i, &mut record, parts, Body::new(body), &conn, &mut state).await,
+    let refused_early = refused.is_some();
+    let answer = match refused {
+        Some(e) => Err(e),
+        None => exchange.forward(parts, Body::new(body), &conn).await,
     };
-    // The client's body broke off (bad chunk, early close), timed out or grew too large: its
-    // fault, not the upstream's.
-    let fault = match body_end.get() {
-        Some(BodyEnd::Failed) => Some(GatewayError::BadBody("the request body is malformed or incomplete".into())),
-        Some(BodyEnd::TimedOut) => {
-            Some(GatewayError::RequestTimeout("the request body was not received in time".into()))
-        }
-        Some(BodyEnd::TooLarge) => Some(GatewayError::BodyTooLarge { limit: max_body }),
-        Some(BodyEnd::Complete | BodyEnd::Dropped) | None => None,
-    };
-    if let Some(error) = fault {
-        must_close = true;
-        if matches!(response.status(), http::StatusCode::BAD_GATEWAY | http::StatusCode::GATEWAY_TIMEOUT) {
-            response = error.into_response(&request_id);
-        }
-    }
-    if response.status() == http::StatusCode::REQUEST_TIMEOUT {
-        must_close = true;
-    }
-    // After a request refused before routing, or a broken body, the connection's framing
-    // cannot be trusted: close it (RFC 9112 §6.3, and what a desync defence needs).
-    if must_close {
-        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-
-    add_rate_limit_headers(response.headers_mut(), &state.quotas);
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", v);
-    }
-    let status = response.status().as_u16();
-    let response_headers = chain.map_or_else(Vec::new, |c| c.logged_headers(response.headers()));
-    let (response_parts, response_body) = response.into_parts();
-    let finished = Box::new(move |bytes_out: u64, end: BodyEnd| {
-        finish(snapshot, record, state, status, response_headers, endpoint, bytes_out, end == BodyEnd::Complete);
-    });
-    Response::from_parts(response_parts, Body::new(Counted::new(response_body, finished)))
+    let response = exchange.settle(answer, refused_early, max_body);
+    exchange.respond(response)
 }
 
-/// Runs the chain and, unless it answered itself, the upstream exchange and response phase.
-async fn forward(
-    snapshot: &Snapshot,
-    index: usize,
-    record: &mut Record,
-    mut parts: http::request::Parts,
-    body: Body,
-    conn: &ConnInfo,
-    state: &mut ChainState,
-) -> (Response<Body>, Option<String>) {
-    let route = &snapshot.routes[index];
-    let request_id = record.head.request_id.clone();
-    // Read only when the first step that needs the body runs, so a request refused earlier in
-    // the chain (by auth, say) is never buffered.
-    let limit = route.chain.body_limit().unwrap_or(0).min(conn.max_buffered_body_bytes).min(route.max_body_bytes);
-    let mut body = LazyBody::new(body, limit);
-    let head = &mut record.head;
-    let trace = &record.trace;
-    match route.chain.on_request(head, &mut body, &snapshot.identity, state, trace).await {
-        Err(e) => return (e.into_response(&request_id), None),
-        Ok(Verdict::Respond(response)) => return (response, None),
-        Ok(Verdict::Continue) => {}
-    }
-    // The chain's edits are the request's: take its headers back for the upstream, or copy
-    // them when a response hook will be lent the request again.
-    parts.headers = if route.chain.has_response_hooks() {
-        head.headers.clone()
-    } else {
-        std::mem::take(&mut Arc::make_mut(head).headers)
-    };
-    let body = body.into_body();
-    // The lent request's query lost these when the auth step named them; now the target does.
-    if !state.remove_query_params.is_empty() {
-        parts.uri = headers::strip_query_params(&parts.uri, &state.remove_query_params);
-    }
-    if let Some(identity) = &state.identity {
-        snapshot.identity.inject(&mut parts.headers, identity);
-    }
-    conn.hygiene.forward(&mut parts.headers, conn.peer.ip(), conn.scheme);
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        parts.headers.insert("x-request-id", v);
-    }
-    if !parts.headers.contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(&head.authority)
-    {
-        parts.headers.insert(header::HOST, v);
-    }
-    let endpoint = match route.upstream.pick() {
-        Ok(endpoint) => endpoint,
-        Err(e) => {
+// === impl Exchange ===
+
+impl Exchange {
+    /// Runs the chain and, unless it answered itself, the upstream exchange and the response
+    /// phase.
+    ///
+    /// Errors: [`GatewayError::NoRoute`] (404) without a route; the chain's errors (a
+    /// fail-closed plugin failure, 413 or 400 for the body a step reads); no endpoint to send
+    /// to (503); the upstream's refusal, break or timeout (502, 504).
+    async fn forward(
+        &mut self,
+        mut parts: http::request::Parts,
+        body: Body,
+        conn: &ConnInfo,
+    ) -> Result<Response<Body>, GatewayError> {
+        let route = self.route.clone().ok_or(GatewayError::NoRoute)?;
+        let chain = &route.chain;
+        // Read only when the first step that needs the body runs, so a request refused earlier
+        // in the chain (by auth, say) is never buffered.
+        let limit = chain.body_limit().unwrap_or(0).min(conn.max_buffered_body_bytes).min(route.max_body_bytes);
+        let mut body = LazyBody::new(body, limit);
+        let ids = &self.snapshot.identity;
+        if let Verdict::Respond(response) =
+            chain.on_request(&mut self.request, &mut body, ids, &mut self.state, &self.trace).await?
+        {
+            return Ok(response);
+        }
+        // The chain's edits are the request's: take its headers back for the upstream, or copy
+        // them when a response hook will be lent the request again.
+        parts.headers = if chain.has_response_hooks() {
+            self.request.headers.clone()
+        } else {
+            std::mem::take(&mut Arc::make_mut(&mut self.request).headers)
+        };
+        let body = body.into_body();
+        // The lent request's query lost these when the auth step named them; now the target does.
+        if !self.state.remove_query_params.is_empty() {
+            parts.uri = headers::strip_query_params(&parts.uri, &self.state.remove_query_params);
+        }
+        if let Some(identity) = &self.state.identity {
+            ids.inject(&mut parts.headers, identity);
+        }
+        conn.hygiene.forward(&mut parts.headers, conn.peer.ip(), conn.scheme);
+        let request_id = &self.request.request_id;
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            parts.headers.insert("x-request-id", v);
+        }
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(&self.request.authority)
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        let endpoint = route.upstream.pick().inspect_err(|e| {
             tracing::warn!(request_id = %request_id, route = %route.id, error = %e, "no endpoint to send to");
-            return (e.into_response(&request_id), None);
-        }
-    };
-    let telemetry = &trace.telemetry;
-    let span = telemetry.start(&trace.cx, SpanKind::Client, || {
-        let attributes = vec![
-            KeyValue::new("http.request.method", parts.method.to_string()),
-            KeyValue::new("server.address", endpoint.address.host().to_owned()),
-            KeyValue::new("server.port", i64::from(endpoint.address.port_u16().unwrap_or(0))),
-            KeyValue::new("portcullis.upstream", route.upstream.name().to_owned()),
-        ];
-        (parts.method.to_string(), attributes)
-    });
-    // The upstream continues the trace from this exchange's span; a client's `traceparent`
-    // that was not accepted was removed in `start_trace`.
-    telemetry.inject(&span, &mut parts.headers);
-    let request = Request::from_parts(parts, body);
-    let upstream_response = route.upstream.send(endpoint, request, &record.body_end, conn.body_timeout).await;
-    let endpoint = &endpoint.address;
-    let mut response = match upstream_response {
-        Ok(response) => {
-            let status = response.status();
-            let outcome = if status.is_server_error() { SpanOutcome::Error } else { SpanOutcome::Ok };
-            let code = KeyValue::new("http.response.status_code", i64::from(status.as_u16()));
-            telemetry::end(&span, outcome, status.as_str(), vec![code]);
-            let (mut response_parts, response_body) = response.into_parts();
-            headers::strip_hop_by_hop(&mut response_parts.headers);
-            Response::from_parts(response_parts, boxed(response_body))
-        }
-        Err(e) => {
-            telemetry::end(&span, SpanOutcome::Error, &e.to_string(), Vec::new());
-            tracing::warn!(request_id = %request_id, route = %route.id, error = %e, "upstream request failed");
-            return (e.into_response(&request_id), Some(endpoint.to_string()));
-        }
-    };
-    if let Err(e) = route.chain.on_response(head, &mut response, state, trace).await {
-        response = e.into_response(&request_id);
-    }
-    (response, Some(endpoint.to_string()))
-}
-
-/// After the response body ended (or the client left): one access log line, and the exchange
-/// record for the route's logging plugins, off the request path.
-#[expect(clippy::too_many_arguments, reason = "the parts of one finished exchange, moved in once")]
-fn finish(
-    snapshot: Arc<Snapshot>,
-    record: Record,
-    state: ChainState,
-    status: u16,
-    response_headers: Vec<Header>,
-    endpoint: Option<String>,
-    bytes_out: u64,
-    complete: bool,
-) {
-    let elapsed = record.started.elapsed();
-    let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-    let head = Arc::try_unwrap(record.head).unwrap_or_else(|shared| (*shared).clone());
-    match record.route_index {
-        Some(i) => snapshot.routes[i].series.finished(&snapshot.metrics, &head.method, status, elapsed),
-        None => snapshot.metrics.request_finished(&head.route, head.method.as_str(), status, elapsed),
-    }
-    let bytes_in = record.bytes_in.load(Ordering::Relaxed);
-    let subject = state.identity.as_ref().map_or("-", |i| i.subject.as_str());
-    let trace = record.trace;
-    if trace.telemetry.is_recording() {
-        let outcome = if status >= 500 { SpanOutcome::Error } else { SpanOutcome::Ok };
-        let mut attributes = vec![
-            KeyValue::new("http.response.status_code", i64::from(status)),
-            KeyValue::new("portcullis.response.complete", complete),
-        ];
-        if subject != "-" {
-            attributes.push(KeyValue::new("enduser.id", subject.to_owned()));
-        }
-        telemetry::end(&trace.cx, outcome, "server error", attributes);
-    }
-    tracing::info!(
-        target: "portcullis::access",
-        request_id = %head.request_id,
-        trace_id = %telemetry::trace_id(&trace.cx),
-        span_id = %telemetry::span_id(&trace.cx),
-        route = %head.route,
-        method = %head.method,
-        path = %head.path,
-        status,
-        latency_ms = duration_us as f64 / 1000.0,
-        bytes_in,
-        bytes_out,
-        endpoint = endpoint.as_deref().unwrap_or("-"),
-        subject,
-        complete,
-        "request"
-    );
-    let Some(index) = record.route_index else { return };
-    if !snapshot.routes[index].chain.has_logging() {
-        return;
-    }
-    let exchange = Exchange {
-        request_id: head.request_id,
-        route: head.route.to_string(),
-        method: head.method.as_str().to_owned(),
-        authority: head.authority,
-        path: head.path,
-        query: head.query,
-        client_ip: head.client_ip,
-        identity: state.identity,
-        status,
-        start_ms: record.start_ms,
-        duration_us,
-        bytes_in,
-        bytes_out,
-        request_headers: record.request_headers,
-        response_headers,
-        endpoint,
-        decisions: state.decisions.iter().map(crate::chain::Decision::to_wit).collect(),
-    };
-    // The completion hook runs inside hyper's connection task, so a runtime is there; if a body
-    // were ever dropped elsewhere, the record is dropped rather than panicking.
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(async move {
-            snapshot.routes[index].chain.observe(&exchange, &trace).await;
+        })?;
+        self.endpoint = Some(endpoint.address.clone());
+        let telemetry = &self.trace.telemetry;
+        let span = telemetry.start(&self.trace.cx, SpanKind::Client, || {
+            let attributes = vec![
+                KeyValue::new("http.request.method", parts.method.to_string()),
+                KeyValue::new("server.address", endpoint.address.host().to_owned()),
+                KeyValue::new("server.port", i64::from(endpoint.address.port_u16().unwrap_or(0))),
+                KeyValue::new("portcullis.upstream", route.upstream.name().to_owned()),
+            ];
+            (parts.method.to_string(), attributes)
         });
+        // The upstream continues the trace from this exchange's span; a client's `traceparent`
+        // that was not accepted was removed in `start_trace`.
+        telemetry.inject(&span, &mut parts.headers);
+        let request = Request::from_parts(parts, body);
+        let response = match route.upstream.send(endpoint, request, &self.body_end, conn.body_timeout).await {
+            Ok(response) => response,
+            Err(e) => {
+                telemetry::end(&span, SpanOutcome::Error, &e.to_string(), Vec::new());
+                tracing::warn!(request_id = %self.request.request_id, route = %route.id, error = %e, "upstream request failed");
+                return Err(e);
+            }
+        };
+        let status = response.status();
+        let outcome = if status.is_server_error() { SpanOutcome::Error } else { SpanOutcome::Ok };
+        let code = KeyValue::new("http.response.status_code", i64::from(status.as_u16()));
+        telemetry::end(&span, outcome, status.as_str(), vec![code]);
+        let (mut response_parts, response_body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut response_parts.headers);
+        let mut response = Response::from_parts(response_parts, boxed(response_body));
+        if let Err(e) = chain.on_response(&self.request, &mut response, &mut self.state, &self.trace).await {
+            response = e.into_response(&self.request.request_id);
+        }
+        Ok(response)
+    }
+
+    /// The response to send for `answer`: an error becomes its problem response, unless the
+    /// client's body broke off, timed out or grew past `max_body` (bytes), which is the
+    /// client's fault and answered as such (400, 408, 413) instead of the upstream's 502 or
+    /// 504. After a request `refused` before routing, a broken body or a 408 the connection's
+    /// framing cannot be trusted, and the response closes it (RFC 9112 §9.6, and what a
+    /// request-smuggling defence needs). Adds the RateLimit fields and `x-request-id`.
+    fn settle(&mut self, answer: Result<Response<Body>, GatewayError>, refused: bool, max_body: u64) -> Response<Body> {
+        let fault = match self.body_end.get() {
+            Some(BodyEnd::Failed) => Some(GatewayError::BadBody("the request body is malformed or incomplete".into())),
+            Some(BodyEnd::TimedOut) => {
+                Some(GatewayError::RequestTimeout("the request body was not received in time".into()))
+            }
+            Some(BodyEnd::TooLarge) => Some(GatewayError::BodyTooLarge { limit: max_body }),
+            Some(BodyEnd::Complete | BodyEnd::Dropped) | None => None,
+        };
+        let must_close = refused || fault.is_some();
+        let answer = match (answer, fault) {
+            (Err(GatewayError::UpstreamFailed { .. } | GatewayError::UpstreamTimeout { .. }), Some(fault)) => {
+                Err(fault)
+            }
+            (answer, _) => answer,
+        };
+        let request_id = &self.request.request_id;
+        let mut response = answer.unwrap_or_else(|e| e.into_response(request_id));
+        if must_close || response.status() == http::StatusCode::REQUEST_TIMEOUT {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        add_rate_limit_headers(response.headers_mut(), &self.state.quotas);
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            response.headers_mut().insert("x-request-id", v);
+        }
+        response
+    }
+
+    /// `response` with its body counted: when the body ends, [`Exchange::finish`] runs.
+    fn respond(mut self, response: Response<Body>) -> Response<Body> {
+        self.status = response.status().as_u16();
+        if let Some(route) = &self.route {
+            self.response_headers = route.chain.logged_headers(response.headers());
+        }
+        let (parts, body) = response.into_parts();
+        let finished = Box::new(move |bytes_out: u64, end: BodyEnd| self.finish(bytes_out, end == BodyEnd::Complete));
+        Response::from_parts(parts, Body::new(Counted::new(body, finished)))
+    }
+
+    /// After the response body ended (`complete`) or the client left: the request metrics, one
+    /// access log line, the trace's end, and the exchange record for the route's logging
+    /// plugins, observed off the request path.
+    fn finish(self, bytes_out: u64, complete: bool) {
+        let Exchange { snapshot, route, started, start_ms, request, request_headers, state, trace, .. } = self;
+        let status = self.status;
+        let elapsed = started.elapsed();
+        let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let head = Arc::try_unwrap(request).unwrap_or_else(|shared| (*shared).clone());
+        match &route {
+            Some(route) => route.series.finished(&snapshot.metrics, &head.method, status, elapsed),
+            None => snapshot.metrics.request_finished(&head.route, head.method.as_str(), status, elapsed),
+        }
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let subject = state.identity.as_ref().map_or("-", |i| i.subject.as_str());
+        if trace.telemetry.is_recording() {
+            let outcome = if status >= 500 { SpanOutcome::Error } else { SpanOutcome::Ok };
+            let mut attributes = vec![
+                KeyValue::new("http.response.status_code", i64::from(status)),
+                KeyValue::new("portcullis.response.complete", complete),
+            ];
+            if subject != "-" {
+                attributes.push(KeyValue::new("enduser.id", subject.to_owned()));
+            }
+            telemetry::end(&trace.cx, outcome, "server error", attributes);
+        }
+        let endpoint = self.endpoint.as_ref().map(Authority::as_str);
+        tracing::info!(
+            target: "portcullis::access",
+            request_id = %head.request_id,
+            trace_id = %telemetry::trace_id(&trace.cx),
+            span_id = %telemetry::span_id(&trace.cx),
+            route = %head.route,
+            method = %head.method,
+            path = %head.path,
+            status,
+            latency_ms = duration_us as f64 / 1000.0,
+            bytes_in,
+            bytes_out,
+            endpoint = endpoint.unwrap_or("-"),
+            subject,
+            complete,
+            "request"
+        );
+        let Some(route) = route.filter(|r| r.chain.has_logging()) else { return };
+        let exchange = logging::Exchange {
+            request_id: head.request_id,
+            route: head.route.to_string(),
+            method: head.method.as_str().to_owned(),
+            authority: head.authority,
+            path: head.path,
+            query: head.query,
+            client_ip: head.client_ip,
+            identity: state.identity,
+            status,
+            start_ms,
+            duration_us,
+            bytes_in,
+            bytes_out,
+            request_headers,
+            response_headers: self.response_headers,
+            endpoint: endpoint.map(str::to_owned),
+            decisions: state.decisions.iter().map(crate::chain::Decision::to_wit).collect(),
+        };
+        // The completion hook runs inside hyper's connection task, so a runtime is there; if a
+        // body were ever dropped elsewhere, the record is dropped rather than panicking.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                route.chain.observe(&exchange, &trace).await;
+            });
+        }
     }
 }
 
@@ -367,7 +389,7 @@ fn start_trace(
     conn: &ConnInfo,
     parts: &mut http::request::Parts,
     authority: &str,
-    route_index: Option<usize>,
+    route: Option<&RouteRuntime>,
     request_id: &str,
 ) -> Trace {
     let telemetry = snapshot.telemetry.clone();
@@ -378,7 +400,7 @@ fn start_trace(
         parts.headers.remove("tracestate");
         Context::new()
     };
-    let route = route_index.map_or("-", |i| &*snapshot.routes[i].id);
+    let route = route.map_or("-", |r| &*r.id);
     let cx = telemetry.start_request(&parent, || {
         let mut attributes = vec![
             KeyValue::new("http.request.method", parts.method.to_string()),

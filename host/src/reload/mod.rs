@@ -142,12 +142,13 @@ fn changed_fixed(running: &[(String, String)], next: &[(String, String)]) -> Vec
 /// ([`Issue`]s, under `route[i].chain`) unless `next` marks the route `public`, in which case
 /// they are warnings, as is a route with an auth step that `next` removes altogether.
 fn auth_removed(running: &Snapshot, next: &Snapshot, loaded: &LoadedConfig) -> (Vec<Issue>, Vec<String>) {
+    use crate::chain::Step as _;
     let authenticated = |chain: &crate::chain::Chain| {
         chain
             .steps()
             .iter()
-            .filter(|s| s.pool.plugin().kind == PluginKind::Auth)
-            .map(|s| s.pool.plugin().id.clone())
+            .filter(|s| s.step.kind() == PluginKind::Auth)
+            .map(|s| s.step.id().clone())
             .collect::<Vec<_>>()
     };
     let (mut refused, mut warnings) = (Vec::new(), Vec::new());

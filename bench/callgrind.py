@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""The per-request budget in instructions: each contender under callgrind, serving the request
+of bench/harness.py (POST /api/orders, a 58-byte JSON body, a 600-byte bearer token) from the
+same nginx upstream.
+
+Wall time on this shared VM moves by 10-20% between rounds; instruction counts move by well
+under 1%, so they are how a change on the request path is judged before and after (the
+harness then gives the ratios to nginx). Reported per contender, over the measured requests
+only (the server starts and warms up uninstrumented):
+
+- instructions per request (callgrind's `Ir`, every thread of the server process: the
+  kernel's share is not counted, which is why these ratios differ from the harness' CPU ratios);
+- Rust heap allocations per request (calls to `__rust_alloc`, `__rust_alloc_zeroed` and
+  `__rust_realloc`; C code and wasm guests' own allocators are not counted);
+- for Portcullis steps, the instructions and allocations each adds to the no-plugin route.
+
+Contenders: nginx as a proxy; the hyper yardstick (tests/examples/yardstick.rs) with its pooled
+client, with an upstream connection per client connection driven by a task of its own, and
+driven by the client connection's task; Portcullis without plugins, with each first-party step
+alone, and with the five-step chain of the harness.
+
+Usage: bench/callgrind.py [--requests N] [--only NAME,...]; needs valgrind, nginx, wrk, the
+components (`cargo build --profile plugin --target wasm32-wasip2 ...` as bench/run does), and
+`cargo build --release --workspace --examples` (the gateway and the yardstick). Prints a
+Markdown table.
+"""
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+YARDSTICK = harness.ROOT / "target/release/examples/yardstick"
+PORT, ADMIN = 18090, 19090
+ALLOC = ("__rust_alloc", "__rust_alloc_zeroed", "__rust_realloc")
+
+
+def wrk_requests(url: str, connections: int, seconds: int, token: str) -> int:
+    """Sends the harness' request for `seconds` on `connections`; returns how many completed."""
+    script = harness.post_script(token)
+    out = subprocess.run(["taskset", "-c", harness.CLIENT_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+                          "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    if re.search(r"Non-2xx or 3xx responses", out):
+        raise SystemExit(f"callgrind: {url} answered non-2xx responses\n{out}")
+    return int(re.search(r"(\d+) requests in", out).group(1))
+
+
+def parse(dump: Path) -> tuple[int, int]:
+    """Total Ir and allocation calls in one callgrind dump (--dump-instr=no, --compress-strings=no)."""
+    total, allocs, target = 0, 0, None
+    for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith("summary:") or line.startswith("totals:"):
+            total = max(total, int(line.split()[1]))
+        elif line.startswith("cfn="):
+            target = line[4:].split(" ", 1)[-1] if line[4:].startswith("(") else line[4:]
+        elif line.startswith("calls=") and target is not None:
+            if target.strip() in ALLOC:
+                allocs += int(line.split()[0][6:])
+            target = None
+    return total, allocs
+
+
+def measure(name: str, argv: list[str], env: dict, cwd: Path | None, url: str, token: str, requests: int) -> tuple[float, float]:
+    out = harness.WORK / f"{name}.callgrind"
+    grind = ["valgrind", "--tool=callgrind", "--collect-atstart=no", "--dump-instr=no", "--compress-strings=no",
+             "--compress-pos=no", f"--callgrind-out-file={out}.%p", *argv]
+    server = harness.Server(name, grind, PORT, harness.SERVER_CORE, env=env, cwd=cwd)
+    try:
+        pid = server.proc.pid
+        wrk_requests(url, 4, 5, token)  # warm-up, uninstrumented
+        subprocess.run(["callgrind_control", "--instr=on", str(pid)], check=True, capture_output=True)
+        # Under callgrind a request takes ~50 times longer: size the run to about `requests`.
+        served = 0
+        started = time.time()
+        while served < requests and time.time() - started < 600:
+            served += wrk_requests(url, 4, 10, token)
+        subprocess.run(["callgrind_control", "--instr=off", str(pid)], check=True, capture_output=True)
+        subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
+        time.sleep(1)
+        dumps = sorted(harness.WORK.glob(f"{name}.callgrind.*"))
+        ir, allocs = 0, 0
+        for dump in dumps:
+            a, b = parse(dump)
+            ir, allocs = ir + a, allocs + b
+        return ir / served, allocs / served
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000, help="measured requests per contender, about")
+    parser.add_argument("--only", default="", help="comma-separated contender names")
+    args = parser.parse_args()
+    harness.WORK = Path(tempfile.mkdtemp(prefix="portcullis-callgrind-"))
+    token = harness.mint_token()
+    url = f"http://127.0.0.1:{PORT}/api/orders"
+    portcullis_env = {"TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"}
+    contenders: list[tuple[str, str, list[str], dict, Path | None]] = [
+        ("nginx", "nginx reverse proxy", ["nginx", "-c", str(harness.nginx_conf(PORT, proxy=True))], {}, None),
+        ("yardstick-pooled", "hyper yardstick, pooled client",
+         [str(YARDSTICK), f"127.0.0.1:{PORT}", f"127.0.0.1:{harness.UPSTREAM_PORT}", "pooled"], {}, None),
+        ("yardstick-own", "hyper yardstick, an upstream connection per client connection",
+         [str(YARDSTICK), f"127.0.0.1:{PORT}", f"127.0.0.1:{harness.UPSTREAM_PORT}", "own"], {}, None),
+        ("yardstick-affine", "hyper yardstick, connection-affine (one task drives both)",
+         [str(YARDSTICK), f"127.0.0.1:{PORT}", f"127.0.0.1:{harness.UPSTREAM_PORT}", "affine"], {}, None),
+    ]
+    for name, label, steps in [("none", "Portcullis, no plugins", []), ("rbac", "+ rbac", ["rbac"]),
+                               ("ratelimit", "+ rate-limit", ["ratelimit"]), ("validate", "+ request-validation", ["validate"]),
+                               ("audit", "+ audit-log", ["audit"]), ("jwt", "+ jwt-auth (cached)", ["jwt"]),
+                               ("chain", "+ the five-step chain", ["jwt", "rbac", "ratelimit", "validate", "audit"])]:
+        conf = harness.portcullis_conf(f"portcullis-{name}", PORT, ADMIN, steps)
+        contenders.append((f"portcullis-{name}", label, [str(harness.PORTCULLIS), "run", "--config", str(conf)],
+                           portcullis_env, conf.parent))
+    only = {n for n in args.only.split(",") if n}
+    upstream = harness.Server("upstream", ["nginx", "-c", str(harness.nginx_conf(harness.UPSTREAM_PORT, proxy=False))],
+                              harness.UPSTREAM_PORT, harness.CLIENT_CORE)
+    rows = {}
+    try:
+        for name, label, argv, env, cwd in contenders:
+            if only and name not in only:
+                continue
+            if name.startswith("portcullis-"):
+                # Compile (or load from the component cache) natively first: Cranelift under
+                # callgrind would take minutes.
+                native = harness.Server(f"{name}-native", argv, PORT, harness.SERVER_CORE, env=env, cwd=cwd)
+                native.stop()
+            print(f"callgrind: {name}", file=sys.stderr)
+            rows[name] = (label, *measure(name, argv, env, cwd, url, token, args.requests))
+    finally:
+        upstream.stop()
+    base = rows.get("portcullis-none")
+    nginx = rows.get("nginx")
+    print("| contender | instructions / request | × nginx | allocations / request | added to no plugins |")
+    print("|---|---|---|---|---|")
+    for name, (label, ir, allocs) in rows.items():
+        ratio = f"{ir / nginx[1]:.2f}" if nginx else "—"
+        added = "—"
+        if base and name.startswith("portcullis-") and name != "portcullis-none":
+            added = f"+{(ir - base[1]) / 1000:.1f} k instructions, +{allocs - base[2]:.1f} allocations"
+        print(f"| {label} | {ir / 1000:.1f} k | {ratio} | {allocs:.1f} | {added} |")
+
+
+if __name__ == "__main__":
+    main()
