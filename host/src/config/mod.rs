@@ -4,6 +4,7 @@
 //! The request path never reads this raw form: [`crate::snapshot::Snapshot`] is built from it.
 
 pub mod model;
+mod net;
 mod validate;
 
 pub(crate) use validate::normalize_prefix;
@@ -15,6 +16,7 @@ pub use model::{
     BreakerConfig, Capability, FailurePolicy, GatewayConfig, Isolation, KvBackend, KvConfig, PluginConfig, PluginKind,
     RouteConfig, RuntimeConfig, StepConfig,
 };
+pub use net::{Cidr, Origin};
 
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +153,19 @@ mod tests {
         assert!(issue.field.starts_with("route[0].pathh"), "{issue:?}");
         assert!(issue.field.contains("line 6"), "{issue:?}");
         assert!(issue.message.contains("unknown field `pathh`"), "{issue:?}");
+    }
+
+    #[test]
+    fn parse_refuses_a_bad_address_block_or_origin_by_field_and_line() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:0\"\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n";
+        let issue = parse(text).unwrap_err();
+        assert!(issue.field.starts_with("listener[0].trusted_proxies[1]"), "{issue:?}");
+        assert!(issue.field.contains("line 3"), "{issue:?}");
+        assert!(issue.message.contains("`10.0.0.0/33` is not an address or CIDR block"), "{issue:?}");
+        let text = "[plugin.p]\npath = \"p.wasm\"\nkind = \"auth\"\nallowed_origins = [\"https://idp.example/keys\"]\n";
+        let issue = parse(text).unwrap_err();
+        assert!(issue.field.starts_with("plugin.p.allowed_origins[0]"), "{issue:?}");
+        assert!(issue.message.contains("must be an origin"), "{issue:?}");
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub struct ListenerConfig {
     /// Peers (CIDRs, e.g. `10.0.0.0/8`, or single addresses) whose `x-forwarded-for` is
     /// believed. Default: none, so the client IP is always the TCP peer.
     #[serde(default)]
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<super::Cidr>,
     /// Whose W3C trace context (`traceparent`, `tracestate`) is continued: `always` (default),
     /// `trusted-proxies` (only from peers in `trusted_proxies`), or `never`. A context not
     /// accepted is removed and the request starts a new trace.
@@ -687,7 +687,7 @@ pub struct PluginConfig {
     pub capabilities: Vec<Capability>,
     /// Origins (`scheme://host[:port]`) reachable with `http-client`.
     #[serde(default)]
-    pub allowed_origins: Vec<String>,
+    pub allowed_origins: Vec<super::Origin>,
     /// JSON Lines file the `audit` capability appends hash-chained records to, relative to the
     /// configuration file; absent: the gateway's stdout.
     #[serde(default)]

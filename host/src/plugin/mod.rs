@@ -139,8 +139,8 @@ impl LoadedPlugin {
     ///
     /// Errors (as text for the configuration report): an import the linker cannot satisfy
     /// with the type the component expects; no export of `config.kind` with the contract's
-    /// functions; `fuel` without fuel metering; an `allowed_origins` entry that is not an
-    /// origin; an audit file that cannot be opened or does not end with a chained record.
+    /// functions; `fuel` without fuel metering; an audit file that cannot be opened or does
+    /// not end with a chained record.
     pub fn new(
         engine: Arc<PluginEngine>,
         id: &str,
@@ -168,8 +168,7 @@ impl LoadedPlugin {
             decisions: decisions_of(config.kind).iter().map(|d| decision(d)).collect(),
             breaker_open: engine.metrics().breaker_open.get_or_create(&breaker_labels).clone(),
         };
-        let origins =
-            config.allowed_origins.iter().map(|o| outbound::Origin::parse(o)).collect::<Result<Vec<_>, _>>()?;
+        let origins = config.allowed_origins.clone();
         let audit = if config.capabilities.contains(&crate::config::Capability::Audit) {
             Some(engine.audit_sinks().open(audit_file)?)
         } else {

@@ -16,6 +16,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::bindings::portcullis::plugin::http_client::{HttpError, OutboundRequest, OutboundResponse};
 use super::bindings::portcullis::plugin::types::Header;
+pub use crate::config::Origin;
 use crate::telemetry::Telemetry;
 
 /// Largest response body returned to a plugin, in bytes (1 MiB).
@@ -30,49 +31,6 @@ pub const MAX_TIMEOUT_MS: u32 = 10_000;
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// Outbound requests one plugin call may make.
 pub const MAX_REQUESTS_PER_CALL: u32 = 4;
-
-/// An origin a plugin may reach: scheme, lowercase host, and port (defaulted from the scheme).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    scheme: String,
-    host: String,
-    port: u16,
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
-    }
-}
-
-// === impl Origin ===
-
-impl Origin {
-    /// Parses `scheme://host[:port]` as written in `allowed_origins` (RFC 6454 §4 origins).
-    ///
-    /// Errors: a scheme other than `http`/`https`, no host, or a path, query or userinfo.
-    pub fn parse(text: &str) -> Result<Origin, String> {
-        let uri: Uri = text.parse().map_err(|e| format!("`{text}` is not a URL: {e}"))?;
-        let origin = Origin::of(&uri).ok_or_else(|| format!("`{text}` needs an http or https scheme and a host"))?;
-        let has_path = uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty());
-        if has_path || text.contains('@') {
-            return Err(format!("`{text}` must be an origin, `scheme://host[:port]`, without path, query or userinfo"));
-        }
-        Ok(origin)
-    }
-
-    /// The origin of an absolute `http`/`https` URI.
-    fn of(uri: &Uri) -> Option<Origin> {
-        let scheme = uri.scheme_str()?.to_ascii_lowercase();
-        let default_port = match scheme.as_str() {
-            "http" => 80,
-            "https" => 443,
-            _ => return None,
-        };
-        let host = uri.host()?.to_ascii_lowercase();
-        Some(Origin { port: uri.port_u16().unwrap_or(default_port), scheme, host })
-    }
-}
 
 /// The shared outbound client.
 #[derive(Debug, Clone)]
@@ -192,19 +150,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn origins_normalize_scheme_host_and_default_port() {
-        assert_eq!(
-            Origin::parse("HTTPS://Auth.Example.com").unwrap(),
-            Origin::parse("https://auth.example.com:443").unwrap()
-        );
-        assert_eq!(Origin::parse("http://127.0.0.1:8080").unwrap().to_string(), "http://127.0.0.1:8080");
-        assert_ne!(Origin::parse("http://a.example").unwrap(), Origin::parse("https://a.example").unwrap());
-        for bad in ["ftp://x", "https://x/path", "https://user@x", "x.example", "https://x?q=1"] {
-            assert!(Origin::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     #[tokio::test]
     async fn requests_outside_the_allow_list_are_refused_before_any_connection() {

@@ -49,21 +49,12 @@ const SPOOFABLE: [&str; 9] = [
     "true-client-ip",
 ];
 
-/// Parses `10.0.0.0/8` or a single address (a /32 or /128).
-///
-/// Errors: neither form.
-pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
-    text.parse::<IpNet>()
-        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("`{text}` is not an address or CIDR block"))
-}
-
 impl Hygiene {
     /// The settings of `listener` (validated at load, so bad entries cannot occur here).
     pub fn new(listener: &ListenerConfig) -> Self {
         Hygiene {
             underscores: listener.headers_with_underscores,
-            trusted: listener.trusted_proxies.iter().filter_map(|c| parse_cidr(c).ok()).collect(),
+            trusted: listener.trusted_proxies.iter().map(|c| c.0).collect(),
             trace_context: listener.accept_trace_context,
             forwarded: listener.forwarded_headers,
         }
@@ -211,7 +202,7 @@ mod tests {
     fn hygiene(trusted: &[&str], underscores: UnderscoreHeaders) -> Hygiene {
         Hygiene {
             underscores,
-            trusted: trusted.iter().map(|c| parse_cidr(c).unwrap()).collect(),
+            trusted: trusted.iter().map(|c| crate::config::Cidr::parse(c).unwrap().0).collect(),
             trace_context: AcceptTraceContext::Always,
             forwarded: ForwardedHeaders::Both,
         }
