@@ -99,6 +99,13 @@ def measure(name: str, argv: list[str], env: dict, cwd: Path | None, url: str, t
         server.stop()
 
 
+def single_process(conf: Path) -> Path:
+    """The nginx configuration without a master process: callgrind follows the process it
+    started, and a forked worker would go uncounted."""
+    conf.write_text(conf.read_text().replace("worker_processes 1;", "worker_processes 1;\nmaster_process off;"))
+    return conf
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000, help="measured requests per contender, about")
@@ -109,7 +116,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{PORT}/api/orders"
     portcullis_env = {"TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"}
     contenders: list[tuple[str, str, list[str], dict, Path | None]] = [
-        ("nginx", "nginx reverse proxy", ["nginx", "-c", str(harness.nginx_conf(PORT, proxy=True))], {}, None),
+        ("nginx", "nginx reverse proxy", ["nginx", "-c", str(single_process(harness.nginx_conf(PORT, proxy=True)))], {}, None),
         ("yardstick-pooled", "hyper yardstick, pooled client",
          [str(YARDSTICK), f"127.0.0.1:{PORT}", f"127.0.0.1:{harness.UPSTREAM_PORT}", "pooled"], {}, None),
         ("yardstick-own", "hyper yardstick, an upstream connection per client connection",
@@ -146,7 +153,7 @@ def main() -> None:
     print("| contender | instructions / request | × nginx | allocations / request | added to no plugins |")
     print("|---|---|---|---|---|")
     for name, (label, ir, allocs) in rows.items():
-        ratio = f"{ir / nginx[1]:.2f}" if nginx else "—"
+        ratio = f"{ir / nginx[1]:.2f}" if nginx and nginx[1] else "—"
         added = "—"
         if base and name.startswith("portcullis-") and name != "portcullis-none":
             added = f"+{(ir - base[1]) / 1000:.1f} k instructions, +{allocs - base[2]:.1f} allocations"

@@ -68,7 +68,7 @@ fn plugin_calls(c: &mut Criterion) {
         TestGateway::start(&config_with(upstream, &extra, &routes)).await
     });
     let snapshot = gw.gateway.snapshot();
-    let pool = |index: usize| snapshot.routes[index].chain.steps()[0].pool.clone();
+    let pool = |index: usize| snapshot.routes[index].chain.steps()[0].step.pool().clone();
     let cx = Context::new();
     let token = mint(&claims("alice"));
     let authed = head(vec![("authorization", format!("Bearer {token}"))]);
