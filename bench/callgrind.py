@@ -66,7 +66,8 @@ def parse(dump: Path) -> tuple[int, int]:
         elif line.startswith("cfn="):
             target = line[4:].split(" ", 1)[-1] if line[4:].startswith("(") else line[4:]
         elif line.startswith("calls=") and target is not None:
-            if target.strip() in ALLOC:
+            # Rust 1.95 names the allocator shims `__rustc::__rust_alloc`.
+            if target.strip().removeprefix("__rustc::") in ALLOC:
                 allocs += int(line.split()[0][6:])
             target = None
     return total, allocs

@@ -1,6 +1,6 @@
 //! The yardstick for the request path (issue 19): the least reverse proxy hyper makes, so that
-//! `bench/harness.py --yardstick` and callgrind runs can say how much of Portcullis' cost per
-//! request is hyper's and how much is ours.
+//! `bench/callgrind.py` can say how much of a proxy's cost per request is hyper's and how much
+//! is ours.
 //!
 //! `yardstick LISTEN UPSTREAM [pooled|affine|own]`, both `host:port`:
 //! - `pooled` (the default): hyper 1's server and hyper-util's legacy pooled client, as

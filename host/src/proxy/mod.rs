@@ -311,8 +311,21 @@ impl Exchange {
     /// access log line, the trace's end, and the exchange record for the route's logging
     /// plugins, observed off the request path.
     fn finish(self, bytes_out: u64, complete: bool) {
-        let Exchange { snapshot, route, started, start_ms, request, request_headers, state, trace, .. } = self;
-        let status = self.status;
+        let Exchange {
+            snapshot,
+            route,
+            started,
+            start_ms,
+            request,
+            request_headers,
+            bytes_in,
+            trace,
+            state,
+            endpoint,
+            status,
+            response_headers,
+            body_end: _,
+        } = self;
         let elapsed = started.elapsed();
         let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let head = Arc::try_unwrap(request).unwrap_or_else(|shared| (*shared).clone());
@@ -320,7 +333,7 @@ impl Exchange {
             Some(route) => route.series.finished(&snapshot.metrics, &head.method, status, elapsed),
             None => snapshot.metrics.request_finished(&head.route, head.method.as_str(), status, elapsed),
         }
-        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let bytes_in = bytes_in.load(Ordering::Relaxed);
         let subject = state.identity.as_ref().map_or("-", |i| i.subject.as_str());
         if trace.telemetry.is_recording() {
             let outcome = if status >= 500 { SpanOutcome::Error } else { SpanOutcome::Ok };
@@ -333,7 +346,7 @@ impl Exchange {
             }
             telemetry::end(&trace.cx, outcome, "server error", attributes);
         }
-        let endpoint = self.endpoint.as_ref().map(Authority::as_str);
+        let endpoint = endpoint.as_ref().map(Authority::as_str);
         tracing::info!(
             target: "portcullis::access",
             request_id = %head.request_id,
@@ -367,7 +380,7 @@ impl Exchange {
             bytes_in,
             bytes_out,
             request_headers,
-            response_headers: self.response_headers,
+            response_headers,
             endpoint: endpoint.map(str::to_owned),
             decisions: state.decisions.iter().map(crate::chain::Decision::to_wit).collect(),
         };
