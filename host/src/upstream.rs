@@ -1,7 +1,13 @@
 //! Upstreams: a named set of endpoints, chosen round robin or by fewest requests in flight
-//! among the available ones ([`crate::health`]), reached through hyper-util's pooled client with
-//! keep-alive, a connect timeout and a response timeout; over HTTP/1.1 or HTTP/2, in clear text
-//! or TLS (hyper-rustls, see [`crate::tls::client_config`]).
+//! among the available ones ([`crate::health`]), reached with keep-alive, a connect timeout and
+//! a response timeout; over HTTP/1.1 or HTTP/2, in clear text or TLS (hyper-rustls, see
+//! [`crate::tls::client_config`]).
+//!
+//! Requests from HTTP/1 client connections to HTTP/1.1 upstreams go over connections each
+//! client connection holds ([`Affinity`], see [`affine`] for why); the rest (HTTP/2 on either
+//! side, health checks) over hyper-util's pooled client.
+
+pub mod affine;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,13 +15,14 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::{Body, BodyEndCell};
+pub use self::affine::{Affinity, Leased};
+use self::affine::{Conn, Idle};
+use crate::body::{Body, BodyEndCell, BoxError};
 use crate::config::model::{HealthCheckConfig, LoadBalancing, OutlierConfig, UpstreamConfig, UpstreamProtocol};
 use crate::error::GatewayError;
 use crate::health::{EndpointHealth, EndpointStatus, Outcome};
@@ -30,6 +37,10 @@ pub struct Endpoint {
     pub health: Arc<EndpointHealth>,
     /// Its `portcullis_upstream_request_duration_seconds` series, looked up once.
     latency: prometheus_client::metrics::histogram::Histogram,
+    /// `scheme://host:port`, where affine connections are opened.
+    origin: Uri,
+    /// Its parked affine connections (HTTP/1.1 upstreams).
+    idle: Arc<Idle>,
 }
 
 /// One upstream.
@@ -44,6 +55,8 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
     scheme: Scheme,
     client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// The client's connector, for affine connections; none for HTTP/2 upstreams.
+    affine: Option<HttpsConnector<HttpConnector>>,
     connect_timeout: Duration,
     response_timeout: Duration,
 }
@@ -64,6 +77,7 @@ impl Upstream {
         metrics: Arc<Metrics>,
     ) -> Self {
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+        let idle_timeout = Duration::from_millis(config.pool_idle_timeout_ms);
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
@@ -84,9 +98,10 @@ impl Upstream {
         } else {
             builder.enable_http1().wrap_connector(connector)
         };
+        let affine = (!http2).then(|| connector.clone());
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_millis(config.pool_idle_timeout_ms))
+            .pool_idle_timeout(idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_endpoint)
             .http2_only(http2)
             .timer(TokioTimer::new())
@@ -102,7 +117,14 @@ impl Upstream {
                     let health = known.map_or_else(Arc::default, |e| e.health.clone());
                     let labels = EndpointLabels { upstream: name.to_owned(), endpoint: address.to_string() };
                     let latency = metrics.upstream_duration.get_or_create(&labels).clone();
-                    Endpoint { address, health, latency }
+                    let origin = Uri::builder()
+                        .scheme(scheme.clone())
+                        .authority(address.clone())
+                        .path_and_query("/")
+                        .build()
+                        .expect("a scheme and an authority make a URI");
+                    let idle = Idle::new(config.pool_max_idle_per_endpoint, idle_timeout);
+                    Endpoint { address, health, latency, origin, idle }
                 })
                 .collect(),
             next: AtomicUsize::new(0),
@@ -112,6 +134,7 @@ impl Upstream {
             metrics,
             scheme,
             client,
+            affine,
             connect_timeout,
             response_timeout: Duration::from_millis(config.response_timeout_ms),
         }
@@ -157,6 +180,12 @@ impl Upstream {
     /// error or a timeout counts as a failure, and enough in a row eject the endpoint unless it
     /// is the last one available.
     ///
+    /// `affinity` is the client connection's, for a request that came over HTTP/1: to an
+    /// HTTP/1.1 upstream it goes over a connection that client connection holds, one taken
+    /// from the endpoint's idle list, or a new one ([`affine`]); a connection that turns out
+    /// closed before the request was written is replaced once. Without it (HTTP/2 clients) and
+    /// to HTTP/2 upstreams, the pooled client carries the request.
+    ///
     /// `sent` is how the request body ends. `response_timeout_ms` runs from that end, not
     /// from the request head: a client uploading slowly is bounded by the listener's body
     /// timeouts (408 for the client), never timed against the upstream. The wait for the end
@@ -173,10 +202,11 @@ impl Upstream {
         request: Request<Body>,
         sent: &BodyEndCell,
         body_timeout: Duration,
-    ) -> Result<Response<Incoming>, GatewayError> {
+        affinity: Option<&Affinity>,
+    ) -> Result<Response<Leased>, GatewayError> {
         let in_flight = endpoint.health.start();
         let started = std::time::Instant::now();
-        let result = self.exchange(&endpoint.address, request, Some((sent, body_timeout))).await;
+        let result = self.exchange(endpoint, request, Some((sent, body_timeout)), affinity).await;
         if result.is_err() && sent.client_fault() {
             return result;
         }
@@ -205,7 +235,7 @@ impl Upstream {
     }
 
     /// One active health check of `endpoint`: whether `GET path` answers 2xx or 3xx within the
-    /// check's timeout.
+    /// check's timeout. Checks go over the pooled client, never over a client's connection.
     pub async fn probe(&self, endpoint: &Endpoint) -> bool {
         let Some(check) = &self.health_check else { return true };
         let request = Request::get(check.path.as_str())
@@ -213,10 +243,8 @@ impl Upstream {
             .header(http::header::USER_AGENT, "portcullis-health-check")
             .body(crate::body::full(bytes::Bytes::new()));
         let Ok(request) = request else { return false };
-        let answer = tokio::time::timeout(
-            Duration::from_millis(check.timeout_ms),
-            self.exchange(&endpoint.address, request, None),
-        );
+        let answer =
+            tokio::time::timeout(Duration::from_millis(check.timeout_ms), self.exchange(endpoint, request, None, None));
         match answer.await {
             Ok(Ok(response)) => response.status().is_success() || response.status().is_redirection(),
             _ => false,
@@ -228,16 +256,24 @@ impl Upstream {
     /// second member plus the connect timeout).
     async fn exchange(
         &self,
-        endpoint: &Authority,
+        endpoint: &Endpoint,
         mut request: Request<Body>,
         sent: Option<(&BodyEndCell, Duration)>,
-    ) -> Result<Response<Incoming>, GatewayError> {
+        affinity: Option<&Affinity>,
+    ) -> Result<Response<Leased>, GatewayError> {
         let path = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(endpoint.clone());
-        parts.path_and_query = Some(path);
-        *request.uri_mut() = Uri::from_parts(parts).map_err(|e| self.failed(e.to_string()))?;
+        let affine = self.affine.as_ref().zip(affinity);
+        // A connection of our own takes the origin form (RFC 9112 §3.2.1); the pooled client
+        // wants the absolute form and writes the origin form itself.
+        *request.uri_mut() = if affine.is_some() {
+            Uri::from(path)
+        } else {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(self.scheme.clone());
+            parts.authority = Some(endpoint.address.clone());
+            parts.path_and_query = Some(path);
+            Uri::from_parts(parts).map_err(|e| self.failed(e.to_string()))?
+        };
         *request.version_mut() = http::Version::HTTP_11;
 
         // Due at connect + response timeout from now, or response timeout after the body's
@@ -251,30 +287,82 @@ impl Upstream {
         let response_due = async {
             tokio::join!(tokio::time::sleep(self.connect_timeout + self.response_timeout), after_body);
         };
+        let dispatch = async {
+            match affine {
+                Some((connector, affinity)) => self.affine_request(connector, endpoint, request, affinity).await,
+                None => match self.client.request(request).await {
+                    Ok(response) => Ok(response.map(Leased::pooled)),
+                    Err(e) if e.is_connect() => Err(Failure::Connect(e.into())),
+                    Err(e) => Err(Failure::Exchange(e.into())),
+                },
+            }
+        };
         let answer = tokio::select! {
-            answer = self.client.request(request) => Some(answer),
+            answer = dispatch => Some(answer),
             () = response_due => None,
         };
+        let address = &endpoint.address;
         match answer {
             None => Err(GatewayError::UpstreamTimeout {
                 upstream: self.name.clone(),
                 detail: format!(
-                    "no response head from {endpoint} within {} ms of the request's end",
+                    "no response head from {address} within {} ms of the request's end",
                     self.response_timeout.as_millis()
                 ),
             }),
             Some(Ok(response)) => Ok(response),
-            Some(Err(e)) if e.is_connect() && timed_out(&e) => Err(GatewayError::UpstreamTimeout {
+            Some(Err(Failure::Connect(e))) if timed_out(&*e) => Err(GatewayError::UpstreamTimeout {
                 upstream: self.name.clone(),
-                detail: format!("connect to {endpoint} timed out"),
+                detail: format!("connect to {address} timed out"),
             }),
-            Some(Err(e)) => Err(self.failed(format!("{endpoint}: {}", causes(&e)))),
+            Some(Err(Failure::Connect(e) | Failure::Exchange(e))) => {
+                Err(self.failed(format!("{address}: {}", causes(&*e))))
+            }
         }
+    }
+
+    /// `request` over an affine connection: the one `affinity` holds to `endpoint`, else a
+    /// parked one, else a new one; a reused connection found closed before the request was
+    /// written gives way to a new one.
+    async fn affine_request(
+        &self,
+        connector: &HttpsConnector<HttpConnector>,
+        endpoint: &Endpoint,
+        mut request: Request<Body>,
+        affinity: &Affinity,
+    ) -> Result<Response<Leased>, Failure> {
+        if let Some(mut conn) = affinity.take(&endpoint.idle).or_else(|| endpoint.idle.take())
+            && conn.ready(self.connect_timeout).await
+        {
+            match conn.send(request).await {
+                Ok(response) => {
+                    affinity.keep(&endpoint.idle, conn);
+                    return Ok(response);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(Failure::Exchange(e.into_error().into())),
+                },
+            }
+        }
+        let mut conn =
+            Conn::open(connector, endpoint.origin.clone(), &endpoint.idle).await.map_err(Failure::Connect)?;
+        let response = conn.send(request).await.map_err(|e| Failure::Exchange(e.into_error().into()))?;
+        affinity.keep(&endpoint.idle, conn);
+        Ok(response)
     }
 
     fn failed(&self, detail: String) -> GatewayError {
         GatewayError::UpstreamFailed { upstream: self.name.clone(), detail }
     }
+}
+
+/// Why an exchange failed before a response head.
+enum Failure {
+    /// Opening the connection (TCP, TLS).
+    Connect(BoxError),
+    /// Writing the request or reading the response head.
+    Exchange(BoxError),
 }
 
 /// Whether an I/O timeout is anywhere in `error`'s source chain.
