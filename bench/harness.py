@@ -248,7 +248,9 @@ STEPS = {
 }
 
 
-def portcullis_conf(name: str, port: int, admin: int, steps: list[str], routes: int = 1) -> Path:
+def portcullis_conf(name: str, port: int, admin: int, steps: list[str], routes: int = 1, extra: str = "") -> Path:
+    """A gateway.toml for contender `name` with `routes` routes running `steps`; `extra` is
+    TOML added before the upstream (a `[runtime]` table, say)."""
     directory = WORK / name
     directory.mkdir(exist_ok=True)
     text = f"""
@@ -260,7 +262,7 @@ address = "127.0.0.1:{admin}"
 
 [reload]
 watch = false
-
+{extra}
 [upstream.app]
 endpoints = ["127.0.0.1:{UPSTREAM_PORT}"]
 """

@@ -341,6 +341,14 @@ pub struct RuntimeConfig {
     /// it per engine, so it is shared by every plugin.
     #[serde(default = "defaults::max_wasm_stack_kib")]
     pub max_wasm_stack_kib: u64,
+    /// Plugin instances alive at once in the whole process, over every plugin (each plugin's
+    /// `max_instances` bounds its own share): the pooling allocator's capacity.
+    /// Each slot reserves address space up front (a linear memory of up to 4 GiB with its
+    /// guard, a fiber stack, tables), committed only when used; lower it where address space
+    /// is limited (`ulimit -v`, valgrind). A call that finds no free slot fails `unavailable`
+    /// (503).
+    #[serde(default = "defaults::instance_slots")]
+    pub instance_slots: u32,
     /// Count fuel (executed wasm instructions, roughly) so plugins may set `fuel`. Costs every
     /// plugin some speed; off by default, and epoch deadlines bound time either way.
     #[serde(default)]
@@ -366,6 +374,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             max_wasm_stack_kib: defaults::max_wasm_stack_kib(),
+            instance_slots: defaults::instance_slots(),
             fuel_metering: false,
             strict_imports: false,
             compile_cache: true,
@@ -950,6 +959,10 @@ pub mod defaults {
     /// 512 KiB, wasmtime's default.
     pub fn max_wasm_stack_kib() -> u64 {
         512
+    }
+    /// 4,096: a 1,000-route configuration whose old and new snapshots coexist in a reload.
+    pub fn instance_slots() -> u32 {
+        4096
     }
     /// 5 failures.
     pub fn breaker_failures() -> u32 {

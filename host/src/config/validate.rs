@@ -44,6 +44,7 @@ fn check_kv(issues: &mut Vec<Issue>, kv: &super::model::KvConfig) {
 pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
     let mut issues = Vec::new();
     check_range(&mut issues, "runtime.max_wasm_stack_kib", config.runtime.max_wasm_stack_kib, 64, 16 * 1024);
+    check_range(&mut issues, "runtime.instance_slots", u64::from(config.runtime.instance_slots), 8, 65_536);
     if config.listeners.is_empty() {
         issues.push(Issue::new("listener", "at least one [[listener]] is required"));
     }

@@ -27,7 +27,8 @@ use crate::telemetry::Telemetry;
 /// with `deadline_ms = 100` is interrupted between 100 and 105 ms.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Plugin instances alive at once in the whole process (the pooling allocator's capacity).
+/// Plugin instances alive at once in the whole process (the pooling allocator's capacity), by
+/// default; `[runtime] instance_slots` sets it.
 pub const MAX_INSTANCES: u32 = 4096;
 
 /// Largest linear memory any plugin may be configured with (the pool reserves address space for
@@ -126,17 +127,18 @@ impl PluginEngine {
     ) -> wasmtime::Result<Arc<Self>> {
         let stack = usize::try_from(runtime.max_wasm_stack_kib * 1024).unwrap_or(usize::MAX);
         let mut pool = PoolingAllocationConfig::default();
-        // Sized for a 1,000-route configuration whose old and new snapshots coexist during a
-        // reload. Slots are address space until used; running out fails a call as
+        // By default sized for a 1,000-route configuration whose old and new snapshots coexist
+        // during a reload. Slots are address space until used; running out fails a call as
         // `unavailable` (503), never the process.
-        pool.total_component_instances(MAX_INSTANCES)
-            .total_core_instances(MAX_INSTANCES * 4)
-            .total_memories(MAX_INSTANCES)
-            .total_tables(MAX_INSTANCES * 4)
+        let instances = runtime.instance_slots;
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(4))
+            .total_memories(instances)
+            .total_tables(instances.saturating_mul(4))
             // One fiber stack per instance: a store keeps the stack of its last call (wasmtime's
             // `last_fiber_stack`), so every pooled instance holds one. With fewer stacks than
             // instances, calls past the 1,024th pool in use failed as unavailable.
-            .total_stacks(MAX_INSTANCES)
+            .total_stacks(instances)
             .max_memory_size(MAX_MEMORY_BYTES);
         let mut config = Config::new();
         config
