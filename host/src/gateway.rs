@@ -53,6 +53,8 @@ pub struct Gateway {
     reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// For its audit sinks, written out at shutdown.
+    engine: Arc<PluginEngine>,
 }
 
 // === impl Gateway ===
@@ -157,7 +159,7 @@ impl Gateway {
         }
         ready.store(true, Ordering::Release);
         tracing::info!(listeners = ?listener_addrs, admin = ?admin_addr, config = %config_file.display(), "portcullis is serving");
-        Ok(Gateway { listener_addrs, admin_addr, snapshot, reloader, shutdown, tasks })
+        Ok(Gateway { listener_addrs, admin_addr, snapshot, reloader, shutdown, tasks, engine })
     }
 
     /// The bound addresses of the listeners, in configuration order.
@@ -192,7 +194,9 @@ impl Gateway {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
-        // The last requests' spans: export them before the process may exit.
+        // The last requests' audit records and spans: write and export them before the
+        // process may exit.
+        self.engine.audit_sinks().flush();
         let telemetry = self.snapshot.load().telemetry.clone();
         if telemetry.is_recording() {
             let _ = tokio::task::spawn_blocking(move || telemetry.flush()).await;

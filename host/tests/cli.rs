@@ -56,6 +56,7 @@ fn audit_verify_accepts_an_intact_chain_and_names_the_first_broken_record() {
     for status in [200, 403, 200] {
         sink.append(&format!("{{\"status\":{status}}}")).unwrap();
     }
+    sink.flush().unwrap();
     let verify =
         || Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["audit", "verify"]).arg(&file).output().unwrap();
     let intact = verify();

@@ -29,7 +29,10 @@ async fn a_torn_last_line_no_longer_stops_the_start_and_the_chain_records_the_re
     let (dir, file) = write_config(&text);
     // A chain of one record, then half a record: a crash or a full disk mid-write.
     let audit = dir.join("audit.jsonl");
-    AuditSinks::default().open(Some(&audit)).unwrap().append(r#"{"before":"crash"}"#).unwrap();
+    let sink = AuditSinks::default().open(Some(&audit)).unwrap();
+    sink.append(r#"{"before":"crash"}"#).unwrap();
+    sink.flush().unwrap();
+    drop(sink);
     let whole = std::fs::read_to_string(&audit).unwrap();
     std::fs::write(&audit, format!("{whole}{{\"status\":200,\"prev\":\"9f")).unwrap();
 
