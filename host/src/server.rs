@@ -218,6 +218,7 @@ impl Listener {
     ) -> Arc<ConnInfo> {
         Arc::new(ConnInfo {
             peer,
+            peer_ip: proxy::hygiene::peer_text(peer.ip()),
             scheme,
             client_cert,
             max_buffered_body_bytes: self.max_buffered_body_bytes,

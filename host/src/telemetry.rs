@@ -435,15 +435,17 @@ impl Telemetry {
     /// propagator still parses what clients send ([`Telemetry::extract`]); a test checks both
     /// write the same bytes.
     pub fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
-        headers.remove("traceparent");
-        headers.remove("tracestate");
+        const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+        const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+        headers.remove(TRACEPARENT);
+        headers.remove(TRACESTATE);
         let span = cx.span();
         let sc = span.span_context();
         if !sc.is_valid() {
             return;
         }
         if let Ok(value) = HeaderValue::from_bytes(&traceparent(sc)) {
-            headers.insert(http::header::HeaderName::from_static("traceparent"), value);
+            headers.insert(TRACEPARENT, value);
         }
         // W3C Trace Context §3.3 lets a vendor omit an empty `tracestate`; upstreams should not
         // see a field with no members.
@@ -451,7 +453,7 @@ impl Telemetry {
         if !state.is_empty()
             && let Ok(value) = HeaderValue::from_str(&state)
         {
-            headers.insert(http::header::HeaderName::from_static("tracestate"), value);
+            headers.insert(TRACESTATE, value);
         }
     }
 

@@ -21,6 +21,10 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// `x-request-id`: the request's id, kept from a sane client value or made up, sent upstream and
+/// back to the client.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Whether `name` is one of the fixed hop-by-hop fields (not counting those a `Connection`
 /// field names).
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -61,7 +65,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// UUID v4.
 pub fn request_id(headers: &HeaderMap) -> String {
     headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))

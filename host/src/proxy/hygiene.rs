@@ -19,7 +19,7 @@
 
 use std::net::IpAddr;
 
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 use ipnet::IpNet;
 
 use super::path;
@@ -37,17 +37,25 @@ pub struct Hygiene {
 
 /// Fields a client sets to pose as another client, host or scheme: removed from requests of
 /// peers that are not trusted proxies, so an upstream never mistakes them for the gateway's.
-const SPOOFABLE: [&str; 9] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-proto",
-    "x-forwarded-prefix",
-    "x-real-ip",
-    "x-client-ip",
-    "true-client-ip",
+static SPOOFABLE: [HeaderName; 9] = [
+    header::FORWARDED,
+    X_FORWARDED_FOR,
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    X_FORWARDED_PROTO,
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
 ];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// `peer` as forwarding fields write it: the canonical IP (an IPv4-mapped IPv6 address as
+/// IPv4), computed once per client connection.
+pub fn peer_text(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.to_canonical().to_string()).expect("an IP address is a valid field value")
+}
 
 impl Hygiene {
     /// The settings of `listener` (validated at load, so bad entries cannot occur here).
@@ -135,7 +143,7 @@ impl Hygiene {
             return peer;
         }
         let chain: Vec<IpAddr> = headers
-            .get_all("x-forwarded-for")
+            .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
@@ -149,20 +157,21 @@ impl Hygiene {
     /// `x-forwarded-for` gets the trusted chain plus `peer` and `x-forwarded-proto` is set to
     /// `scheme` unless a trusted proxy set it; `Forwarded` (RFC 7239 §4) gets an element
     /// `for=PEER;proto=SCHEME;host="HOST"` after the trusted proxies' elements, IPv6 peers
-    /// quoted and bracketed (§6).
-    pub fn forward(&self, headers: &mut HeaderMap, peer: IpAddr, scheme: &str) {
+    /// quoted and bracketed (§6). `peer_text` is [`peer_text`]`(peer)`.
+    pub fn forward(&self, headers: &mut HeaderMap, peer: IpAddr, peer_text: &HeaderValue, scheme: &'static str) {
         let peer = peer.to_canonical();
         if !self.trusts(peer) {
-            for name in SPOOFABLE {
+            // One pass over the names present (a handful) instead of nine hashed removals:
+            // usually none of them is there.
+            let present: Vec<HeaderName> = headers.keys().filter(|n| SPOOFABLE.contains(n)).cloned().collect();
+            for name in present {
                 headers.remove(name);
             }
         }
         if self.forwarded != ForwardedHeaders::Forwarded {
-            append_element(headers, "x-forwarded-for", &peer.to_string());
-            if !headers.contains_key("x-forwarded-proto")
-                && let Ok(value) = HeaderValue::from_str(scheme)
-            {
-                headers.insert("x-forwarded-proto", value);
+            append_element(headers, X_FORWARDED_FOR, peer_text.clone());
+            if !headers.contains_key(X_FORWARDED_PROTO) {
+                headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
             }
         }
         if self.forwarded != ForwardedHeaders::XForwarded {
@@ -175,22 +184,24 @@ impl Hygiene {
                 let quoted = host.replace('\\', "\\\\").replace('"', "\\\"");
                 element.push_str(&format!(";host=\"{quoted}\""));
             }
-            append_element(headers, "forwarded", &element);
+            if let Ok(element) = HeaderValue::from_str(&element) {
+                append_element(headers, header::FORWARDED, element);
+            }
         }
     }
 }
 
 /// Replaces every `name` field with one: their values and `element`, comma-separated.
-fn append_element(headers: &mut HeaderMap, name: &'static str, element: &str) {
-    let joined = if headers.contains_key(name) {
-        let mut joined: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-        joined.push(element);
-        HeaderValue::from_str(&joined.join(", "))
-    } else {
+fn append_element(headers: &mut HeaderMap, name: HeaderName, element: HeaderValue) {
+    let value = match headers.get_all(&name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>() {
         // The usual case, a client talking to us directly: no list to join.
-        HeaderValue::from_str(element)
+        present if present.is_empty() => Some(element),
+        mut present => {
+            present.push(element.to_str().unwrap_or_default());
+            HeaderValue::from_str(&present.join(", ")).ok()
+        }
     };
-    if let Ok(value) = joined {
+    if let Some(value) = value {
         headers.insert(name, value);
     }
 }
@@ -206,6 +217,11 @@ mod tests {
             trace_context: AcceptTraceContext::Always,
             forwarded: ForwardedHeaders::Both,
         }
+    }
+
+    fn forward(h: &Hygiene, headers: &mut HeaderMap, peer: &str, scheme: &'static str) {
+        let peer: IpAddr = peer.parse().unwrap();
+        h.forward(headers, peer, &peer_text(peer), scheme);
     }
 
     fn xff(value: &str) -> HeaderMap {
@@ -232,10 +248,10 @@ mod tests {
     fn forwarded_for_is_replaced_for_untrusted_peers_and_appended_for_trusted_ones() {
         let h = hygiene(&["10.0.0.0/8"], UnderscoreHeaders::Drop);
         let mut spoofed = xff("1.2.3.4");
-        h.forward(&mut spoofed, "203.0.113.9".parse().unwrap(), "http");
+        forward(&h, &mut spoofed, "203.0.113.9", "http");
         assert_eq!(spoofed["x-forwarded-for"], "203.0.113.9");
         let mut chained = xff("198.51.100.7");
-        h.forward(&mut chained, "10.1.1.1".parse().unwrap(), "https");
+        forward(&h, &mut chained, "10.1.1.1", "https");
         assert_eq!(chained["x-forwarded-for"], "198.51.100.7, 10.1.1.1");
         assert_eq!(chained["x-forwarded-proto"], "https");
     }
@@ -259,21 +275,21 @@ mod tests {
             headers
         };
         let mut spoofed = with_claims();
-        h.forward(&mut spoofed, "203.0.113.9".parse().unwrap(), "http");
+        forward(&h, &mut spoofed, "203.0.113.9", "http");
         assert_eq!(spoofed["forwarded"], "for=203.0.113.9;proto=http;host=\"gw.example\"");
         assert_eq!(spoofed["x-forwarded-proto"], "http");
         for gone in ["x-real-ip", "x-forwarded-host", "true-client-ip"] {
             assert!(!spoofed.contains_key(gone), "{gone}");
         }
         let mut trusted = with_claims();
-        h.forward(&mut trusted, "10.1.1.1".parse().unwrap(), "http");
+        forward(&h, &mut trusted, "10.1.1.1", "http");
         assert_eq!(trusted["forwarded"], "for=6.6.6.6;proto=https, for=10.1.1.1;proto=http;host=\"gw.example\"");
         assert_eq!(
             (&trusted["x-real-ip"], &trusted["x-forwarded-proto"]),
             (&HeaderValue::from_static("6.6.6.6"), &HeaderValue::from_static("https"))
         );
         let mut v6 = HeaderMap::new();
-        h.forward(&mut v6, "2001:db8::17".parse().unwrap(), "https");
+        forward(&h, &mut v6, "2001:db8::17", "https");
         assert_eq!(v6["forwarded"], "for=\"[2001:db8::17]\";proto=https");
     }
 

@@ -33,6 +33,8 @@ pub use crate::plugin::bindings::portcullis::plugin::types::ClientCert;
 pub struct ConnInfo {
     /// The TCP peer.
     pub peer: SocketAddr,
+    /// The peer's IP as forwarding fields and plugins see it ([`hygiene::peer_text`]).
+    pub peer_ip: HeaderValue,
     /// `http` or `https`.
     pub scheme: &'static str,
     /// The client certificate verified in the TLS handshake (mutual TLS).
@@ -128,7 +130,11 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         headers: std::mem::take(&mut parts.headers),
-        client_ip: client_ip.to_string(),
+        // The peer's text, computed once per connection, unless a trusted proxy named another.
+        client_ip: match conn.peer_ip.to_str() {
+            Ok(text) if client_ip == conn.peer.ip().to_canonical() => text.to_owned(),
+            _ => client_ip.to_string(),
+        },
         client_cert: conn.client_cert.clone(),
         request_id,
         route: route.as_ref().map_or_else(|| Arc::from("-"), |r| r.id.clone()),
@@ -215,10 +221,10 @@ impl Exchange {
         if let Some(identity) = &self.state.identity {
             ids.inject(&mut parts.headers, identity);
         }
-        conn.hygiene.forward(&mut parts.headers, conn.peer.ip(), conn.scheme);
+        conn.hygiene.forward(&mut parts.headers, conn.peer.ip(), &conn.peer_ip, conn.scheme);
         let request_id = &self.request.request_id;
         if let Ok(v) = HeaderValue::from_str(request_id) {
-            parts.headers.insert("x-request-id", v);
+            parts.headers.insert(headers::X_REQUEST_ID, v);
         }
         if !parts.headers.contains_key(header::HOST)
             && let Ok(v) = HeaderValue::from_str(&self.request.authority)
@@ -296,7 +302,7 @@ impl Exchange {
         }
         add_rate_limit_headers(response.headers_mut(), &self.state.quotas);
         if let Ok(v) = HeaderValue::from_str(request_id) {
-            response.headers_mut().insert("x-request-id", v);
+            response.headers_mut().insert(headers::X_REQUEST_ID, v);
         }
         response
     }
