@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Before and after: two Portcullis builds side by side with nginx, in one run, on the harness'
+setup (bench/harness.py: the same upstream, request, pinning and wrk settings).
+
+A change on the request path is judged by its effect on the ratio to nginx in the same round,
+not by absolute numbers from runs on different days or machines. Contenders: nginx as a proxy,
+then BEFORE and AFTER each with no plugins and with the harness' five-step chain; rounds are
+interleaved and reverse order every round. Reported: req/s median (min–max), the ratio to nginx
+per round (median, min–max), and server CPU µs per request.
+
+Usage: bench/ab.py BEFORE_BINARY [AFTER_BINARY] [--rounds N] [--duration S]; AFTER defaults to
+target/release/portcullis. Build BEFORE from another commit, for example:
+`git worktree add /tmp/before COMMIT && (cd /tmp/before && CARGO_TARGET_DIR=$PWD/../main/target
+cargo build --release -p portcullis) && cp target/release/portcullis /tmp/portcullis-before`,
+then rebuild this tree. Needs what bench/run installs and builds (nginx, wrk, the components).
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+CHAIN = ["jwt", "rbac", "ratelimit", "validate", "audit"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("before")
+    parser.add_argument("after", nargs="?", default=str(harness.PORTCULLIS))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=8, help="seconds per throughput run")
+    args = parser.parse_args()
+    harness.WORK = Path(tempfile.mkdtemp(prefix="portcullis-ab-"))
+    token = harness.mint_token()
+    env = {"TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"}
+    upstream = harness.Server("upstream", ["nginx", "-c", str(harness.nginx_conf(harness.UPSTREAM_PORT, proxy=False))],
+                              harness.UPSTREAM_PORT, harness.CLIENT_CORE)
+    servers = {}
+    try:
+        servers["nginx"] = harness.Server("nginx", ["nginx", "-c", str(harness.nginx_conf(18182, proxy=True))], 18182,
+                                          harness.SERVER_CORE)
+        port = 18183
+        for build, binary in [("before", args.before), ("after", args.after)]:
+            for variant, steps in [("no plugins", []), ("chain", CHAIN)]:
+                name = f"{build}, {variant}"
+                conf = harness.portcullis_conf(f"{build}-{len(steps)}", port, port + 1000, steps)
+                servers[name] = harness.Server(name, [binary, "run", "--config", str(conf)], port, harness.SERVER_CORE,
+                                               env=env, cwd=conf.parent)
+                port += 1
+        rps = {name: [] for name in servers}
+        cpu = {name: [] for name in servers}
+        order = list(servers)
+        url = lambda name: f"http://127.0.0.1:{servers[name].port}/api/orders"
+        for name in order:  # warm-up
+            harness.wrk(url(name), 50, 2, token)
+        for round_ in range(args.rounds):
+            for name in (order if round_ % 2 == 0 else order[::-1]):
+                used = servers[name].cpu()
+                rate = harness.wrk(url(name), 50, args.duration, token)
+                used = servers[name].cpu() - used
+                rps[name].append(rate)
+                cpu[name].append(used / (rate * args.duration) * 1e6)
+                print(f"ab: round {round_ + 1}/{args.rounds} {name}: {rate:,.0f} req/s", file=sys.stderr)
+    finally:
+        for server in servers.values():
+            server.stop()
+        upstream.stop()
+    print("| contender | req/s median | req/s min–max | × nginx median (min–max) | CPU µs/req |")
+    print("|---|---|---|---|---|")
+    for name in servers:
+        ratios = [r / n for r, n in zip(rps[name], rps["nginx"])]
+        print(f"| {name} | {statistics.median(rps[name]):,.0f} | {harness.span(rps[name], '{:,.0f}')} | "
+              f"{statistics.median(ratios):.2f} ({harness.span(ratios, '{:.2f}')}) | {statistics.median(cpu[name]):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
