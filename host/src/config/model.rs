@@ -484,10 +484,13 @@ pub struct UpstreamConfig {
     /// Time allowed from sending the request to receiving the response head, in ms (504).
     #[serde(default = "defaults::response_timeout_ms")]
     pub response_timeout_ms: u64,
-    /// Idle keep-alive connections kept per endpoint.
+    /// Idle keep-alive connections an endpoint's idle list keeps. Connections an open HTTP/1
+    /// client connection holds (one per endpoint it used, see `upstream::affine`) are not
+    /// counted: they go to the list, or are closed, when that client connection ends.
     #[serde(default = "defaults::pool_max_idle")]
     pub pool_max_idle_per_endpoint: usize,
-    /// How long an idle keep-alive connection is kept, in ms.
+    /// How long an idle keep-alive connection is kept, in ms, counted from the end of its last
+    /// response body; a client connection that holds it does not keep it open longer.
     #[serde(default = "defaults::pool_idle_timeout_ms")]
     pub pool_idle_timeout_ms: u64,
 }

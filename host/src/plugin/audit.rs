@@ -169,7 +169,9 @@ impl Sink {
     pub fn append(&self, record: &str) -> Result<String, AuditError> {
         check_record(record)?;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.lost > 0 && state.pending_gap == 0 {
+        // `lost` grows only when a write fails, which also empties the buffer: no gap record
+        // is waiting in it then.
+        if state.lost > 0 {
             let gap = format!(r#"{{"portcullis_audit":"gap","lost_records":{},"time_ms":{}}}"#, state.lost, now_ms());
             state.chain(&gap);
             state.pending_gap = std::mem::take(&mut state.lost);
