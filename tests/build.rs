@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Packages built for the tests: the plugins of `plugins/` and the guests of `tests/guests/`.
-const PACKAGES: [&str; 14] = [
+const PACKAGES: [&str; 15] = [
     "jwt-auth",
     "audit-log",
     "rate-limit",
@@ -24,6 +24,7 @@ const PACKAGES: [&str; 14] = [
     "request-validation",
     "oauth2-introspection",
     "mtls-auth",
+    "credential-injection",
     "chaos-filter",
     "socket-filter",
     "tag-filter-a",

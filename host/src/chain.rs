@@ -28,7 +28,7 @@ use crate::plugin::bindings::exports::portcullis::plugin::{
 };
 use crate::plugin::bindings::portcullis::plugin::types::{Header, HeaderEdits, Identity, LocalResponse, ResponseHead};
 use crate::plugin::{
-    Call, CallPhase, FailureKind, Hooks, LoadedPlugin, PluginFailure, PluginRequest, Reply, Settle, StepPool,
+    Call, CallPhase, FailureKind, Hooks, LoadedPlugin, PluginFailure, PluginRequest, Replied, Reply, Settle, StepPool,
 };
 use crate::proxy::headers::{self, IdentityHeaders};
 use crate::telemetry::{self, SpanOutcome, Telemetry};
@@ -59,7 +59,7 @@ pub trait Step: Send + Sync {
         request_id: &str,
         span: &Context,
         call: Call<'_>,
-    ) -> impl Future<Output = Result<(Reply, Settle<'s>), PluginFailure>> + Send;
+    ) -> impl Future<Output = Result<(Replied, Settle<'s>), PluginFailure>> + Send;
     /// Records one call's duration and decision (none for a failure) in the metrics.
     fn record_call(&self, phase: CallPhase, decision: Option<&'static str>, duration: Duration);
     /// Counts a failure, of the call or of its reply.
@@ -107,7 +107,7 @@ impl Step for WasmStep {
         request_id: &str,
         span: &Context,
         call: Call<'_>,
-    ) -> impl Future<Output = Result<(Reply, Settle<'s>), PluginFailure>> + Send {
+    ) -> impl Future<Output = Result<(Replied, Settle<'s>), PluginFailure>> + Send {
         self.0.call(request_id, span, call)
     }
 
@@ -152,6 +152,9 @@ pub struct ChainState {
     pub decisions: Vec<Decision>,
     /// Query parameters an auth step asked to remove before forwarding (its credential).
     pub remove_query_params: Vec<String>,
+    /// Headers to write from secrets into the request sent upstream, after the chain: one per
+    /// field name, the last step's that asked.
+    pub secret_headers: Vec<crate::secrets::SecretHeader>,
 }
 
 /// What one step decided: [`StepDecision`] without its strings, which only a route with a
@@ -354,8 +357,11 @@ impl<S: Step> Chain<S> {
             let invalid = |e: String| PluginFailure::new(step.id(), FailureKind::InvalidOutput(e));
             let span = trace.step(step.id(), step.kind(), "response");
             let outcome = match step.call(&request.request_id, &span, call).await {
-                Ok((reply, settle)) => {
-                    let applied = match reply {
+                Ok((replied, settle)) => {
+                    let applied = match replied.reply {
+                        _ if !replied.secret_headers.is_empty() => {
+                            Err(invalid("`secrets.inject` applies to the request phase only".into()))
+                        }
                         Reply::Filter(FilterAction::Continue(edits)) => {
                             headers::apply_edits(response.headers_mut(), &edits, None)
                                 .map(|()| "continue")
@@ -432,19 +438,51 @@ impl<S: Step> Chain<S> {
 /// What one request-phase reply of step `id` does.
 fn apply(
     id: &str,
-    reply: Reply,
+    replied: Replied,
     request: &mut Arc<PluginRequest>,
     ids: &IdentityHeaders,
     state: &mut ChainState,
 ) -> Result<(&'static str, Verdict), PluginFailure> {
     let invalid = |e: String| PluginFailure::new(id, FailureKind::InvalidOutput(e));
+    let Replied { reply, secret_headers } = replied;
+    if !secret_headers.is_empty() {
+        if !matches!(reply, Reply::Auth(_) | Reply::Filter(_)) {
+            return Err(invalid("`secrets.inject` is for `auth` and `filter` steps only".into()));
+        }
+        if let Some(h) = secret_headers.iter().find(|h| headers::check_not_reserved(&h.name, Some(ids)).is_err()) {
+            return Err(invalid(format!("`secrets.inject`: `{}` is a field the host writes", h.name)));
+        }
+    }
+    let decided = apply_reply(reply, request, ids, state).map_err(invalid)?;
+    // After the step's own edits: the client's fields of these names leave the request now,
+    // so no later step sees them; the values are written when the request goes upstream.
+    if !secret_headers.is_empty() && matches!(decided.1, Verdict::Continue) {
+        let lent = Arc::make_mut(request);
+        for header in secret_headers {
+            lent.headers.remove(&header.name);
+            state.secret_headers.retain(|h| h.name != header.name);
+            state.secret_headers.push(header);
+        }
+    }
+    Ok(decided)
+}
+
+/// What `reply` decides, applied to the request and the chain's state.
+///
+/// Errors: why the reply cannot be used (an invalid identity, header or quota).
+fn apply_reply(
+    reply: Reply,
+    request: &mut Arc<PluginRequest>,
+    ids: &IdentityHeaders,
+    state: &mut ChainState,
+) -> Result<(&'static str, Verdict), String> {
     Ok(match reply {
         Reply::Auth(AuthOutcome::Authenticated(done)) => {
-            headers::check_identity(&done.identity).map_err(invalid)?;
+            headers::check_identity(&done.identity)?;
             if !done.remove_headers.is_empty() {
                 let edits = HeaderEdits { remove: done.remove_headers, set: Vec::new(), append: Vec::new() };
                 let headers = &mut Arc::make_mut(request).headers;
-                headers::apply_edits(headers, &edits, Some(ids)).map_err(|e| invalid(e.to_string()))?;
+                headers::apply_edits(headers, &edits, Some(ids)).map_err(|e| e.to_string())?;
             }
             // The credential leaves the request at once: later steps are lent the query
             // without it, as the upstream gets it.
@@ -458,7 +496,7 @@ fn apply(
         }
         Reply::Auth(AuthOutcome::Anonymous) => ("anonymous", Verdict::Continue),
         Reply::Auth(AuthOutcome::Denied(local)) => {
-            let mut response = local_response(local).map_err(invalid)?;
+            let mut response = local_response(local)?;
             if response.status() == StatusCode::UNAUTHORIZED
                 && !response.headers().contains_key(header::WWW_AUTHENTICATE)
             {
@@ -469,12 +507,12 @@ fn apply(
             ("denied", Verdict::Respond(response))
         }
         Reply::RateLimit(RateLimitOutcome::Allowed(quotas)) => {
-            check_quotas(&quotas).map_err(invalid)?;
+            check_quotas(&quotas)?;
             state.quotas.extend(quotas);
             ("allowed", Verdict::Continue)
         }
         Reply::RateLimit(RateLimitOutcome::Limited(limited)) => {
-            check_quotas(&limited.quotas).map_err(invalid)?;
+            check_quotas(&limited.quotas)?;
             state.quotas.extend(limited.quotas);
             let mut response = problem(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -506,13 +544,11 @@ fn apply(
         Reply::Filter(FilterAction::Continue(edits)) => {
             if !(edits.remove.is_empty() && edits.set.is_empty() && edits.append.is_empty()) {
                 let headers = &mut Arc::make_mut(request).headers;
-                headers::apply_edits(headers, &edits, Some(ids)).map_err(|e| invalid(e.to_string()))?;
+                headers::apply_edits(headers, &edits, Some(ids)).map_err(|e| e.to_string())?;
             }
             ("continue", Verdict::Continue)
         }
-        Reply::Filter(FilterAction::Respond(local)) => {
-            ("respond", Verdict::Respond(local_response(local).map_err(invalid)?))
-        }
+        Reply::Filter(FilterAction::Respond(local)) => ("respond", Verdict::Respond(local_response(local)?)),
         Reply::Observed => ("observed", Verdict::Continue),
     })
 }
@@ -652,6 +688,8 @@ mod tests {
         body_limit: Option<u64>,
         behaviour: Behaviour,
         log: Arc<Mutex<Vec<String>>>,
+        /// What every call asks to have written from secrets.
+        secret_headers: Vec<crate::secrets::SecretHeader>,
     }
 
     impl Step for Fake {
@@ -675,11 +713,12 @@ mod tests {
             _request_id: &str,
             _span: &Context,
             call: Call<'_>,
-        ) -> impl Future<Output = Result<(Reply, Settle<'s>), PluginFailure>> + Send {
+        ) -> impl Future<Output = Result<(Replied, Settle<'s>), PluginFailure>> + Send {
             let phase = if matches!(call, Call::OnResponse(..)) { "response" } else { "request" };
             self.log.lock().unwrap().push(format!("{} {phase}", self.id));
+            let secret_headers = self.secret_headers.clone();
             let answer = (self.behaviour)(&call)
-                .map(|reply| (reply, Settle::detached()))
+                .map(|reply| (Replied { reply, secret_headers }, Settle::detached()))
                 .map_err(|kind| PluginFailure::new(&self.id, kind));
             std::future::ready(answer)
         }
@@ -713,8 +752,20 @@ mod tests {
                 body_limit: (kind == PluginKind::Validation).then_some(16),
                 behaviour: Box::new(behaviour),
                 log: self.log.clone(),
+                secret_headers: Vec::new(),
             };
             self.steps.push(ChainStep { step, policy });
+            self
+        }
+
+        /// The last step added asks, on every call, for `name` to be written from a secret.
+        fn injecting(mut self, name: &'static str, value: &'static str) -> Self {
+            if let Some(last) = self.steps.last_mut() {
+                let mut value = HeaderValue::from_static(value);
+                value.set_sensitive(true);
+                let name = http::HeaderName::from_static(name);
+                last.step.secret_headers.push(crate::secrets::SecretHeader { name, value, secret: "token".into() });
+            }
             self
         }
 
@@ -845,6 +896,46 @@ mod tests {
         assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"portcullis\"");
         assert_eq!(decisions(&state), [("auth".into(), "denied")]);
         assert!(!lines(&log).iter().any(|l| l.starts_with("after")), "{:?}", lines(&log));
+    }
+
+    #[tokio::test]
+    async fn a_secret_header_replaces_the_clients_fields_and_no_later_step_sees_either() {
+        let (chain, _) = Fakes::default()
+            .step("inject", PluginKind::Filter, FailurePolicy::FailClosed, |_| Ok(set("authorization", "edited")))
+            .injecting("authorization", "Bearer gateway-token")
+            .step("after", PluginKind::Filter, FailurePolicy::FailClosed, |call| {
+                let seen = lent(call).headers.contains_key("authorization");
+                Ok(set("x-after-saw", if seen { "a credential" } else { "nothing" }))
+            })
+            .build();
+        let mut request = request(None, &[("authorization", "Bearer client-token")]);
+        let (verdict, state) = run(&chain, &mut request, b"").await;
+        assert!(matches!(verdict, Ok(Verdict::Continue)), "{verdict:?}");
+        assert_eq!(request.headers["x-after-saw"], "nothing");
+        assert!(!request.headers.contains_key("authorization"), "the client's field left at once");
+        let [written] = &state.secret_headers[..] else { panic!("{:?}", state.secret_headers) };
+        assert_eq!((written.name.as_str(), written.value.to_str().unwrap()), ("authorization", "Bearer gateway-token"));
+        assert!(!format!("{state:?}").contains("gateway-token"), "Debug shows the secret's name only");
+    }
+
+    #[tokio::test]
+    async fn a_secret_header_for_a_host_field_or_from_a_rate_limit_step_fails_it() {
+        let (identity, _) = Fakes::default()
+            .step("inject", PluginKind::Filter, FailurePolicy::FailClosed, |_| Ok(pass()))
+            .injecting("x-user-id", "admin")
+            .build();
+        let (verdict, state) = run(&identity, &mut request(None, &[]), b"").await;
+        let Err(GatewayError::PluginFailed(failure)) = verdict else { panic!("expected a failure: {verdict:?}") };
+        assert_eq!(failure.kind.label(), "invalid-output");
+        assert!(state.secret_headers.is_empty());
+        let (limiter, _) = Fakes::default()
+            .step("limit", PluginKind::RateLimit, FailurePolicy::FailClosed, |_| {
+                Ok(Reply::RateLimit(RateLimitOutcome::Allowed(vec![])))
+            })
+            .injecting("authorization", "Bearer x")
+            .build();
+        let (verdict, _) = run(&limiter, &mut request(None, &[]), b"").await;
+        assert!(matches!(verdict, Err(GatewayError::PluginFailed(_))), "{verdict:?}");
     }
 
     #[tokio::test]

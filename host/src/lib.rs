@@ -35,6 +35,7 @@ pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod scaffold;
+pub mod secrets;
 pub mod server;
 pub mod snapshot;
 pub mod sources;

@@ -9,9 +9,10 @@ use http::HeaderName;
 
 use crate::chain::{Chain, ChainStep, WasmStep};
 use crate::config::{ConfigError, Issue, LoadedConfig};
-use crate::plugin::{LoadedPlugin, PluginEngine, StepLoadError, StepPool};
+use crate::plugin::{LoadedPlugin, PluginEngine, Provisions, StepLoadError, StepPool};
 use crate::proxy::headers::IdentityHeaders;
 use crate::router::Router;
+use crate::secrets::{SecretGrants, Secrets};
 use crate::sources::Sources;
 use crate::upstream::Upstream;
 
@@ -57,6 +58,8 @@ pub struct Snapshot {
     /// Each listener's TLS configuration, by listener index (none: clear text). A listener
     /// reads it at every handshake, so renewed certificates apply to new connections.
     pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// The configured secrets (shown by name and source only).
+    pub secrets: Secrets,
 }
 
 // === impl Snapshot ===
@@ -97,6 +100,11 @@ impl Snapshot {
         let router = Router::build(&config.routes).unwrap_or_else(|mut e| {
             issues.append(&mut e);
             Router::default()
+        });
+
+        let secrets = Secrets::load(loaded, &mut sources).unwrap_or_else(|mut e| {
+            issues.append(&mut e);
+            Secrets::default()
         });
 
         let mut plugins = BTreeMap::new();
@@ -142,7 +150,11 @@ impl Snapshot {
                 sources.record_digest(&path, hash.clone());
             }
             match compiled.and_then(|(component, hash, imports)| {
-                LoadedPlugin::new(engine.clone(), id, plugin_config, &component, hash, imports, audit_file.as_deref())
+                let provisions = Provisions {
+                    audit_file: audit_file.as_deref(),
+                    secrets: SecretGrants::new(&secrets, &plugin_config.secrets, &plugin_config.readable_secrets),
+                };
+                LoadedPlugin::new(engine.clone(), id, plugin_config, &component, hash, imports, provisions)
             }) {
                 Ok(plugin) => {
                     plugins.insert(id.clone(), Arc::new(plugin));
@@ -201,7 +213,9 @@ impl Snapshot {
             for (j, step) in route.chain.iter().enumerate() {
                 let at = format!("route[{i}].chain[{j}].config");
                 let Some(plugin) = plugins.get(&step.plugin) else { continue };
-                let json = match step_config_json(loaded, step.config.as_ref(), &mut sources) {
+                let readable = config.plugins.get(&step.plugin).map_or(&[][..], |p| &p.readable_secrets[..]);
+                let refs = References { loaded, secrets: &secrets, readable };
+                let json = match step_config_json(&refs, step.config.as_ref(), &mut sources) {
                     Ok(json) => json,
                     Err(message) => {
                         issues.push(Issue::new(at, message));
@@ -254,14 +268,35 @@ impl Snapshot {
         }
         let metrics = engine.metrics().clone();
         let telemetry = engine.telemetry().clone();
-        Ok(Snapshot { router, routes, identity, plugins, sources, upstreams, metrics, telemetry, listener_tls })
+        Ok(Snapshot {
+            router,
+            routes,
+            identity,
+            plugins,
+            sources,
+            upstreams,
+            metrics,
+            telemetry,
+            listener_tls,
+            secrets,
+        })
     }
 }
 
+/// What a step configuration's references resolve against.
+struct References<'a> {
+    loaded: &'a LoadedConfig,
+    secrets: &'a Secrets,
+    /// The step's plugin's `readable_secrets`.
+    readable: &'a [String],
+}
+
 /// The step's TOML table as JSON text, with every `{ "$file" = "PATH" }` table replaced by the
-/// text of that file (relative to the configuration file).
+/// text of that file (relative to the configuration file), and every `{ "$secret" = "NAME" }`
+/// by the value of that secret, which must be in the plugin's `readable_secrets` (the value is
+/// then in plugin memory, as `secrets.reveal` would put it).
 fn step_config_json(
-    loaded: &LoadedConfig,
+    refs: &References<'_>,
     table: Option<&toml::Table>,
     sources: &mut Sources,
 ) -> Result<String, String> {
@@ -269,13 +304,29 @@ fn step_config_json(
         Some(t) => serde_json::to_value(t).map_err(|e| e.to_string())?,
         None => serde_json::Value::Object(serde_json::Map::new()),
     };
-    resolve_files(loaded, &mut value, sources)?;
+    resolve_files(refs, &mut value, sources)?;
     Ok(value.to_string())
 }
 
-fn resolve_files(loaded: &LoadedConfig, value: &mut serde_json::Value, sources: &mut Sources) -> Result<(), String> {
+fn resolve_files(refs: &References<'_>, value: &mut serde_json::Value, sources: &mut Sources) -> Result<(), String> {
     use serde_json::Value;
+    let loaded = refs.loaded;
     match value {
+        Value::Object(map) if map.len() == 1 && map.contains_key("$secret") => {
+            let Some(Value::String(name)) = map.get("$secret") else {
+                return Err("`$secret` must be a secret's name".into());
+            };
+            if !refs.readable.contains(name) {
+                return Err(format!("`$secret` {name}: the plugin's `readable_secrets` must list it"));
+            }
+            let Some(secret) = refs.secrets.get(name) else {
+                return Err(format!("`$secret` {name}: no [secret.{name}] could be read"));
+            };
+            let text = std::str::from_utf8(secret.value.expose())
+                .map_err(|_| format!("`$secret` {name}: the value is not UTF-8 text"))?;
+            *value = Value::String(text.to_owned());
+            Ok(())
+        }
         Value::Object(map) if map.len() == 1 && map.contains_key("$file") => {
             let Some(Value::String(path)) = map.get("$file") else {
                 return Err("`$file` must be a path string".into());
@@ -287,8 +338,8 @@ fn resolve_files(loaded: &LoadedConfig, value: &mut serde_json::Value, sources: 
             *value = Value::String(text);
             Ok(())
         }
-        Value::Object(map) => map.values_mut().try_for_each(|v| resolve_files(loaded, v, sources)),
-        Value::Array(items) => items.iter_mut().try_for_each(|v| resolve_files(loaded, v, sources)),
+        Value::Object(map) => map.values_mut().try_for_each(|v| resolve_files(refs, v, sources)),
+        Value::Array(items) => items.iter_mut().try_for_each(|v| resolve_files(refs, v, sources)),
         _ => Ok(()),
     }
 }

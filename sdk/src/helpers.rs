@@ -187,3 +187,54 @@ impl Default for HeaderEdits {
         HeaderEdits { remove: Vec::new(), set: Vec::new(), append: Vec::new() }
     }
 }
+
+/// A path pattern of `/`-separated segments, as `rbac` rules and scoped API keys use them: a
+/// literal segment matches itself, `*` matches any one non-empty segment, and a final `**`
+/// matches any rest, including nothing (`/admin/**` matches `/admin` and `/admin/a/b`, not
+/// `/administrator`). Match it against [`Request::path`](crate::Request::path), which the host
+/// normalized (RFC 3986 §6.2.2), so `/api/../admin` cannot dodge an `/admin/**` pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern(Vec<Segment>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Any,
+    Rest,
+}
+
+impl PathPattern {
+    /// Parses `pattern`.
+    ///
+    /// Errors, in plain words for a [`ConfigError`](crate::ConfigError): it does not start
+    /// with `/`, has an empty segment (`//` or a trailing `/`), or `**` before its end.
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        let Some(rest) = pattern.strip_prefix('/') else { return Err("must start with `/`".into()) };
+        let parts: Vec<&str> = if rest.is_empty() { Vec::new() } else { rest.split('/').collect() };
+        let mut segments = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            segments.push(match *part {
+                "**" if i + 1 == parts.len() => Segment::Rest,
+                "**" => return Err("`**` is only allowed as the last segment".into()),
+                "*" => Segment::Any,
+                "" => return Err("empty segment (`//` or a trailing `/`)".into()),
+                literal => Segment::Literal(literal.to_owned()),
+            });
+        }
+        Ok(PathPattern(segments))
+    }
+
+    /// Whether `path` (starting with `/`) matches, segment by segment.
+    pub fn matches(&self, path: &str) -> bool {
+        let mut parts = path.strip_prefix('/').unwrap_or(path).split('/').filter(|_| path.len() > 1);
+        for segment in &self.0 {
+            match (segment, parts.next()) {
+                (Segment::Rest, _) => return true,
+                (Segment::Any, Some(part)) if !part.is_empty() => {}
+                (Segment::Literal(l), Some(part)) if l == part => {}
+                _ => return false,
+            }
+        }
+        parts.next().is_none()
+    }
+}

@@ -1,5 +1,5 @@
-//! The host's capabilities as plain functions: `log`, `kv`, the clock and the outbound HTTP
-//! client. Compiled for `wasm32` they call the Portcullis host; compiled natively (in a plugin's
+//! The host's capabilities as plain functions: `log`, `kv`, the clock, the outbound HTTP
+//! client, the audit trail and secrets. Compiled for `wasm32` they call the Portcullis host; compiled natively (in a plugin's
 //! unit tests) they call the thread-local fake in [`crate::testing`].
 
 pub use crate::bindings::portcullis::plugin::audit::AuditError;
@@ -105,5 +105,58 @@ pub mod kv {
     /// [`KvError::Unavailable`], [`KvError::QuotaExceeded`] and [`KvError::TooLarge`].
     pub fn throttle(key: &str, interval_us: u64, window_us: u64, quantity: i32) -> Result<super::Cell, KvError> {
         imp::kv::throttle(key, interval_us, window_us, quantity)
+    }
+}
+
+/// Secrets the gateway holds (`[secret.NAME]`), used by name: the host writes a secret's value
+/// where it belongs and the plaintext never enters the plugin's memory. Every plugin may call
+/// these; each call succeeds only for the secrets in the plugin's `secrets` grant (`[plugin.ID]
+/// secrets = ["NAME"]`), and [`reveal`](secrets::reveal) only for those in `readable_secrets`.
+pub mod secrets {
+    pub use crate::bindings::portcullis::plugin::secrets::{BasicCredential, Credential, SecretError, SecretHeader};
+
+    use super::{HttpError, OutboundRequest, OutboundResponse, imp};
+
+    /// A header credential: `name: prefix` followed by the secret's value.
+    pub fn header(name: &str, secret: &str, prefix: &str) -> Credential {
+        Credential::Header(SecretHeader { name: name.to_owned(), secret: secret.to_owned(), prefix: prefix.to_owned() })
+    }
+
+    /// HTTP Basic credentials (RFC 7617) whose password is the secret.
+    pub fn basic(user: &str, secret: &str) -> Credential {
+        Credential::Basic(BasicCredential { user: user.to_owned(), secret: secret.to_owned(), form_encode: false })
+    }
+
+    /// OAuth 2.0 `client_secret_basic` (RFC 6749 §2.3.1): Basic credentials of the client id and
+    /// the secret, each form-urlencoded first.
+    pub fn client_secret_basic(client_id: &str, secret: &str) -> Credential {
+        Credential::Basic(BasicCredential { user: client_id.to_owned(), secret: secret.to_owned(), form_encode: true })
+    }
+
+    /// Sets a header of the request sent upstream to `credential`, replacing the client's fields
+    /// of that name (which later steps no longer see). The value is written by the host after
+    /// the chain. From `authenticate` or `on_request` only; elsewhere the host fails the request.
+    ///
+    /// Errors: [`SecretError::NotGranted`]; [`SecretError::Invalid`] for a header name the host
+    /// owns (hop-by-hop fields, `host`, `content-length`) or a prefix with CR, LF or NUL. The
+    /// identity headers are refused after the call, failing the step.
+    pub fn inject(credential: &Credential) -> Result<(), SecretError> {
+        imp::secrets::inject(credential)
+    }
+
+    /// [`http_send`](super::http_send) with `credential` added by the host. Needs the
+    /// `http-client` capability too.
+    ///
+    /// Errors: as `http_send`, and `not-allowed` / `invalid-request` for a credential that is
+    /// not granted or cannot be written.
+    pub fn send(request: &OutboundRequest, credential: &Credential) -> Result<OutboundResponse, HttpError> {
+        imp::secrets::send(request, credential)
+    }
+
+    /// The value of `secret`, for a plugin granted it in `readable_secrets`.
+    ///
+    /// Errors: [`SecretError::NotGranted`] otherwise.
+    pub fn reveal(secret: &str) -> Result<Vec<u8>, SecretError> {
+        imp::secrets::reveal(secret)
     }
 }

@@ -59,7 +59,7 @@
 //! ```
 //!
 //! Host capabilities are plain functions: [`log`], [`log_with`], [`kv`], [`now_ms`],
-//! [`http_send`] and [`audit_append`]. Natively they reach [`testing`]'s fake, so plugin logic is tested with plain
+//! [`http_send`], [`audit_append`] and [`secrets`]. Natively they reach [`testing`]'s fake, so plugin logic is tested with plain
 //! `cargo test`.
 
 mod bindings_mod {
@@ -89,10 +89,10 @@ pub mod testing;
 pub use bindings_mod::*;
 #[doc(hidden)]
 pub use export::__private;
-pub use helpers::{is_quotable, percent_decode};
+pub use helpers::{PathPattern, is_quotable, percent_decode};
 pub use host::{
     AuditError, HttpError, KvError, Level, OutboundRequest, OutboundResponse, audit_append, fail, http_send, kv, log,
-    log_with, now_ms,
+    log_with, now_ms, secrets,
 };
 pub use kinds::{Auth, Filter, Logging, Plugin, RateLimit, Validation};
 pub use request::Request;

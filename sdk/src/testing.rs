@@ -41,6 +41,9 @@ struct State {
     logs: Vec<LogRecord>,
     audit: Vec<String>,
     http: Option<HttpHandler>,
+    /// Granted secrets: value, and whether it may be read.
+    secrets: HashMap<String, (Vec<u8>, bool)>,
+    injected: Vec<crate::secrets::Credential>,
 }
 
 impl Default for State {
@@ -48,7 +51,16 @@ impl Default for State {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        State { now_ms, kv: HashMap::new(), kv_down: None, logs: Vec::new(), audit: Vec::new(), http: None }
+        State {
+            now_ms,
+            kv: HashMap::new(),
+            kv_down: None,
+            logs: Vec::new(),
+            audit: Vec::new(),
+            http: None,
+            secrets: HashMap::new(),
+            injected: Vec::new(),
+        }
     }
 }
 
@@ -162,6 +174,17 @@ impl RequestBuilder {
     }
 }
 
+/// Grants the plugin the secret `name` with `value`, readable with `secrets::reveal` when
+/// `readable`.
+pub fn grant_secret(name: &str, value: &[u8], readable: bool) {
+    with_state(|s| s.secrets.insert(name.to_owned(), (value.to_vec(), readable)));
+}
+
+/// The credentials the plugin asked to have injected since [`reset`], in order.
+pub fn injected() -> Vec<crate::secrets::Credential> {
+    with_state(|s| s.injected.clone())
+}
+
 /// The fake's implementation of each import, with the generated bindings' signatures.
 pub(crate) mod fake {
     pub mod log {
@@ -203,6 +226,51 @@ pub(crate) mod fake {
             super::super::with_state(|s| match s.http.as_mut() {
                 Some(handler) => handler(request),
                 None => Err(HttpError::NotAllowed("no fake HTTP handler is set".to_owned())),
+            })
+        }
+    }
+
+    pub mod secrets {
+        use crate::host::{HttpError, OutboundRequest, OutboundResponse};
+        use crate::secrets::{Credential, SecretError};
+
+        fn granted(credential: &Credential) -> Result<(String, String), SecretError> {
+            let secret = match credential {
+                Credential::Header(h) => &h.secret,
+                Credential::Basic(b) => &b.secret,
+            };
+            super::super::with_state(|s| {
+                let Some((value, _)) = s.secrets.get(secret) else {
+                    return Err(SecretError::NotGranted(secret.clone()));
+                };
+                let value = String::from_utf8_lossy(value).into_owned();
+                Ok(match credential {
+                    Credential::Header(h) => (h.name.clone(), format!("{}{value}", h.prefix)),
+                    // The fake writes `user:value` unencoded, for tests to read.
+                    Credential::Basic(b) => ("authorization".to_owned(), format!("Basic {}:{value}", b.user)),
+                })
+            })
+        }
+
+        pub fn inject(credential: &Credential) -> Result<(), SecretError> {
+            granted(credential)?;
+            super::super::with_state(|s| s.injected.push(credential.clone()));
+            Ok(())
+        }
+
+        /// Calls the fake HTTP handler with the credential's header written in.
+        pub fn send(request: &OutboundRequest, credential: &Credential) -> Result<OutboundResponse, HttpError> {
+            let (name, value) = granted(credential).map_err(|e| HttpError::NotAllowed(format!("{e:?}")))?;
+            let mut request = request.clone();
+            request.headers.retain(|h| h.name != name);
+            request.headers.push(crate::Header { name, value });
+            super::http_client::send(&request)
+        }
+
+        pub fn reveal(secret: &str) -> Result<Vec<u8>, SecretError> {
+            super::super::with_state(|s| match s.secrets.get(secret) {
+                Some((value, true)) => Ok(value.clone()),
+                _ => Err(SecretError::NotGranted(secret.to_owned())),
             })
         }
     }

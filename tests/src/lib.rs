@@ -377,6 +377,12 @@ static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
 
 /// Installs a global `tracing` subscriber writing JSON lines into memory, once per test binary.
 pub fn capture_logs() {
+    capture_logs_filtered("info");
+}
+
+/// [`capture_logs`] with an `EnvFilter` directive (`trace,cranelift_codegen=info`, say), for
+/// tests that read every level.
+pub fn capture_logs_filtered(directives: &str) {
     struct Capture;
     impl std::io::Write for Capture {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -387,7 +393,13 @@ pub fn capture_logs() {
             Ok(())
         }
     }
-    let _ = tracing_subscriber::fmt().json().with_writer(|| Capture).with_max_level(tracing::Level::INFO).try_init();
+    let filter = tracing_subscriber::EnvFilter::new(directives);
+    let _ = tracing_subscriber::fmt().json().with_writer(|| Capture).with_env_filter(filter).try_init();
+}
+
+/// Everything captured since [`capture_logs`] or [`capture_logs_filtered`], as text.
+pub fn captured_text() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
 }
 
 /// A response, read whole.

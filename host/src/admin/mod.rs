@@ -231,6 +231,7 @@ fn plugins(snapshot: &Snapshot) -> String {
                 },
                 "breaker": p.breaker_state().label(),
                 "imports": p.imports,
+                "secrets": p.grants().secrets.names().collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -292,8 +293,15 @@ fn status(state: &AdminState) -> String {
     let audit_sinks = state.reloader.engine().audit_sinks().status();
     let loading = state.reloader.engine().loading();
     let kv = state.reloader.engine().kv().health();
+    // By name and source only: never a value, its length or a digest of it.
+    let secrets: serde_json::Map<String, serde_json::Value> = snapshot
+        .secrets
+        .iter()
+        .map(|(name, secret)| (name.to_string(), serde_json::json!({ "source": secret.source.to_string() })))
+        .collect();
     serde_json::json!({
         "upstreams": upstreams,
+        "secrets": secrets,
         "plugins": plugins,
         "loading": loading,
         "kv": kv,

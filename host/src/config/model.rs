@@ -35,6 +35,9 @@ pub struct GatewayConfig {
     /// Upstreams by name.
     #[serde(default, rename = "upstream")]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Secrets by name (`[secret.NAME]`), used by plugins granted them ([`crate::secrets`]).
+    #[serde(default, rename = "secret")]
+    pub secrets: BTreeMap<String, SecretConfig>,
     /// Plugins by id.
     #[serde(default, rename = "plugin")]
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -683,6 +686,19 @@ pub enum Capability {
     Audit,
 }
 
+/// `[secret.NAME]`: where a secret's value is read from; exactly one of `env` and `file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretConfig {
+    /// The environment variable that holds the value.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// The file that holds the value (one trailing newline removed), relative to the
+    /// configuration file; watched and reloaded like a `$file`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
 /// `[plugin.ID]`: a component file and how to run it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -704,6 +720,14 @@ pub struct PluginConfig {
     /// configuration file; absent: the gateway's stdout.
     #[serde(default)]
     pub audit_file: Option<PathBuf>,
+    /// Secrets (`[secret.NAME]` names) the plugin may use by name through the `secrets`
+    /// interface without reading them: the host writes them into headers.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Secrets the plugin may also read (`secrets.reveal`): once read, a value is in plugin
+    /// memory, so grant this only to plugins that must compute with it (an HMAC key).
+    #[serde(default)]
+    pub readable_secrets: Vec<String>,
     /// Linear memory per instance, in MiB.
     #[serde(default = "defaults::memory_mib")]
     pub memory_mib: u64,
@@ -779,7 +803,8 @@ pub struct StepConfig {
     pub plugin: String,
     /// The plugin's configuration, passed to its `configure` as JSON. A table `{ "$file" =
     /// "PATH" }` anywhere inside is replaced by the text of that file (relative to the
-    /// configuration file), so keys and JWKS documents can live in their own files.
+    /// configuration file), so keys and JWKS documents can live in their own files; a table
+    /// `{ "$secret" = "NAME" }` by the value of a secret in the plugin's `readable_secrets`.
     #[serde(default)]
     pub config: Option<toml::Table>,
     /// Overrides the plugin's failure policy for this step.

@@ -213,6 +213,27 @@ pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
         if p.audit_file.is_some() && !p.capabilities.contains(&Capability::Audit) {
             issues.push(Issue::new(format!("{at}.audit_file"), "needs the `audit` capability in `capabilities`"));
         }
+        for (field, names) in [("secrets", &p.secrets), ("readable_secrets", &p.readable_secrets)] {
+            for (j, secret) in names.iter().enumerate() {
+                if !config.secrets.contains_key(secret) {
+                    issues.push(Issue::new(format!("{at}.{field}[{j}]"), format!("no [secret.{secret}] is defined")));
+                }
+            }
+        }
+    }
+    for (name, s) in &config.secrets {
+        let at = format!("secret.{name}");
+        if !is_id(name) {
+            issues.push(Issue::new(&at, "secret names use a-z, 0-9, `-` and `_`"));
+        }
+        match (&s.env, &s.file) {
+            (Some(_), Some(_)) => issues.push(Issue::new(format!("{at}.file"), "set `env` or `file`, not both")),
+            (None, None) => issues.push(Issue::new(&at, "needs `env` (a variable name) or `file` (a path)")),
+            (Some(var), None) if var.is_empty() || var.contains(['=', '\0']) => {
+                issues.push(Issue::new(format!("{at}.env"), "is not an environment variable name"));
+            }
+            _ => {}
+        }
     }
     let mut ids = HashSet::new();
     for (i, r) in config.routes.iter().enumerate() {

@@ -20,6 +20,7 @@ wasmtime::component::bindgen!({
     world: "portcullis:plugin/gateway",
     imports: {
         "portcullis:plugin/http-client.send": async | trappable,
+        "portcullis:plugin/secrets.send": async | trappable,
         "portcullis:plugin/kv.get": async | trappable,
         "portcullis:plugin/kv.set": async | trappable,
         "portcullis:plugin/kv.delete": async | trappable,

@@ -21,6 +21,7 @@ use super::kv::{Kv, KvError as StoreError};
 use super::outbound::{self, MAX_REQUESTS_PER_CALL, Origin, Outbound};
 use crate::config::Capability;
 use crate::metrics::{Metrics, PluginLabels};
+use crate::secrets::{CredentialRequest, SecretError, SecretGrants, SecretHeader};
 use crate::telemetry::{self, SpanOutcome};
 
 /// Longest log message kept from a plugin, in bytes; longer ones are truncated.
@@ -39,6 +40,8 @@ pub struct Grants {
     pub origins: Vec<Origin>,
     /// Where `audit.append` writes, when `audit` is granted.
     pub audit: Option<Arc<Sink>>,
+    /// The secrets it may use by name, and read.
+    pub secrets: SecretGrants,
 }
 
 /// What every store of the engine shares: the `kv` store, metrics, the outbound HTTP client and
@@ -83,6 +86,8 @@ pub struct HostState {
     /// Why a `kv` call of the current call found the store unavailable, if one did: a trap
     /// that follows is the plugin failing its request for that reason.
     kv_unavailable: Option<String>,
+    /// Headers the current call asked to have written from secrets (`secrets.inject`).
+    secret_headers: Vec<SecretHeader>,
 }
 
 // === impl HostState ===
@@ -112,6 +117,7 @@ impl HostState {
             budget: Duration::ZERO,
             waited: Duration::ZERO,
             kv_unavailable: None,
+            secret_headers: Vec::new(),
         }
     }
 
@@ -127,6 +133,12 @@ impl HostState {
         self.budget = budget;
         self.waited = Duration::ZERO;
         self.kv_unavailable = None;
+        self.secret_headers.clear();
+    }
+
+    /// The headers the call that just returned asked to have written from secrets, in order.
+    pub(crate) fn take_secret_headers(&mut self) -> Vec<SecretHeader> {
+        std::mem::take(&mut self.secret_headers)
     }
 
     /// Why the current call's `kv` store was unavailable, when a `kv` call failed so.
@@ -330,37 +342,7 @@ impl $m::http_client::Host for HostState {
         request: $m::http_client::OutboundRequest,
     ) -> wasmtime::Result<Result<$m::http_client::OutboundResponse, $m::http_client::HttpError>> {
         self.require(Capability::HttpClient, "http-client")?;
-        self.http_requests += 1;
-        if self.http_requests > MAX_REQUESTS_PER_CALL {
-            let why = format!("at most {MAX_REQUESTS_PER_CALL} outbound requests per plugin call");
-            return Ok(Err($m::http_client::HttpError::NotAllowed(why)));
-        }
-        let url = request.url.clone();
-        let started = Instant::now();
-        let telemetry = &self.shared.telemetry;
-        let span = telemetry.start(&self.trace, SpanKind::Client, || {
-            let attributes = vec![
-                KeyValue::new("http.request.method", request.method.clone()),
-                KeyValue::new("server.address", outbound::host_of(&url)),
-                KeyValue::new("portcullis.plugin.id", self.grants.plugin_id.to_string()),
-            ];
-            (request.method.clone(), attributes)
-        });
-        let outcome =
-            $up(self.shared.outbound.send(&self.grants.origins, $down(request), Some((telemetry, &span))).await);
-        match &outcome {
-            Ok(response) => {
-                let failed = if response.status >= 500 { SpanOutcome::Error } else { SpanOutcome::Ok };
-                let status = KeyValue::new("http.response.status_code", i64::from(response.status));
-                telemetry::end(&span, failed, "upstream 5xx", vec![status]);
-            }
-            Err(e) => telemetry::end(&span, SpanOutcome::Error, &format!("{e:?}"), Vec::new()),
-        }
-        self.waited += started.elapsed();
-        if let Err(e) = &outcome {
-            tracing::debug!(plugin = %self.grants.plugin_id, request_id = %self.request_id, %url, error = ?e, "outbound request failed");
-        }
-        Ok(outcome)
+        Ok($up(self.send_outbound($down(request), None).await))
     }
 }
 
@@ -382,6 +364,101 @@ impl $m::audit::Host for HostState {
 
 use super::bindings::portcullis::plugin as current;
 use super::bindings::v1::portcullis::plugin as v1;
+
+impl HostState {
+    /// Sends an `http-client` request, with `credential` set among its headers by the host.
+    async fn send_outbound(
+        &mut self,
+        request: current::http_client::OutboundRequest,
+        credential: Option<SecretHeader>,
+    ) -> Result<current::http_client::OutboundResponse, current::http_client::HttpError> {
+        self.http_requests += 1;
+        if self.http_requests > MAX_REQUESTS_PER_CALL {
+            let why = format!("at most {MAX_REQUESTS_PER_CALL} outbound requests per plugin call");
+            return Err(current::http_client::HttpError::NotAllowed(why));
+        }
+        let url = request.url.clone();
+        let started = Instant::now();
+        let telemetry = &self.shared.telemetry;
+        let span = telemetry.start(&self.trace, SpanKind::Client, || {
+            let attributes = vec![
+                KeyValue::new("http.request.method", request.method.clone()),
+                KeyValue::new("server.address", outbound::host_of(&url)),
+                KeyValue::new("portcullis.plugin.id", self.grants.plugin_id.to_string()),
+            ];
+            (request.method.clone(), attributes)
+        });
+        let sent = self.shared.outbound.send(&self.grants.origins, request, credential, Some((telemetry, &span)));
+        let outcome = sent.await;
+        match &outcome {
+            Ok(response) => {
+                let failed = if response.status >= 500 { SpanOutcome::Error } else { SpanOutcome::Ok };
+                let status = KeyValue::new("http.response.status_code", i64::from(response.status));
+                telemetry::end(&span, failed, "upstream 5xx", vec![status]);
+            }
+            Err(e) => telemetry::end(&span, SpanOutcome::Error, &format!("{e:?}"), Vec::new()),
+        }
+        self.waited += started.elapsed();
+        if let Err(e) = &outcome {
+            tracing::debug!(plugin = %self.grants.plugin_id, request_id = %self.request_id, %url, error = ?e, "outbound request failed");
+        }
+        outcome
+    }
+
+    /// The header `credential` asks for, from this plugin's granted secrets.
+    fn credential(&self, credential: &current::secrets::Credential) -> Result<SecretHeader, SecretError> {
+        use current::secrets::Credential;
+        let asked = match credential {
+            Credential::Header(h) => CredentialRequest::Header { name: &h.name, secret: &h.secret, prefix: &h.prefix },
+            Credential::Basic(b) => {
+                CredentialRequest::Basic { user: &b.user, secret: &b.secret, form_encode: b.form_encode }
+            }
+        };
+        let header = self.grants.secrets.header(&asked);
+        if let Err(e) = &header {
+            tracing::debug!(plugin = %self.grants.plugin_id, request_id = %self.request_id, error = %e, "secret refused");
+        }
+        header
+    }
+}
+
+fn secret_error(e: SecretError) -> current::secrets::SecretError {
+    match e {
+        SecretError::NotGranted(name) => current::secrets::SecretError::NotGranted(name),
+        SecretError::Invalid(why) => current::secrets::SecretError::Invalid(why),
+    }
+}
+
+impl current::secrets::Host for HostState {
+    fn inject(
+        &mut self,
+        credential: current::secrets::Credential,
+    ) -> wasmtime::Result<Result<(), current::secrets::SecretError>> {
+        let header = self.credential(&credential).map_err(secret_error);
+        Ok(header.map(|h| self.secret_headers.push(h)))
+    }
+
+    async fn send(
+        &mut self,
+        request: current::http_client::OutboundRequest,
+        credential: current::secrets::Credential,
+    ) -> wasmtime::Result<Result<current::http_client::OutboundResponse, current::http_client::HttpError>> {
+        self.require(Capability::HttpClient, "http-client")?;
+        let header = match self.credential(&credential) {
+            Ok(header) => header,
+            Err(SecretError::NotGranted(name)) => {
+                let why = format!("secret `{name}` is not granted to this plugin");
+                return Ok(Err(current::http_client::HttpError::NotAllowed(why)));
+            }
+            Err(SecretError::Invalid(why)) => return Ok(Err(current::http_client::HttpError::InvalidRequest(why))),
+        };
+        Ok(self.send_outbound(request, Some(header)).await)
+    }
+
+    fn reveal(&mut self, secret: String) -> wasmtime::Result<Result<Vec<u8>, current::secrets::SecretError>> {
+        Ok(self.grants.secrets.reveal(&secret).map(|v| v.expose().to_vec()).map_err(secret_error))
+    }
+}
 
 capabilities!(current, current_kv_error, std::convert::identity, std::convert::identity, {
     async fn throttle(

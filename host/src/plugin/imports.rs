@@ -114,6 +114,8 @@ fn refusal(name: &str, granted: &[Capability], strict: bool) -> Option<&'static 
         ("portcullis:plugin", "portcullis:plugin/audit") => {
             (!granted.contains(&Capability::Audit)).then_some("the `audit` capability is not granted")
         }
+        // Each call is checked against the secrets granted by name.
+        ("portcullis:plugin", "portcullis:plugin/secrets") => None,
         // Linked with an empty context: no environment, arguments, stdio, or preopens.
         ("wasi:io" | "wasi:cli" | "wasi:clocks" | "wasi:random", _) => None,
         ("wasi:sockets", _) if strict => {

@@ -105,6 +105,22 @@ pub enum Reply {
     Filter(filter::FilterAction),
 }
 
+/// A reply, with what the call asked of the host besides it.
+#[derive(Debug)]
+pub struct Replied {
+    /// The plugin's answer.
+    pub reply: Reply,
+    /// Headers to write from secrets into the request sent upstream (`secrets.inject`), in
+    /// the order asked.
+    pub secret_headers: Vec<crate::secrets::SecretHeader>,
+}
+
+impl From<Reply> for Replied {
+    fn from(reply: Reply) -> Self {
+        Replied { reply, secret_headers: Vec::new() }
+    }
+}
+
 /// A live instance.
 pub(crate) struct Instance {
     pub store: Store<HostState>,

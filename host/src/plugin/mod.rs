@@ -39,7 +39,7 @@ pub use engine::{
 };
 pub use failure::{CapabilityDenied, FailureKind, PluginFailure};
 pub use host::{Grants, HostState, MAX_LOG_MESSAGE_BYTES, Shared};
-pub use instance::{Call, Contract, Hooks, Reply};
+pub use instance::{Call, Contract, Hooks, Replied, Reply};
 use instance::{Instance, KindIndices};
 pub use request::PluginRequest;
 
@@ -130,11 +130,21 @@ pub enum StepLoadError {
     Failed(PluginFailure),
 }
 
+/// What a plugin is handed beyond its component and configuration, resolved by the snapshot's
+/// build: its `audit_file` (resolved against the configuration file's directory) and the
+/// secrets it is granted.
+#[derive(Debug, Default)]
+pub struct Provisions<'a> {
+    /// Where `audit` appends; none: stdout.
+    pub audit_file: Option<&'a std::path::Path>,
+    /// The secrets of `secrets` and `readable_secrets`.
+    pub secrets: crate::secrets::SecretGrants,
+}
+
 // === impl LoadedPlugin ===
 
 impl LoadedPlugin {
-    /// Prepares `component` as plugin `id` configured by `config`; `audit_file` is its
-    /// `audit_file` resolved against the configuration file's directory. Its imports were
+    /// Prepares `component` as plugin `id` configured by `config`, with its `provisions`. Its imports were
     /// checked before it was compiled ([`imports::check`]); `imports` lists them.
     ///
     /// Errors (as text for the configuration report): an import the linker cannot satisfy
@@ -148,8 +158,9 @@ impl LoadedPlugin {
         component: &Component,
         content_hash: String,
         imports: Vec<String>,
-        audit_file: Option<&std::path::Path>,
+        provisions: Provisions<'_>,
     ) -> Result<Self, String> {
+        let Provisions { audit_file, secrets } = provisions;
         // Each series in its own call: a `get_or_create` guard still alive (as temporaries in
         // one struct literal are) while another creates a series deadlocks on the family's lock.
         let histogram = |phase: &str| {
@@ -197,6 +208,7 @@ impl LoadedPlugin {
                 max_log_events_per_call: config.max_log_events_per_call,
                 origins,
                 audit,
+                secrets,
             }),
             engine,
             pre,
@@ -211,6 +223,11 @@ impl LoadedPlugin {
             series,
             breaker: Breaker::new(&config.breaker),
         })
+    }
+
+    /// What the plugin is granted.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
     }
 
     /// The crash-loop breaker's state.
@@ -470,7 +487,7 @@ impl StepPool {
         request_id: &str,
         trace: &opentelemetry::Context,
         call: Call<'_>,
-    ) -> Result<(Reply, Settle<'_>), PluginFailure> {
+    ) -> Result<(Replied, Settle<'_>), PluginFailure> {
         let plugin = &*self.plugin;
         let admission = plugin.breaker.admit(Instant::now());
         if admission == Admission::Refused {
@@ -494,7 +511,7 @@ impl StepPool {
         request_id: &str,
         trace: &opentelemetry::Context,
         call: Call<'_>,
-    ) -> Result<Reply, PluginFailure> {
+    ) -> Result<Replied, PluginFailure> {
         let id = &self.plugin.id;
         // A free slot is the usual case: take it without arming a timer.
         let _permit = match self.permits.try_acquire() {
@@ -531,10 +548,11 @@ impl StepPool {
                 return Err(failure);
             }
         };
+        let secret_headers = instance.store.data_mut().take_secret_headers();
         instance.uses += 1;
         if reuse && instance.uses < self.plugin.max_uses {
             self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(instance);
         }
-        Ok(reply)
+        Ok(Replied { reply, secret_headers })
     }
 }

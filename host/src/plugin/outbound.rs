@@ -66,12 +66,14 @@ impl Outbound {
     /// TLS failure, or the connection broke), `timeout` (past the request's `timeout-ms`, default
     /// [`DEFAULT_TIMEOUT_MS`], capped at [`MAX_TIMEOUT_MS`]), `too-large` (a response body over
     /// [`MAX_RESPONSE_BYTES`]).
-    /// With `trace`, the request carries that span's `traceparent` (W3C Trace Context),
-    /// replacing any the plugin set.
+    /// With `credential` (a header written from a secret), the request carries it, replacing
+    /// any field of that name the plugin set. With `trace`, the request carries that span's
+    /// `traceparent` (W3C Trace Context), replacing any the plugin set.
     pub async fn send(
         &self,
         allowed: &[Origin],
         request: OutboundRequest,
+        credential: Option<crate::secrets::SecretHeader>,
         trace: Option<(&Telemetry, &opentelemetry::Context)>,
     ) -> Result<OutboundResponse, HttpError> {
         let uri: Uri = request.url.parse().map_err(|e| HttpError::InvalidRequest(format!("bad URL: {e}")))?;
@@ -101,6 +103,9 @@ impl Outbound {
         }
         let mut outbound =
             builder.body(Full::new(Bytes::from(request.body))).map_err(|e| HttpError::InvalidRequest(e.to_string()))?;
+        if let Some(credential) = credential {
+            outbound.headers_mut().insert(credential.name, credential.value);
+        }
         if let Some((telemetry, cx)) = trace {
             telemetry.inject(cx, outbound.headers_mut());
         }
@@ -163,16 +168,19 @@ mod tests {
             timeout_ms: Some(100),
         };
         assert!(matches!(
-            outbound.send(&allowed, request("http://127.0.0.2:9/"), None).await,
+            outbound.send(&allowed, request("http://127.0.0.2:9/"), None, None).await,
             Err(HttpError::NotAllowed(_))
         ));
         assert!(matches!(
-            outbound.send(&allowed, request("https://127.0.0.1:9/"), None).await,
+            outbound.send(&allowed, request("https://127.0.0.1:9/"), None, None).await,
             Err(HttpError::NotAllowed(_))
         ));
-        assert!(matches!(outbound.send(&allowed, request("/relative"), None).await, Err(HttpError::InvalidRequest(_))));
         assert!(matches!(
-            outbound.send(&allowed, request("http://127.0.0.1:9/"), None).await,
+            outbound.send(&allowed, request("/relative"), None, None).await,
+            Err(HttpError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            outbound.send(&allowed, request("http://127.0.0.1:9/"), None, None).await,
             Err(HttpError::Connect(_))
         ));
     }

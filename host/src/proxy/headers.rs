@@ -188,7 +188,11 @@ pub fn plugin_header(
     Ok((name, value))
 }
 
-fn check_not_reserved(name: &HeaderName, identity: Option<&IdentityHeaders>) -> Result<(), HeaderRefused> {
+/// Whether `name` is a field the host owns: hop-by-hop fields, `content-length`, `host`, and
+/// (given `identity`) the identity headers. Plugins can neither edit nor inject them.
+///
+/// Errors: [`HeaderRefused::Reserved`] naming the field.
+pub(crate) fn check_not_reserved(name: &HeaderName, identity: Option<&IdentityHeaders>) -> Result<(), HeaderRefused> {
     let reserved = HOP_BY_HOP.contains(name)
         || name == header::CONTENT_LENGTH
         || name == header::HOST

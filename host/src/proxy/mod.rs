@@ -221,6 +221,10 @@ impl Exchange {
         if let Some(identity) = &self.state.identity {
             ids.inject(&mut parts.headers, identity);
         }
+        // Written last, into what goes upstream only: no plugin is lent these values.
+        for secret in std::mem::take(&mut self.state.secret_headers) {
+            parts.headers.insert(secret.name, secret.value);
+        }
         conn.hygiene.forward(&mut parts.headers, conn.peer.ip(), &conn.peer_ip, conn.scheme);
         let request_id = &self.request.request_id;
         if let Ok(v) = HeaderValue::from_str(request_id) {

@@ -8,8 +8,12 @@
 //!   that is hashed when the configuration loads; either way only hashes are kept in memory.
 //!   The presented key is hashed and compared with every configured hash in constant time
 //!   (`subtle`), so response timing reveals neither which key nor how much of it matched.
-//! - Each key maps to an identity (subject, roles, scopes), so keys can be scoped to operations
-//!   with a later `rbac` step.
+//! - Each key maps to an identity (subject, roles, scopes) that a later `rbac` step can check,
+//!   and a key can itself be scoped to operations: with `operations` (methods and path
+//!   patterns), a request the key's operations do not cover gets 403, whatever comes after.
+//! - A key may carry `expires` (RFC 3339, UTC): from then on it is refused as unknown. For
+//!   rotation, add the new key and give the old one an `expires` a little ahead (the overlap
+//!   window in which clients move over), in one reload.
 //! - `keys` is an array, or JSON text holding one (as the host's `{ "$file" = "keys.json" }`
 //!   reference gives it), so keys can live in a separate file that hot reload watches.
 //! - No key: 401 (or anonymous with `require_key = false`). Unknown key: 401. Responses are
@@ -18,7 +22,9 @@
 //!
 //! Configuration reference: `plugins/api-key-auth/README.md`.
 
-use portcullis_sdk::{Auth, AuthOutcome, Authenticated, ConfigError, Identity, LocalResponse, Plugin, Request};
+use portcullis_sdk::{
+    Auth, AuthOutcome, Authenticated, ConfigError, Identity, LocalResponse, PathPattern, Plugin, Request,
+};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -41,6 +47,32 @@ pub struct KeyConfig {
     /// Scopes granted.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// The operations this key may perform; empty: every operation.
+    #[serde(default)]
+    pub operations: Vec<Operation>,
+    /// When the key stops being accepted, RFC 3339 in UTC (`2026-12-31T00:00:00Z`).
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+/// One operation a scoped key may perform.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operation {
+    /// Methods (case-insensitive); empty: every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Path pattern ([`PathPattern`]: `*` one segment, a final `**` any rest).
+    pub path: String,
+}
+
+/// A configured key, as kept in memory.
+struct Key {
+    identity: Identity,
+    /// Empty: every operation.
+    operations: Vec<(Vec<String>, PathPattern)>,
+    /// Seconds since the Unix epoch.
+    expires_s: Option<u64>,
 }
 
 /// `keys`: inline, or JSON text from a `$file` reference.
@@ -86,7 +118,42 @@ mod defaults {
 pub struct ApiKeyAuth {
     config: Config,
     hashes: Vec<[u8; 32]>,
-    identities: Vec<Identity>,
+    keys: Vec<Key>,
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 UTC time, `YYYY-MM-DDTHH:MM:SS[.frac]Z`.
+pub fn parse_rfc3339_utc(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<u64>().ok();
+    let shape = b.len() >= 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && matches!(b[10], b'T' | b't')
+        && b[13] == b':'
+        && b[16] == b':'
+        && matches!(b[b.len() - 1], b'Z' | b'z');
+    if !shape {
+        return None;
+    }
+    let fraction = text.get(19..text.len() - 1)?;
+    let digits = |f: &str| f.len() > 1 && f.starts_with('.') && f[1..].bytes().all(|b| b.is_ascii_digit());
+    if !(fraction.is_empty() || digits(fraction)) {
+        return None;
+    }
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm), for the proleptic Gregorian calendar.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let m = (month + 9) % 12;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
 fn parse_hex(text: &str) -> Option<[u8; 32]> {
@@ -118,7 +185,7 @@ impl Plugin for ApiKeyAuth {
             return Err(ConfigError::new("/keys", "at least one key is required"));
         }
         let mut hashes = Vec::new();
-        let mut identities = Vec::new();
+        let mut scoped = Vec::new();
         for (i, k) in keys.into_iter().enumerate() {
             let at = |field: &str| format!("/keys/{i}{field}");
             let h = match (&k.sha256, &k.key) {
@@ -134,8 +201,26 @@ impl Plugin for ApiKeyAuth {
             if k.subject.is_empty() {
                 return Err(ConfigError::new(at("/subject"), "must not be empty"));
             }
+            let mut operations = Vec::new();
+            for (j, op) in k.operations.iter().enumerate() {
+                let pattern = PathPattern::parse(&op.path)
+                    .map_err(|m| ConfigError::new(at(&format!("/operations/{j}/path")), m))?;
+                if let Some(n) =
+                    op.methods.iter().position(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()))
+                {
+                    return Err(ConfigError::new(at(&format!("/operations/{j}/methods/{n}")), "must be a method name"));
+                }
+                operations.push((op.methods.iter().map(|m| m.to_ascii_uppercase()).collect(), pattern));
+            }
+            let expires_s = match &k.expires {
+                None => None,
+                Some(text) => Some(parse_rfc3339_utc(text).ok_or_else(|| {
+                    ConfigError::new(at("/expires"), "must be an RFC 3339 time in UTC, e.g. 2026-12-31T00:00:00Z")
+                })?),
+            };
             hashes.push(h);
-            identities.push(Identity::new(k.subject).with_roles(k.roles).with_scopes(k.scopes));
+            let identity = Identity::new(k.subject).with_roles(k.roles).with_scopes(k.scopes);
+            scoped.push(Key { identity, operations, expires_s });
         }
         config.header = config.header.to_ascii_lowercase();
         if config.header.is_empty() || !config.header.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
@@ -144,13 +229,18 @@ impl Plugin for ApiKeyAuth {
         if config.query_param.as_deref().is_some_and(|q| q.is_empty() || q.contains(['&', '=', '#'])) {
             return Err(ConfigError::new("/query_param", "must be a plain parameter name"));
         }
-        Ok(ApiKeyAuth { config, hashes, identities })
+        Ok(ApiKeyAuth { config, hashes, keys: scoped })
     }
 }
 
 impl ApiKeyAuth {
-    /// The identity for `key`, comparing its hash with every configured hash in constant time.
+    /// The identity for `key`, comparing its hash with every configured hash in constant time;
+    /// none for an unknown key or one past its `expires`.
     pub fn lookup(&self, key: &str) -> Option<&Identity> {
+        self.find(key).map(|k| &k.identity)
+    }
+
+    fn find(&self, key: &str) -> Option<&Key> {
         let presented = hash(key);
         let mut found = None;
         for (i, h) in self.hashes.iter().enumerate() {
@@ -158,7 +248,9 @@ impl ApiKeyAuth {
                 found = Some(i);
             }
         }
-        found.map(|i| &self.identities[i])
+        let key = &self.keys[found?];
+        // The clock is a host call: read only for keys that expire.
+        key.expires_s.is_none_or(|expires| portcullis_sdk::now_ms() / 1000 < expires).then_some(key)
     }
 
     fn challenge(&self, detail: &str) -> LocalResponse {
@@ -187,10 +279,22 @@ impl Auth for ApiKeyAuth {
             }
             (None, None) => return AuthOutcome::Anonymous,
         };
-        let Some(identity) = self.lookup(&key) else {
+        let Some(key) = self.find(&key) else {
             return AuthOutcome::Denied(self.challenge("The API key is invalid"));
         };
-        let mut done = Authenticated::new(identity.clone());
+        let allowed = key.operations.is_empty()
+            || key.operations.iter().any(|(methods, path)| {
+                (methods.is_empty() || methods.iter().any(|m| m == request.method())) && path.matches(request.path())
+            });
+        if !allowed {
+            return AuthOutcome::Denied(LocalResponse::problem(
+                403,
+                "urn:portcullis:problem:forbidden",
+                "Forbidden",
+                "The API key is not allowed to perform this operation",
+            ));
+        }
+        let mut done = Authenticated::new(key.identity.clone());
         if self.config.hide_credentials {
             done = done.hiding_header(&self.config.header);
         }
@@ -260,6 +364,55 @@ mod tests {
             testing::configure(r#"{"require_key": false, "keys": [{"key": "k-0123456789abcdef", "subject": "s"}]}"#)
                 .unwrap();
         assert!(matches!(optional.authenticate(&testing::request("GET", "/").build()), AuthOutcome::Anonymous));
+    }
+
+    #[test]
+    fn scoped_keys_get_403_outside_their_operations_and_expired_keys_are_unknown() {
+        testing::reset();
+        testing::set_now_ms(1_767_225_600_000 - 1000); // 2025-12-31T23:59:59Z
+        let p: ApiKeyAuth = testing::configure(
+            r#"{"keys": [
+                {"key": "k-reports-0123456789", "subject": "reporting", "operations": [
+                    {"methods": ["get"], "path": "/reports/**"},
+                    {"methods": ["POST"], "path": "/reports/*/exports"}
+                ]},
+                {"key": "k-old-0123456789ab", "subject": "old", "expires": "2026-01-01T00:00:00Z"}
+            ]}"#,
+        )
+        .unwrap();
+        let call = |method: &str, path: &str, key: &str| {
+            p.authenticate(&testing::request(method, path).header("x-api-key", key).build())
+        };
+        assert!(matches!(call("GET", "/reports/2026/q1", "k-reports-0123456789"), AuthOutcome::Authenticated(_)));
+        assert!(matches!(call("POST", "/reports/7/exports", "k-reports-0123456789"), AuthOutcome::Authenticated(_)));
+        for (method, path) in [("DELETE", "/reports/7"), ("GET", "/admin"), ("POST", "/reports/7")] {
+            let AuthOutcome::Denied(r) = call(method, path, "k-reports-0123456789") else { panic!("{method} {path}") };
+            assert_eq!(r.status, 403, "{method} {path}");
+        }
+        // The overlap window of a rotation: valid until `expires`, then unknown (401).
+        assert!(matches!(call("GET", "/", "k-old-0123456789ab"), AuthOutcome::Authenticated(_)));
+        testing::advance_ms(1000);
+        let AuthOutcome::Denied(r) = call("GET", "/", "k-old-0123456789ab") else { panic!("expired key accepted") };
+        assert_eq!(r.status, 401);
+    }
+
+    #[test]
+    fn rfc3339_times_parse_to_unix_seconds() {
+        assert_eq!(parse_rfc3339_utc("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339_utc("2026-01-01T00:00:00Z"), Some(1_767_225_600));
+        assert_eq!(parse_rfc3339_utc("2024-02-29T12:30:15.250Z"), Some(1_709_209_815));
+        for bad in ["2026-01-01", "2026-13-01T00:00:00Z", "2026-01-01T00:00:00+01:00", "2026-01-01T00:00:00.Z"] {
+            assert_eq!(parse_rfc3339_utc(bad), None, "{bad}");
+        }
+        let err = |json: &str| testing::configure::<ApiKeyAuth>(json).err().unwrap().pointer;
+        assert_eq!(
+            err(r#"{"keys": [{"key": "k-0123456789abcdef", "subject": "s", "expires": "soon"}]}"#),
+            "/keys/0/expires"
+        );
+        assert_eq!(
+            err(r#"{"keys": [{"key": "k-0123456789abcdef", "subject": "s", "operations": [{"path": "x"}]}]}"#),
+            "/keys/0/operations/0/path"
+        );
     }
 
     #[test]

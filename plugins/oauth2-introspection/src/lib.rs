@@ -38,8 +38,10 @@ pub struct Config {
     pub endpoint: String,
     /// OAuth client id of the gateway at the authorization server.
     pub client_id: String,
-    /// Its secret (use `{ "$file" = … }` to keep it out of the main configuration).
-    pub client_secret: String,
+    /// Its secret: text (use `{ "$file" = … }` to keep it out of the main configuration), or
+    /// `{ secret = "NAME" }`, a `[secret]` granted to the plugin, which the host writes into
+    /// the introspection request so the plaintext never enters plugin memory.
+    pub client_secret: ClientSecret,
     /// Accepted `aud` values; when empty, `aud` is not checked.
     #[serde(default)]
     pub audiences: Vec<String>,
@@ -90,6 +92,27 @@ mod defaults {
     }
 }
 
+/// `client_secret`: the text, or a gateway `[secret]` by name.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ClientSecret {
+    /// The secret itself.
+    Text(String),
+    /// A secret the host holds.
+    Held {
+        /// Its `[secret.NAME]` name, in the plugin's `secrets` grant.
+        secret: String,
+    },
+}
+
+/// How the introspection request authenticates the gateway (`client_secret_basic`).
+enum ClientAuth {
+    /// The `authorization` value, built at load from a secret in the configuration.
+    Header(String),
+    /// Written by the host from a held secret.
+    Held(portcullis_sdk::secrets::Credential),
+}
+
 /// What is cached per token hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
@@ -101,7 +124,7 @@ enum Cached {
 /// The configured plugin.
 pub struct Introspection {
     config: Config,
-    authorization: String,
+    auth: ClientAuth,
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value (WHATWG URL §5.2).
@@ -134,10 +157,19 @@ impl Plugin for Introspection {
         if config.timeout_ms == 0 || config.timeout_ms > 10_000 {
             return Err(ConfigError::new("/timeout_ms", "must be 1 to 10000"));
         }
-        let credentials =
-            format!("{}:{}", form_encode(&config.client_id), form_encode(config.client_secret.trim_end()));
-        let authorization = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials));
-        Ok(Introspection { config, authorization })
+        let auth = match &config.client_secret {
+            ClientSecret::Text(secret) => {
+                let credentials = format!("{}:{}", form_encode(&config.client_id), form_encode(secret.trim_end()));
+                ClientAuth::Header(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials)))
+            }
+            ClientSecret::Held { secret } if secret.is_empty() => {
+                return Err(ConfigError::new("/client_secret/secret", "names a [secret.NAME] granted to the plugin"));
+            }
+            ClientSecret::Held { secret } => {
+                ClientAuth::Held(portcullis_sdk::secrets::client_secret_basic(&config.client_id, secret))
+            }
+        };
+        Ok(Introspection { config, auth })
     }
 }
 
@@ -199,18 +231,24 @@ impl Introspection {
 
     /// Calls the endpoint: the result and how long to cache it, in ms.
     fn ask(&self, token: &str) -> Result<(Cached, u64), Failure> {
-        let request = OutboundRequest {
+        let mut request = OutboundRequest {
             method: "POST".into(),
             url: self.config.endpoint.clone(),
             headers: vec![
                 Header { name: "content-type".into(), value: "application/x-www-form-urlencoded".into() },
                 Header { name: "accept".into(), value: "application/json".into() },
-                Header { name: "authorization".into(), value: self.authorization.clone() },
             ],
             body: format!("token={}&token_type_hint=access_token", form_encode(token)).into_bytes(),
             timeout_ms: Some(self.config.timeout_ms),
         };
-        let response = portcullis_sdk::http_send(&request).map_err(|e| {
+        let sent = match &self.auth {
+            ClientAuth::Header(value) => {
+                request.headers.push(Header { name: "authorization".into(), value: value.clone() });
+                portcullis_sdk::http_send(&request)
+            }
+            ClientAuth::Held(credential) => portcullis_sdk::secrets::send(&request, credential),
+        };
+        let response = sent.map_err(|e| {
             let why = match e {
                 HttpError::Timeout => "timeout".to_owned(),
                 other => format!("{other:?}"),
@@ -351,6 +389,27 @@ mod tests {
         testing::advance_ms(31_000);
         assert!(matches!(auth(&p, "good"), AuthOutcome::Denied(_)), "expired: asked again and refused");
         assert_eq!(calls.get(), 2);
+    }
+
+    #[test]
+    fn a_held_client_secret_is_written_by_the_host_not_the_plugin() {
+        testing::reset();
+        testing::grant_secret("introspection", b"s3cret", false);
+        testing::set_http_handler(|req| {
+            let auth = req.headers.iter().find(|h| h.name == "authorization").expect("credential written");
+            // The fake renders the host's Basic credential unencoded.
+            assert_eq!(auth.value, "Basic gate way:s3cret");
+            json(serde_json::json!({"active": true, "sub": "alice"}))
+        });
+        let p: Introspection = testing::configure(
+            r#"{"endpoint": "http://127.0.0.1:9/introspect", "client_id": "gate way", "client_secret": {"secret": "introspection"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(auth(&p, "good"), AuthOutcome::Authenticated(_)));
+        let err = testing::configure::<Introspection>(
+            r#"{"endpoint": "http://127.0.0.1:9/i", "client_id": "g", "client_secret": {"secret": ""}}"#,
+        );
+        assert_eq!(err.err().unwrap().pointer, "/client_secret/secret");
     }
 
     #[test]

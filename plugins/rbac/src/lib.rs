@@ -10,6 +10,13 @@
 //!   needed. Scopes missing yield the RFC 6750 §3.1 `insufficient_scope` error and a `scope`
 //!   attribute listing them.
 //!
+//! A rule may also demand a stronger or more recent authentication (step-up, RFC 9470):
+//! `acr_values` lists the authentication context classes (`acr`) it accepts, `max_age_s` the
+//! most seconds since the subject authenticated (`auth_time`). An identity that holds the
+//! roles and scopes but not the authentication gets 401 with the RFC 9470 §3 challenge,
+//! `Bearer error="insufficient_user_authentication"` and `acr_values="…"` or `max_age="…"`,
+//! which tells the client to have the user authenticate again at the authorization server.
+//!
 //! A request no rule matches gets `default`: `deny` (403, the default) or `allow`. Responses are
 //! RFC 9457 problem documents.
 //!
@@ -19,7 +26,9 @@
 //!
 //! Configuration reference: `plugins/rbac/README.md`.
 
-use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, LocalResponse, Plugin, Request};
+use portcullis_sdk::{
+    ConfigError, Filter, FilterAction, HeaderEdits, Identity, LocalResponse, PathPattern, Plugin, Request,
+};
 use serde::Deserialize;
 
 /// How the listed roles and scopes combine.
@@ -62,6 +71,21 @@ pub struct Rule {
     /// How they combine.
     #[serde(default)]
     pub require: Require,
+    /// Authentication context classes (`acr`, RFC 9470 §2) accepted, in order of preference;
+    /// empty: any, including none.
+    #[serde(default)]
+    pub acr_values: Vec<String>,
+    /// Most seconds allowed since the subject authenticated (`auth_time`, RFC 9470 §2); an
+    /// identity without `auth_time` does not meet it. Absent: no limit.
+    #[serde(default)]
+    pub max_age_s: Option<u64>,
+}
+
+impl Rule {
+    /// Whether the rule passes every request, anonymous ones included.
+    fn is_public(&self) -> bool {
+        self.roles.is_empty() && self.scopes.is_empty() && self.acr_values.is_empty() && self.max_age_s.is_none()
+    }
 }
 
 /// The step configuration (JSON).
@@ -85,53 +109,7 @@ fn realm() -> String {
 /// The configured plugin.
 pub struct Rbac {
     config: Config,
-    patterns: Vec<Vec<Segment>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    Any,
-    Rest,
-}
-
-fn parse_pattern(path: &str) -> Result<Vec<Segment>, String> {
-    let Some(rest) = path.strip_prefix('/') else { return Err("must start with `/`".into()) };
-    let parts: Vec<&str> = if rest.is_empty() { Vec::new() } else { rest.split('/').collect() };
-    let mut segments = Vec::new();
-    for (i, part) in parts.iter().enumerate() {
-        segments.push(match *part {
-            "**" if i + 1 == parts.len() => Segment::Rest,
-            "**" => return Err("`**` is only allowed as the last segment".into()),
-            "*" => Segment::Any,
-            "" => return Err("empty segment (`//` or a trailing `/`)".into()),
-            literal => Segment::Literal(literal.to_owned()),
-        });
-    }
-    Ok(segments)
-}
-
-fn matches(pattern: &[Segment], path: &str) -> bool {
-    let rest = path.strip_prefix('/').unwrap_or(path);
-    let parts: Vec<&str> = if rest.is_empty() { Vec::new() } else { rest.split('/').collect() };
-    let mut i = 0;
-    for segment in pattern {
-        match segment {
-            Segment::Rest => return true,
-            Segment::Any => {
-                if parts.get(i).is_none_or(|p| p.is_empty()) {
-                    return false;
-                }
-            }
-            Segment::Literal(l) => {
-                if parts.get(i) != Some(&l.as_str()) {
-                    return false;
-                }
-            }
-        }
-        i += 1;
-    }
-    i == parts.len()
+    patterns: Vec<PathPattern>,
 }
 
 impl Plugin for Rbac {
@@ -140,7 +118,7 @@ impl Plugin for Rbac {
     fn new(mut config: Config) -> Result<Self, ConfigError> {
         let mut patterns = Vec::new();
         for (i, rule) in config.rules.iter_mut().enumerate() {
-            patterns.push(parse_pattern(&rule.path).map_err(|m| ConfigError::new(format!("/rules/{i}/path"), m))?);
+            patterns.push(PathPattern::parse(&rule.path).map_err(|m| ConfigError::new(format!("/rules/{i}/path"), m))?);
             for (j, m) in rule.methods.iter_mut().enumerate() {
                 if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
                     return Err(ConfigError::new(format!("/rules/{i}/methods/{j}"), "must be a method name"));
@@ -157,6 +135,13 @@ impl Plugin for Rbac {
             }
             if let Some(j) = rule.roles.iter().position(String::is_empty) {
                 return Err(ConfigError::new(format!("/rules/{i}/roles/{j}"), "must not be empty"));
+            }
+            // They are quoted in the challenge, space-separated (RFC 9470 §3).
+            if let Some(j) = rule.acr_values.iter().position(bad) {
+                return Err(ConfigError::new(
+                    format!("/rules/{i}/acr_values/{j}"),
+                    "acr values are non-empty and have no spaces, quotes, backslashes or control characters",
+                ));
             }
         }
         if !portcullis_sdk::is_quotable(&config.realm) {
@@ -178,6 +163,14 @@ pub enum Decision {
         /// Scopes the rule lists that the identity lacks (for the RFC 6750 challenge).
         missing_scopes: Vec<String>,
     },
+    /// The identity holds the roles and scopes, but its authentication is not strong or
+    /// recent enough: 401 with the RFC 9470 challenge.
+    StepUp {
+        /// The rule's `acr_values`, when the identity's `acr` is not among them.
+        acr_values: Option<Vec<String>>,
+        /// The rule's `max_age_s`, when the subject authenticated longer ago (or not said when).
+        max_age_s: Option<u64>,
+    },
 }
 
 impl Rbac {
@@ -185,7 +178,7 @@ impl Rbac {
     pub fn decide(&self, request: &Request<'_>, identity: Option<&Identity>) -> Decision {
         let rule = self.config.rules.iter().zip(&self.patterns).find(|(rule, pattern)| {
             (rule.methods.is_empty() || rule.methods.iter().any(|m| m.eq_ignore_ascii_case(request.method())))
-                && matches(pattern, request.path())
+                && pattern.matches(request.path())
         });
         let Some((rule, _)) = rule else {
             return match self.config.default {
@@ -193,22 +186,57 @@ impl Rbac {
                 Fallback::Deny => Decision::Forbidden { missing_scopes: Vec::new() },
             };
         };
-        if rule.roles.is_empty() && rule.scopes.is_empty() {
+        if rule.is_public() {
             return Decision::Allow;
         }
         let Some(identity) = identity else { return Decision::Unauthenticated };
         let has_role = |r: &String| identity.roles.contains(r);
         let has_scope = |s: &String| identity.scopes.contains(s);
         let ok = match rule.require {
+            _ if rule.roles.is_empty() && rule.scopes.is_empty() => true,
             Require::Any => rule.roles.iter().any(has_role) || rule.scopes.iter().any(has_scope),
             Require::All => rule.roles.iter().all(has_role) && rule.scopes.iter().all(has_scope),
         };
-        if ok {
-            Decision::Allow
-        } else {
-            Decision::Forbidden { missing_scopes: rule.scopes.iter().filter(|s| !has_scope(s)).cloned().collect() }
+        if !ok {
+            return Decision::Forbidden {
+                missing_scopes: rule.scopes.iter().filter(|s| !has_scope(s)).cloned().collect(),
+            };
+        }
+        // Stepping up cannot grant a missing role, so 403 comes first; then the strength and
+        // age of the authentication (RFC 9470 §3).
+        let authn = &identity.authentication;
+        let acr_ok = rule.acr_values.is_empty() || authn.acr.as_ref().is_some_and(|acr| rule.acr_values.contains(acr));
+        let age_ok = rule.max_age_s.is_none_or(|max| {
+            let now_s = portcullis_sdk::now_ms() / 1000;
+            authn.auth_time.is_some_and(|at| now_s.saturating_sub(at) <= max)
+        });
+        if acr_ok && age_ok {
+            return Decision::Allow;
+        }
+        Decision::StepUp {
+            acr_values: (!acr_ok).then(|| rule.acr_values.clone()),
+            max_age_s: if age_ok { None } else { rule.max_age_s },
         }
     }
+}
+
+/// The RFC 9470 §3 challenge, e.g. `Bearer error="insufficient_user_authentication",
+/// error_description="A different authentication level is required", acr_values="urn:mfa"`.
+fn step_up_challenge(acr_values: Option<&[String]>, max_age_s: Option<u64>) -> (String, &'static str) {
+    let description = if acr_values.is_some() {
+        "A different authentication level is required"
+    } else {
+        "More recent authentication is required"
+    };
+    let mut challenge =
+        format!("Bearer error=\"insufficient_user_authentication\", error_description=\"{description}\"");
+    if let Some(values) = acr_values {
+        challenge.push_str(&format!(", acr_values=\"{}\"", values.join(" ")));
+    }
+    if let Some(max_age) = max_age_s {
+        challenge.push_str(&format!(", max_age=\"{max_age}\""));
+    }
+    (challenge, description)
 }
 
 impl Filter for Rbac {
@@ -233,6 +261,17 @@ impl Filter for Rbac {
                     );
                     response = response.with_header("www-authenticate", &challenge);
                 }
+                FilterAction::Respond(response)
+            }
+            Decision::StepUp { acr_values, max_age_s } => {
+                let (challenge, description) = step_up_challenge(acr_values.as_deref(), max_age_s);
+                let response = LocalResponse::problem(
+                    401,
+                    "urn:portcullis:problem:insufficient-user-authentication",
+                    "Insufficient user authentication",
+                    description,
+                )
+                .with_header("www-authenticate", &challenge);
                 FilterAction::Respond(response)
             }
         }
@@ -301,19 +340,79 @@ mod tests {
         assert!(r.headers.iter().any(|h| h.value.contains("insufficient_scope") && h.value.contains("items:write")));
     }
 
+    fn stepped(acr: Option<&str>, auth_time: Option<u64>) -> Identity {
+        Identity::new("alice").with_roles(["admin"]).with_authentication(acr.map(str::to_owned), Vec::new(), auth_time)
+    }
+
+    fn challenge(response: &LocalResponse) -> &str {
+        &response.headers.iter().find(|h| h.name == "www-authenticate").expect("a challenge").value
+    }
+
+    #[test]
+    fn step_up_rules_answer_rfc_9470_challenges() {
+        testing::reset();
+        testing::set_now_ms(1_000_000_000);
+        let now_s = 1_000_000;
+        let p: Rbac = testing::configure(
+            r#"{"rules": [
+                {"methods": ["POST"], "path": "/transfers", "roles": ["admin"], "acr_values": ["urn:example:mfa", "urn:example:hwk"], "max_age_s": 300},
+                {"path": "/profile", "acr_values": ["urn:example:mfa"]}
+            ]}"#,
+        )
+        .unwrap();
+        let post = |identity: &Identity| p.on_request(&testing::request("POST", "/transfers").build(), Some(identity));
+        assert!(matches!(post(&stepped(Some("urn:example:mfa"), Some(now_s - 60))), FilterAction::Continue(_)));
+        assert!(matches!(post(&stepped(Some("urn:example:hwk"), Some(now_s - 300))), FilterAction::Continue(_)));
+
+        let FilterAction::Respond(r) = post(&stepped(Some("urn:example:pwd"), Some(now_s - 60))) else { panic!() };
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            challenge(&r),
+            "Bearer error=\"insufficient_user_authentication\", error_description=\"A different authentication \
+             level is required\", acr_values=\"urn:example:mfa urn:example:hwk\""
+        );
+        let FilterAction::Respond(r) = post(&stepped(Some("urn:example:mfa"), Some(now_s - 301))) else { panic!() };
+        assert_eq!(
+            challenge(&r),
+            "Bearer error=\"insufficient_user_authentication\", error_description=\"More recent authentication \
+             is required\", max_age=\"300\""
+        );
+        let FilterAction::Respond(r) = post(&stepped(None, None)) else { panic!() };
+        assert!(challenge(&r).ends_with("acr_values=\"urn:example:mfa urn:example:hwk\", max_age=\"300\""));
+
+        // Roles first: stepping up cannot grant a role.
+        let reader = Identity::new("bob").with_roles(["reader"]).with_authentication(None, Vec::new(), None);
+        let FilterAction::Respond(r) = post(&reader) else { panic!() };
+        assert_eq!(r.status, 403);
+        // A rule with only `acr_values` is not public: anonymous gets the plain 401.
+        let req = testing::request("GET", "/profile").build();
+        assert_eq!(p.decide(&req, None), Decision::Unauthenticated);
+        let plain = Identity::new("carol");
+        assert_eq!(
+            p.decide(&req, Some(&plain)),
+            Decision::StepUp { acr_values: Some(vec!["urn:example:mfa".into()]), max_age_s: None }
+        );
+        let err = |json: &str| testing::configure::<Rbac>(json).err().unwrap().pointer;
+        assert_eq!(err(r#"{"rules": [{"path": "/x", "acr_values": ["a b"]}]}"#), "/rules/0/acr_values/0");
+    }
+
     #[test]
     fn patterns_match_whole_segments() {
-        let pat = |p: &str| parse_pattern(p).unwrap();
-        assert!(matches(&pat("/a/*"), "/a/b"));
-        assert!(!matches(&pat("/a/*"), "/a"));
-        assert!(!matches(&pat("/a/*"), "/a/b/c"));
-        assert!(!matches(&pat("/a"), "/ab"));
-        assert!(matches(&pat("/a/**"), "/a"));
-        assert!(matches(&pat("/**"), "/anything/at/all"));
-        assert!(!matches(&pat("/a/**"), "/ab"));
-        assert!(parse_pattern("a").is_err());
-        assert!(parse_pattern("/a/**/b").is_err());
-        assert!(parse_pattern("/a//b").is_err());
+        let pat = |p: &str| PathPattern::parse(p).unwrap();
+        assert!(pat("/a/*").matches("/a/b"));
+        assert!(!pat("/a/*").matches("/a"));
+        assert!(!pat("/a/*").matches("/a/b/c"));
+        assert!(!pat("/a").matches("/ab"));
+        assert!(pat("/a/**").matches("/a"));
+        assert!(pat("/**").matches("/anything/at/all"));
+        assert!(pat("/**").matches("/"));
+        assert!(pat("/").matches("/"));
+        assert!(!pat("/").matches("/a"));
+        assert!(!pat("/a/**").matches("/ab"));
+        assert!(!pat("/a/*").matches("/a/"));
+        assert!(PathPattern::parse("a").is_err());
+        assert!(PathPattern::parse("/a/**/b").is_err());
+        assert!(PathPattern::parse("/a//b").is_err());
     }
 
     #[test]
