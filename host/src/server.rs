@@ -226,7 +226,6 @@ impl Listener {
             body_idle_timeout: self.body_idle_timeout,
             body_timeout: self.body_timeout,
             hygiene: self.hygiene.clone(),
-            upstreams: crate::upstream::Affinity::default(),
         })
     }
 }

@@ -3,11 +3,11 @@
 //! a response timeout; over HTTP/1.1 or HTTP/2, in clear text or TLS (hyper-rustls, see
 //! [`crate::tls::client_config`]).
 //!
-//! Requests from HTTP/1 client connections to HTTP/1.1 upstreams go over connections each
-//! client connection holds ([`Affinity`], see [`affine`] for why); the rest (HTTP/2 on either
-//! side, health checks) over hyper-util's pooled client.
+//! Requests to HTTP/1.1 upstreams go over the gateway's own connections to each endpoint
+//! (see [`direct`] for why); requests to HTTP/2 upstreams and health checks over hyper-util's
+//! pooled client.
 
-pub mod affine;
+pub mod direct;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,8 +20,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub use self::affine::{Affinity, Leased};
-use self::affine::{Conn, Idle};
+pub use self::direct::Leased;
+use self::direct::{Conn, Idle};
 use crate::body::{Body, BodyEndCell, BoxError};
 use crate::config::model::{HealthCheckConfig, LoadBalancing, OutlierConfig, UpstreamConfig, UpstreamProtocol};
 use crate::error::GatewayError;
@@ -37,9 +37,9 @@ pub struct Endpoint {
     pub health: Arc<EndpointHealth>,
     /// Its `portcullis_upstream_request_duration_seconds` series, looked up once.
     latency: prometheus_client::metrics::histogram::Histogram,
-    /// `scheme://host:port`, where affine connections are opened.
+    /// `scheme://host:port`, where direct connections are opened.
     origin: Uri,
-    /// Its parked affine connections (HTTP/1.1 upstreams).
+    /// Its parked direct connections (HTTP/1.1 upstreams).
     idle: Arc<Idle>,
 }
 
@@ -55,8 +55,8 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
     scheme: Scheme,
     client: Client<HttpsConnector<HttpConnector>, Body>,
-    /// The client's connector, for affine connections; none for HTTP/2 upstreams.
-    affine: Option<HttpsConnector<HttpConnector>>,
+    /// The client's connector, for direct connections; none for HTTP/2 upstreams.
+    direct: Option<HttpsConnector<HttpConnector>>,
     connect_timeout: Duration,
     response_timeout: Duration,
 }
@@ -98,7 +98,7 @@ impl Upstream {
         } else {
             builder.enable_http1().wrap_connector(connector)
         };
-        let affine = (!http2).then(|| connector.clone());
+        let direct = (!http2).then(|| connector.clone());
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(idle_timeout)
@@ -134,7 +134,7 @@ impl Upstream {
             metrics,
             scheme,
             client,
-            affine,
+            direct,
             connect_timeout,
             response_timeout: Duration::from_millis(config.response_timeout_ms),
         }
@@ -180,11 +180,10 @@ impl Upstream {
     /// error or a timeout counts as a failure, and enough in a row eject the endpoint unless it
     /// is the last one available.
     ///
-    /// `affinity` is the client connection's, for a request that came over HTTP/1: to an
-    /// HTTP/1.1 upstream it goes over a connection that client connection holds, one taken
-    /// from the endpoint's idle list, or a new one ([`affine`]); a connection that turns out
-    /// closed before the request was written is replaced once. Without it (HTTP/2 clients) and
-    /// to HTTP/2 upstreams, the pooled client carries the request.
+    /// To an HTTP/1.1 upstream the request goes over the endpoint's most recently used
+    /// connection that is free, or a new one ([`direct`]); a connection that turns out closed
+    /// before the request was written is replaced once. To HTTP/2 upstreams, the pooled client
+    /// carries it.
     ///
     /// `sent` is how the request body ends. `response_timeout_ms` runs from that end, not
     /// from the request head: a client uploading slowly is bounded by the listener's body
@@ -202,11 +201,10 @@ impl Upstream {
         request: Request<Body>,
         sent: &BodyEndCell,
         body_timeout: Duration,
-        affinity: Option<&Affinity>,
     ) -> Result<Response<Leased>, GatewayError> {
         let in_flight = endpoint.health.start();
         let started = std::time::Instant::now();
-        let result = self.exchange(endpoint, request, Some((sent, body_timeout)), affinity).await;
+        let result = self.exchange(endpoint, request, Some((sent, body_timeout))).await;
         if result.is_err() && sent.client_fault() {
             return result;
         }
@@ -235,7 +233,7 @@ impl Upstream {
     }
 
     /// One active health check of `endpoint`: whether `GET path` answers 2xx or 3xx within the
-    /// check's timeout. Checks go over the pooled client, never over a client's connection.
+    /// check's timeout. Checks go over the pooled client, never over a connection requests use.
     pub async fn probe(&self, endpoint: &Endpoint) -> bool {
         let Some(check) = &self.health_check else { return true };
         let request = Request::get(check.path.as_str())
@@ -244,7 +242,7 @@ impl Upstream {
             .body(crate::body::full(bytes::Bytes::new()));
         let Ok(request) = request else { return false };
         let answer =
-            tokio::time::timeout(Duration::from_millis(check.timeout_ms), self.exchange(endpoint, request, None, None));
+            tokio::time::timeout(Duration::from_millis(check.timeout_ms), self.exchange(endpoint, request, None));
         match answer.await {
             Ok(Ok(response)) => response.status().is_success() || response.status().is_redirection(),
             _ => false,
@@ -259,13 +257,13 @@ impl Upstream {
         endpoint: &Endpoint,
         mut request: Request<Body>,
         sent: Option<(&BodyEndCell, Duration)>,
-        affinity: Option<&Affinity>,
     ) -> Result<Response<Leased>, GatewayError> {
         let path = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let affine = self.affine.as_ref().zip(affinity);
+        // Health checks (no `sent`) go over the pooled client.
+        let direct = self.direct.as_ref().filter(|_| sent.is_some());
         // A connection of our own takes the origin form (RFC 9112 §3.2.1); the pooled client
         // wants the absolute form and writes the origin form itself.
-        *request.uri_mut() = if affine.is_some() {
+        *request.uri_mut() = if direct.is_some() {
             Uri::from(path)
         } else {
             let mut parts = http::uri::Parts::default();
@@ -288,8 +286,8 @@ impl Upstream {
             tokio::join!(tokio::time::sleep(self.connect_timeout + self.response_timeout), after_body);
         };
         let dispatch = async {
-            match affine {
-                Some((connector, affinity)) => self.affine_request(connector, endpoint, request, affinity).await,
+            match direct {
+                Some(connector) => self.direct_request(connector, endpoint, request).await,
                 None => match self.client.request(request).await {
                     Ok(response) => Ok(response.map(Leased::pooled)),
                     Err(e) if e.is_connect() => Err(Failure::Connect(e.into())),
@@ -321,22 +319,21 @@ impl Upstream {
         }
     }
 
-    /// `request` over an affine connection: the one `affinity` holds to `endpoint`, else a
-    /// parked one, else a new one; a reused connection found closed before the request was
-    /// written gives way to a new one.
-    async fn affine_request(
+    /// `request` over a direct connection: the most recently parked free one, else a new
+    /// one; a reused connection found closed before the request was written gives way to a
+    /// new one. The connection is parked again as soon as the response head arrived.
+    async fn direct_request(
         &self,
         connector: &HttpsConnector<HttpConnector>,
         endpoint: &Endpoint,
         mut request: Request<Body>,
-        affinity: &Affinity,
     ) -> Result<Response<Leased>, Failure> {
-        if let Some(mut conn) = affinity.take(&endpoint.idle).or_else(|| endpoint.idle.take())
+        if let Some(mut conn) = endpoint.idle.take()
             && conn.ready(self.connect_timeout).await
         {
             match conn.send(request).await {
                 Ok(response) => {
-                    affinity.keep(&endpoint.idle, conn);
+                    endpoint.idle.park(conn);
                     return Ok(response);
                 }
                 Err(mut e) => match e.take_message() {
@@ -348,7 +345,7 @@ impl Upstream {
         let mut conn =
             Conn::open(connector, endpoint.origin.clone(), &endpoint.idle).await.map_err(Failure::Connect)?;
         let response = conn.send(request).await.map_err(|e| Failure::Exchange(e.into_error().into()))?;
-        affinity.keep(&endpoint.idle, conn);
+        endpoint.idle.park(conn);
         Ok(response)
     }
 

@@ -1,6 +1,6 @@
-//! Upstream connections held per client connection (`host/src/upstream/affine.rs`), end to
-//! end: a keep-alive client connection reuses one upstream connection per endpoint while round
-//! robin still alternates; a later client connection picks up the parked ones; a response
+//! The gateway's own upstream connections (`host/src/upstream/direct.rs`), end to end:
+//! sequential requests reuse one upstream connection per endpoint while round robin still
+//! alternates, whichever client connections they come on; a response
 //! streaming longer than the idle timeout is not cut, and a parked connection is closed after
 //! it; an endpoint that closes idle connections costs no request; and after a reload the next
 //! request on the same client connection goes where the new configuration says.
@@ -135,7 +135,7 @@ async fn settles(count: &AtomicUsize, want: usize) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_connection_keeps_one_upstream_connection_per_endpoint_under_round_robin() {
+async fn sequential_requests_reuse_one_upstream_connection_per_endpoint_under_round_robin() {
     let (a, b) = (endpoint("a").await, endpoint("b").await);
     let gw = gateway(&[a.addr, b.addr], "").await;
     let mut first = client(gw.addr).await;
@@ -151,6 +151,18 @@ async fn a_client_connection_keeps_one_upstream_connection_per_endpoint_under_ro
     assert!(answers.iter().step_by(2).all(|b| *b == answers[0]), "{answers:?}");
     assert!(answers.iter().skip(1).step_by(2).all(|b| *b == answers[1]), "{answers:?}");
     assert_eq!((a.accepted.load(Ordering::SeqCst), b.accepted.load(Ordering::SeqCst)), (1, 1));
+
+    // Two client connections taking turns share them: the connections are the endpoint's,
+    // not a client connection's.
+    let mut other = client(gw.addr).await;
+    for round in 0..4 {
+        let conn = if round % 2 == 0 { &mut first } else { &mut other };
+        let (status, body) = get(conn, "/").await;
+        assert_eq!(status, 200);
+        assert!(body == answers[0] || body == answers[1], "{body} came on a new connection: {answers:?}");
+    }
+    assert_eq!((a.accepted.load(Ordering::SeqCst), b.accepted.load(Ordering::SeqCst)), (1, 1));
+    drop(other);
 
     // The client leaves; the next client connection gets the parked upstream connections.
     drop(first);

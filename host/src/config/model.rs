@@ -487,13 +487,13 @@ pub struct UpstreamConfig {
     /// Time allowed from sending the request to receiving the response head, in ms (504).
     #[serde(default = "defaults::response_timeout_ms")]
     pub response_timeout_ms: u64,
-    /// Idle keep-alive connections an endpoint's idle list keeps. Connections an open HTTP/1
-    /// client connection holds (one per endpoint it used, see `upstream::affine`) are not
-    /// counted: they go to the list, or are closed, when that client connection ends.
+    /// Keep-alive connections an endpoint's list keeps (`upstream::direct`): parked ones,
+    /// including those still reading the body of the response they were last used for; a
+    /// connection given back to a full list is closed once its response ends.
     #[serde(default = "defaults::pool_max_idle")]
     pub pool_max_idle_per_endpoint: usize,
     /// How long an idle keep-alive connection is kept, in ms, counted from the end of its last
-    /// response body; a client connection that holds it does not keep it open longer.
+    /// response body.
     #[serde(default = "defaults::pool_idle_timeout_ms")]
     pub pool_idle_timeout_ms: u64,
 }

@@ -49,8 +49,6 @@ pub struct ConnInfo {
     pub max_uri_bytes: u64,
     /// The listener's request hygiene settings.
     pub hygiene: Arc<hygiene::Hygiene>,
-    /// The upstream connections this client connection holds (used while it speaks HTTP/1).
-    pub upstreams: crate::upstream::Affinity,
 }
 
 /// One request on its way through the gateway, from its head to the access log: created by
@@ -252,10 +250,8 @@ impl Exchange {
         // The upstream continues the trace from this exchange's span; a client's `traceparent`
         // that was not accepted was removed in `start_trace`.
         telemetry.inject(&span, &mut parts.headers);
-        // An HTTP/1 client connection is sequential, so it can hold its upstream connections.
-        let affinity = (parts.version < http::Version::HTTP_2).then_some(&conn.upstreams);
         let request = Request::from_parts(parts, body);
-        let sent = route.upstream.send(endpoint, request, &self.body_end, conn.body_timeout, affinity);
+        let sent = route.upstream.send(endpoint, request, &self.body_end, conn.body_timeout);
         let response = match sent.await {
             Ok(response) => response,
             Err(e) => {

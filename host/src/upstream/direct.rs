@@ -1,26 +1,33 @@
-//! Connection-affine HTTP/1.1 upstream connections: a client connection that sent a request to
-//! an endpoint keeps that upstream connection for its next request to the same endpoint, and
-//! gives it to the endpoint's idle list when the client leaves.
+//! The gateway's own HTTP/1.1 connections to an endpoint: a per-endpoint LIFO list that a
+//! request takes a connection from and gives it back to as soon as its response head arrived.
 //!
 //! Why not hyper-util's pooled client for these: it hands every connection back to a shared
-//! pool behind a mutex when a response ends, through a task it spawns per request and a
-//! channel hop, about 12.5 k instructions and 9 heap allocations per request over a dedicated
-//! connection in the yardstick (`tests/examples/yardstick.rs`, numbers in
-//! `docs/BENCHMARKS.md`). An HTTP/1 client connection is sequential (its next request starts
-//! after its last response ended, RFC 9112 §9.3), so an upstream connection held per client
-//! connection is always free when it is needed again: no pool look-up, no spawned task. The
-//! upstream connection still runs on its own task (hyper's client `Connection`), which the
-//! yardstick measured as cheaper than driving both connections from the request's task.
+//! pool through a task it spawns per request and a channel hop, about 12.5 k instructions and
+//! 9 heap allocations per request over a dedicated connection in the yardstick
+//! (`tests/examples/yardstick.rs`, numbers in `docs/BENCHMARKS.md`). Here a request pops the
+//! most recently parked connection that can take a request now (`SendRequest::is_ready`: its
+//! last response body was read to the end), sends, and parks it again at once, still reading
+//! that body; the next request finds it ready or takes the one before. No task is spawned per
+//! request and no channel hop is made; the upstream connection runs on its own task (hyper's
+//! client `Connection`), which the yardstick measured as cheaper than driving both
+//! connections from the request's task.
 //!
-//! What stays with the pooled client ([`super::Upstream`]): HTTP/2 upstreams, requests from
-//! HTTP/2 client connections (many streams at once share one [`Affinity`]), and health checks.
+//! Why shared and not held per client connection (the first version: each client connection
+//! kept one upstream connection per endpoint): `bench/ab.py` found that this wins 6–7% of
+//! throughput on the five-step chain (60.5 against 65.1 µs of server CPU per request), and
+//! no less without plugins. With 50 client connections each holding its own, every request
+//! ran on a connection untouched for 50 requests (cold caches, in hyper and in the kernel);
+//! the LIFO list keeps a few connections hot.
+//!
+//! What stays with the pooled client ([`super::Upstream`]): HTTP/2 upstreams, and health
+//! checks.
 //!
 //! Lifetimes: a connection is *leased* from when a request takes it until that request's
 //! response body is dropped (at its end, or early when the client went away, in which case
-//! hyper closes the connection); otherwise it is *parked* in an [`Affinity`] or an
-//! endpoint's [`Idle`] list. A connection parked longer than `pool_idle_timeout_ms` is closed by
-//! its own task; one the endpoint closed is skipped when found. At most
-//! `pool_max_idle_per_endpoint` connections wait in an endpoint's idle list; more are closed.
+//! hyper closes the connection); it is *parked* from then on. A connection parked longer than
+//! `pool_idle_timeout_ms` is closed by its own task; one the endpoint closed is skipped when
+//! found. At most `pool_max_idle_per_endpoint` connections are kept in an endpoint's list
+//! (those still reading a body count); more are closed.
 
 use std::fmt;
 use std::pin::Pin;
@@ -42,17 +49,6 @@ use tower_service::Service;
 
 use crate::body::{Body, BoxError};
 
-/// Upstream connections one client connection holds, at most [`HELD`], each with the idle
-/// list of its endpoint.
-#[derive(Default)]
-pub struct Affinity {
-    held: Mutex<Vec<(Arc<Idle>, Conn)>>,
-}
-
-/// How many upstream connections one client connection keeps (one per endpoint it used last);
-/// the oldest goes to its endpoint's idle list when a new one comes.
-const HELD: usize = 8;
-
 /// An endpoint's parked connections, newest last.
 pub(super) struct Idle {
     conns: Mutex<Vec<Conn>>,
@@ -62,16 +58,16 @@ pub(super) struct Idle {
     timeout: Duration,
 }
 
-/// One HTTP/1.1 connection to an endpoint. It does not point back at its endpoint's idle
-/// list (which holds it): an upstream replaced by a reload frees its list and closes what
-/// was parked there.
+/// One HTTP/1.1 connection to an endpoint. It does not point back at its endpoint's list
+/// (which holds it): an upstream replaced by a reload frees its list and closes what was
+/// parked there.
 pub(super) struct Conn {
     sender: SendRequest<Body>,
     /// When it was last parked ([`stamp`]); 0 while leased.
     parked: Arc<AtomicU64>,
 }
 
-/// A response body from an affine connection: when dropped, the connection counts as parked
+/// A response body from a direct connection: when dropped, the connection counts as parked
 /// (idle) from then on.
 pub struct Leased {
     inner: Incoming,
@@ -79,46 +75,6 @@ pub struct Leased {
 }
 
 type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
-
-// === impl Affinity ===
-
-impl Affinity {
-    /// The connection this client connection holds to `home`'s endpoint, if any.
-    pub(super) fn take(&self, home: &Arc<Idle>) -> Option<Conn> {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let at = held.iter().position(|(h, _)| Arc::ptr_eq(h, home))?;
-        Some(held.swap_remove(at).1)
-    }
-
-    /// Keeps `conn` to `home`'s endpoint for this client connection's next request (its
-    /// response may still be streaming: the next request comes after it ended). Connections
-    /// to endpoints of replaced upstreams (their list has no other owner) are closed.
-    pub(super) fn keep(&self, home: &Arc<Idle>, conn: Conn) {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        held.retain(|(h, _)| Arc::strong_count(h) > 1);
-        if held.len() >= HELD {
-            let (oldest, conn) = held.remove(0);
-            oldest.park(conn);
-        }
-        held.push((home.clone(), conn));
-    }
-}
-
-impl Drop for Affinity {
-    fn drop(&mut self) {
-        let held = self.held.get_mut().unwrap_or_else(PoisonError::into_inner);
-        for (home, conn) in held.drain(..) {
-            home.park(conn);
-        }
-    }
-}
-
-impl fmt::Debug for Affinity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let held = self.held.lock().map_or(0, |h| h.len());
-        f.debug_struct("Affinity").field("held", &held).finish()
-    }
-}
 
 // === impl Idle ===
 
@@ -142,15 +98,16 @@ impl Idle {
                 found = Some(conn);
                 break;
             }
-            // Still reading a response a departed client connection left behind.
+            // Still reading the body of the response it was parked with.
             busy.push(conn);
         }
         conns.extend(busy.into_iter().rev());
         found
     }
 
-    /// Parks `conn` here, or closes it when the list is full or the connection is.
-    fn park(&self, conn: Conn) {
+    /// Parks `conn` here (its response may still be streaming), or closes it when the list
+    /// is full or the connection is.
+    pub(super) fn park(&self, conn: Conn) {
         if conn.sender.is_closed() {
             return;
         }
@@ -250,7 +207,7 @@ async fn drive(connection: http1::Connection<Io, Body>, parked: Arc<AtomicU64>, 
 // === impl Leased ===
 
 impl Leased {
-    /// A body from the pooled client: nothing to return.
+    /// A body from the pooled client: nothing to stamp.
     pub fn pooled(inner: Incoming) -> Self {
         Leased { inner, parked: None }
     }
@@ -283,6 +240,6 @@ impl Drop for Leased {
 
 impl fmt::Debug for Leased {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Leased").field("affine", &self.parked.is_some()).finish()
+        f.debug_struct("Leased").field("direct", &self.parked.is_some()).finish()
     }
 }
