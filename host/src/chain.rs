@@ -7,6 +7,15 @@
 //! response body is sent: `logging` steps observe the finished exchange. A failing step follows
 //! its failure policy: fail-closed answers 500, fail-open skips the step. Everything a plugin
 //! returns is checked before use.
+//!
+//! A step in `shadow` mode runs in the request phase like the others, on a copy of the
+//! request and of what the chain knows, and its decision is recorded (metrics with
+//! `mode="shadow"`, the logging steps' exchange as `shadow:DECISION`, its span) and then
+//! dropped: its edits, identity and local response are discarded and its failures never
+//! affect the request. Paired with the enforced step of its kind (the next one in the chain,
+//! else the previous), a request on which one passed and the other refused counts as a
+//! disagreement of the route. Put a shadow step before the step it shadows, so both run even
+//! when the enforced one refuses.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +26,7 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context, KeyValue};
 
 use crate::body::{Body, LazyBody, full};
-use crate::config::{FailurePolicy, PluginKind};
+use crate::config::{FailurePolicy, PluginKind, StepMode};
 use crate::error::{GatewayError, problem};
 use crate::plugin::bindings::exports::portcullis::plugin::{
     auth::AuthOutcome,
@@ -62,6 +71,8 @@ pub trait Step: Send + Sync {
     ) -> impl Future<Output = Result<(Replied, Settle<'s>), PluginFailure>> + Send;
     /// Records one call's duration and decision (none for a failure) in the metrics.
     fn record_call(&self, phase: CallPhase, decision: Option<&'static str>, duration: Duration);
+    /// Records one call as a shadow step, `failed` included.
+    fn record_shadow(&self, decision: &'static str, duration: Duration);
     /// Counts a failure, of the call or of its reply.
     fn count_failure(&self, failure: &PluginFailure);
 }
@@ -115,18 +126,24 @@ impl Step for WasmStep {
         self.plugin().record_call(phase, decision, duration);
     }
 
+    fn record_shadow(&self, decision: &'static str, duration: Duration) {
+        self.plugin().record_shadow(decision, duration);
+    }
+
     fn count_failure(&self, failure: &PluginFailure) {
         self.plugin().count_failure(failure);
     }
 }
 
-/// One link of a chain: a step and its failure policy.
+/// One link of a chain: a step, its failure policy and whether it is enforced.
 #[derive(Debug, Clone)]
 pub struct ChainStep<S = WasmStep> {
     /// The step.
     pub step: S,
-    /// What its failure does.
+    /// What its failure does (an enforced step's).
     pub policy: FailurePolicy,
+    /// Enforced, or shadow (decisions recorded, not applied).
+    pub mode: StepMode,
 }
 
 /// A route's ordered steps.
@@ -139,6 +156,9 @@ pub struct Chain<S = WasmStep> {
     has_response_hooks: bool,
     /// The header names the logging steps record (their union); none for all.
     logged_headers: Option<Vec<http::HeaderName>>,
+    /// Each shadow step's index and its enforced step's (the next of its kind, else the
+    /// previous), if there is one.
+    shadows: Vec<(usize, Option<usize>)>,
 }
 
 /// What the chain learnt about one exchange so far.
@@ -155,6 +175,8 @@ pub struct ChainState {
     /// Headers to write from secrets into the request sent upstream, after the chain: one per
     /// field name, the last step's that asked.
     pub secret_headers: Vec<crate::secrets::SecretHeader>,
+    /// Shadow steps that disagreed with their enforced step on this request.
+    pub disagreements: Vec<Arc<str>>,
 }
 
 /// What one step decided: [`StepDecision`] without its strings, which only a route with a
@@ -169,15 +191,22 @@ pub struct Decision {
     pub decision: &'static str,
     /// Time spent in the call, in µs.
     pub duration_us: u64,
+    /// Made by a shadow step: recorded, not applied.
+    pub shadow: bool,
 }
 
 impl Decision {
-    /// The WIT record.
+    /// `plugin`'s `decision` in `phase`, for a call that began at `started`.
+    fn of(plugin: &Arc<str>, phase: Phase, decision: &'static str, started: Instant, shadow: bool) -> Self {
+        Decision { plugin: plugin.clone(), phase, decision, duration_us: micros(started), shadow }
+    }
+
+    /// The WIT record; a shadow step's decision reads `shadow:DECISION` (e.g. `shadow:denied`).
     pub fn to_wit(&self) -> StepDecision {
         StepDecision {
             plugin: self.plugin.to_string(),
             phase: self.phase,
-            decision: self.decision.to_owned(),
+            decision: if self.shadow { format!("shadow:{}", self.decision) } else { self.decision.to_owned() },
             duration_us: self.duration_us,
         }
     }
@@ -202,6 +231,7 @@ impl<S> Default for Chain<S> {
             has_logging: false,
             has_response_hooks: false,
             logged_headers: None,
+            shadows: Vec::new(),
         }
     }
 }
@@ -220,8 +250,20 @@ impl<S: Step> Chain<S> {
             }
             Some(names)
         });
-        let has_response_hooks = steps.iter().any(|s| s.step.hooks().response);
-        Chain { steps, body_limit, has_logging, has_response_hooks, logged_headers }
+        // Shadow steps run in the request phase only.
+        let has_response_hooks = steps.iter().any(|s| s.step.hooks().response && s.mode == StepMode::Enforce);
+        let enforced_like =
+            |i: usize, j: usize| steps[j].mode == StepMode::Enforce && steps[j].step.kind() == steps[i].step.kind();
+        let shadows = (0..steps.len())
+            .filter(|&i| steps[i].mode == StepMode::Shadow)
+            .map(|i| {
+                let paired = (i + 1..steps.len())
+                    .find(|&j| enforced_like(i, j))
+                    .or_else(|| (0..i).rev().find(|&j| enforced_like(i, j)));
+                (i, paired)
+            })
+            .collect();
+        Chain { steps, body_limit, has_logging, has_response_hooks, logged_headers, shadows }
     }
 
     /// The steps, in order.
@@ -275,9 +317,16 @@ impl<S: Step> Chain<S> {
         state: &mut ChainState,
         trace: &Trace,
     ) -> Result<Verdict, GatewayError> {
-        for link in &self.steps {
+        // Whether each step passed (`Some(true)`) or refused; only kept with shadow steps.
+        let mut passed: Vec<Option<bool>> =
+            if self.shadows.is_empty() { Vec::new() } else { vec![None; self.steps.len()] };
+        for (index, link) in self.steps.iter().enumerate() {
             let step = &link.step;
-            if !step.hooks().request {
+            if !step.hooks().request || step.kind() == PluginKind::Logging {
+                continue;
+            }
+            if link.mode == StepMode::Shadow {
+                passed[index] = self.shadow(link, request, body, ids, state, trace).await?;
                 continue;
             }
             let identity = state.identity.as_ref();
@@ -291,13 +340,7 @@ impl<S: Step> Chain<S> {
                 }
                 _ => None,
             };
-            let call = match step.kind() {
-                PluginKind::Auth => Call::Authenticate(request),
-                PluginKind::RateLimit => Call::Check(request, identity),
-                PluginKind::Validation => Call::Validate(request, identity, bytes.as_deref()),
-                PluginKind::Filter => Call::OnRequest(request, identity),
-                PluginKind::Logging => continue,
-            };
+            let call = call_for(step.kind(), request, identity, bytes.as_deref());
             let started = Instant::now();
             let span = trace.step(step.id(), step.kind(), "request");
             let outcome = match step.call(&request.request_id, &span, call).await {
@@ -321,17 +364,92 @@ impl<S: Step> Chain<S> {
             };
             Trace::end_step(&span, decision);
             step.record_call(CallPhase::Request, Some(decision), elapsed);
-            state.decisions.push(Decision {
-                plugin: step.id().clone(),
-                phase: Phase::Request,
-                decision,
-                duration_us: micros(started),
-            });
+            state.decisions.push(Decision::of(step.id(), Phase::Request, decision, started, false));
+            if let Some(p) = passed.get_mut(index) {
+                *p = (decision != "failed").then_some(matches!(verdict, Verdict::Continue));
+            }
             if let Verdict::Respond(response) = verdict {
+                self.compare_shadows(&passed, state);
                 return Ok(Verdict::Respond(response));
             }
         }
+        self.compare_shadows(&passed, state);
         Ok(Verdict::Continue)
+    }
+
+    /// Runs shadow step `link` on copies of the request and of what the chain knows, records
+    /// its decision and drops the rest. Whether it passed; none when it failed.
+    ///
+    /// Errors: only the body's own (it broke off or timed out), which the request meets anyway.
+    async fn shadow(
+        &self,
+        link: &ChainStep<S>,
+        request: &Arc<PluginRequest>,
+        body: &mut LazyBody,
+        ids: &IdentityHeaders,
+        state: &mut ChainState,
+        trace: &Trace,
+    ) -> Result<Option<bool>, GatewayError> {
+        let step = &link.step;
+        let started = Instant::now();
+        let bytes = match (step.kind(), step.body_limit()) {
+            (PluginKind::Validation, Some(limit)) => {
+                Some(body.bytes().await?.clone()).filter(|b| b.len() as u64 <= limit)
+            }
+            _ => None,
+        };
+        let mut lent = request.clone();
+        let mut scratch = ChainState { identity: state.identity.clone(), ..ChainState::default() };
+        let span = trace.step(step.id(), step.kind(), "shadow");
+        let outcome = if step.kind() == PluginKind::Validation && bytes.is_none() {
+            Err(PluginFailure::new(step.id(), FailureKind::InvalidOutput("the body is over its body-limit".into())))
+        } else {
+            let call = call_for(step.kind(), &lent, scratch.identity.as_ref(), bytes.as_deref());
+            match step.call(&request.request_id, &span, call).await {
+                Ok((replied, settle)) => {
+                    let applied = apply(step.id(), replied, &mut lent, ids, &mut scratch);
+                    settle.settle(applied.is_ok());
+                    applied
+                }
+                Err(failure) => Err(failure),
+            }
+        };
+        let (decision, passed) = match outcome {
+            Ok((decision, verdict)) => {
+                let mode = KeyValue::new("portcullis.step.mode", "shadow");
+                telemetry::end(&span, SpanOutcome::Ok, "", vec![KeyValue::new(DECISION, decision), mode]);
+                (decision, Some(matches!(verdict, Verdict::Continue)))
+            }
+            Err(failure) => {
+                step.count_failure(&failure);
+                telemetry::end(
+                    &span,
+                    SpanOutcome::Error,
+                    failure.kind.label(),
+                    vec![KeyValue::new(DECISION, "failed")],
+                );
+                tracing::debug!(
+                    plugin = %failure.plugin, kind = failure.kind.label(), request_id = %request.request_id,
+                    detail = %failure.detail, "shadow step failed; the request goes on"
+                );
+                ("failed", None)
+            }
+        };
+        step.record_shadow(decision, started.elapsed());
+        state.decisions.push(Decision::of(step.id(), Phase::Request, decision, started, true));
+        Ok(passed)
+    }
+
+    /// Notes each shadow step whose outcome differs from its enforced step's, when both
+    /// decided.
+    fn compare_shadows(&self, passed: &[Option<bool>], state: &mut ChainState) {
+        for &(shadow, enforced) in &self.shadows {
+            let both =
+                passed.get(shadow).copied().flatten().zip(enforced.and_then(|e| passed.get(e).copied().flatten()));
+            if both.is_some_and(|(a, b)| a != b) {
+                state.disagreements.push(self.steps[shadow].step.id().clone());
+            }
+        }
     }
 
     /// Runs `filter.on-response` steps in reverse order on `response`, skipping filters that
@@ -347,7 +465,7 @@ impl<S: Step> Chain<S> {
     ) -> Result<(), GatewayError> {
         for link in self.steps.iter().rev() {
             let step = &link.step;
-            if step.kind() != PluginKind::Filter || !step.hooks().response {
+            if step.kind() != PluginKind::Filter || !step.hooks().response || link.mode == StepMode::Shadow {
                 continue;
             }
             let seen =
@@ -390,12 +508,7 @@ impl<S: Step> Chain<S> {
             };
             Trace::end_step(&span, decision);
             step.record_call(CallPhase::Response, Some(decision), elapsed);
-            state.decisions.push(Decision {
-                plugin: step.id().clone(),
-                phase: Phase::Response,
-                decision,
-                duration_us: micros(started),
-            });
+            state.decisions.push(Decision::of(step.id(), Phase::Response, decision, started, false));
         }
         Ok(())
     }
@@ -551,6 +664,22 @@ fn apply_reply(
         Reply::Filter(FilterAction::Respond(local)) => ("respond", Verdict::Respond(local_response(local)?)),
         Reply::Observed => ("observed", Verdict::Continue),
     })
+}
+
+/// The request-phase call a step of `kind` gets.
+fn call_for<'a>(
+    kind: PluginKind,
+    request: &'a Arc<PluginRequest>,
+    identity: Option<&'a Identity>,
+    body: Option<&'a [u8]>,
+) -> Call<'a> {
+    match kind {
+        PluginKind::Auth => Call::Authenticate(request),
+        PluginKind::RateLimit => Call::Check(request, identity),
+        PluginKind::Validation => Call::Validate(request, identity, body),
+        // Logging steps are skipped before this.
+        PluginKind::Filter | PluginKind::Logging => Call::OnRequest(request, identity),
+    }
 }
 
 /// Applies the failure policy: fail-closed turns the failure into the request's error,
@@ -725,6 +854,9 @@ mod tests {
         fn record_call(&self, _phase: CallPhase, decision: Option<&'static str>, _duration: Duration) {
             self.log.lock().unwrap().push(format!("{} recorded {}", self.id, decision.unwrap_or("none")));
         }
+        fn record_shadow(&self, decision: &'static str, _duration: Duration) {
+            self.log.lock().unwrap().push(format!("{} shadow {decision}", self.id));
+        }
         fn count_failure(&self, failure: &PluginFailure) {
             self.log.lock().unwrap().push(format!("{} failure {}", self.id, failure.kind.label()));
         }
@@ -754,7 +886,15 @@ mod tests {
                 log: self.log.clone(),
                 secret_headers: Vec::new(),
             };
-            self.steps.push(ChainStep { step, policy });
+            self.steps.push(ChainStep { step, policy, mode: StepMode::Enforce });
+            self
+        }
+
+        /// The last step added runs in shadow mode.
+        fn shadow(mut self) -> Self {
+            if let Some(last) = self.steps.last_mut() {
+                last.mode = StepMode::Shadow;
+            }
             self
         }
 
@@ -896,6 +1036,74 @@ mod tests {
         assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"portcullis\"");
         assert_eq!(decisions(&state), [("auth".into(), "denied")]);
         assert!(!lines(&log).iter().any(|l| l.starts_with("after")), "{:?}", lines(&log));
+    }
+
+    #[tokio::test]
+    async fn a_shadow_step_is_recorded_not_enforced_and_its_disagreements_are_counted() {
+        let deny = |_: &Call<'_>| {
+            Ok(Reply::Auth(AuthOutcome::Denied(LocalResponse { status: 401, headers: vec![], body: vec![] })))
+        };
+        let allow = |_: &Call<'_>| {
+            let identity = Identity {
+                subject: "alice".into(),
+                issuer: None,
+                roles: vec![],
+                scopes: vec![],
+                authentication: crate::plugin::bindings::portcullis::plugin::types::Authentication {
+                    acr: None,
+                    amr: vec![],
+                    auth_time: None,
+                },
+                claims: vec![],
+            };
+            Ok(Reply::Auth(AuthOutcome::Authenticated(Authenticated {
+                identity,
+                remove_headers: vec!["authorization".into()],
+                remove_query_params: vec![],
+            })))
+        };
+        let (chain, log) = Fakes::default()
+            .step("new-auth", PluginKind::Auth, FailurePolicy::FailClosed, deny)
+            .shadow()
+            .step("auth", PluginKind::Auth, FailurePolicy::FailClosed, allow)
+            .step("tagger", PluginKind::Filter, FailurePolicy::FailClosed, |_| Ok(set("x-shadow-tag", "1")))
+            .shadow()
+            .step("after", PluginKind::Filter, FailurePolicy::FailClosed, |_| Ok(pass()))
+            .build();
+        let mut request = request(None, &[("authorization", "Bearer t")]);
+        let (verdict, state) = run(&chain, &mut request, b"").await;
+        assert!(matches!(verdict, Ok(Verdict::Continue)), "the shadow denial is not enforced: {verdict:?}");
+        assert_eq!(state.identity.as_ref().map(|i| i.subject.as_str()), Some("alice"));
+        assert!(!request.headers.contains_key("x-shadow-tag"), "a shadow step's edits are discarded");
+        let shadowed: Vec<_> = state.decisions.iter().map(|d| (d.plugin.to_string(), d.decision, d.shadow)).collect();
+        assert_eq!(
+            shadowed,
+            [
+                ("new-auth".into(), "denied", true),
+                ("auth".into(), "authenticated", false),
+                ("tagger".into(), "continue", true),
+                ("after".into(), "continue", false)
+            ]
+        );
+        assert_eq!(state.decisions[0].to_wit().decision, "shadow:denied");
+        // new-auth refused where auth passed; tagger and `after` agree.
+        assert_eq!(state.disagreements, [Arc::from("new-auth")]);
+        assert!(lines(&log).contains(&"new-auth shadow denied".to_owned()), "{:?}", lines(&log));
+    }
+
+    #[tokio::test]
+    async fn a_failing_shadow_step_never_affects_the_request() {
+        let trap = |_: &Call<'_>| Err(FailureKind::Trap("unreachable".into()));
+        let (chain, log) = Fakes::default()
+            .step("broken", PluginKind::Filter, FailurePolicy::FailClosed, trap)
+            .shadow()
+            .step("after", PluginKind::Filter, FailurePolicy::FailClosed, |_| Ok(pass()))
+            .build();
+        let (verdict, state) = run(&chain, &mut request(None, &[]), b"").await;
+        assert!(matches!(verdict, Ok(Verdict::Continue)), "{verdict:?}");
+        assert_eq!(decisions(&state), [("broken".into(), "failed"), ("after".into(), "continue")]);
+        assert!(state.disagreements.is_empty(), "a failure is not a disagreement");
+        assert!(lines(&log).contains(&"broken failure trap".to_owned()), "counted: {:?}", lines(&log));
     }
 
     #[tokio::test]

@@ -15,7 +15,8 @@
 //! | `portcullis_upstream_errors_total` | counter | `upstream`, `endpoint`, `kind` (`5xx`, `timeout`, `failed`) |
 //! | `portcullis_upstream_endpoint_available` | gauge | `upstream`, `endpoint` |
 //! | `portcullis_plugin_call_duration_seconds` | histogram | `plugin`, `phase` (`request`, `response`, `observe`) |
-//! | `portcullis_plugin_decisions_total` | counter | `plugin`, `decision` |
+//! | `portcullis_plugin_decisions_total` | counter | `plugin`, `decision`, `mode` (`enforce`, `shadow`) |
+//! | `portcullis_shadow_disagreements_total` | counter | `route`, `plugin` (the shadow step) |
 //! | `portcullis_plugin_failures_total` | counter | `plugin`, `kind` |
 //! | `portcullis_plugin_instances` | gauge | `plugin`, `state` (`idle`, `busy`) |
 //! | `portcullis_plugin_breaker_open` | gauge | `plugin` |
@@ -113,6 +114,17 @@ pub struct DecisionLabels {
     /// `valid`, `invalid` (validation); `continue`, `respond` (filter); `observed` (logging);
     /// `failed` (a fail-open step that failed).
     pub decision: String,
+    /// `enforce`, or `shadow` for a step whose decision is recorded and not enforced.
+    pub mode: String,
+}
+
+/// Labels of a shadow step's disagreements with the enforced step of its kind.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    /// Route id.
+    pub route: String,
+    /// The shadow step's plugin id.
+    pub plugin: String,
 }
 
 /// Labels of plugin instances.
@@ -218,8 +230,11 @@ pub struct Metrics {
     /// `portcullis_plugin_call_duration_seconds{plugin,phase}`: one call, host conversions
     /// included.
     pub plugin_call_duration: Histograms<PhaseLabels>,
-    /// `portcullis_plugin_decisions_total{plugin,decision}`.
+    /// `portcullis_plugin_decisions_total{plugin,decision,mode}`.
     pub plugin_decisions: Family<DecisionLabels, Counter>,
+    /// `portcullis_shadow_disagreements_total{route,plugin}`: requests on which a shadow step
+    /// and the enforced step of its kind decided differently (one passed, one refused).
+    pub shadow_disagreements: Family<ShadowLabels, Counter>,
     /// `portcullis_plugin_instances{plugin,state}` (refreshed at each scrape).
     pub plugin_instances: Family<InstanceLabels, Gauge>,
     /// `portcullis_listener_connections{listener}`: open client connections.
@@ -255,6 +270,7 @@ impl Default for Metrics {
             endpoint_available: Family::default(),
             plugin_call_duration: Family::new_with_constructor(call_histogram as fn() -> Histogram),
             plugin_decisions: Family::default(),
+            shadow_disagreements: Family::default(),
             plugin_instances: Family::default(),
             listener_connections: Family::default(),
             tls_handshakes: Family::default(),
@@ -315,8 +331,13 @@ impl Default for Metrics {
         );
         registry.register(
             "plugin_decisions",
-            "Plugin step decisions, by plugin and decision",
+            "Plugin step decisions, by plugin, decision and mode (enforce or shadow)",
             m.plugin_decisions.clone(),
+        );
+        registry.register(
+            "shadow_disagreements",
+            "Requests on which a shadow step and the enforced step of its kind decided differently",
+            m.shadow_disagreements.clone(),
         );
         registry.register(
             "plugin_instances",
@@ -405,6 +426,12 @@ impl RouteSeries {
     pub fn new(metrics: &Metrics, route: &str) -> Self {
         let duration = metrics.http_request_duration.get_or_create(&RouteLabels { route: route.to_owned() }).clone();
         RouteSeries { route: route.to_owned(), duration, requests: Default::default() }
+    }
+
+    /// Counts one request on which shadow step `plugin` disagreed with its enforced step.
+    pub fn shadow_disagreed(&self, metrics: &Metrics, plugin: &str) {
+        let labels = ShadowLabels { route: self.route.clone(), plugin: plugin.to_owned() };
+        metrics.shadow_disagreements.get_or_create(&labels).inc();
     }
 
     /// Records one finished request: `status` 100..=599, `duration` from the request head to

@@ -112,6 +112,7 @@ impl Snapshot {
             let path = loaded.resolve(&plugin_config.path);
             let audit_file = plugin_config.audit_file.as_deref().map(|f| loaded.resolve(f));
             let field = format!("plugin.{id}.path");
+            let pin = plugin_config.sha256.as_deref().map(str::to_ascii_lowercase);
             let strict = plugin_config.strict_imports.unwrap_or(config.runtime.strict_imports);
             let (engine_for_compile, plugin_id) = (engine.clone(), id.clone());
             let (kind, capabilities) = (plugin_config.kind, plugin_config.capabilities.clone());
@@ -124,6 +125,9 @@ impl Snapshot {
                 }
                 let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 let hash = crate::sources::sha256_hex(&bytes);
+                if let Some(pin) = pin.filter(|pin| *pin != hash) {
+                    return Ok(Err(format!("{} has SHA-256 {hash}; the configuration pins {pin}", path.display())));
+                }
                 // Imports and exports are read from the binary first: a refusal costs
                 // milliseconds, not a compilation.
                 let surface = crate::plugin::imports::inspect(&bytes).map_err(|e| format!("{} {e}", path.display()))?;
@@ -142,10 +146,19 @@ impl Snapshot {
                     from = from.label(),
                     "plugin compiled"
                 );
-                Ok((component, hash, surface.imports))
+                Ok(Ok((component, hash, surface.imports)))
             })
             .await
             .unwrap_or_else(|e| Err(format!("compilation task failed: {e}")));
+            // A file that is not the pinned one: refused before compiling, by its own field.
+            let compiled = match compiled {
+                Ok(Err(mismatch)) => {
+                    issues.push(Issue::new(format!("plugin.{id}.sha256"), mismatch));
+                    continue;
+                }
+                Ok(Ok(compiled)) => Ok(compiled),
+                Err(e) => Err(e),
+            };
             if let Ok((_, hash, _)) = &compiled {
                 sources.record_digest(&path, hash.clone());
             }
@@ -246,7 +259,8 @@ impl Snapshot {
                         }
                     },
                 };
-                steps.push(ChainStep { step: WasmStep(pool), policy: step.failure_policy.unwrap_or(plugin.policy) });
+                let policy = step.failure_policy.unwrap_or(plugin.policy);
+                steps.push(ChainStep { step: WasmStep(pool), policy, mode: step.mode });
             }
             // Validation refused a route naming no upstream; skipping it would shift every
             // later route's index, so it ends the build here too.

@@ -517,3 +517,41 @@ async fn a_configmap_symlink_swap_is_reloaded() {
     gw.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_plugin_is_refused_when_its_file_is_not_the_pinned_one_at_load_or_at_reload() {
+    let (dir, upstream) = (plugin_dir(), echo_upstream().await);
+    let digest = |name: &str| portcullis::sources::sha256_hex(&std::fs::read(plugin(name)).unwrap());
+    let (a, b) = (digest("tag_filter_a"), digest("tag_filter_b"));
+    let site = |pin: &str| {
+        let pinned = format!(
+            "[reload]\ndebounce_ms = 50\n\n[plugin.tag]\npath = \"{}\"\nkind = \"filter\"\nsha256 = \"{pin}\"\n",
+            dir.join("filter.wasm").display()
+        );
+        config(upstream, &format!("{pinned}{}", route("tagged", "/tagged/", &[("tag", Some(r#"{ suffix = "" }"#))])))
+    };
+    // At load: a pin that is not the file's digest names the field and both digests.
+    let (_, wrong) = write_config(&site(&b));
+    let refused = portcullis::Gateway::start_with_engine(&wrong, portcullis_e2e::engine()).await.err().unwrap();
+    let why = refused.to_string();
+    assert!(why.contains("plugin.tag.sha256") && why.contains(&a) && why.contains(&b), "{why}");
+
+    // At reload: the file is replaced by another build; the pin refuses it, the old one serves.
+    let (_, file) = write_config(&site(&a.to_ascii_uppercase()));
+    let gw = TestGateway::start_file(&file).await;
+    assert_eq!(tag(&gw).await, "a");
+    replace_file(&dir.join("filter.wasm"), &std::fs::read(plugin("tag_filter_b")).unwrap());
+    let started = Instant::now();
+    let refusal = loop {
+        let last = gw.gateway.reloads().pop().unwrap();
+        if last.result != "ok" {
+            break last;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "no reload refused the replaced file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let why = refusal.error.unwrap_or_default();
+    assert!(why.contains("plugin.tag.sha256") && why.contains(&b), "{why}");
+    assert_eq!(tag(&gw).await, "a", "the pinned snapshot keeps serving");
+    gw.stop().await;
+}

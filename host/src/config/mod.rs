@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub use model::{
     BreakerConfig, Capability, FailurePolicy, GatewayConfig, Isolation, KvBackend, KvConfig, PluginConfig, PluginKind,
-    RouteConfig, RuntimeConfig, StepConfig,
+    RouteConfig, RuntimeConfig, StepConfig, StepMode,
 };
 pub use net::{Cidr, Origin};
 

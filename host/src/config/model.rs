@@ -705,6 +705,11 @@ pub struct SecretConfig {
 pub struct PluginConfig {
     /// Path of the `.wasm` component, relative to the configuration file.
     pub path: PathBuf,
+    /// The component's SHA-256 (64 hex digits, `sha256sum` of the file): pinned, the file must
+    /// have exactly this content at load and at every reload, or it is refused (a reload then
+    /// keeps the serving snapshot).
+    #[serde(default)]
+    pub sha256: Option<String>,
     /// Which WIT interface the component exports.
     pub kind: PluginKind,
     /// Default: `fail-closed`, except `fail-open` for `logging`.
@@ -810,6 +815,24 @@ pub struct StepConfig {
     /// Overrides the plugin's failure policy for this step.
     #[serde(default)]
     pub failure_policy: Option<FailurePolicy>,
+    /// `enforce` (default), or `shadow`: the step runs and its decision is recorded, but not
+    /// enforced (see [`StepMode`]).
+    #[serde(default)]
+    pub mode: StepMode,
+}
+
+/// Whether a step's decisions apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepMode {
+    /// Its decisions and edits apply; its failures follow its failure policy.
+    #[default]
+    Enforce,
+    /// It runs in the request phase on live traffic and its decision is recorded (metrics with
+    /// `mode="shadow"`, the logging steps' exchange, its span), but not enforced: its edits,
+    /// identity and local responses are discarded and its failures never affect the request.
+    /// Beside an enforced step of its kind, their disagreements are counted per route.
+    Shadow,
 }
 
 /// Defaults, named so the docs and the code agree.

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::Issue;
-use super::model::{Capability, GatewayConfig, PluginKind, RouteConfig};
+use super::model::{Capability, GatewayConfig, PluginKind, RouteConfig, StepMode};
 
 /// `[kv]`: a Redis URL without credentials, one password source, sane timeouts.
 fn check_kv(issues: &mut Vec<Issue>, kv: &super::model::KvConfig) {
@@ -213,6 +213,11 @@ pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
         if p.audit_file.is_some() && !p.capabilities.contains(&Capability::Audit) {
             issues.push(Issue::new(format!("{at}.audit_file"), "needs the `audit` capability in `capabilities`"));
         }
+        if let Some(pin) = &p.sha256
+            && !(pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            issues.push(Issue::new(format!("{at}.sha256"), "must be 64 hex digits (the file's `sha256sum`)"));
+        }
         for (field, names) in [("secrets", &p.secrets), ("readable_secrets", &p.readable_secrets)] {
             for (j, secret) in names.iter().enumerate() {
                 if !config.secrets.contains_key(secret) {
@@ -275,12 +280,17 @@ fn check_route(config: &GatewayConfig, issues: &mut Vec<Issue>, i: usize, r: &Ro
         match config.plugins.get(&step.plugin) {
             None => issues
                 .push(Issue::new(format!("{at}.chain[{j}].plugin"), format!("no [plugin.{}] is defined", step.plugin))),
-            Some(p) if p.kind == PluginKind::Auth => auth_steps += 1,
+            Some(p) if p.kind == PluginKind::Logging && step.mode == StepMode::Shadow => issues.push(Issue::new(
+                format!("{at}.chain[{j}].mode"),
+                "a logging step decides nothing: `shadow` is for auth, rate-limit, validation and filter steps",
+            )),
+            // A shadow auth step beside the enforced one is how a new auth configuration is tried.
+            Some(p) if p.kind == PluginKind::Auth && step.mode == StepMode::Enforce => auth_steps += 1,
             Some(_) => {}
         }
     }
     if auth_steps > 1 {
-        issues.push(Issue::new(format!("{at}.chain"), "at most one auth step per chain"));
+        issues.push(Issue::new(format!("{at}.chain"), "at most one enforced auth step per chain"));
     }
 }
 

@@ -97,8 +97,11 @@ struct CallSeries {
     request: Histogram,
     response: Histogram,
     observe: Histogram,
-    /// One counter per decision its kind can make ([`decisions_of`]).
+    /// Calls as a shadow step.
+    shadow: Histogram,
+    /// One counter per decision its kind can make ([`decisions_of`]), enforced and shadow.
     decisions: Vec<(&'static str, Counter)>,
+    shadow_decisions: Vec<(&'static str, Counter)>,
     breaker_open: prometheus_client::metrics::gauge::Gauge,
 }
 
@@ -167,8 +170,8 @@ impl LoadedPlugin {
             let labels = PhaseLabels { plugin: id.to_owned(), phase: phase.to_owned() };
             engine.metrics().plugin_call_duration.get_or_create(&labels).clone()
         };
-        let decision = |decision: &'static str| {
-            let labels = DecisionLabels { plugin: id.to_owned(), decision: decision.to_owned() };
+        let decision = |mode: &str, decision: &'static str| {
+            let labels = DecisionLabels { plugin: id.to_owned(), decision: decision.to_owned(), mode: mode.to_owned() };
             (decision, engine.metrics().plugin_decisions.get_or_create(&labels).clone())
         };
         let breaker_labels = crate::metrics::PluginLabels { plugin: id.to_owned() };
@@ -176,7 +179,9 @@ impl LoadedPlugin {
             request: histogram("request"),
             response: histogram("response"),
             observe: histogram("observe"),
-            decisions: decisions_of(config.kind).iter().map(|d| decision(d)).collect(),
+            shadow: histogram("shadow"),
+            decisions: decisions_of(config.kind).iter().map(|d| decision("enforce", d)).collect(),
+            shadow_decisions: decisions_of(config.kind).iter().map(|d| decision("shadow", d)).collect(),
             breaker_open: engine.metrics().breaker_open.get_or_create(&breaker_labels).clone(),
         };
         let origins = config.allowed_origins.clone();
@@ -257,11 +262,26 @@ impl LoadedPlugin {
                 counter.inc();
             }
             // Not one of the kind's decisions: a host bug, still counted.
-            None => {
-                let labels = DecisionLabels { plugin: self.id.to_string(), decision: decision.to_owned() };
-                self.engine.metrics().plugin_decisions.get_or_create(&labels).inc();
-            }
+            None => self.count_unknown_decision(decision, "enforce"),
         }
+    }
+
+    /// Records one call as a shadow step: its duration (`phase="shadow"`) and its decision
+    /// (`mode="shadow"`).
+    pub fn record_shadow(&self, decision: &'static str, duration: std::time::Duration) {
+        self.series.shadow.observe(duration.as_secs_f64());
+        match self.series.shadow_decisions.iter().find(|(d, _)| *d == decision) {
+            Some((_, counter)) => {
+                counter.inc();
+            }
+            None => self.count_unknown_decision(decision, "shadow"),
+        }
+    }
+
+    fn count_unknown_decision(&self, decision: &str, mode: &str) {
+        let labels =
+            DecisionLabels { plugin: self.id.to_string(), decision: decision.to_owned(), mode: mode.to_owned() };
+        self.engine.metrics().plugin_decisions.get_or_create(&labels).inc();
     }
 
     /// Failed calls since this plugin (this component and configuration) was loaded.

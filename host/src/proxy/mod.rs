@@ -341,7 +341,12 @@ impl Exchange {
         let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let head = Arc::try_unwrap(request).unwrap_or_else(|shared| (*shared).clone());
         match &route {
-            Some(route) => route.series.finished(&snapshot.metrics, &head.method, status, elapsed),
+            Some(route) => {
+                route.series.finished(&snapshot.metrics, &head.method, status, elapsed);
+                for plugin in &state.disagreements {
+                    route.series.shadow_disagreed(&snapshot.metrics, plugin);
+                }
+            }
             None => snapshot.metrics.request_finished(&head.route, head.method.as_str(), status, elapsed),
         }
         let bytes_in = bytes_in.load(Ordering::Relaxed);

@@ -147,7 +147,7 @@ fn auth_removed(running: &Snapshot, next: &Snapshot, loaded: &LoadedConfig) -> (
         chain
             .steps()
             .iter()
-            .filter(|s| s.step.kind() == PluginKind::Auth)
+            .filter(|s| s.step.kind() == PluginKind::Auth && s.mode == crate::config::StepMode::Enforce)
             .map(|s| s.step.id().clone())
             .collect::<Vec<_>>()
     };
