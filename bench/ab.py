@@ -16,9 +16,7 @@ then rebuild this tree. Needs what bench/run installs and builds (nginx, wrk, th
 """
 
 import argparse
-import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,15 +32,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=8, help="seconds per throughput run")
     args = parser.parse_args()
-    harness.WORK = Path(tempfile.mkdtemp(prefix="portcullis-ab-"))
-    token = harness.mint_token()
-    env = {"TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"}
-    upstream = harness.Server("upstream", ["nginx", "-c", str(harness.nginx_conf(harness.UPSTREAM_PORT, proxy=False))],
-                              harness.UPSTREAM_PORT, harness.CLIENT_CORE)
-    servers = {}
-    try:
-        servers["nginx"] = harness.Server("nginx", ["nginx", "-c", str(harness.nginx_conf(18182, proxy=True))], 18182,
-                                          harness.SERVER_CORE)
+
+    def add(servers: dict, env: dict) -> None:
         port = 18183
         for build, binary in [("before", args.before), ("after", args.after)]:
             for variant, steps in [("no plugins", []), ("chain", CHAIN)]:
@@ -51,30 +42,8 @@ def main() -> None:
                 servers[name] = harness.Server(name, [binary, "run", "--config", str(conf)], port, harness.SERVER_CORE,
                                                env=env, cwd=conf.parent)
                 port += 1
-        rps = {name: [] for name in servers}
-        cpu = {name: [] for name in servers}
-        order = list(servers)
-        url = lambda name: f"http://127.0.0.1:{servers[name].port}/api/orders"
-        for name in order:  # warm-up
-            harness.wrk(url(name), 50, 2, token)
-        for round_ in range(args.rounds):
-            for name in (order if round_ % 2 == 0 else order[::-1]):
-                used = servers[name].cpu()
-                rate = harness.wrk(url(name), 50, args.duration, token)
-                used = servers[name].cpu() - used
-                rps[name].append(rate)
-                cpu[name].append(used / (rate * args.duration) * 1e6)
-                print(f"ab: round {round_ + 1}/{args.rounds} {name}: {rate:,.0f} req/s", file=sys.stderr)
-    finally:
-        for server in servers.values():
-            server.stop()
-        upstream.stop()
-    print("| contender | req/s median | req/s min–max | × nginx median (min–max) | CPU µs/req |")
-    print("|---|---|---|---|---|")
-    for name in servers:
-        ratios = [r / n for r, n in zip(rps[name], rps["nginx"])]
-        print(f"| {name} | {statistics.median(rps[name]):,.0f} | {harness.span(rps[name], '{:,.0f}')} | "
-              f"{statistics.median(ratios):.2f} ({harness.span(ratios, '{:.2f}')}) | {statistics.median(cpu[name]):.1f} |")
+
+    harness.side_by_side("portcullis-ab-", add, args.rounds, args.duration, "ab")
 
 
 if __name__ == "__main__":

@@ -469,3 +469,56 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def interleave(servers: dict, url, token: str, rounds: int, duration: int, tag: str) -> tuple[dict, dict]:
+    """Warms each server up, then runs `rounds` wrk rounds of `duration` s over every server,
+    in reverse order every other round. Returns req/s and server CPU µs per request, by name."""
+    rps = {name: [] for name in servers}
+    cpu = {name: [] for name in servers}
+    order = list(servers)
+    for name in order:  # warm-up
+        wrk(url(name), 50, 2, token)
+    for round_ in range(rounds):
+        for name in (order if round_ % 2 == 0 else order[::-1]):
+            used = servers[name].cpu()
+            rate = wrk(url(name), 50, duration, token)
+            used = servers[name].cpu() - used
+            rps[name].append(rate)
+            cpu[name].append(used / (rate * duration) * 1e6)
+            print(f"{tag}: round {round_ + 1}/{rounds} {name}: {rate:,.0f} req/s", file=sys.stderr)
+    return rps, cpu
+
+
+def ratio_table(rps: dict, cpu: dict) -> None:
+    """Prints req/s, the ratio to nginx per round and CPU µs per request, as a Markdown table."""
+    print("| contender | req/s median | req/s min–max | × nginx median (min–max) | CPU µs/req |")
+    print("|---|---|---|---|---|")
+    for name in rps:
+        ratios = [r / n for r, n in zip(rps[name], rps["nginx"])]
+        print(f"| {name} | {statistics.median(rps[name]):,.0f} | {span(rps[name], '{:,.0f}')} | "
+              f"{statistics.median(ratios):.2f} ({span(ratios, '{:.2f}')}) | {statistics.median(cpu[name]):.1f} |")
+
+
+def side_by_side(prefix: str, add, rounds: int, duration: int, tag: str) -> None:
+    """A side-by-side run (bench/ab.py, bench/shadow.py): a fresh work directory, the
+    upstream, nginx as the first contender, then those `add(servers, env)` puts in `servers`
+    (`env` is the Portcullis environment: one worker, no access log); [`interleave`]d rounds on
+    `/api/orders`, every server stopped, and the [`ratio_table`]."""
+    global WORK
+    WORK = Path(tempfile.mkdtemp(prefix=prefix))
+    token = mint_token()
+    env = {"TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"}
+    upstream = Server("upstream", ["nginx", "-c", str(nginx_conf(UPSTREAM_PORT, proxy=False))], UPSTREAM_PORT,
+                      CLIENT_CORE)
+    servers = {}
+    try:
+        servers["nginx"] = Server("nginx", ["nginx", "-c", str(nginx_conf(18182, proxy=True))], 18182, SERVER_CORE)
+        add(servers, env)
+        url = lambda name: f"http://127.0.0.1:{servers[name].port}/api/orders"
+        rps, cpu = interleave(servers, url, token, rounds, duration, tag)
+    finally:
+        for server in servers.values():
+            server.stop()
+        upstream.stop()
+    ratio_table(rps, cpu)

@@ -89,11 +89,19 @@ async fn metrics_count_known_traffic_by_route_status_plugin_and_upstream() {
     assert_eq!(value(s, "portcullis_upstream_endpoint_available", &[("upstream", "app")]), Some(1.0));
 
     assert_eq!(
-        value(s, "portcullis_plugin_decisions_total", &[("plugin", "apikey"), ("decision", "denied")]),
+        value(
+            s,
+            "portcullis_plugin_decisions_total",
+            &[("plugin", "apikey"), ("decision", "denied"), ("mode", "enforce")]
+        ),
         Some(2.0)
     );
     assert_eq!(
-        value(s, "portcullis_plugin_decisions_total", &[("plugin", "apikey"), ("decision", "authenticated")]),
+        value(
+            s,
+            "portcullis_plugin_decisions_total",
+            &[("plugin", "apikey"), ("decision", "authenticated"), ("mode", "enforce")]
+        ),
         Some(1.0)
     );
     assert_eq!(
