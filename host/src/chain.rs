@@ -135,7 +135,8 @@ impl Step for WasmStep {
     }
 }
 
-/// One link of a chain: a step, its failure policy and whether it is enforced.
+/// One link of a chain: a step, its failure policy, whether it is enforced, and the canary
+/// that serves a share of its requests.
 #[derive(Debug, Clone)]
 pub struct ChainStep<S = WasmStep> {
     /// The step.
@@ -144,6 +145,78 @@ pub struct ChainStep<S = WasmStep> {
     pub policy: FailurePolicy,
     /// Enforced, or shadow (decisions recorded, not applied).
     pub mode: StepMode,
+    /// Another plugin (or version) serving a share of this step's requests.
+    pub canary: Option<Canary<S>>,
+}
+
+/// A share of a step's requests served by another step of its kind. The side is picked by a
+/// stable hash of a key, so one client stays on one side, and the canary's plugin id salts it,
+/// so two canaries split clients independently.
+#[derive(Debug, Clone)]
+pub struct Canary<S = WasmStep> {
+    /// The canary.
+    pub step: S,
+    /// Requests out of 10,000 it serves.
+    pub per_10k: u32,
+    /// What picks the side.
+    pub key: CanaryKey,
+}
+
+/// What picks a request's side of a canary split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CanaryKey {
+    /// The client's IP address.
+    ClientIp,
+    /// The identity's subject; the client IP for anonymous requests.
+    Subject,
+    /// The first value of this request header; the client IP without one.
+    Header(http::HeaderName),
+}
+
+impl CanaryKey {
+    /// Parses `client-ip`, `subject` or `header:NAME` (validation checked it); none otherwise.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "client-ip" => Some(CanaryKey::ClientIp),
+            "subject" => Some(CanaryKey::Subject),
+            _ => text
+                .strip_prefix("header:")
+                .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+                .map(CanaryKey::Header),
+        }
+    }
+}
+
+impl<S: Step> ChainStep<S> {
+    /// The step serving this request: the canary for its share of keys, else the step's own.
+    pub fn serving(&self, request: &PluginRequest, identity: Option<&Identity>) -> &S {
+        match &self.canary {
+            Some(canary) if canary.takes(request, identity) => &canary.step,
+            _ => &self.step,
+        }
+    }
+}
+
+impl<S: Step> Canary<S> {
+    /// Whether this request is the canary's: the first 8 bytes of SHA-256 over the canary's
+    /// plugin id and the key's value, modulo 10,000, fall below its share.
+    fn takes(&self, request: &PluginRequest, identity: Option<&Identity>) -> bool {
+        use sha2::Digest as _;
+        let value = match &self.key {
+            CanaryKey::Subject => identity.map(|i| i.subject.as_bytes()),
+            CanaryKey::Header(name) => request.headers.get(name).map(HeaderValue::as_bytes),
+            CanaryKey::ClientIp => None,
+        }
+        .unwrap_or(request.client_ip.as_bytes());
+        let digest = sha2::Sha256::new()
+            .chain_update(self.step.id().as_bytes())
+            .chain_update([0])
+            .chain_update(value)
+            .finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first) % 10_000 < u64::from(self.per_10k)
+    }
 }
 
 /// A route's ordered steps.
@@ -239,7 +312,11 @@ impl<S> Default for Chain<S> {
 impl<S: Step> Chain<S> {
     /// A chain of `steps`, in order.
     pub fn new(steps: Vec<ChainStep<S>>) -> Self {
-        let body_limit = steps.iter().filter_map(|s| s.step.body_limit()).max();
+        let body_limit = steps
+            .iter()
+            .flat_map(|s| std::iter::once(&s.step).chain(s.canary.as_ref().map(|c| &c.step)))
+            .filter_map(Step::body_limit)
+            .max();
         let logging: Vec<_> = steps.iter().filter(|s| s.step.kind() == PluginKind::Logging).collect();
         let has_logging = !logging.is_empty();
         let logged_headers = logging.iter().try_fold(Vec::new(), |mut names, link| {
@@ -251,7 +328,10 @@ impl<S: Step> Chain<S> {
             Some(names)
         });
         // Shadow steps run in the request phase only.
-        let has_response_hooks = steps.iter().any(|s| s.step.hooks().response && s.mode == StepMode::Enforce);
+        let has_response_hooks = steps.iter().any(|s| {
+            let canary = s.canary.as_ref().is_some_and(|c| c.step.hooks().response);
+            (s.step.hooks().response || canary) && s.mode == StepMode::Enforce
+        });
         let enforced_like =
             |i: usize, j: usize| steps[j].mode == StepMode::Enforce && steps[j].step.kind() == steps[i].step.kind();
         let shadows = (0..steps.len())
@@ -321,7 +401,7 @@ impl<S: Step> Chain<S> {
         let mut passed: Vec<Option<bool>> =
             if self.shadows.is_empty() { Vec::new() } else { vec![None; self.steps.len()] };
         for (index, link) in self.steps.iter().enumerate() {
-            let step = &link.step;
+            let step = link.serving(request, state.identity.as_ref());
             if !step.hooks().request || step.kind() == PluginKind::Logging {
                 continue;
             }
@@ -464,7 +544,7 @@ impl<S: Step> Chain<S> {
         trace: &Trace,
     ) -> Result<(), GatewayError> {
         for link in self.steps.iter().rev() {
-            let step = &link.step;
+            let step = link.serving(request, state.identity.as_ref());
             if step.kind() != PluginKind::Filter || !step.hooks().response || link.mode == StepMode::Shadow {
                 continue;
             }
@@ -886,7 +966,7 @@ mod tests {
                 log: self.log.clone(),
                 secret_headers: Vec::new(),
             };
-            self.steps.push(ChainStep { step, policy, mode: StepMode::Enforce });
+            self.steps.push(ChainStep { step, policy, mode: StepMode::Enforce, canary: None });
             self
         }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
-use crate::chain::{Chain, ChainStep, WasmStep};
+use crate::chain::{Canary, CanaryKey, Chain, ChainStep, WasmStep};
 use crate::config::{ConfigError, Issue, LoadedConfig};
 use crate::plugin::{LoadedPlugin, PluginEngine, Provisions, StepLoadError, StepPool};
 use crate::proxy::headers::IdentityHeaders;
@@ -219,48 +219,33 @@ impl Snapshot {
             }
         }
 
-        let mut pools: HashMap<(String, String), Arc<StepPool>> = HashMap::new();
+        let mut pools = Pools { shared: HashMap::new(), plugins: &plugins, loaded, secrets: &secrets };
         let mut routes = Vec::new();
         for (i, route) in config.routes.iter().enumerate() {
             let mut steps = Vec::new();
             for (j, step) in route.chain.iter().enumerate() {
-                let at = format!("route[{i}].chain[{j}].config");
+                let at = format!("route[{i}].chain[{j}]");
                 let Some(plugin) = plugins.get(&step.plugin) else { continue };
-                let readable = config.plugins.get(&step.plugin).map_or(&[][..], |p| &p.readable_secrets[..]);
-                let refs = References { loaded, secrets: &secrets, readable };
-                let json = match step_config_json(&refs, step.config.as_ref(), &mut sources) {
-                    Ok(json) => json,
-                    Err(message) => {
-                        issues.push(Issue::new(at, message));
-                        continue;
+                let Some(pool) = pools.get(&step.plugin, step.config.as_ref(), &at, &mut sources, &mut issues).await
+                else {
+                    continue;
+                };
+                let canary = match &step.canary {
+                    None => None,
+                    Some(c) => {
+                        let table = c.config.as_ref().or(step.config.as_ref());
+                        let at = format!("{at}.canary");
+                        let Some(pool) = pools.get(&c.plugin, table, &at, &mut sources, &mut issues).await else {
+                            continue;
+                        };
+                        // Validation checked the key and the range.
+                        let key = CanaryKey::parse(&c.key).unwrap_or(CanaryKey::ClientIp);
+                        let per_10k = (c.percent.clamp(0.0, 100.0) * 100.0).round() as u32;
+                        Some(Canary { step: WasmStep(pool), per_10k, key })
                     }
                 };
-                let key = (step.plugin.clone(), json.clone());
-                let pool = match pools.get(&key) {
-                    Some(pool) => pool.clone(),
-                    None => match StepPool::new(plugin.clone(), json).await {
-                        Ok(pool) => {
-                            let pool = Arc::new(pool);
-                            pools.insert(key, pool.clone());
-                            pool
-                        }
-                        Err(StepLoadError::Refused(e)) => {
-                            let field = if e.pointer.is_empty() { at } else { format!("{at}{}", e.pointer) };
-                            issues
-                                .push(Issue::new(field, format!("refused by plugin `{}`: {}", step.plugin, e.message)));
-                            continue;
-                        }
-                        Err(StepLoadError::Failed(f)) => {
-                            issues.push(Issue::new(
-                                at,
-                                format!("plugin `{}` failed to configure: {}", step.plugin, f.detail),
-                            ));
-                            continue;
-                        }
-                    },
-                };
                 let policy = step.failure_policy.unwrap_or(plugin.policy);
-                steps.push(ChainStep { step: WasmStep(pool), policy, mode: step.mode });
+                steps.push(ChainStep { step: WasmStep(pool), policy, mode: step.mode, canary });
             }
             // Validation refused a route naming no upstream; skipping it would shift every
             // later route's index, so it ends the build here too.
@@ -294,6 +279,60 @@ impl Snapshot {
             listener_tls,
             secrets,
         })
+    }
+}
+
+/// Step pools by (plugin, step configuration), shared by every step that has both.
+struct Pools<'a> {
+    shared: HashMap<(String, String), Arc<StepPool>>,
+    plugins: &'a BTreeMap<String, Arc<LoadedPlugin>>,
+    loaded: &'a LoadedConfig,
+    secrets: &'a Secrets,
+}
+
+impl Pools<'_> {
+    /// The pool of plugin `id` configured with `table`, configured now unless a step with the
+    /// same plugin and configuration has one. Problems go to `issues` under `at` (the step's
+    /// field path, e.g. `route[0].chain[1]`), with the plugin's JSON pointer when it refused.
+    async fn get(
+        &mut self,
+        id: &str,
+        table: Option<&toml::Table>,
+        at: &str,
+        sources: &mut Sources,
+        issues: &mut Vec<Issue>,
+    ) -> Option<Arc<StepPool>> {
+        let plugin = self.plugins.get(id)?;
+        let at = format!("{at}.config");
+        let readable = self.loaded.config.plugins.get(id).map_or(&[][..], |p| &p.readable_secrets[..]);
+        let refs = References { loaded: self.loaded, secrets: self.secrets, readable };
+        let json = match step_config_json(&refs, table, sources) {
+            Ok(json) => json,
+            Err(message) => {
+                issues.push(Issue::new(at, message));
+                return None;
+            }
+        };
+        let key = (id.to_owned(), json.clone());
+        if let Some(pool) = self.shared.get(&key) {
+            return Some(pool.clone());
+        }
+        match StepPool::new(plugin.clone(), json).await {
+            Ok(pool) => {
+                let pool = Arc::new(pool);
+                self.shared.insert(key, pool.clone());
+                Some(pool)
+            }
+            Err(StepLoadError::Refused(e)) => {
+                let field = if e.pointer.is_empty() { at } else { format!("{at}{}", e.pointer) };
+                issues.push(Issue::new(field, format!("refused by plugin `{id}`: {}", e.message)));
+                None
+            }
+            Err(StepLoadError::Failed(f)) => {
+                issues.push(Issue::new(at, format!("plugin `{id}` failed to configure: {}", f.detail)));
+                None
+            }
+        }
     }
 }
 

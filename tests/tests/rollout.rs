@@ -1,5 +1,6 @@
 //! Safe plugin rollout (issue 17), end to end: a shadow step runs on live traffic and its
-//! decisions are visible, but never enforced. (Pinned plugins are in `reload.rs`.)
+//! decisions are visible, but never enforced; a canary serves its share of clients, each
+//! client always on one side. (Pinned plugins are in `reload.rs`.)
 
 use portcullis_e2e::{JWT_CONFIG, TestGateway, claims, config_with, echo_upstream, get, metric, mint, plugin, scrape};
 
@@ -67,4 +68,58 @@ async fn a_shadow_logging_step_is_refused_by_its_field() {
     let config = config_with(echo_upstream().await, "", routes);
     let why = portcullis::config::check_text(&config).err().unwrap();
     assert!(why.iter().any(|i| i.field == "route[0].chain[0].mode"), "{why:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_percent_canary_serves_its_share_and_each_client_stays_on_its_side() {
+    let upstream = echo_upstream().await;
+    let extra = format!("\n[plugin.tagger-b]\npath = \"{}\"\nkind = \"filter\"\n", plugin("tag_filter_b").display());
+    let routes = r#"
+[[route]]
+id = "tagged"
+path_prefix = "/"
+upstream = "app"
+
+[[route.chain]]
+plugin = "tagger"
+config = { suffix = "" }
+canary = { plugin = "tagger-b", percent = 10, key = "header:x-client" }
+"#;
+    let gw = TestGateway::start(&config_with(upstream, &extra, routes)).await;
+    let side = |client: String| {
+        let url = gw.url("/x");
+        async move {
+            let reply = get(&url, &[("x-client", &client)]).await;
+            assert_eq!(reply.status, 200);
+            reply.upstream_saw("x-tag").concat()
+        }
+    };
+    let mut canary = 0;
+    for client in 0..2000 {
+        if side(format!("client-{client}")).await == "b" {
+            canary += 1;
+        }
+    }
+    // Binomial(2000, 0.1): mean 200, standard deviation 13.4; 140..=260 is ±4.5 of them.
+    assert!((140..=260).contains(&canary), "{canary} of 2000 on the canary");
+    // Sticky: a client's side never changes.
+    for client in ["client-7", "client-1234", "someone-else"] {
+        let first = side(client.to_owned()).await;
+        for _ in 0..10 {
+            assert_eq!(side(client.to_owned()).await, first, "{client} changed sides");
+        }
+    }
+    // Each side has its own plugin's metrics.
+    let exposition = scrape(&gw).await;
+    let served = |plugin: &str| {
+        metric(
+            &exposition,
+            "portcullis_plugin_decisions_total",
+            &format!(r#"plugin="{plugin}",decision="continue",mode="enforce""#),
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(served("tagger-b") >= f64::from(canary), "{exposition}");
+    assert!(served("tagger") >= f64::from(2000 - canary));
+    gw.stop().await;
 }

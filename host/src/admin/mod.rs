@@ -251,8 +251,9 @@ fn refresh_gauges(snapshot: &Snapshot, metrics: &Metrics) {
     let mut counts: std::collections::BTreeMap<&str, (usize, usize)> =
         snapshot.plugins.keys().map(|id| (id.as_str(), (0, 0))).collect();
     let mut seen = std::collections::HashSet::new();
-    for step in snapshot.routes.iter().flat_map(|r| r.chain.steps()) {
-        let pool = step.step.pool();
+    let links = snapshot.routes.iter().flat_map(|r| r.chain.steps());
+    for step in links.flat_map(|l| std::iter::once(&l.step).chain(l.canary.as_ref().map(|c| &c.step))) {
+        let pool = step.pool();
         if !seen.insert(Arc::as_ptr(pool)) {
             continue;
         }

@@ -819,6 +819,29 @@ pub struct StepConfig {
     /// enforced (see [`StepMode`]).
     #[serde(default)]
     pub mode: StepMode,
+    /// A second plugin (or version) that serves a share of this step's requests instead.
+    #[serde(default)]
+    pub canary: Option<CanaryConfig>,
+}
+
+/// `canary = { plugin, percent, key, config }` of a step: `percent` of requests, chosen by a
+/// stable hash of `key`, go to `plugin` instead of the step's own; the same key always lands
+/// on the same side, so a client sees one version. Each side has its plugin's own metrics.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// Plugin id in `[plugin.ID]`, of the step's kind.
+    pub plugin: String,
+    /// Share of requests it serves, 0 to 100 (fractions allowed, in steps of 0.01).
+    pub percent: f64,
+    /// What picks the side: `client-ip` (default), `subject` (the identity's, else the client
+    /// IP), or `header:NAME` (the first value of that request header; without one, the client
+    /// IP).
+    #[serde(default = "defaults::canary_key")]
+    pub key: String,
+    /// Its step configuration; absent: the step's.
+    #[serde(default)]
+    pub config: Option<toml::Table>,
 }
 
 /// Whether a step's decisions apply.
@@ -837,6 +860,10 @@ pub enum StepMode {
 
 /// Defaults, named so the docs and the code agree.
 pub mod defaults {
+    /// `client-ip`.
+    pub fn canary_key() -> String {
+        "client-ip".to_owned()
+    }
     /// `portcullis:`.
     pub fn kv_key_prefix() -> String {
         "portcullis:".to_owned()

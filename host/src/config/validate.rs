@@ -284,9 +284,40 @@ fn check_route(config: &GatewayConfig, issues: &mut Vec<Issue>, i: usize, r: &Ro
                 format!("{at}.chain[{j}].mode"),
                 "a logging step decides nothing: `shadow` is for auth, rate-limit, validation and filter steps",
             )),
+            Some(p) if step.canary.is_some() && (p.kind == PluginKind::Logging || step.mode == StepMode::Shadow) => {
+                issues.push(Issue::new(
+                    format!("{at}.chain[{j}].canary"),
+                    "a canary splits an enforced auth, rate-limit, validation or filter step",
+                ));
+            }
             // A shadow auth step beside the enforced one is how a new auth configuration is tried.
             Some(p) if p.kind == PluginKind::Auth && step.mode == StepMode::Enforce => auth_steps += 1,
             Some(_) => {}
+        }
+    }
+    for (j, step) in r.chain.iter().enumerate() {
+        let Some(canary) = &step.canary else { continue };
+        let field = format!("{at}.chain[{j}].canary");
+        match (config.plugins.get(&step.plugin), config.plugins.get(&canary.plugin)) {
+            (_, None) => {
+                issues.push(Issue::new(format!("{field}.plugin"), format!("no [plugin.{}] is defined", canary.plugin)))
+            }
+            (Some(own), Some(other)) if own.kind != other.kind => issues.push(Issue::new(
+                format!("{field}.plugin"),
+                format!(
+                    "`{}` is a {} plugin; the step's `{}` is a {}",
+                    canary.plugin, other.kind, step.plugin, own.kind
+                ),
+            )),
+            _ => {}
+        }
+        if !(0.0..=100.0).contains(&canary.percent) {
+            issues.push(Issue::new(format!("{field}.percent"), "must be 0 to 100"));
+        }
+        let key_ok = matches!(canary.key.as_str(), "client-ip" | "subject")
+            || canary.key.strip_prefix("header:").is_some_and(|h| http::HeaderName::from_bytes(h.as_bytes()).is_ok());
+        if !key_ok {
+            issues.push(Issue::new(format!("{field}.key"), "`client-ip`, `subject` or `header:NAME`"));
         }
     }
     if auth_steps > 1 {
