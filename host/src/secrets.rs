@@ -212,11 +212,6 @@ impl SecretGrants {
         SecretGrants { usable: grants }
     }
 
-    /// Whether the plugin is granted any secret.
-    pub fn is_empty(&self) -> bool {
-        self.usable.is_empty()
-    }
-
     /// The names of the secrets granted, in name order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.usable.keys().map(|name| &**name)
