@@ -500,6 +500,16 @@ def ratio_table(rps: dict, cpu: dict) -> None:
               f"{statistics.median(ratios):.2f} ({span(ratios, '{:.2f}')}) | {statistics.median(cpu[name]):.1f} |")
 
 
+def variant_args(doc: str) -> argparse.Namespace:
+    """The command line of a one-build variant comparison (bench/shadow.py, bench/audit.py):
+    `[BINARY] [--rounds N] [--duration S]`."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("binary", nargs="?", default=str(PORTCULLIS))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=8, help="seconds per throughput run")
+    return parser.parse_args()
+
+
 def side_by_side(prefix: str, add, rounds: int, duration: int, tag: str) -> None:
     """A side-by-side run (bench/ab.py, bench/shadow.py): a fresh work directory, the
     upstream, nginx as the first contender, then those `add(servers, env)` puts in `servers`

@@ -9,7 +9,6 @@ Usage: bench/shadow.py [BINARY] [--rounds N] [--duration S]; BINARY defaults to
 target/release/portcullis. Needs what bench/run installs and builds.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,11 +20,7 @@ SHADOW = ('\n[[route.chain]]\nplugin = "rbac"\nmode = "shadow"\n'
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("binary", nargs="?", default=str(harness.PORTCULLIS))
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration", type=int, default=8, help="seconds per throughput run")
-    args = parser.parse_args()
+    args = harness.variant_args(__doc__)
 
     def add(servers: dict, env: dict) -> None:
         for port, name, shadow in [(18183, "jwt, rbac", False), (18184, "jwt, shadow rbac, rbac", True)]:

@@ -224,7 +224,10 @@ impl<S: Step> Canary<S> {
 pub struct Chain<S = WasmStep> {
     steps: Vec<ChainStep<S>>,
     body_limit: Option<u64>,
+    /// Whether a fail-open logging step observes the finished exchange.
     has_logging: bool,
+    /// Whether a fail-closed logging step records the exchange before its response is sent.
+    has_records: bool,
     /// Whether some step has a response hook (it reads the request then too).
     has_response_hooks: bool,
     /// The header names the logging steps record (their union); none for all.
@@ -302,6 +305,7 @@ impl<S> Default for Chain<S> {
             steps: Vec::new(),
             body_limit: None,
             has_logging: false,
+            has_records: false,
             has_response_hooks: false,
             logged_headers: None,
             shadows: Vec::new(),
@@ -318,7 +322,8 @@ impl<S: Step> Chain<S> {
             .filter_map(Step::body_limit)
             .max();
         let logging: Vec<_> = steps.iter().filter(|s| s.step.kind() == PluginKind::Logging).collect();
-        let has_logging = !logging.is_empty();
+        let has_records = logging.iter().any(|s| s.policy == FailurePolicy::FailClosed);
+        let has_logging = logging.iter().any(|s| s.policy == FailurePolicy::FailOpen);
         let logged_headers = logging.iter().try_fold(Vec::new(), |mut names, link| {
             for name in link.step.record_headers()? {
                 if !names.contains(name) {
@@ -343,7 +348,7 @@ impl<S: Step> Chain<S> {
                 (i, paired)
             })
             .collect();
-        Chain { steps, body_limit, has_logging, has_response_hooks, logged_headers, shadows }
+        Chain { steps, body_limit, has_logging, has_records, has_response_hooks, logged_headers, shadows }
     }
 
     /// The steps, in order.
@@ -362,15 +367,21 @@ impl<S: Step> Chain<S> {
         self.has_response_hooks
     }
 
-    /// Whether any step observes the finished exchange.
+    /// Whether any fail-open logging step observes the finished exchange.
     pub fn has_logging(&self) -> bool {
         self.has_logging
+    }
+
+    /// Whether any fail-closed logging step records the exchange before its response is sent
+    /// ([`Chain::record`]).
+    pub fn has_records(&self) -> bool {
+        self.has_records
     }
 
     /// The fields of `headers` the logging steps record, as WIT records: those they named
     /// (`logging.record-headers`), or all when one did not name any. Empty without logging.
     pub fn logged_headers(&self, headers: &HeaderMap) -> Vec<Header> {
-        if !self.has_logging {
+        if !self.has_logging && !self.has_records {
             return Vec::new();
         }
         match &self.logged_headers {
@@ -593,12 +604,56 @@ impl<S: Step> Chain<S> {
         Ok(())
     }
 
-    /// Hands the finished exchange to every logging step. Failures are logged and otherwise
-    /// ignored: the response is already sent.
+    /// Hands the exchange, before its response is sent, to every fail-closed logging step (a
+    /// regulated route's audit step: `failure_policy = "fail-closed"` on a logging step).
+    /// Their `audit.append`s return only once the record is written, and synced when the
+    /// sink's `audit_fsync` is `always` ([`Call::Record`]).
+    ///
+    /// Errors: [`GatewayError::AuditUnavailable`] for the first such step that failed or one
+    /// of whose appends failed: the response must not be sent unrecorded. A sink that cannot
+    /// write is not the plugin crashing: its breaker is left closed.
+    pub async fn record(&self, exchange: &Exchange, trace: &Trace) -> Result<(), GatewayError> {
+        let recording =
+            |l: &&ChainStep<S>| l.step.kind() == PluginKind::Logging && l.policy == FailurePolicy::FailClosed;
+        for link in self.steps.iter().filter(recording) {
+            let step = &link.step;
+            let started = Instant::now();
+            let span = trace.step(step.id(), step.kind(), "record");
+            let failure = match step.call(&exchange.request_id, &span, Call::Record(exchange)).await {
+                Ok((replied, settle)) => {
+                    settle.settle(true);
+                    match replied.audit_failure {
+                        None => {
+                            step.record_call(CallPhase::Observe, Some("observed"), started.elapsed());
+                            Trace::end_step(&span, "observed");
+                            continue;
+                        }
+                        Some(why) => PluginFailure::new(
+                            step.id(),
+                            FailureKind::Unavailable(format!("the audit record was not written: {why}")),
+                        ),
+                    }
+                }
+                Err(failure) => failure,
+            };
+            step.record_call(CallPhase::Observe, None, started.elapsed());
+            telemetry::end(&span, SpanOutcome::Error, failure.kind.label(), vec![KeyValue::new(DECISION, "failed")]);
+            step.count_failure(&failure);
+            tracing::error!(
+                plugin = %step.id(), kind = failure.kind.label(), request_id = %exchange.request_id,
+                detail = %failure.detail, "fail-closed logging step failed; the response is refused"
+            );
+            return Err(GatewayError::AuditUnavailable { plugin: step.id().to_string(), detail: failure.detail });
+        }
+        Ok(())
+    }
+
+    /// Hands the finished exchange to every fail-open logging step. Failures are logged and
+    /// otherwise ignored: the response is already sent.
     pub async fn observe(&self, exchange: &Exchange, trace: &Trace) {
         for link in &self.steps {
             let step = &link.step;
-            if step.kind() != PluginKind::Logging {
+            if step.kind() != PluginKind::Logging || link.policy == FailurePolicy::FailClosed {
                 continue;
             }
             let started = Instant::now();
@@ -637,7 +692,7 @@ fn apply(
     state: &mut ChainState,
 ) -> Result<(&'static str, Verdict), PluginFailure> {
     let invalid = |e: String| PluginFailure::new(id, FailureKind::InvalidOutput(e));
-    let Replied { reply, secret_headers } = replied;
+    let Replied { reply, secret_headers, audit_failure: _ } = replied;
     if !secret_headers.is_empty() {
         if !matches!(reply, Reply::Auth(_) | Reply::Filter(_)) {
             return Err(invalid("`secrets.inject` is for `auth` and `filter` steps only".into()));
@@ -927,7 +982,7 @@ mod tests {
             self.log.lock().unwrap().push(format!("{} {phase}", self.id));
             let secret_headers = self.secret_headers.clone();
             let answer = (self.behaviour)(&call)
-                .map(|reply| (Replied { reply, secret_headers }, Settle::detached()))
+                .map(|reply| (Replied { reply, secret_headers, audit_failure: None }, Settle::detached()))
                 .map_err(|kind| PluginFailure::new(&self.id, kind));
             std::future::ready(answer)
         }
@@ -1059,7 +1114,7 @@ mod tests {
             | Call::Validate(r, _, _)
             | Call::OnRequest(r, _)
             | Call::OnResponse(r, _, _) => r,
-            Call::Observe(_) => panic!("observe lends no request"),
+            Call::Observe(_) | Call::Record(_) => panic!("observe lends no request"),
         }
     }
 

@@ -55,6 +55,15 @@ pub enum GatewayError {
         /// Upstream name.
         upstream: String,
     },
+    /// A fail-closed logging step could not record the exchange (its audit record was not
+    /// written, or the step failed), so the response was not sent (503).
+    #[error("audit step `{plugin}` failed: {detail}")]
+    AuditUnavailable {
+        /// The step's plugin id.
+        plugin: String,
+        /// Why, for the log.
+        detail: String,
+    },
     /// The upstream did not connect or answer in time (504).
     #[error("upstream `{upstream}` timed out: {detail}")]
     UpstreamTimeout {
@@ -82,6 +91,7 @@ impl GatewayError {
             GatewayError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::AuditUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -99,6 +109,7 @@ impl GatewayError {
             GatewayError::UpstreamFailed { .. } => "upstream-failed",
             GatewayError::UpstreamTimeout { .. } => "upstream-timeout",
             GatewayError::NoHealthyUpstream { .. } => "no-healthy-upstream",
+            GatewayError::AuditUnavailable { .. } => "audit-unavailable",
         }
     }
 
@@ -119,6 +130,9 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { .. } => "The upstream service did not answer in time.".into(),
             GatewayError::NoHealthyUpstream { .. } => {
                 "No healthy instance of the upstream service is available.".into()
+            }
+            GatewayError::AuditUnavailable { .. } => {
+                "The request could not be recorded in the audit trail, so its response is withheld.".into()
             }
         }
     }

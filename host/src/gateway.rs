@@ -120,7 +120,9 @@ impl Gateway {
             }
             None => None,
         };
-        let snapshot = Arc::new(ArcSwap::from_pointee(built?));
+        let built = built?;
+        built.configure_audit_sinks();
+        let snapshot = Arc::new(ArcSwap::from_pointee(built));
         let (shutdown, _) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
         let mut tasks = JoinSet::new();

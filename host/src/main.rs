@@ -1,5 +1,6 @@
 //! The `portcullis` command: `run` serves a configuration, `validate` checks one, `new`
-//! writes a plugin project, `audit verify` checks an audit file's hash chain.
+//! writes a plugin project, `audit verify` checks an audit file's hash chain and signed
+//! checkpoints, `audit keygen` writes an Ed25519 key pair for signing them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,12 +66,30 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain of an audit file written by the `audit` capability. Exits 0 and
-    /// prints the record count and last hash when intact; otherwise prints the first broken
-    /// record (`FILE: record N (line L): reason`) and exits 1.
+    /// Check the hash chain of an audit file written by the `audit` capability, and its
+    /// signed checkpoints. Exits 0 and prints the record count and last hash when intact;
+    /// otherwise prints the first broken record (`FILE: record N (line L): reason`) and
+    /// exits 1. With `--key`, every checkpoint in the file must verify and there must be one
+    /// when the file has records; with `--checkpoints`, the file must hold, unchanged, the records
+    /// covered by the latest exported checkpoint of it (a cut tail is found so). Exits 2 when
+    /// a file cannot be read or a key or exported checkpoint is unusable.
     Verify {
         /// The audit file (JSON Lines).
         file: PathBuf,
+        /// A key file: an Ed25519 public key (SPKI PEM, as `audit keygen` writes it) or the
+        /// HMAC key. Repeat for checkpoints signed before a key rotation.
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+        /// The checkpoints exported off the box (`checkpoint_file`, one JSON line each, or
+        /// lines cut from the log); needs `--key`.
+        #[arg(long, requires = "keys")]
+        checkpoints: Option<PathBuf>,
+    },
+    /// Write a new Ed25519 key pair for `audit_signing`: `PREFIX.key` (PKCS#8 PEM, mode 0600,
+    /// for a `[secret]`) and `PREFIX.pub` (SPKI PEM, for `audit verify --key`).
+    Keygen {
+        /// Path prefix of the two files; neither may exist.
+        prefix: PathBuf,
     },
 }
 
@@ -152,24 +171,121 @@ fn main() -> ExitCode {
             init_tracing(LogFormat::Text);
             runtime.block_on(validate(&config))
         }
-        Command::Audit { command: AuditCommand::Verify { file } } => verify_audit(&file),
+        Command::Audit { command: AuditCommand::Verify { file, keys, checkpoints } } => {
+            verify_audit(&file, &keys, checkpoints.as_deref())
+        }
+        Command::Audit { command: AuditCommand::Keygen { prefix } } => keygen(&prefix),
         Command::New { kind, lang, dir, sdk } => scaffold(kind, lang, &dir, sdk),
     }
 }
 
-fn verify_audit(file: &std::path::Path) -> ExitCode {
-    let opened = std::fs::File::open(file).map(std::io::BufReader::new);
-    match opened.and_then(portcullis::plugin::audit::verify) {
-        Ok(Ok((records, last))) => {
-            println!("{}: intact, {records} records, last hash {last}", file.display());
-            ExitCode::SUCCESS
+/// `portcullis audit verify` (see [`AuditCommand::Verify`]).
+fn verify_audit(file: &std::path::Path, keys: &[PathBuf], checkpoints: Option<&std::path::Path>) -> ExitCode {
+    use portcullis::plugin::audit;
+    use portcullis::plugin::checkpoint::{Checkpoint, VerifyingKey};
+    let unusable = |what: String| {
+        eprintln!("portcullis audit verify: {what}");
+        ExitCode::from(2)
+    };
+    let mut verifying = Vec::new();
+    for key in keys {
+        match std::fs::read(key).map_err(|e| e.to_string()).and_then(|bytes| VerifyingKey::parse(&bytes)) {
+            Ok(key) => verifying.push(key),
+            Err(e) => return unusable(format!("{}: {e}", key.display())),
         }
+    }
+    let mut exported = Vec::new();
+    if let Some(path) = checkpoints {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => return unusable(format!("{}: cannot read: {e}", path.display())),
+        };
+        // Lines of a log may carry other text around the checkpoint's JSON.
+        for (i, line) in text.lines().enumerate() {
+            let Some(json) = line.find(r#"{"portcullis_audit":"checkpoint","#).map(|at| &line[at..]) else { continue };
+            let json = json.find('}').map_or(json, |end| &json[..=end]);
+            let checked = Checkpoint::from_record(json)
+                .unwrap_or_else(|| Err("not a checkpoint".into()))
+                .and_then(|c| c.check(&verifying).map(|()| c));
+            match checked {
+                Ok(checkpoint) => exported.push(checkpoint),
+                Err(e) => return unusable(format!("{} line {}: {e}", path.display(), i + 1)),
+            }
+        }
+    }
+    let opened = std::fs::File::open(file).map(std::io::BufReader::new);
+    let report = match opened.and_then(|input| audit::verify_signed(input, &verifying, &exported)) {
+        Ok(Ok(report)) => report,
         Ok(Err(broken)) => {
             println!("{}: {broken}", file.display());
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
+        }
+        Err(e) => return unusable(format!("{}: cannot read: {e}", file.display())),
+    };
+    let name = file.display();
+    println!("{name}: intact, {} records, last hash {}", report.records, report.last);
+    if verifying.is_empty() {
+        if report.checkpoints > 0 {
+            println!("{name}: {} checkpoints not checked: give --key to check their signatures", report.checkpoints);
+        }
+        return ExitCode::SUCCESS;
+    }
+    if report.checkpoints == 0 && report.records > 0 {
+        println!("{name}: no signed checkpoint: none of its {} records is covered by a signature", report.records);
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "{name}: {} checkpoints verified; the last covers {} records; {} records after it are not signed yet",
+        report.checkpoints,
+        report.signed,
+        report.unsigned()
+    );
+    if checkpoints.is_some() {
+        match &report.exported {
+            Some(c) => {
+                println!("{name}: holds the {} records of the checkpoint exported at {} ms", c.records, c.time_ms)
+            }
+            None if report.records == 0 => {}
+            None => {
+                println!(
+                    "{name}: no exported checkpoint is of this file (file_start {}): it is not the file they were \
+                     exported from, or they were exported before its first checkpoint",
+                    report.file_start
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `portcullis audit keygen` (see [`AuditCommand::Keygen`]).
+fn keygen(prefix: &std::path::Path) -> ExitCode {
+    use std::io::Write as _;
+    let private = prefix.with_added_extension("key");
+    let public = prefix.with_added_extension("pub");
+    let written = portcullis::plugin::checkpoint::generate().and_then(|(key, pubkey)| {
+        let create = |path: &std::path::Path, mode: u32, text: &str| {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(path)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .map_err(|e| format!("{}: {e}", path.display()))
+        };
+        create(&private, 0o600, &key)?;
+        create(&public, 0o644, &pubkey)
+    });
+    match written {
+        Ok(()) => {
+            println!("{}: the private key, for a [secret] named by audit_signing.key", private.display());
+            println!("{}: the public key, for audit verify --key", public.display());
+            ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{}: cannot read: {e}", file.display());
+            eprintln!("portcullis audit keygen: {e}");
             ExitCode::FAILURE
         }
     }

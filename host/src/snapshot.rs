@@ -9,6 +9,8 @@ use http::HeaderName;
 
 use crate::chain::{Canary, CanaryKey, Chain, ChainStep, WasmStep};
 use crate::config::{ConfigError, Issue, LoadedConfig};
+use crate::plugin::audit::{Signing, SinkOptions};
+use crate::plugin::checkpoint::SigningKey;
 use crate::plugin::{LoadedPlugin, PluginEngine, Provisions, StepLoadError, StepPool};
 use crate::proxy::headers::IdentityHeaders;
 use crate::router::Router;
@@ -65,6 +67,18 @@ pub struct Snapshot {
 // === impl Snapshot ===
 
 impl Snapshot {
+    /// Gives every audit sink its plugins' options from this snapshot (`audit_fsync`,
+    /// `audit_signing`): called when the snapshot starts serving, so a refused reload changes
+    /// no sink.
+    pub fn configure_audit_sinks(&self) {
+        for plugin in self.plugins.values() {
+            let grants = plugin.grants();
+            if let Some(sink) = &grants.audit {
+                sink.configure(&grants.audit_options);
+            }
+        }
+    }
+
     /// The most specific route for `host` (lowercase, no port), `path` and `method`
     /// ([`Router::find`]'s rules), if any.
     pub fn route(&self, host: &str, path: &str, method: &http::Method) -> Option<&Arc<RouteRuntime>> {
@@ -108,9 +122,37 @@ impl Snapshot {
         });
 
         let mut plugins = BTreeMap::new();
+        // Which plugin's options each audit sink takes, by its file (none: stdout).
+        let mut sinks: HashMap<Option<std::path::PathBuf>, (&str, SinkOptions)> = HashMap::new();
         for (id, plugin_config) in &config.plugins {
             let path = loaded.resolve(&plugin_config.path);
             let audit_file = plugin_config.audit_file.as_deref().map(|f| loaded.resolve(f));
+            let audit_options = match audit_options(id, plugin_config, &secrets, loaded) {
+                Ok(options) => options,
+                Err(issue) => {
+                    issues.push(issue);
+                    continue;
+                }
+            };
+            if plugin_config.capabilities.contains(&crate::config::Capability::Audit) {
+                match sinks.get(&audit_file) {
+                    Some((other, options)) if *options != audit_options => {
+                        let sink = audit_file.as_ref().map_or("stdout".into(), |f| f.display().to_string());
+                        issues.push(Issue::new(
+                            format!("plugin.{id}.audit_signing"),
+                            format!(
+                                "writes the audit sink {sink} as plugin.{other} does, with other `audit_signing` or \
+                                 `audit_fsync` settings: one sink has one key and one sync policy"
+                            ),
+                        ));
+                        continue;
+                    }
+                    Some(_) => {}
+                    None => {
+                        sinks.insert(audit_file.clone(), (id, audit_options.clone()));
+                    }
+                }
+            }
             let field = format!("plugin.{id}.path");
             let pin = plugin_config.sha256.as_deref().map(str::to_ascii_lowercase);
             let strict = plugin_config.strict_imports.unwrap_or(config.runtime.strict_imports);
@@ -165,6 +207,7 @@ impl Snapshot {
             match compiled.and_then(|(component, hash, imports)| {
                 let provisions = Provisions {
                     audit_file: audit_file.as_deref(),
+                    audit_options,
                     secrets: SecretGrants::new(&secrets, &plugin_config.secrets, &plugin_config.readable_secrets),
                 };
                 LoadedPlugin::new(engine.clone(), id, plugin_config, &component, hash, imports, provisions)
@@ -395,4 +438,33 @@ fn resolve_files(refs: &References<'_>, value: &mut serde_json::Value, sources: 
         Value::Array(items) => items.iter_mut().try_for_each(|v| resolve_files(refs, v, sources)),
         _ => Ok(()),
     }
+}
+
+/// The options plugin `id`'s configuration gives its audit sink: `audit_fsync`, and
+/// `audit_signing` with its key read from the `[secret]` it names.
+///
+/// Errors: an [`Issue`] at `plugin.ID.audit_signing.key` when the secret is not defined or is
+/// not a key of the algorithm (the message names the secret, never its value).
+fn audit_options(
+    id: &str,
+    config: &crate::config::PluginConfig,
+    secrets: &Secrets,
+    loaded: &LoadedConfig,
+) -> Result<SinkOptions, Issue> {
+    let Some(signing) = &config.audit_signing else {
+        return Ok(SinkOptions { fsync: config.audit_fsync, signing: None });
+    };
+    let field = format!("plugin.{id}.audit_signing.key");
+    let name = &signing.key;
+    let secret = secrets.get(name).ok_or_else(|| Issue::new(&field, format!("no [secret.{name}] is defined")))?;
+    let key = SigningKey::new(signing.algorithm, secret.value.expose())
+        .map_err(|e| Issue::new(&field, format!("secret `{name}`: {e}")))?;
+    Ok(SinkOptions {
+        fsync: config.audit_fsync,
+        signing: Some(Signing {
+            key,
+            interval: std::time::Duration::from_millis(signing.checkpoint_interval_ms),
+            export: signing.checkpoint_file.as_deref().map(|f| loaded.resolve(f)),
+        }),
+    })
 }

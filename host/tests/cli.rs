@@ -1,4 +1,4 @@
-//! The `portcullis` binary's `validate` and `audit verify` commands.
+//! The `portcullis` binary's `validate`, `audit verify` and `audit keygen` commands.
 
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions: a panic is the failure report")]
 
@@ -52,7 +52,7 @@ fn audit_verify_accepts_an_intact_chain_and_names_the_first_broken_record() {
     let dir = std::env::temp_dir().join(format!("portcullis-cli-audit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("audit.jsonl");
-    let sink = portcullis::plugin::audit::AuditSinks::default().open(Some(&file)).unwrap();
+    let sink = portcullis::plugin::audit::AuditSinks::default().open(Some(&file), &Default::default()).unwrap();
     for status in [200, 403, 200] {
         sink.append(&format!("{{\"status\":{status}}}")).unwrap();
     }
@@ -68,5 +68,103 @@ fn audit_verify_accepts_an_intact_chain_and_names_the_first_broken_record() {
     assert!(!broken.status.success());
     let stdout = String::from_utf8_lossy(&broken.stdout);
     assert!(stdout.contains("record 2 (line 2)") && stdout.contains("was changed"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a forger who can write the file but holds no key does: rewrites `from` into `to` and
+/// rehashes every record after it, moving each checkpoint's `head` onto the new chain (its
+/// signature it cannot redo).
+fn rehash(text: &str, from: &str, to: &str) -> String {
+    use sha2::{Digest, Sha256};
+    const SUFFIX: usize = 9 + 64 + 10 + 64 + 2;
+    let mut prev = "0".repeat(64);
+    let mut out = String::new();
+    for line in text.lines() {
+        let body = &line[..line.len() - SUFFIX];
+        let old_prev = &line[line.len() - SUFFIX + 9..line.len() - SUFFIX + 73];
+        let mut record = format!("{body}}}").replacen(from, to, 1);
+        if record.starts_with(r#"{"portcullis_audit":"checkpoint""#) {
+            record = record.replace(old_prev, &prev);
+        }
+        let hash: String = Sha256::new()
+            .chain_update(prev.as_bytes())
+            .chain_update(record.as_bytes())
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        out.push_str(&format!(
+            "{body},\"prev\":\"{prev}\",\"hash\":\"{hash}\"}}\n",
+            body = &record[..record.len() - 1]
+        ));
+        prev = hash;
+    }
+    out
+}
+
+#[test]
+fn audit_verify_with_the_public_key_finds_a_rehashed_forgery_and_a_cut_tail() {
+    use portcullis::plugin::audit::{AuditSinks, Signing, SinkOptions};
+    use portcullis::plugin::checkpoint::SigningKey;
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-signed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let keygen = Command::new(bin).args(["audit", "keygen"]).arg(dir.join("audit")).output().unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let (private, public) = (dir.join("audit.key"), dir.join("audit.pub"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let again = Command::new(bin).args(["audit", "keygen"]).arg(dir.join("audit")).output().unwrap();
+    assert!(!again.status.success(), "keygen never overwrites a key");
+
+    let (file, exported) = (dir.join("audit.jsonl"), dir.join("checkpoints.jsonl"));
+    let key =
+        SigningKey::new(portcullis::config::SigningAlgorithm::Ed25519, &std::fs::read(&private).unwrap()).unwrap();
+    let signing = Signing { key, interval: std::time::Duration::from_secs(3600), export: Some(exported.clone()) };
+    let options = SinkOptions { signing: Some(signing), ..Default::default() };
+    let sink = AuditSinks::default().open(Some(&file), &options).unwrap();
+    for status in [200, 403] {
+        sink.append(&format!("{{\"status\":{status}}}")).unwrap();
+    }
+    sink.seal().unwrap();
+    sink.append("{\"status\":200}").unwrap();
+    drop(sink); // shutdown seals the last record with a second checkpoint
+    let verify = |extra: &[&std::path::Path]| {
+        let mut command = Command::new(bin);
+        command.args(["audit", "verify"]).arg(&file);
+        for (flag, path) in ["--key", "--checkpoints"].iter().zip(extra) {
+            command.arg(flag).arg(path);
+        }
+        let output = command.output().unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let (code, stdout) = verify(&[&public, &exported]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("2 checkpoints verified; the last covers 4 records; 0 records after it"), "{stdout}");
+    assert!(stdout.contains("holds the 4 records of the checkpoint exported at"), "{stdout}");
+
+    let original = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, rehash(&original, "\"status\":403", "\"status\":200")).unwrap();
+    let (code, stdout) = verify(&[]);
+    assert_eq!(code, Some(0), "a rehashed chain holds without the key: {stdout}");
+    let (code, stdout) = verify(&[&public]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("record 3 (line 3): checkpoint: the signature does not verify"), "{stdout}");
+
+    let lines: Vec<&str> = original.lines().collect();
+    std::fs::write(&file, format!("{}\n", lines[..3].join("\n"))).unwrap();
+    let (code, stdout) = verify(&[&public]);
+    assert_eq!(code, Some(0), "a cut after a checkpoint looks whole in the file alone: {stdout}");
+    let (code, stdout) = verify(&[&public, &exported]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("record 4 (line 4): missing") && stdout.contains("its tail was cut"), "{stdout}");
+
+    // A key file that holds no usable key is refused, not treated as a key that fails.
+    std::fs::write(&file, &original).unwrap();
+    std::fs::write(dir.join("short"), "too short").unwrap();
+    assert_eq!(verify(&[&dir.join("short")]).0, Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,12 +1,16 @@
 //! The audit sink end to end: the real gateway with the audit-log plugin writing its hash
-//! chain, a torn last line left by a crash, and a rotation by `mv` and `POST /reload`.
+//! chain, a torn last line left by a crash, a rotation by `mv` and `POST /reload`, a full
+//! disk, signed checkpoints exported off the box, and fail-closed audit steps.
 
 use std::path::Path;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use portcullis::plugin::audit::{AuditSinks, verify};
-use portcullis_e2e::{TestGateway, config, echo_upstream, get, metric, route, scrape, send, write_config};
+use portcullis::plugin::audit::{AuditSinks, verify, verify_signed};
+use portcullis::plugin::checkpoint::{self, Checkpoint, VerifyingKey};
+use portcullis_e2e::{
+    TestGateway, config, config_with, echo_upstream, get, metric, plugin, route, scrape, send, write_config,
+};
 
 /// Records and last hash of the chain in `path`, which must be intact.
 fn intact(path: &Path) -> (u64, String) {
@@ -29,7 +33,7 @@ async fn a_torn_last_line_no_longer_stops_the_start_and_the_chain_records_the_re
     let (dir, file) = write_config(&text);
     // A chain of one record, then half a record: a crash or a full disk mid-write.
     let audit = dir.join("audit.jsonl");
-    let sink = AuditSinks::default().open(Some(&audit)).unwrap();
+    let sink = AuditSinks::default().open(Some(&audit), &Default::default()).unwrap();
     sink.append(r#"{"before":"crash"}"#).unwrap();
     sink.flush().unwrap();
     drop(sink);
@@ -174,4 +178,114 @@ async fn a_full_disk_loses_records_countably_and_the_chain_resumes_with_a_gap_re
     assert!(sink_status(&gw, &audit).await["last_error"].is_null());
     gw.stop().await;
     drop(disk);
+}
+
+/// A `[plugin.ID]` table running the audit-log plugin, with `lines` (TOML) added to it.
+fn audit_plugin(id: &str, lines: &str) -> String {
+    let path = plugin("audit_log");
+    format!("\n[plugin.{id}]\npath = \"{}\"\nkind = \"logging\"\ncapabilities = [\"audit\"]\n{lines}\n", path.display())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_trail_exports_checkpoints_that_find_a_cut_tail() {
+    // Kept apart from the gateway's directory, which `stop` removes.
+    let (keep, _) = write_config("");
+    let (private, public) = checkpoint::generate().unwrap();
+    let key_file = keep.join("audit.key");
+    std::fs::write(&key_file, &private).unwrap();
+    let (audit, exported) = (keep.join("signed.jsonl"), keep.join("signed.checkpoints.jsonl"));
+    let extra = format!(
+        "[secret.audit-signing]\nfile = \"{key}\"\n{plugin}\n[plugin.signed.audit_signing]\nalgorithm = \"ed25519\"\n\
+         key = \"audit-signing\"\ncheckpoint_interval_ms = 50\ncheckpoint_file = \"{exported}\"\n",
+        key = key_file.display(),
+        plugin = audit_plugin("signed", &format!("audit_file = \"{}\"", audit.display())),
+        exported = exported.display(),
+    );
+    let gw =
+        TestGateway::start(&config_with(echo_upstream().await, &extra, &route("signed", "/", &[("signed", None)])))
+            .await;
+    for i in 0..3 {
+        assert_eq!(get(&gw.url(&format!("/r/{i}")), &[]).await.status, 200);
+    }
+    // Within a few intervals a checkpoint covering the three records is signed and exported.
+    let mut sink = serde_json::Value::Null;
+    for _ in 0..100 {
+        sink = sink_status(&gw, &audit).await;
+        if sink["checkpoint"]["records"].as_u64() >= Some(3) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(sink["checkpoint"]["records"].as_u64() >= Some(3), "{sink}");
+    let public_key = VerifyingKey::parse(public.as_bytes()).unwrap();
+    assert_eq!(sink["signing"], format!("ed25519 key {}", public_key.key_id()), "{sink}");
+    assert_eq!(sink["unsigned_records"], 0, "{sink}");
+    assert!(!sink.to_string().contains("PRIVATE KEY"), "{sink}");
+    assert_eq!(get(&gw.url("/r/last"), &[]).await.status, 200);
+    // Logging steps observe after the response: wait for the fourth record to be appended.
+    for _ in 0..100 {
+        if sink_status(&gw, &audit).await["written"].as_u64() >= Some(4) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    gw.stop().await; // seals the last record with a final checkpoint
+
+    let keys = [public_key];
+    let exported: Vec<Checkpoint> = std::fs::read_to_string(&exported)
+        .unwrap()
+        .lines()
+        .map(|l| Checkpoint::from_record(l).unwrap().unwrap())
+        .collect();
+    let check = |text: &str| verify_signed(std::io::Cursor::new(text.to_owned()), &keys, &exported).unwrap();
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let report = check(&text).unwrap_or_else(|broken| panic!("{broken}\n{text}"));
+    assert_eq!(report.records, 4 + report.checkpoints, "{text}");
+    assert_eq!(report.unsigned(), 0, "shutdown signed the last record: {text}");
+    assert_eq!(report.exported.map(|c| c.records), Some(report.records - 1), "the last checkpoint was exported");
+    // The tail cut back to the first checkpoint: the file alone still verifies, the exported
+    // checkpoints do not let it.
+    let first = text.lines().position(|l| l.contains(r#""portcullis_audit":"checkpoint""#)).unwrap();
+    let cut: String = text.lines().take(first + 1).map(|l| format!("{l}\n")).collect();
+    assert!(verify_signed(std::io::Cursor::new(cut.clone()), &keys, &[]).unwrap().is_ok());
+    let broken = check(&cut).unwrap_err();
+    assert!(broken.reason.contains("its tail was cut"), "{broken}");
+    let _ = std::fs::remove_dir_all(&keep);
+}
+
+/// A route whose only step is `plugin`, declared fail-closed.
+fn fail_closed_route(id: &str, prefix: &str, plugin: &str) -> String {
+    format!(
+        "\n[[route]]\nid = \"{id}\"\npath_prefix = \"{prefix}\"\nupstream = \"app\"\n\n[[route.chain]]\n\
+         plugin = \"{plugin}\"\nfailure_policy = \"fail-closed\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_closed_audit_step_records_before_responding_and_refuses_what_it_cannot_record() {
+    // `/dev/full` fails every write with ENOSPC: a disk that is full.
+    let extra = audit_plugin("full", "audit_file = \"/dev/full\"")
+        + &audit_plugin("durable", "audit_file = \"durable.jsonl\"\naudit_fsync = \"always\"");
+    let routes = fail_closed_route("regulated", "/regulated", "full")
+        + &fail_closed_route("recorded", "/recorded", "durable")
+        + &route("open", "/open", &[("full", None)]);
+    let gw = TestGateway::start(&config_with(echo_upstream().await, &extra, &routes)).await;
+
+    let refused = get(&gw.url("/regulated/x"), &[("x-request-id", "unrecorded")]).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["type"], "urn:portcullis:problem:audit-unavailable", "{:?}", refused.body);
+    assert_eq!(refused.headers["x-request-id"], "unrecorded");
+    assert_eq!(get(&gw.url("/open/x"), &[]).await.status, 200, "a fail-open step on the same disk serves");
+    assert!(sink_status(&gw, Path::new("/dev/full")).await["failed"].as_u64() >= Some(1));
+
+    let served = get(&gw.url("/recorded/x"), &[("x-request-id", "recorded-first")]).await;
+    assert_eq!(served.status, 200);
+    // Written (and synced) before the response was sent: in the file as the response arrives,
+    // without waiting for the 25 ms batch.
+    let text = std::fs::read_to_string(gw.dir().join("durable.jsonl")).unwrap();
+    assert!(text.contains(r#""request_id":"recorded-first""#), "{text}");
+    let record: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!((record["status"].as_u64(), record["route"].as_str()), (Some(200), Some("recorded")));
+    assert_eq!(sink_status(&gw, &gw.dir().join("durable.jsonl")).await["fsync"], "always");
+    gw.stop().await;
 }

@@ -13,7 +13,7 @@
 //! - `GET /status`: JSON with each upstream endpoint's health (available, active check
 //!   verdict, ejection, requests in flight, totals, recent error rate and latency), each
 //!   plugin's SHA-256, breaker state and failure count, each audit sink's written and failed
-//!   records, the plugins compiling now (`loading`), the `kv` backend's health (`kv`:
+//!   records, sync policy, signing key id and last signed checkpoint, the plugins compiling now (`loading`), the `kv` backend's health (`kv`:
 //!   backend, `up` or `down`, the last error, the address without credentials), and the last
 //!   reload.
 //! - `GET /reloads`: the recent reload attempts (time, cause, result, error, warnings,

@@ -13,8 +13,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use model::{
-    BreakerConfig, Capability, FailurePolicy, GatewayConfig, Isolation, KvBackend, KvConfig, PluginConfig, PluginKind,
-    RouteConfig, RuntimeConfig, StepConfig, StepMode,
+    AuditFsync, AuditSigningConfig, BreakerConfig, Capability, FailurePolicy, GatewayConfig, Isolation, KvBackend,
+    KvConfig, PluginConfig, PluginKind, RouteConfig, RuntimeConfig, SigningAlgorithm, StepConfig, StepMode,
 };
 pub use net::{Cidr, Origin};
 

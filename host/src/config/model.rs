@@ -686,6 +686,62 @@ pub enum Capability {
     Audit,
 }
 
+/// `audit_fsync`: when an audit sink's writes are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditFsync {
+    /// No `fdatasync`: a crash of the operating system may lose what its page cache held.
+    #[default]
+    Never,
+    /// `fdatasync` after every write of the sink (its timed writes and each fail-closed
+    /// step's record).
+    Always,
+}
+
+/// The algorithm that signs audit checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SigningAlgorithm {
+    /// HMAC-SHA256 (RFC 2104) with a shared key of at least 32 bytes.
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    /// Ed25519 (RFC 8032) with a PKCS#8 PEM private key; verifiers need only the public key.
+    #[serde(rename = "ed25519")]
+    Ed25519,
+}
+
+impl std::fmt::Display for SigningAlgorithm {
+    /// As written in configuration and checkpoints: `hmac-sha256`, `ed25519`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SigningAlgorithm::HmacSha256 => "hmac-sha256",
+            SigningAlgorithm::Ed25519 => "ed25519",
+        })
+    }
+}
+
+/// `[plugin.ID.audit_signing]`: how the audit sink signs checkpoints of its chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSigningConfig {
+    /// `hmac-sha256` or `ed25519`.
+    pub algorithm: SigningAlgorithm,
+    /// The `[secret.NAME]` holding the key: the HMAC key itself, or the Ed25519 private key in
+    /// PKCS#8 PEM (`portcullis audit keygen`). The plugin is not granted it: the host signs.
+    pub key: String,
+    /// How often a checkpoint is signed while records are being appended, in ms (10 ms to
+    /// 1 hour; default 1,000). Records after the last checkpoint are covered by no signature
+    /// yet: this bounds that window. A checkpoint is also signed at shutdown, before a rotation
+    /// and before the key changes.
+    #[serde(default = "defaults::checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// A file every checkpoint is also appended to (one JSON line, fsynced), relative to the
+    /// configuration file: ship it off the box; `portcullis audit verify --checkpoints` checks
+    /// the audit file against it. Checkpoints also go to the log (target `portcullis::audit`)
+    /// and `GET /status`.
+    #[serde(default)]
+    pub checkpoint_file: Option<PathBuf>,
+}
+
 /// `[secret.NAME]`: where a secret's value is read from; exactly one of `env` and `file`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -725,6 +781,16 @@ pub struct PluginConfig {
     /// configuration file; absent: the gateway's stdout.
     #[serde(default)]
     pub audit_file: Option<PathBuf>,
+    /// When the audit sink's writes reach the disk: `never` (default: the operating system's
+    /// page cache decides) or `always` (every write is followed by `fdatasync`, so a record a
+    /// fail-closed step wrote survives a power loss). Belongs to the sink: plugins sharing an
+    /// `audit_file` must agree.
+    #[serde(default)]
+    pub audit_fsync: AuditFsync,
+    /// `[plugin.ID.audit_signing]`: signed checkpoints of the audit chain
+    /// (`host/src/plugin/checkpoint.rs`). Belongs to the sink, as `audit_fsync` does.
+    #[serde(default)]
+    pub audit_signing: Option<AuditSigningConfig>,
     /// Secrets (`[secret.NAME]` names) the plugin may use by name through the `secrets`
     /// interface without reading them: the host writes them into headers.
     #[serde(default)]
@@ -860,6 +926,10 @@ pub enum StepMode {
 
 /// Defaults, named so the docs and the code agree.
 pub mod defaults {
+    /// 1,000 ms.
+    pub fn checkpoint_interval_ms() -> u64 {
+        1000
+    }
     /// `client-ip`.
     pub fn canary_key() -> String {
         "client-ip".to_owned()

@@ -210,8 +210,26 @@ pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
                 "needs the `http-client` capability in `capabilities`",
             ));
         }
-        if p.audit_file.is_some() && !p.capabilities.contains(&Capability::Audit) {
+        let audited = p.capabilities.contains(&Capability::Audit);
+        if p.audit_file.is_some() && !audited {
             issues.push(Issue::new(format!("{at}.audit_file"), "needs the `audit` capability in `capabilities`"));
+        }
+        if p.audit_fsync != crate::config::AuditFsync::Never && !audited {
+            issues.push(Issue::new(format!("{at}.audit_fsync"), "needs the `audit` capability in `capabilities`"));
+        }
+        if let Some(signing) = &p.audit_signing {
+            if !audited {
+                issues
+                    .push(Issue::new(format!("{at}.audit_signing"), "needs the `audit` capability in `capabilities`"));
+            }
+            if !config.secrets.contains_key(&signing.key) {
+                issues.push(Issue::new(
+                    format!("{at}.audit_signing.key"),
+                    format!("no [secret.{}] is defined", signing.key),
+                ));
+            }
+            let interval = format!("{at}.audit_signing.checkpoint_interval_ms");
+            check_range(&mut issues, &interval, signing.checkpoint_interval_ms, 10, 3_600_000);
         }
         if let Some(pin) = &p.sha256
             && !(pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit()))

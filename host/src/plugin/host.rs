@@ -40,6 +40,9 @@ pub struct Grants {
     pub origins: Vec<Origin>,
     /// Where `audit.append` writes, when `audit` is granted.
     pub audit: Option<Arc<Sink>>,
+    /// The options this plugin's configuration gives that sink, applied when its snapshot
+    /// starts serving ([`Sink::configure`]).
+    pub audit_options: super::audit::SinkOptions,
     /// The secrets it may use by name, and read.
     pub secrets: SecretGrants,
 }
@@ -88,6 +91,11 @@ pub struct HostState {
     kv_unavailable: Option<String>,
     /// Headers the current call asked to have written from secrets (`secrets.inject`).
     secret_headers: Vec<SecretHeader>,
+    /// Whether the current call's `audit.append`s must be written before they return (a
+    /// fail-closed logging step's).
+    durable: bool,
+    /// Why one of them failed, if one did.
+    audit_failure: Option<String>,
 }
 
 // === impl HostState ===
@@ -118,11 +126,14 @@ impl HostState {
             waited: Duration::ZERO,
             kv_unavailable: None,
             secret_headers: Vec::new(),
+            durable: false,
+            audit_failure: None,
         }
     }
 
     /// Resets per-call state before a call made for `request_id` under the span `trace`
-    /// with `budget` of running time (the plugin's deadline).
+    /// with `budget` of running time (the plugin's deadline). Appends are buffered until
+    /// [`HostState::append_durably`] says otherwise.
     pub(crate) fn begin_call(&mut self, request_id: &str, trace: &opentelemetry::Context, budget: Duration) {
         self.request_id.clear();
         self.request_id.push_str(request_id);
@@ -134,6 +145,19 @@ impl HostState {
         self.waited = Duration::ZERO;
         self.kv_unavailable = None;
         self.secret_headers.clear();
+        self.durable = false;
+        self.audit_failure = None;
+    }
+
+    /// Makes the current call's `audit.append`s durable: written before they return, and
+    /// failures kept for [`HostState::take_audit_failure`].
+    pub(crate) fn append_durably(&mut self) {
+        self.durable = true;
+    }
+
+    /// Why one of the current call's durable appends failed, if one did.
+    pub(crate) fn take_audit_failure(&mut self) -> Option<String> {
+        self.audit_failure.take()
     }
 
     /// The headers the call that just returned asked to have written from secrets, in order.
@@ -352,7 +376,11 @@ impl $m::audit::Host for HostState {
         let Some(sink) = &self.grants.audit else {
             return Ok(Err($m::audit::AuditError::Unavailable("no audit sink is configured".into())));
         };
-        Ok(sink.append(&record).map_err(|e| match e {
+        let appended = if self.durable { sink.append_durably(&record) } else { sink.append(&record) };
+        if let (Err(e), true, None) = (&appended, self.durable, &self.audit_failure) {
+            self.audit_failure = Some(e.to_string());
+        }
+        Ok(appended.map_err(|e| match e {
             AuditError::InvalidRecord(why) => $m::audit::AuditError::InvalidRecord(why),
             AuditError::Unavailable(why) => $m::audit::AuditError::Unavailable(why),
         }))

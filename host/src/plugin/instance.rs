@@ -82,8 +82,12 @@ pub enum Call<'a> {
     Check(&'a Arc<PluginRequest>, Option<&'a Identity>),
     /// `validation.validate`
     Validate(&'a Arc<PluginRequest>, Option<&'a Identity>, Option<&'a [u8]>),
-    /// `logging.observe`
+    /// `logging.observe`, after the response was sent.
     Observe(&'a logging::Exchange),
+    /// `logging.observe` by a fail-closed step, before the response is sent: the call's
+    /// `audit.append`s return only once their record is written
+    /// ([`super::audit::Sink::append_durably`]), and one that fails fails the step.
+    Record(&'a logging::Exchange),
     /// `filter.on-request`
     OnRequest(&'a Arc<PluginRequest>, Option<&'a Identity>),
     /// `filter.on-response`
@@ -113,11 +117,13 @@ pub struct Replied {
     /// Headers to write from secrets into the request sent upstream (`secrets.inject`), in
     /// the order asked.
     pub secret_headers: Vec<crate::secrets::SecretHeader>,
+    /// For a [`Call::Record`], why one of its `audit.append`s failed, if one did.
+    pub audit_failure: Option<String>,
 }
 
 impl From<Reply> for Replied {
     fn from(reply: Reply) -> Self {
-        Replied { reply, secret_headers: Vec::new() }
+        Replied { reply, secret_headers: Vec::new(), audit_failure: None }
     }
 }
 
@@ -277,7 +283,9 @@ impl Instance {
             (Guest::Validation(g), Call::Validate(_, i, b)) => {
                 g.call_validate(store, handle()?, i, b).await.map(Reply::Validation)
             }
-            (Guest::Logging(g), Call::Observe(e)) => g.call_observe(store, e).await.map(|()| Reply::Observed),
+            (Guest::Logging(g), Call::Observe(e) | Call::Record(e)) => {
+                g.call_observe(store, e).await.map(|()| Reply::Observed)
+            }
             (Guest::Filter(g), Call::OnRequest(_, i)) => {
                 g.call_on_request(store, handle()?, i).await.map(Reply::Filter)
             }
@@ -298,7 +306,7 @@ impl Instance {
                 let outcome = g.call_validate(store, &head, v1_identity(i).as_ref(), b).await?;
                 Ok(Reply::Validation(legacy::validation_outcome(outcome)))
             }
-            (Guest::V1Logging(g), Call::Observe(e)) => {
+            (Guest::V1Logging(g), Call::Observe(e) | Call::Record(e)) => {
                 g.call_observe(store, &legacy::exchange(e)).await.map(|()| Reply::Observed)
             }
             (Guest::V1Filter(g), Call::OnRequest(r, i)) => {

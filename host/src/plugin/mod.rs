@@ -13,6 +13,7 @@ pub mod audit;
 pub mod bindings;
 pub mod breaker;
 mod cache;
+pub mod checkpoint;
 pub mod clock;
 mod engine;
 mod failure;
@@ -134,12 +135,14 @@ pub enum StepLoadError {
 }
 
 /// What a plugin is handed beyond its component and configuration, resolved by the snapshot's
-/// build: its `audit_file` (resolved against the configuration file's directory) and the
-/// secrets it is granted.
+/// build: its `audit_file` (resolved against the configuration file's directory) and that
+/// sink's options, and the secrets it is granted.
 #[derive(Debug, Default)]
 pub struct Provisions<'a> {
     /// Where `audit` appends; none: stdout.
     pub audit_file: Option<&'a std::path::Path>,
+    /// How that sink syncs and signs.
+    pub audit_options: audit::SinkOptions,
     /// The secrets of `secrets` and `readable_secrets`.
     pub secrets: crate::secrets::SecretGrants,
 }
@@ -163,7 +166,7 @@ impl LoadedPlugin {
         imports: Vec<String>,
         provisions: Provisions<'_>,
     ) -> Result<Self, String> {
-        let Provisions { audit_file, secrets } = provisions;
+        let Provisions { audit_file, audit_options, secrets } = provisions;
         // Each series in its own call: a `get_or_create` guard still alive (as temporaries in
         // one struct literal are) while another creates a series deadlocks on the family's lock.
         let histogram = |phase: &str| {
@@ -186,7 +189,7 @@ impl LoadedPlugin {
         };
         let origins = config.allowed_origins.clone();
         let audit = if config.capabilities.contains(&crate::config::Capability::Audit) {
-            Some(engine.audit_sinks().open(audit_file)?)
+            Some(engine.audit_sinks().open(audit_file, &audit_options)?)
         } else {
             None
         };
@@ -213,6 +216,7 @@ impl LoadedPlugin {
                 max_log_events_per_call: config.max_log_events_per_call,
                 origins,
                 audit,
+                audit_options,
                 secrets,
             }),
             engine,
@@ -554,6 +558,9 @@ impl StepPool {
             })?,
         };
         instance.store.data_mut().begin_call(request_id, trace, self.plugin.deadline);
+        if matches!(call, Call::Record(_)) {
+            instance.store.data_mut().append_durably();
+        }
         instance.store.set_epoch_deadline(LoadedPlugin::ticks(self.plugin.deadline));
         if let Some(fuel) = self.plugin.fuel {
             instance.store.set_fuel(fuel).map_err(|e| PluginFailure::from_wasmtime(id, &e))?;
@@ -569,10 +576,11 @@ impl StepPool {
             }
         };
         let secret_headers = instance.store.data_mut().take_secret_headers();
+        let audit_failure = instance.store.data_mut().take_audit_failure();
         instance.uses += 1;
         if reuse && instance.uses < self.plugin.max_uses {
             self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(instance);
         }
-        Ok(Replied { reply, secret_headers })
+        Ok(Replied { reply, secret_headers, audit_failure })
     }
 }

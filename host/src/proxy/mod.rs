@@ -174,6 +174,7 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         None => exchange.forward(parts, Body::new(body), &conn).await,
     };
     let response = exchange.settle(answer, refused_early, max_body);
+    let response = exchange.record(response).await;
     exchange.respond(response)
 }
 
@@ -305,6 +306,46 @@ impl Exchange {
             response.headers_mut().insert(headers::X_REQUEST_ID, v);
         }
         response
+    }
+
+    /// `response`, once the route's fail-closed logging steps recorded the exchange
+    /// ([`crate::chain::Chain::record`]); a 503 problem (`audit-unavailable`) instead when one
+    /// could not, so nothing is served unrecorded. They see the response before its body is
+    /// sent: `bytes-out` is its declared length (0 when not declared) and `duration-us` the
+    /// time until now.
+    async fn record(&mut self, response: Response<Body>) -> Response<Body> {
+        let Some(route) = self.route.clone().filter(|r| r.chain.has_records()) else { return response };
+        let request = &self.request;
+        let exchange = logging::Exchange {
+            request_id: request.request_id.clone(),
+            route: request.route.to_string(),
+            method: request.method.as_str().to_owned(),
+            authority: request.authority.clone(),
+            path: request.path.clone(),
+            query: request.query.clone(),
+            client_ip: request.client_ip.clone(),
+            identity: self.state.identity.clone(),
+            status: response.status().as_u16(),
+            start_ms: self.start_ms,
+            duration_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: http_body::Body::size_hint(response.body()).exact().unwrap_or(0),
+            request_headers: self.request_headers.clone(),
+            response_headers: route.chain.logged_headers(response.headers()),
+            endpoint: self.endpoint.as_ref().map(|e| e.as_str().to_owned()),
+            decisions: self.state.decisions.iter().map(crate::chain::Decision::to_wit).collect(),
+        };
+        match route.chain.record(&exchange, &self.trace).await {
+            Ok(()) => response,
+            Err(e) => {
+                let request_id = &self.request.request_id;
+                let mut refused = e.into_response(request_id);
+                if let Ok(v) = HeaderValue::from_str(request_id) {
+                    refused.headers_mut().insert(headers::X_REQUEST_ID, v);
+                }
+                refused
+            }
+        }
     }
 
     /// `response` with its body counted: when the body ends, [`Exchange::finish`] runs.

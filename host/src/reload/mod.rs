@@ -294,7 +294,9 @@ impl Reloader {
                     duration_ms,
                     plugins,
                 });
-                self.snapshot.store(Arc::new(snapshot));
+                let snapshot = Arc::new(snapshot);
+                self.snapshot.store(snapshot.clone());
+                snapshot.configure_audit_sinks();
                 self.engine.retain_compiled(&in_use.iter().map(String::as_str).collect());
                 tracing::info!(config = %self.file.display(), ?cause, duration_ms, "configuration reloaded");
                 for warning in &warnings {
