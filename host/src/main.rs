@@ -1,6 +1,7 @@
 //! The `portcullis` command: `run` serves a configuration, `validate` checks one, `new`
 //! writes a plugin project, `audit verify` checks an audit file's hash chain and signed
-//! checkpoints, `audit keygen` writes an Ed25519 key pair for signing them.
+//! checkpoints, `audit keygen` writes an Ed25519 key pair (for checkpoints and plugins alike),
+//! `plugin sign` and `plugin verify` sign components and check them as the gateway does.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,44 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Plugin file tools: signing for `[plugin_signing]`.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Sign a component with an Ed25519 secret key (wasmsign2 format; PEM as `audit keygen`
+    /// writes it, DER, or wasmsign2's own): the signature is embedded as the component's first
+    /// section, in place or into `--out`, or written alone to `--detached` (the component is
+    /// left as it is; name that file in the plugin's `signature`).
+    Sign {
+        /// The secret key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// Where the signed component goes (default: over `FILE`).
+        #[arg(long, conflicts_with = "detached")]
+        out: Option<PathBuf>,
+        /// Write only the signature, to this file.
+        #[arg(long)]
+        detached: Option<PathBuf>,
+    },
+    /// Check a component's signature as the gateway does at load. Exits 0 and names the key
+    /// that signed it; 1 when it is unsigned or no key verifies it; 2 when a file is unusable.
+    Verify {
+        /// A trusted public key file; repeat for several.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// A detached signature (default: the one embedded in the component).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// The component (`.wasm`).
+        file: PathBuf,
     },
 }
 
@@ -175,6 +214,12 @@ fn main() -> ExitCode {
             verify_audit(&file, &keys, checkpoints.as_deref())
         }
         Command::Audit { command: AuditCommand::Keygen { prefix } } => keygen(&prefix),
+        Command::Plugin { command: PluginCommand::Sign { key, file, out, detached } } => {
+            sign_plugin(&key, &file, out.as_deref(), detached.as_deref())
+        }
+        Command::Plugin { command: PluginCommand::Verify { keys, signature, file } } => {
+            verify_plugin(&keys, signature.as_deref(), &file)
+        }
         Command::New { kind, lang, dir, sdk } => scaffold(kind, lang, &dir, sdk),
     }
 }
@@ -257,6 +302,69 @@ fn verify_audit(file: &std::path::Path, keys: &[PathBuf], checkpoints: Option<&s
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `portcullis plugin sign` (see [`PluginCommand::Sign`]).
+fn sign_plugin(
+    key: &std::path::Path,
+    file: &std::path::Path,
+    out: Option<&std::path::Path>,
+    detached: Option<&std::path::Path>,
+) -> ExitCode {
+    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    let signed = read(key).and_then(|key| {
+        let component = read(file)?;
+        let (signed, signature) =
+            portcullis::plugin::signing::sign(&component, &key).map_err(|e| format!("{}: {e}", file.display()))?;
+        let (target, bytes) = match detached {
+            Some(path) => (path, signature),
+            None => (out.unwrap_or(file), signed),
+        };
+        std::fs::write(target, bytes).map_err(|e| format!("{}: {e}", target.display()))?;
+        Ok(target.to_owned())
+    });
+    match signed {
+        Ok(target) => {
+            println!("{}: signed ({})", file.display(), target.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portcullis plugin sign: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `portcullis plugin verify` (see [`PluginCommand::Verify`]).
+fn verify_plugin(keys: &[PathBuf], signature: Option<&std::path::Path>, file: &std::path::Path) -> ExitCode {
+    use portcullis::plugin::signing::TrustedKeys;
+    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    let inputs = keys
+        .iter()
+        .map(|k| read(k).map(|bytes| (k.clone(), bytes)))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|files| TrustedKeys::parse(&files).map_err(|(path, why)| format!("{}: {why}", path.display())))
+        .and_then(|trusted| {
+            let detached = signature.map(read).transpose()?;
+            Ok((trusted, read(file)?, detached))
+        });
+    let (trusted, component, detached) = match inputs {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            eprintln!("portcullis plugin verify: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match trusted.verify(&component, detached.as_deref()) {
+        Ok(key) => {
+            println!("{}: signed by {}", file.display(), key.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{}: {e}", file.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `portcullis audit keygen` (see [`AuditCommand::Keygen`]).

@@ -11,6 +11,7 @@ use crate::chain::{Canary, CanaryKey, Chain, ChainStep, WasmStep};
 use crate::config::{ConfigError, Issue, LoadedConfig};
 use crate::plugin::audit::{Signing, SinkOptions};
 use crate::plugin::checkpoint::SigningKey;
+use crate::plugin::signing::{SignatureError, TrustedKeys};
 use crate::plugin::{LoadedPlugin, PluginEngine, Provisions, StepLoadError, StepPool};
 use crate::proxy::headers::IdentityHeaders;
 use crate::router::Router;
@@ -121,6 +122,12 @@ impl Snapshot {
             Secrets::default()
         });
 
+        let trusted = Arc::new(trusted_keys(loaded, &mut sources).unwrap_or_else(|mut e| {
+            issues.append(&mut e);
+            TrustedKeys::default()
+        }));
+        let signatures_required = config.plugin_signing.required;
+
         let mut plugins = BTreeMap::new();
         // Which plugin's options each audit sink takes, by its file (none: stdout).
         let mut sinks: HashMap<Option<std::path::PathBuf>, (&str, SinkOptions)> = HashMap::new();
@@ -158,6 +165,23 @@ impl Snapshot {
             let strict = plugin_config.strict_imports.unwrap_or(config.runtime.strict_imports);
             let (engine_for_compile, plugin_id) = (engine.clone(), id.clone());
             let (kind, capabilities) = (plugin_config.kind, plugin_config.capabilities.clone());
+            let detached = match plugin_config.signature.as_deref().map(|f| loaded.resolve(f)) {
+                None => None,
+                Some(file) => match std::fs::read(&file) {
+                    Ok(bytes) => {
+                        sources.record(&file, &bytes);
+                        Some(bytes)
+                    }
+                    Err(e) => {
+                        issues.push(Issue::new(
+                            format!("plugin.{id}.signature"),
+                            format!("cannot read {}: {e}", file.display()),
+                        ));
+                        continue;
+                    }
+                },
+            };
+            let trusted = trusted.clone();
             let read = path.clone();
             let compiled = tokio::task::spawn_blocking(move || {
                 let path = read;
@@ -168,7 +192,13 @@ impl Snapshot {
                 let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 let hash = crate::sources::sha256_hex(&bytes);
                 if let Some(pin) = pin.filter(|pin| *pin != hash) {
-                    return Ok(Err(format!("{} has SHA-256 {hash}; the configuration pins {pin}", path.display())));
+                    return Ok(Err((
+                        "sha256",
+                        format!("{} has SHA-256 {hash}; the configuration pins {pin}", path.display()),
+                    )));
+                }
+                if let Err(refusal) = check_signature(&bytes, detached.as_deref(), &trusted, signatures_required) {
+                    return Ok(Err(("signature", format!("{}: {refusal}", path.display()))));
                 }
                 // Imports and exports are read from the binary first: a refusal costs
                 // milliseconds, not a compilation.
@@ -192,10 +222,11 @@ impl Snapshot {
             })
             .await
             .unwrap_or_else(|e| Err(format!("compilation task failed: {e}")));
-            // A file that is not the pinned one: refused before compiling, by its own field.
+            // A file that is not the pinned or a signed one: refused before compiling, by its
+            // own field.
             let compiled = match compiled {
-                Ok(Err(mismatch)) => {
-                    issues.push(Issue::new(format!("plugin.{id}.sha256"), mismatch));
+                Ok(Err((field, refusal))) => {
+                    issues.push(Issue::new(format!("plugin.{id}.{field}"), refusal));
                     continue;
                 }
                 Ok(Ok(compiled)) => Ok(compiled),
@@ -467,4 +498,60 @@ fn audit_options(
             export: signing.checkpoint_file.as_deref().map(|f| loaded.resolve(f)),
         }),
     })
+}
+
+/// The `[plugin_signing] trusted_keys` of `loaded`, each file recorded in `sources` (a changed
+/// key file reloads).
+///
+/// Errors: one [`Issue`] per key file that cannot be read or is not an Ed25519 public key.
+fn trusted_keys(loaded: &LoadedConfig, sources: &mut Sources) -> Result<TrustedKeys, Vec<Issue>> {
+    let mut files = Vec::new();
+    let mut issues = Vec::new();
+    for (i, file) in loaded.config.plugin_signing.trusted_keys.iter().enumerate() {
+        let path = loaded.resolve(file);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                sources.record(&path, &bytes);
+                files.push((path, bytes));
+            }
+            Err(e) => issues.push(Issue::new(
+                format!("plugin_signing.trusted_keys[{i}]"),
+                format!("cannot read {}: {e}", path.display()),
+            )),
+        }
+    }
+    if !issues.is_empty() {
+        return Err(issues);
+    }
+    TrustedKeys::parse(&files).map_err(|(path, why)| {
+        let i = files.iter().position(|(p, _)| *p == path).unwrap_or(0);
+        vec![Issue::new(format!("plugin_signing.trusted_keys[{i}]"), format!("{}: {why}", path.display()))]
+    })
+}
+
+/// Whether `component` may load under `[plugin_signing]`: a signature that is present
+/// (embedded, or `detached`) must verify with a trusted key; with `required`, one must be
+/// present. With no trusted keys and nothing required, signatures are not looked at.
+///
+/// Errors: the [`SignatureError`], or a signature given with no trusted key to check it.
+fn check_signature(
+    component: &[u8],
+    detached: Option<&[u8]>,
+    trusted: &TrustedKeys,
+    required: bool,
+) -> Result<(), String> {
+    if trusted.is_empty() {
+        return match detached {
+            Some(_) => Err("a `signature` file is configured but `[plugin_signing] trusted_keys` is empty".into()),
+            None => Ok(()),
+        };
+    }
+    match trusted.verify(component, detached) {
+        Ok(key) => {
+            tracing::debug!(key = %key.display(), "plugin signature verified");
+            Ok(())
+        }
+        Err(SignatureError::Unsigned) if !required => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
 }

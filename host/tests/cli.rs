@@ -4,6 +4,14 @@
 
 use std::process::Command;
 
+/// An empty scratch directory for test `name`.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn validate(config: &str) -> std::process::Output {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -107,9 +115,7 @@ fn audit_verify_with_the_public_key_finds_a_rehashed_forgery_and_a_cut_tail() {
     use portcullis::plugin::audit::{AuditSinks, Signing, SinkOptions};
     use portcullis::plugin::checkpoint::SigningKey;
     let bin = env!("CARGO_BIN_EXE_portcullis");
-    let dir = std::env::temp_dir().join(format!("portcullis-cli-signed-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("signed");
     let keygen = Command::new(bin).args(["audit", "keygen"]).arg(dir.join("audit")).output().unwrap();
     assert!(keygen.status.success(), "{keygen:?}");
     let (private, public) = (dir.join("audit.key"), dir.join("audit.pub"));
@@ -166,5 +172,46 @@ fn audit_verify_with_the_public_key_finds_a_rehashed_forgery_and_a_cut_tail() {
     std::fs::write(&file, &original).unwrap();
     std::fs::write(dir.join("short"), "too short").unwrap();
     assert_eq!(verify(&[&dir.join("short")]).0, Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plugin_sign_and_verify_agree_with_each_other_and_refuse_a_changed_file() {
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let dir = scratch("sign");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let output = Command::new(bin).args(args).output().unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let path = |name: &str| dir.join(name).into_os_string();
+    assert_eq!(run(&["audit".as_ref(), "keygen".as_ref(), &path("release")]).0, Some(0));
+    // The smallest component: its preamble alone.
+    std::fs::write(dir.join("p.wasm"), [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00]).unwrap();
+    let verify = |extra: &[&std::ffi::OsStr]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["plugin".as_ref(), "verify".as_ref()];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let (key, public, wasm, sig) = (path("release.key"), path("release.pub"), path("p.wasm"), path("p.sig"));
+    let (code, stdout) = verify(&["--key".as_ref(), &public, &wasm]);
+    assert_eq!(code, Some(1), "unsigned: {stdout}");
+    assert!(stdout.contains("not signed"), "{stdout}");
+    let sign = |extra: &[&std::ffi::OsStr]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["plugin".as_ref(), "sign".as_ref(), "--key".as_ref(), &key];
+        args.extend_from_slice(extra);
+        run(&args).0
+    };
+    assert_eq!(sign(&["--detached".as_ref(), &sig, &wasm]), Some(0));
+    let (code, stdout) = verify(&["--key".as_ref(), &public, "--signature".as_ref(), &sig, &wasm]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("signed by") && stdout.contains("release.pub"), "{stdout}");
+    assert_eq!(sign(&[&wasm]), Some(0));
+    assert_eq!(verify(&["--key".as_ref(), &public, &wasm]).0, Some(0), "embedded, in place");
+    let mut changed = std::fs::read(dir.join("p.wasm")).unwrap();
+    changed.extend_from_slice(&[0x00, 0x02, 0x01, b'x']);
+    std::fs::write(dir.join("p.wasm"), changed).unwrap();
+    let (code, stdout) = verify(&["--key".as_ref(), &public, &wasm]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("does not verify"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }

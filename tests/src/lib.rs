@@ -141,6 +141,32 @@ impl TestGateway {
         records
     }
 
+    /// The `x-tag` values the upstream saw for `GET /tagged/x` (a route running the tag
+    /// filter guest), or `status N` when the gateway did not answer 200.
+    pub async fn tag(&self) -> String {
+        let reply = get(&self.url("/tagged/x"), &[]).await;
+        if reply.status != 200 {
+            return format!("status {}", reply.status);
+        }
+        reply.upstream_saw("x-tag").concat()
+    }
+
+    /// The record of the first reload that is refused from now on, waiting up to 5 s for it
+    /// (a file-change reload started by a write just made).
+    ///
+    /// # Panics
+    /// When none is refused in time.
+    pub async fn refused_reload(&self) -> portcullis::reload::ReloadRecord {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(last) = self.gateway.reloads().pop().filter(|r| r.result != "ok") {
+                return last;
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(5), "no reload was refused");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// The directory holding the configuration (and the audit file).
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -46,11 +46,7 @@ fn site_with(upstream: std::net::SocketAddr, dir: &Path, tag_config: &str, watch
 
 /// The `x-tag` the upstream saw on `/tagged/x`, or the status when it was not 200.
 async fn tag(gw: &TestGateway) -> String {
-    let reply = get(&gw.url("/tagged/x"), &[]).await;
-    if reply.status != 200 {
-        return format!("status {}", reply.status);
-    }
-    reply.upstream_saw("x-tag").concat()
+    gw.tag().await
 }
 
 /// Polls until `/tagged/x` is tagged `want`, for at most 5 s; returns how long it took.
@@ -541,16 +537,7 @@ async fn a_pinned_plugin_is_refused_when_its_file_is_not_the_pinned_one_at_load_
     let gw = TestGateway::start_file(&file).await;
     assert_eq!(tag(&gw).await, "a");
     replace_file(&dir.join("filter.wasm"), &std::fs::read(plugin("tag_filter_b")).unwrap());
-    let started = Instant::now();
-    let refusal = loop {
-        let last = gw.gateway.reloads().pop().unwrap();
-        if last.result != "ok" {
-            break last;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "no reload refused the replaced file");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let why = refusal.error.unwrap_or_default();
+    let why = gw.refused_reload().await.error.unwrap_or_default();
     assert!(why.contains("plugin.tag.sha256") && why.contains(&b), "{why}");
     assert_eq!(tag(&gw).await, "a", "the pinned snapshot keeps serving");
     gw.stop().await;

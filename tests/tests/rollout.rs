@@ -1,8 +1,15 @@
 //! Safe plugin rollout (issue 17), end to end: a shadow step runs on live traffic and its
 //! decisions are visible, but never enforced; a canary serves its share of clients, each
-//! client always on one side. (Pinned plugins are in `reload.rs`.)
+//! client always on one side; signed plugins load, unsigned and wrongly signed ones are
+//! refused at load and at reload. (Pinned plugins are in `reload.rs`.)
 
-use portcullis_e2e::{JWT_CONFIG, TestGateway, claims, config_with, echo_upstream, get, metric, mint, plugin, scrape};
+use std::time::{Duration, Instant};
+
+use portcullis::plugin::{checkpoint, signing};
+use portcullis_e2e::{
+    JWT_CONFIG, TestGateway, claims, config_with, echo_upstream, get, metric, mint, plugin, replace_file, scrape,
+    write_config,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_step_that_would_refuse_does_not_and_its_decisions_are_visible() {
@@ -121,5 +128,60 @@ canary = { plugin = "tagger-b", percent = 10, key = "header:x-client" }
     };
     assert!(served("tagger-b") >= f64::from(canary), "{exposition}");
     assert!(served("tagger") >= f64::from(2000 - canary));
+    gw.stop().await;
+}
+
+/// A gateway of one `/tagged/` route running `filter.wasm` from `dir`, every plugin required
+/// to be signed by `dir/release.pub`; `plugin_lines` go into the plugin's table.
+fn signed_site(upstream: std::net::SocketAddr, dir: &std::path::Path, plugin_lines: &str) -> String {
+    format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n[reload]\ndebounce_ms = 50\n\n\
+         [plugin_signing]\ntrusted_keys = [\"release.pub\"]\nrequired = true\n\n[upstream.app]\nendpoints = [\"{upstream}\"]\n\n\
+         [plugin.tag]\npath = \"{}\"\nkind = \"filter\"\n{plugin_lines}\n\n[[route]]\nid = \"tagged\"\npath_prefix = \"/tagged/\"\n\
+         upstream = \"app\"\n\n[[route.chain]]\nplugin = \"tag\"\nconfig = {{ suffix = \"\" }}\n",
+        dir.join("filter.wasm").display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_plugins_load_and_unsigned_or_wrongly_signed_ones_are_refused_at_load_and_at_reload() {
+    let upstream = echo_upstream().await;
+    let (private, public) = checkpoint::generate().unwrap();
+    let (stranger, _) = checkpoint::generate().unwrap();
+    let component = |name: &str| std::fs::read(plugin(name)).unwrap();
+    let signed = |name: &str, key: &str| signing::sign(&component(name), key.as_bytes()).unwrap();
+    let (dir, file) = write_config("");
+    std::fs::write(dir.join("release.pub"), &public).unwrap();
+    let start = |wasm: &[u8], lines: &str| {
+        std::fs::write(dir.join("filter.wasm"), wasm).unwrap();
+        std::fs::write(&file, signed_site(upstream, &dir, lines)).unwrap();
+        portcullis::Gateway::start_with_engine(&file, portcullis_e2e::engine())
+    };
+    // At load: unsigned, and signed by a key that is not trusted, each refused by its field.
+    let why = start(&component("tag_filter_a"), "").await.err().unwrap().to_string();
+    assert!(why.contains("plugin.tag.signature") && why.contains("not signed"), "{why}");
+    let why = start(&signed("tag_filter_a", &stranger).0, "").await.err().unwrap().to_string();
+    assert!(why.contains("plugin.tag.signature") && why.contains("does not verify"), "{why}");
+    // A detached signature beside an unchanged file.
+    std::fs::write(dir.join("filter.wasm.sig"), signed("tag_filter_a", &private).1).unwrap();
+    let gateway = start(&component("tag_filter_a"), "signature = \"filter.wasm.sig\"").await.unwrap();
+    gateway.shutdown().await;
+
+    // Embedded, then replaced on the running gateway: by an unsigned build (refused, the
+    // signed one keeps serving), then by a signed one (served).
+    std::fs::write(dir.join("filter.wasm"), signed("tag_filter_a", &private).0).unwrap();
+    std::fs::write(&file, signed_site(upstream, &dir, "")).unwrap();
+    let gw = TestGateway::start_file(&file).await;
+    assert_eq!(gw.tag().await, "a");
+    replace_file(&dir.join("filter.wasm"), &component("tag_filter_b"));
+    let why = gw.refused_reload().await.error.unwrap_or_default();
+    assert!(why.contains("plugin.tag.signature") && why.contains("not signed"), "{why}");
+    assert_eq!(gw.tag().await, "a", "the signed snapshot keeps serving");
+    replace_file(&dir.join("filter.wasm"), &signed("tag_filter_b", &private).0);
+    let started = Instant::now();
+    while gw.tag().await != "b" {
+        assert!(started.elapsed() < Duration::from_secs(5), "the signed build was not served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     gw.stop().await;
 }

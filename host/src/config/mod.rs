@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 pub use model::{
     AuditFsync, AuditSigningConfig, BreakerConfig, Capability, FailurePolicy, GatewayConfig, Isolation, KvBackend,
-    KvConfig, PluginConfig, PluginKind, RouteConfig, RuntimeConfig, SigningAlgorithm, StepConfig, StepMode,
+    KvConfig, PluginConfig, PluginKind, PluginSigningConfig, RouteConfig, RuntimeConfig, SigningAlgorithm, StepConfig,
+    StepMode,
 };
 pub use net::{Cidr, Origin};
 

@@ -38,6 +38,9 @@ pub struct GatewayConfig {
     /// Secrets by name (`[secret.NAME]`), used by plugins granted them ([`crate::secrets`]).
     #[serde(default, rename = "secret")]
     pub secrets: BTreeMap<String, SecretConfig>,
+    /// `[plugin_signing]`: which keys plugin files must be signed with.
+    #[serde(default)]
+    pub plugin_signing: PluginSigningConfig,
     /// Plugins by id.
     #[serde(default, rename = "plugin")]
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -742,6 +745,24 @@ pub struct AuditSigningConfig {
     pub checkpoint_file: Option<PathBuf>,
 }
 
+/// `[plugin_signing]`: signed plugin files, in the wasmsign2 format (the WebAssembly
+/// tool-conventions signature proposal; `host/src/plugin/signing.rs`). Applies at every load,
+/// reloads included.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSigningConfig {
+    /// Ed25519 public key files (PEM as `portcullis audit keygen` writes them, DER, or
+    /// wasmsign2's own format), relative to the configuration file: a plugin signed by any one
+    /// is accepted.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
+    /// Refuse every plugin whose file carries no signature (embedded, or the plugin's
+    /// `signature` file) by a trusted key. Default `false`: then only a signature that is
+    /// present is checked, and one that does not verify is still refused.
+    #[serde(default)]
+    pub required: bool,
+}
+
 /// `[secret.NAME]`: where a secret's value is read from; exactly one of `env` and `file`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -766,6 +787,11 @@ pub struct PluginConfig {
     /// keeps the serving snapshot).
     #[serde(default)]
     pub sha256: Option<String>,
+    /// A detached wasmsign2 signature of the component (`portcullis plugin sign --detached`),
+    /// relative to the configuration file; absent: the signature embedded in the component,
+    /// if any. Checked against `[plugin_signing] trusted_keys`.
+    #[serde(default)]
+    pub signature: Option<PathBuf>,
     /// Which WIT interface the component exports.
     pub kind: PluginKind,
     /// Default: `fail-closed`, except `fail-open` for `logging`.

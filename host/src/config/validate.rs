@@ -244,6 +244,9 @@ pub(super) fn check(config: &GatewayConfig) -> Vec<Issue> {
             }
         }
     }
+    if config.plugin_signing.required && config.plugin_signing.trusted_keys.is_empty() {
+        issues.push(Issue::new("plugin_signing.trusted_keys", "`required = true` needs at least one trusted key"));
+    }
     for (name, s) in &config.secrets {
         let at = format!("secret.{name}");
         if !is_id(name) {

@@ -24,6 +24,7 @@ pub mod kv;
 mod legacy;
 pub mod outbound;
 pub mod request;
+pub mod signing;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
