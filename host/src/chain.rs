@@ -185,6 +185,15 @@ impl CanaryKey {
                 .map(CanaryKey::Header),
         }
     }
+
+    /// As configured: `client-ip`, `subject` or `header:NAME`.
+    pub fn label(&self) -> String {
+        match self {
+            CanaryKey::ClientIp => "client-ip".into(),
+            CanaryKey::Subject => "subject".into(),
+            CanaryKey::Header(name) => format!("header:{name}"),
+        }
+    }
 }
 
 impl<S: Step> ChainStep<S> {

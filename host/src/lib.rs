@@ -28,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod fuzzing;
 mod gateway;
+pub mod golden;
 pub mod health;
 pub mod metrics;
 pub mod plugin;

@@ -117,6 +117,7 @@ mod tests {
             chain: Vec::new(),
             max_body_bytes: 1024,
             public: false,
+            golden: Vec::new(),
         }
     }
 

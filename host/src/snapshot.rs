@@ -35,6 +35,23 @@ pub struct RouteRuntime {
     pub max_body_bytes: u64,
     /// Its request metrics, resolved once.
     pub series: crate::metrics::RouteSeries,
+    /// What it matches, as configured (for `GET /routes` and the dashboard).
+    pub matches: RouteMatch,
+    /// How many golden requests it lists (all passed, or the snapshot would not exist).
+    pub golden: usize,
+}
+
+/// What a route matches, as its configuration says.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteMatch {
+    /// Exact host; none for any host.
+    pub host: Option<String>,
+    /// Segment prefix, if the route has one.
+    pub path_prefix: Option<String>,
+    /// Exact path or pattern, if the route has one.
+    pub path: Option<String>,
+    /// Methods; empty for all.
+    pub methods: Vec<String>,
 }
 
 /// Everything the request path reads, immutable.
@@ -93,7 +110,8 @@ impl Snapshot {
     /// Errors: [`ConfigError::Invalid`] listing every problem: unreadable or oversized plugin
     /// files, components that do not compile or lack their kind's export or import what the
     /// host does not provide, step configurations the plugin refuses (with the plugin's JSON
-    /// pointer), `$file` references that cannot be read, and router conflicts.
+    /// pointer), `$file` references that cannot be read, router conflicts, and golden
+    /// requests ([`crate::golden`]) that do not come out as they expect.
     pub async fn build(loaded: &LoadedConfig, engine: &Arc<PluginEngine>) -> Result<Snapshot, ConfigError> {
         Self::build_after(loaded, engine, None).await
     }
@@ -333,15 +351,26 @@ impl Snapshot {
                 chain: Chain::new(steps),
                 max_body_bytes: route.max_body_bytes,
                 series: crate::metrics::RouteSeries::new(engine.metrics(), &route.id),
+                matches: RouteMatch {
+                    host: route.host.clone(),
+                    path_prefix: route.path_prefix.clone(),
+                    path: route.path.clone(),
+                    methods: route.methods.clone(),
+                },
+                golden: route.golden.len(),
             }));
         }
 
+        let golden = crate::golden::prepare(loaded, &mut sources).unwrap_or_else(|mut e| {
+            issues.append(&mut e);
+            Vec::new()
+        });
         if !issues.is_empty() {
             return Err(loaded.invalid(issues));
         }
         let metrics = engine.metrics().clone();
         let telemetry = engine.telemetry().clone();
-        Ok(Snapshot {
+        let snapshot = Snapshot {
             router,
             routes,
             identity,
@@ -352,7 +381,13 @@ impl Snapshot {
             telemetry,
             listener_tls,
             secrets,
-        })
+        };
+        // Last: they need the whole snapshot, and a snapshot that fails them never serves.
+        let failed = crate::golden::run(&snapshot, &golden).await;
+        if !failed.is_empty() {
+            return Err(loaded.invalid(failed));
+        }
+        Ok(snapshot)
     }
 }
 

@@ -167,6 +167,29 @@ impl TestGateway {
         }
     }
 
+    /// The record of the last reload once it is refused with an error containing `text`,
+    /// waiting up to 5 s for it: for a test that makes several refused reloads in a row.
+    ///
+    /// # Panics
+    /// When none is in time, with the last reload's error.
+    pub async fn refused_reload_naming(&self, text: &str) -> portcullis::reload::ReloadRecord {
+        let started = std::time::Instant::now();
+        loop {
+            let last = self.gateway.reloads().pop();
+            if let Some(last) =
+                last.as_ref().filter(|r| r.result != "ok" && r.error.as_deref().unwrap_or_default().contains(text))
+            {
+                return last.clone();
+            }
+            let error = last.and_then(|r| r.error);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "no reload was refused naming {text:?}; the last: {error:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// The directory holding the configuration (and the audit file).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -176,6 +199,51 @@ impl TestGateway {
     pub async fn stop(self) {
         self.gateway.shutdown().await;
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The quickstart's configuration served as written, only its addresses moved to ephemeral
+/// loopback ports and `upstream`, and its audit file to `target/quickstart-test-audit-PID.jsonl`;
+/// written beside the original so its relative paths resolve the same. [`Quickstart::stop`]
+/// shuts it down and removes both files.
+///
+/// # Panics
+/// When the gateway refuses it.
+pub async fn start_quickstart(upstream: SocketAddr) -> Quickstart {
+    let dir = root().join("examples/quickstart");
+    let text = std::fs::read_to_string(dir.join("portcullis.toml")).expect("reading the quickstart configuration");
+    let audit = format!("quickstart-test-audit-{}.jsonl", std::process::id());
+    let text = text
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0")
+        .replace("127.0.0.1:8081", &upstream.to_string())
+        .replace("quickstart-audit.jsonl", &audit);
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let file = dir.join(format!(".quickstart-test-{}-{}.toml", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::write(&file, text).expect("writing the quickstart test configuration");
+    match Gateway::start(&file).await {
+        Ok(gateway) => Quickstart { gateway, file, audit: root().join("target").join(audit) },
+        Err(e) => {
+            let _ = std::fs::remove_file(&file);
+            panic!("{e}")
+        }
+    }
+}
+
+/// A gateway serving the quickstart's configuration ([`start_quickstart`]).
+pub struct Quickstart {
+    /// The gateway.
+    pub gateway: Gateway,
+    file: PathBuf,
+    audit: PathBuf,
+}
+
+impl Quickstart {
+    /// Shuts the gateway down and removes its configuration copy and audit file.
+    pub async fn stop(self) {
+        self.gateway.shutdown().await;
+        let _ = std::fs::remove_file(&self.file);
+        let _ = std::fs::remove_file(&self.audit);
     }
 }
 

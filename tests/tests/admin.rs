@@ -1,6 +1,7 @@
 //! The admin listener's access rules end to end, with a real HTTP client: `Host` names that are
 //! not this listener's (DNS rebinding) get 421, cross-origin `POST /reload` gets 403, a bearer
-//! token guards everything but the health probes (and is re-read when rotated), and reloads
+//! token guards everything but the health probes and the dashboard's static page (and is
+//! re-read when rotated), and reloads
 //! past `max_reloads_per_minute` get 429.
 
 use bytes::Bytes;
@@ -58,6 +59,13 @@ async fn a_bearer_token_guards_everything_but_the_health_probes() {
     assert_eq!(admin(&gw, "GET", "/metrics", &[("authorization", "Bearer first-token")]).await.status, 200);
     assert_eq!(admin(&gw, "GET", "/healthz", &[]).await.status, 200);
     assert_eq!(admin(&gw, "GET", "/readyz", &[]).await.status, 200);
+    // The dashboard's page and assets hold no data and are served to anyone; its data is not.
+    assert_eq!(admin(&gw, "GET", "/", &[]).await.status, 200);
+    assert_eq!(admin(&gw, "GET", "/dashboard/app.js", &[]).await.status, 200);
+    assert_eq!(admin(&gw, "GET", "/dashboard/nothing.js", &[]).await.status, 404);
+    assert_eq!(admin(&gw, "GET", "/routes", &[]).await.status, 401);
+    let routes = admin(&gw, "GET", "/routes", &[("authorization", "Bearer first-token")]).await;
+    assert_eq!(routes.json()["routes"][0]["id"], "public");
     // Rotated: the old token stops working at once, the new one works, no restart.
     std::fs::write(dir.join("admin-token"), "second-token").unwrap();
     assert_eq!(admin(&gw, "GET", "/status", &[("authorization", "Bearer first-token")]).await.status, 401);

@@ -1,26 +1,14 @@
 //! The quickstart's configuration, served as written (only its addresses moved to ephemeral
 //! loopback ports): the full `/api/` chain does what the README shows.
 
-use portcullis::Gateway;
-use portcullis_e2e::{claims, echo_upstream, get, mint, request, root};
+use portcullis_e2e::{claims, echo_upstream, get, mint, request, start_quickstart};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_chain_authenticates_authorizes_limits_validates_and_audits() {
     let upstream = echo_upstream().await;
-    let dir = root().join("examples/quickstart");
-    let text = std::fs::read_to_string(dir.join("portcullis.toml")).unwrap();
-    let text = text
-        .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("127.0.0.1:9901", "127.0.0.1:0")
-        .replace("127.0.0.1:8081", &upstream.to_string())
-        .replace("quickstart-audit.jsonl", &format!("quickstart-test-audit-{}.jsonl", std::process::id()));
-    // Beside the original, so its relative paths (plugins, keys, schema) resolve the same.
-    let file = dir.join(format!(".quickstart-test-{}.toml", std::process::id()));
-    std::fs::write(&file, text).unwrap();
-    let gateway = Gateway::start(&file).await;
-    std::fs::remove_file(&file).unwrap();
-    let gateway = gateway.unwrap_or_else(|e| panic!("{e}"));
+    let quickstart = start_quickstart(upstream).await;
+    let gateway = &quickstart.gateway;
     let base = format!("http://{}", gateway.listener_addrs()[0]);
     let mut alice = claims("alice");
     alice["sub"] = json!(format!("alice-{}", std::process::id()));
@@ -48,6 +36,5 @@ async fn quickstart_chain_authenticates_authorizes_limits_validates_and_audits()
     assert_eq!(limited.status, 429, "the sixth request within 10 s");
     assert!(limited.headers.contains_key("retry-after"));
     assert_eq!(get(&format!("{base}/api/orders"), &[]).await.status, 401);
-    gateway.shutdown().await;
-    let _ = std::fs::remove_file(root().join(format!("target/quickstart-test-audit-{}.jsonl", std::process::id())));
+    quickstart.stop().await;
 }

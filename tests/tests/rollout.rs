@@ -1,7 +1,8 @@
 //! Safe plugin rollout (issue 17), end to end: a shadow step runs on live traffic and its
 //! decisions are visible, but never enforced; a canary serves its share of clients, each
 //! client always on one side; signed plugins load, unsigned and wrongly signed ones are
-//! refused at load and at reload. (Pinned plugins are in `reload.rs`.)
+//! refused at load and at reload; golden requests refuse a configuration that answers them
+//! otherwise, at start and at reload. (Pinned plugins are in `reload.rs`.)
 
 use std::time::{Duration, Instant};
 
@@ -184,4 +185,148 @@ async fn signed_plugins_load_and_unsigned_or_wrongly_signed_ones_are_refused_at_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     gw.stop().await;
+}
+
+/// The route of the golden tests: jwt then rbac (readers may read, admins may delete), with
+/// `rbac_rules` and three golden requests; the reader's token is `reader.jwt` beside the file.
+fn golden_site(upstream: std::net::SocketAddr, rbac_rules: &str, golden_path: &str) -> String {
+    let routes = format!(
+        r#"
+[[route]]
+id = "orders"
+path_prefix = "/orders"
+upstream = "app"
+
+[[route.chain]]
+plugin = "jwt"
+config = {JWT_CONFIG}
+
+[[route.chain]]
+plugin = "rbac"
+config = {{ rules = {rbac_rules} }}
+
+[[route.golden]]
+name = "no token → 401"
+path = "/orders/1"
+expect = 401
+expect_decisions = {{ jwt = "denied" }}
+
+[[route.golden]]
+name = "reader DELETE → 403"
+method = "DELETE"
+path = "{golden_path}"
+headers = {{ authorization = {{ "$file" = "reader.jwt", prefix = "Bearer " }} }}
+expect = 403
+expect_decisions = {{ rbac = "respond" }}
+
+[[route.golden]]
+name = "reader GET is forwarded as alice"
+path = "/orders/1?full=1"
+headers = {{ authorization = {{ "$file" = "reader.jwt", prefix = "Bearer " }}, x-user-id = "mallory" }}
+expect = "forward"
+expect_headers = {{ x-user-id = "alice", x-user-roles = "reader" }}
+
+[[route]]
+id = "other"
+path_prefix = "/other"
+upstream = "app"
+"#
+    );
+    let reload = "\n[reload]\ndebounce_ms = 50\n";
+    config_with(upstream, reload, &routes)
+}
+
+const READERS_READ: &str =
+    r#"[ { methods = ["GET"], path = "/orders/**", roles = ["reader"] }, { path = "/orders/**", roles = ["admin"] } ]"#;
+const READERS_DELETE: &str = r#"[ { path = "/orders/**", roles = ["reader", "admin"] } ]"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_requests_gate_start_and_reload_and_name_the_failing_case() {
+    let upstream = echo_upstream().await;
+    let (dir, file) = write_config(&golden_site(upstream, READERS_DELETE, "/orders/1"));
+    let reader = mint(&claims("alice"));
+    std::fs::write(dir.join("reader.jwt"), format!("{reader}\n")).unwrap();
+    let bearer = format!("Bearer {reader}");
+
+    // At start: a policy that lets readers delete fails "reader DELETE → 403".
+    let why = portcullis::Gateway::start_with_engine(&file, portcullis_e2e::engine()).await.err().unwrap().to_string();
+    assert!(why.contains("route[0].golden[1]") && why.contains("`reader DELETE → 403`"), "{why}");
+    assert!(why.contains("expected 403, got forward") && why.contains("rbac=continue"), "{why}");
+    assert!(!why.contains(&reader), "a golden request's header values are never shown: {why}");
+
+    std::fs::write(&file, golden_site(upstream, READERS_READ, "/orders/1")).unwrap();
+    let gw = TestGateway::start_file(&file).await;
+    let delete = |url: String| {
+        let bearer = bearer.clone();
+        async move { portcullis_e2e::request("DELETE", &url, &[("authorization", &bearer)], "").await.status }
+    };
+    assert_eq!(delete(gw.url("/orders/1")).await, 403);
+
+    // At reload: the same mistake is refused by the golden request, and the old policy serves.
+    replace_file(&file, golden_site(upstream, READERS_DELETE, "/orders/1").as_bytes());
+    let why = gw.refused_reload_naming("route[0].golden[1]").await.error.unwrap_or_default();
+    assert!(why.contains("expected 403, got forward"), "{why}");
+    assert_eq!(delete(gw.url("/orders/1")).await, 403, "the running policy keeps serving");
+
+    // A golden request must match the route that lists it.
+    replace_file(&file, golden_site(upstream, READERS_READ, "/other/1").as_bytes());
+    gw.refused_reload_naming("matches route `other`, not the route that lists it").await;
+
+    // Its `$file` is a source: a token file that no longer holds the reader role fails the
+    // forwarded case at the reload that change starts.
+    std::fs::write(&file, golden_site(upstream, READERS_READ, "/orders/1")).unwrap();
+    let mut nobody = claims("alice");
+    nobody["roles"] = serde_json::json!([]);
+    replace_file(&dir.join("reader.jwt"), mint(&nobody).as_bytes());
+    let why = gw.refused_reload_naming("route[0].golden[2]").await.error.unwrap_or_default();
+    assert!(why.contains("`reader GET is forwarded as alice`: expected forward, got 403"), "{why}");
+    let reply = get(&gw.url("/orders/1"), &[("authorization", &bearer)]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.upstream_saw("x-user-id"), ["alice"]);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_golden_requests_are_refused_by_their_fields() {
+    let routes = r#"
+[[route]]
+id = "r"
+path_prefix = "/"
+upstream = "app"
+
+[[route.chain]]
+plugin = "rbac"
+
+[[route.chain]]
+plugin = "audit"
+
+[[route.golden]]
+name = "twice"
+path = "/a"
+expect = 200
+
+[[route.golden]]
+name = "twice"
+method = "get"
+path = "a"
+headers = { "X-Upper" = "v" }
+expect = "forward"
+expect_decisions = { jwt = "authenticated", audit = "observed" }
+"#;
+    let config = config_with(echo_upstream().await, "", routes);
+    let why = portcullis::config::check_text(&config).err().unwrap();
+    let fields: Vec<_> = why.iter().map(|i| i.field.as_str()).collect();
+    for field in [
+        "route[0].golden[1].name",
+        "route[0].golden[1].method",
+        "route[0].golden[1].path",
+        "route[0].golden[1].headers.X-Upper",
+        "route[0].golden[1].expect_decisions.jwt",
+        "route[0].golden[1].expect_decisions.audit",
+    ] {
+        assert!(fields.contains(&field), "{field} not in {why:?}");
+    }
+    let wrong = config.replace("expect = 200", "expect = \"allow\"");
+    let why = portcullis::config::check_text(&wrong).err().unwrap();
+    assert!(why[0].field.starts_with("route[0].golden[0].expect") && why[0].message.contains("forward"), "{why:?}");
 }

@@ -9,8 +9,9 @@
 //!   `http://{Host}`, `Origin: null`, or `Sec-Fetch-Site: cross-site`/`same-site` gets 403:
 //!   browsers send these on cross-origin form posts and `fetch`; curl, Prometheus and deploy
 //!   tools send none.
-//! - **Token.** With `token_file` or `token_env`, every endpoint but `/healthz` and `/readyz`
-//!   needs `Authorization: Bearer TOKEN` (RFC 6750 §2.1), else 401 with `WWW-Authenticate`.
+//! - **Token.** With `token_file` or `token_env`, every endpoint but `/healthz`, `/readyz` and
+//!   the dashboard's static files (`/`, `/dashboard/…`, which hold no data) needs
+//!   `Authorization: Bearer TOKEN` (RFC 6750 §2.1), else 401 with `WWW-Authenticate`.
 //!   Tokens are compared by SHA-256 digest, so the comparison's time says nothing about the
 //!   token.
 //! - **Reloads.** A bucket of `max_reloads_per_minute`, refilled evenly; 429 beyond.
@@ -125,7 +126,9 @@ impl AdminAccess {
         if !matches!(*method, Method::GET | Method::HEAD) && cross_origin(headers, host.as_deref()) {
             return Err(Refusal::CrossOrigin);
         }
-        if matches!(path, "/healthz" | "/readyz") {
+        // Probes, and the dashboard's static page and assets (no data: the page asks for the
+        // token and sends it with every request for data).
+        if matches!(path, "/healthz" | "/readyz" | "/") || path.starts_with("/dashboard/") {
             return Ok(());
         }
         let expected = match &self.token {

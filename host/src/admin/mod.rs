@@ -18,12 +18,17 @@
 //!   reload.
 //! - `GET /reloads`: the recent reload attempts (time, cause, result, error, warnings,
 //!   duration, and each plugin's SHA-256), oldest first.
+//! - `GET /routes`: each route's id, what it matches, its upstream, body limit, number of
+//!   golden requests, and its chain (plugin, kind, mode, failure policy, canary split).
+//! - `GET /`: the dashboard ([`dashboard`]), a static page that reads the endpoints above;
+//!   it and its assets under `/dashboard/` hold no data and are served without the token.
 //!
 //! Every request first passes [`access`]: a `Host` check (421), a same-origin check on
 //! state-changing requests (403), the bearer token when one is configured (401), and a rate
 //! limit on `POST /reload` (429).
 
 pub mod access;
+mod dashboard;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -193,6 +198,8 @@ async fn route(request: &Request<Incoming>, state: &AdminState) -> Response<Body
             response
         }
         (&Method::GET, "/plugins") => json(StatusCode::OK, plugins(&state.snapshot.load())),
+        (&Method::GET, "/routes") => json(StatusCode::OK, routes(&state.snapshot.load())),
+        (&Method::GET, path) if let Some(response) = dashboard::asset(path) => response,
         (&Method::GET, "/status") => json(StatusCode::OK, status(state)),
         _ => problem(StatusCode::NOT_FOUND, "no-route", "Unknown admin endpoint.", "-", None),
     }
@@ -215,6 +222,62 @@ fn refused(refusal: &Refusal) -> Response<Body> {
     response
 }
 
+fn policy_label(policy: crate::config::FailurePolicy) -> &'static str {
+    match policy {
+        crate::config::FailurePolicy::FailClosed => "fail-closed",
+        crate::config::FailurePolicy::FailOpen => "fail-open",
+    }
+}
+
+/// `{"routes":[{id, host, path_prefix, path, methods, upstream, max_body_bytes, golden,
+/// chain:[{plugin, kind, mode, failure_policy, canary:{plugin, percent, key}|null}]}]}`, in
+/// configuration order.
+fn routes(snapshot: &Snapshot) -> String {
+    use crate::chain::Step as _;
+    let list: Vec<_> = snapshot
+        .routes
+        .iter()
+        .map(|r| {
+            let chain: Vec<_> = r
+                .chain
+                .steps()
+                .iter()
+                .map(|link| {
+                    let canary = link.canary.as_ref().map(|c| {
+                        serde_json::json!({
+                            "plugin": &**c.step.id(),
+                            "percent": f64::from(c.per_10k) / 100.0,
+                            "key": c.key.label(),
+                        })
+                    });
+                    serde_json::json!({
+                        "plugin": &**link.step.id(),
+                        "kind": link.step.kind().to_string(),
+                        "mode": match link.mode {
+                            crate::config::StepMode::Enforce => "enforce",
+                            crate::config::StepMode::Shadow => "shadow",
+                        },
+                        "failure_policy": policy_label(link.policy),
+                        "canary": canary,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "id": &*r.id,
+                "host": r.matches.host,
+                "path_prefix": r.matches.path_prefix,
+                "path": r.matches.path,
+                "methods": r.matches.methods,
+                "upstream": r.upstream.name(),
+                "max_body_bytes": r.max_body_bytes,
+                "golden": r.golden,
+                "chain": chain,
+            })
+        })
+        .collect();
+    serde_json::json!({ "routes": list }).to_string()
+}
+
 fn plugins(snapshot: &Snapshot) -> String {
     let list: Vec<_> = snapshot
         .plugins
@@ -225,10 +288,7 @@ fn plugins(snapshot: &Snapshot) -> String {
                 "kind": p.kind.to_string(),
                 "sha256": p.content_hash,
                 "contract": p.contract.to_string(),
-                "failure_policy": match p.policy {
-                    crate::config::FailurePolicy::FailClosed => "fail-closed",
-                    crate::config::FailurePolicy::FailOpen => "fail-open",
-                },
+                "failure_policy": policy_label(p.policy),
                 "breaker": p.breaker_state().label(),
                 "imports": p.imports,
                 "secrets": p.grants().secrets.names().collect::<Vec<_>>(),

@@ -13,9 +13,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use model::{
-    AuditFsync, AuditSigningConfig, BreakerConfig, Capability, FailurePolicy, GatewayConfig, Isolation, KvBackend,
-    KvConfig, PluginConfig, PluginKind, PluginSigningConfig, RouteConfig, RuntimeConfig, SigningAlgorithm, StepConfig,
-    StepMode,
+    AuditFsync, AuditSigningConfig, BreakerConfig, Capability, FailurePolicy, GatewayConfig, GoldenConfig,
+    GoldenExpect, GoldenValue, Isolation, KvBackend, KvConfig, PluginConfig, PluginKind, PluginSigningConfig,
+    RouteConfig, RuntimeConfig, SigningAlgorithm, StepConfig, StepMode,
 };
 pub use net::{Cidr, Origin};
 

@@ -890,6 +890,94 @@ pub struct RouteConfig {
     /// streamed body grows past it.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: u64,
+    /// Golden requests: test requests this route must answer as each expects, run against
+    /// every candidate snapshot before it serves ([`GoldenConfig`]).
+    #[serde(default)]
+    pub golden: Vec<GoldenConfig>,
+}
+
+/// `[[route.golden]]`: a test request the route must answer as it says, run in process
+/// against every candidate snapshot (at start, by `validate`, at each reload) before it
+/// serves; a failing one refuses the snapshot ([`crate::golden`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenConfig {
+    /// What the case checks, for messages (`no token → 401`); unique in its route.
+    pub name: String,
+    /// The method. Default `GET`.
+    #[serde(default = "defaults::golden_method")]
+    pub method: String,
+    /// Path and query (`/api/orders/1?full=1`); it must match this route.
+    pub path: String,
+    /// Host, lowercase without port. Default: the route's `host`, else `localhost`.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Request header fields: a value, or `{ "$file" = "PATH", prefix = "Bearer " }` for one
+    /// read from a file (relative to the configuration file, one trailing newline removed;
+    /// a changed file reloads), so a long-lived test token can live beside the keys.
+    #[serde(default)]
+    pub headers: BTreeMap<String, GoldenValue>,
+    /// The request body, as text. Default empty.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// The client's IP address plugins see. Default `192.0.2.1` (TEST-NET-1, RFC 5737), so
+    /// golden requests take from no real client's quota.
+    #[serde(default = "defaults::golden_client_ip")]
+    pub client_ip: std::net::IpAddr,
+    /// `"forward"` (the chain lets it through to the upstream) or the status the gateway
+    /// answers itself with (`401`, `403`, `429`, …).
+    pub expect: GoldenExpect,
+    /// Fields and their exact values (several joined by `, `): on the request forwarded
+    /// upstream when `expect = "forward"` (injected identity included; a field written from a
+    /// secret reads `[secret NAME]`), else on the gateway's response.
+    #[serde(default)]
+    pub expect_headers: BTreeMap<String, String>,
+    /// Plugin id to the decision it must make (`authenticated`, `denied`, `continue`,
+    /// `respond`, `limited`, `invalid`, `failed`; a shadow step's reads `shadow:DECISION`).
+    #[serde(default)]
+    pub expect_decisions: BTreeMap<String, String>,
+}
+
+/// A golden request's header value: literal text, or read from a file.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum GoldenValue {
+    /// The value itself.
+    Text(String),
+    /// `{ "$file" = "PATH", prefix = "…" }`: `prefix` then the file's text.
+    File {
+        /// The file, relative to the configuration file.
+        #[serde(rename = "$file")]
+        file: PathBuf,
+        /// Written before the file's text (`Bearer `). Default none.
+        #[serde(default)]
+        prefix: Option<String>,
+    },
+}
+
+/// What a golden request must come to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoldenExpect {
+    /// The chain lets it through to the upstream.
+    Forward,
+    /// The gateway answers with this status itself.
+    Status(u16),
+}
+
+impl<'de> Deserialize<'de> for GoldenExpect {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Status(u16),
+            Word(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Status(status) if (100..=599).contains(&status) => Ok(GoldenExpect::Status(status)),
+            Raw::Word(word) if word == "forward" => Ok(GoldenExpect::Forward),
+            _ => Err(serde::de::Error::custom("expected `\"forward\"` or a status code 100..=599")),
+        }
+    }
 }
 
 /// One step of a route's chain.
@@ -959,6 +1047,14 @@ pub mod defaults {
     /// `client-ip`.
     pub fn canary_key() -> String {
         "client-ip".to_owned()
+    }
+    /// `GET`.
+    pub fn golden_method() -> String {
+        "GET".to_owned()
+    }
+    /// `192.0.2.1`, in TEST-NET-1 (RFC 5737).
+    pub fn golden_client_ip() -> std::net::IpAddr {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1))
     }
     /// `portcullis:`.
     pub fn kv_key_prefix() -> String {

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::Issue;
-use super::model::{Capability, GatewayConfig, PluginKind, RouteConfig, StepMode};
+use super::model::{Capability, GatewayConfig, GoldenValue, PluginKind, RouteConfig, StepMode};
 
 /// `[kv]`: a Redis URL without credentials, one password source, sane timeouts.
 fn check_kv(issues: &mut Vec<Issue>, kv: &super::model::KvConfig) {
@@ -343,6 +343,59 @@ fn check_route(config: &GatewayConfig, issues: &mut Vec<Issue>, i: usize, r: &Ro
     }
     if auth_steps > 1 {
         issues.push(Issue::new(format!("{at}.chain"), "at most one enforced auth step per chain"));
+    }
+    check_golden(config, issues, &at, r);
+}
+
+/// A route's `[[route.golden]]` requests: names, methods, paths, header fields, and decisions
+/// expected of steps the chain has. Whether each matches its route is checked when it runs.
+fn check_golden(config: &GatewayConfig, issues: &mut Vec<Issue>, route_at: &str, r: &RouteConfig) {
+    let mut names = HashSet::new();
+    for (k, g) in r.golden.iter().enumerate() {
+        let at = format!("{route_at}.golden[{k}]");
+        if g.name.trim().is_empty() {
+            issues.push(Issue::new(format!("{at}.name"), "must not be empty"));
+        } else if !names.insert(g.name.as_str()) {
+            issues
+                .push(Issue::new(format!("{at}.name"), format!("another golden request of the route is `{}`", g.name)));
+        }
+        if http::Method::from_bytes(g.method.as_bytes()).is_err() || g.method.chars().any(|c| c.is_ascii_lowercase()) {
+            issues.push(Issue::new(format!("{at}.method"), format!("`{}` is not an uppercase method token", g.method)));
+        }
+        if !g.path.starts_with('/') || g.path.parse::<http::uri::PathAndQuery>().is_err() {
+            issues.push(Issue::new(format!("{at}.path"), "a path (and query) starting with `/`"));
+        }
+        if let Some(host) = &g.host
+            && (host.is_empty() || host.contains(':') || host.chars().any(|c| c.is_ascii_uppercase()))
+        {
+            issues.push(Issue::new(format!("{at}.host"), "a lowercase host name without port"));
+        }
+        for (name, value) in &g.headers {
+            let field = format!("{at}.headers.{name}");
+            check_header_name(issues, &field, name);
+            let text = match value {
+                GoldenValue::Text(text) => Some(text),
+                GoldenValue::File { prefix, .. } => prefix.as_ref(),
+            };
+            if text.is_some_and(|t| http::HeaderValue::from_str(t).is_err()) {
+                issues.push(Issue::new(field, "is not a valid header value"));
+            }
+        }
+        for name in g.expect_headers.keys() {
+            check_header_name(issues, &format!("{at}.expect_headers.{name}"), name);
+        }
+        for plugin in g.expect_decisions.keys() {
+            let field = format!("{at}.expect_decisions.{plugin}");
+            let step =
+                r.chain.iter().find(|s| s.plugin == *plugin || s.canary.as_ref().is_some_and(|c| c.plugin == *plugin));
+            match (step, config.plugins.get(plugin)) {
+                (None, _) => issues.push(Issue::new(field, format!("`{plugin}` is not a step of this route's chain"))),
+                (Some(_), Some(p)) if p.kind == PluginKind::Logging => {
+                    issues.push(Issue::new(field, "a logging step decides nothing before the response"));
+                }
+                _ => {}
+            }
+        }
     }
 }
 
