@@ -19,7 +19,6 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -127,12 +126,9 @@ pub fn prepare(loaded: &LoadedConfig, sources: &mut Sources) -> Result<Vec<Golde
 
 /// The text of a `$file` header value, without one trailing newline.
 fn read_value(loaded: &LoadedConfig, file: &std::path::Path, sources: &mut Sources) -> Result<String, String> {
-    let path: PathBuf = loaded.resolve(file);
-    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    sources.record(&path, &bytes);
-    let text = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
-    let text = text.strip_suffix('\n').map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
-    Ok(text.to_owned())
+    let path = loaded.resolve(file);
+    let bytes = crate::secrets::read_file(&path, sources)?;
+    String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))
 }
 
 /// Sends every case through `snapshot` in turn; one [`Issue`] per case whose outcome differs

@@ -125,7 +125,11 @@ fn read_env(var: &str) -> Result<Vec<u8>, String> {
     std::env::var_os(var).map(|v| v.into_vec()).ok_or_else(|| format!("environment variable `{var}` is not set"))
 }
 
-fn read_file(path: &std::path::Path, sources: &mut Sources) -> Result<Vec<u8>, String> {
+/// The bytes of `path` without one trailing newline (`\n` or `\r\n`), recorded in `sources`
+/// (a changed file reloads).
+///
+/// Errors: the file cannot be read, with its path.
+pub(crate) fn read_file(path: &std::path::Path, sources: &mut Sources) -> Result<Vec<u8>, String> {
     let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     sources.record(path, &bytes);
     // One trailing newline (`echo token > file`, or a CRLF editor), as the and
