@@ -234,6 +234,9 @@ async fn check(snapshot: &Snapshot, case: &Golden) -> Result<(), String> {
         let have = values.join(", ");
         if values.is_empty() {
             let _ = write!(wrong, "; `{name}` is absent, expected `{want}`");
+        } else if have != *want && case.headers.contains_key(name) {
+            // What the case sent itself (a test token, say) is not repeated in messages.
+            let _ = write!(wrong, "; `{name}` is not `{want}`");
         } else if have != *want {
             let _ = write!(wrong, "; `{name}` is `{have}`, expected `{want}`");
         }
