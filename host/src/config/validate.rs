@@ -283,15 +283,11 @@ fn check_route(config: &GatewayConfig, issues: &mut Vec<Issue>, i: usize, r: &Ro
         (None, None) => issues.push(Issue::new(&at, "one of `path_prefix` or `path` is required")),
         _ => issues.push(Issue::new(&at, "paths must start with `/`")),
     }
-    if let Some(host) = &r.host
-        && (host.is_empty() || host.contains(':') || host.chars().any(|c| c.is_ascii_uppercase()))
-    {
-        issues.push(Issue::new(format!("{at}.host"), "a lowercase host name without port"));
+    if let Some(host) = &r.host {
+        check_host(issues, &format!("{at}.host"), host);
     }
     for (j, m) in r.methods.iter().enumerate() {
-        if http::Method::from_bytes(m.as_bytes()).is_err() || m.chars().any(|c| c.is_ascii_lowercase()) {
-            issues.push(Issue::new(format!("{at}.methods[{j}]"), format!("`{m}` is not an uppercase method token")));
-        }
+        check_method(issues, &format!("{at}.methods[{j}]"), m);
     }
     if !config.upstreams.contains_key(&r.upstream) {
         issues.push(Issue::new(format!("{at}.upstream"), format!("no [upstream.{}] is defined", r.upstream)));
@@ -359,16 +355,12 @@ fn check_golden(config: &GatewayConfig, issues: &mut Vec<Issue>, route_at: &str,
             issues
                 .push(Issue::new(format!("{at}.name"), format!("another golden request of the route is `{}`", g.name)));
         }
-        if http::Method::from_bytes(g.method.as_bytes()).is_err() || g.method.chars().any(|c| c.is_ascii_lowercase()) {
-            issues.push(Issue::new(format!("{at}.method"), format!("`{}` is not an uppercase method token", g.method)));
-        }
+        check_method(issues, &format!("{at}.method"), &g.method);
         if !g.path.starts_with('/') || g.path.parse::<http::uri::PathAndQuery>().is_err() {
             issues.push(Issue::new(format!("{at}.path"), "a path (and query) starting with `/`"));
         }
-        if let Some(host) = &g.host
-            && (host.is_empty() || host.contains(':') || host.chars().any(|c| c.is_ascii_uppercase()))
-        {
-            issues.push(Issue::new(format!("{at}.host"), "a lowercase host name without port"));
+        if let Some(host) = &g.host {
+            check_host(issues, &format!("{at}.host"), host);
         }
         for (name, value) in &g.headers {
             let field = format!("{at}.headers.{name}");
@@ -424,6 +416,20 @@ fn check_conflicts(config: &GatewayConfig, issues: &mut Vec<Issue>) {
 pub(crate) fn normalize_prefix(prefix: &str) -> &str {
     let trimmed = prefix.trim_end_matches('/');
     if trimmed.is_empty() { "/" } else { trimmed }
+}
+
+/// A route's or golden request's `host`: lowercase, without port.
+fn check_host(issues: &mut Vec<Issue>, field: &str, host: &str) {
+    if host.is_empty() || host.contains(':') || host.chars().any(|c| c.is_ascii_uppercase()) {
+        issues.push(Issue::new(field, "a lowercase host name without port"));
+    }
+}
+
+/// An uppercase method token (RFC 9110 §9.1).
+fn check_method(issues: &mut Vec<Issue>, field: &str, method: &str) {
+    if http::Method::from_bytes(method.as_bytes()).is_err() || method.chars().any(|c| c.is_ascii_lowercase()) {
+        issues.push(Issue::new(field, format!("`{method}` is not an uppercase method token")));
+    }
 }
 
 fn check_header_name(issues: &mut Vec<Issue>, field: &str, name: &str) {
