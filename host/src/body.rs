@@ -108,13 +108,19 @@ pub enum BodyEnd {
     Dropped,
 }
 
-/// Remembers how a body ended, for the request handler to read after the exchange (set from
-/// [`Counted`]'s completion hook, which may run on another task), and wakes whoever waits for
-/// the end ([`BodyEndCell::ended`]: the upstream's response timer).
+/// Remembers how and when a body ended and how many data bytes it had, for the request handler
+/// to read after the exchange
+/// (set from [`Counted`]'s completion hook, which may run on another task) and for the
+/// upstream's response timer, which looks at it when it fires ([`BodyEndCell::ended_at`])
+/// instead of being woken: setting it takes no lock and wakes no task.
 #[derive(Debug)]
 pub struct BodyEndCell {
     end: std::sync::atomic::AtomicU8,
-    notify: tokio::sync::Notify,
+    /// When the body ended, in µs after `created`; read only once `end` is set.
+    ended_after_us: std::sync::atomic::AtomicU64,
+    /// Data bytes the body had when it ended.
+    bytes: std::sync::atomic::AtomicU64,
+    created: Instant,
 }
 
 impl Default for BodyEndCell {
@@ -126,15 +132,22 @@ impl Default for BodyEndCell {
 impl BodyEndCell {
     const UNSET: u8 = u8::MAX;
 
-    /// An empty cell.
+    /// An empty cell; the end's time is measured from now.
     pub fn new() -> Self {
-        BodyEndCell { end: std::sync::atomic::AtomicU8::new(Self::UNSET), notify: tokio::sync::Notify::new() }
+        BodyEndCell {
+            end: std::sync::atomic::AtomicU8::new(Self::UNSET),
+            ended_after_us: std::sync::atomic::AtomicU64::new(0),
+            bytes: std::sync::atomic::AtomicU64::new(0),
+            created: Instant::now(),
+        }
     }
 
-    /// Records `end` and wakes the waiters.
-    pub fn set(&self, end: BodyEnd) {
+    /// Records `end`, now, after `bytes` data bytes.
+    pub fn set(&self, end: BodyEnd, bytes: u64) {
+        let after = u64::try_from(self.created.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.ended_after_us.store(after, std::sync::atomic::Ordering::Relaxed);
+        self.bytes.store(bytes, std::sync::atomic::Ordering::Relaxed);
         self.end.store(end as u8, std::sync::atomic::Ordering::Release);
-        self.notify.notify_waiters();
     }
 
     /// How the body ended; none while it has not.
@@ -144,23 +157,21 @@ impl BodyEndCell {
         ends.into_iter().find(|e| *e as u8 == code)
     }
 
+    /// Data bytes the body had when it ended (0 while it has not).
+    pub fn bytes(&self) -> u64 {
+        self.get().map_or(0, |_| self.bytes.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// When the body ended, however it ended; none while it has not.
+    pub fn ended_at(&self) -> Option<Instant> {
+        self.get()?;
+        let after = self.ended_after_us.load(std::sync::atomic::Ordering::Relaxed);
+        Some(self.created + Duration::from_micros(after))
+    }
+
     /// Whether the body ended through the client's fault: broken, too slow or too large.
     pub fn client_fault(&self) -> bool {
         matches!(self.get(), Some(BodyEnd::Failed | BodyEnd::TimedOut | BodyEnd::TooLarge))
-    }
-
-    /// Resolves once the body has ended, however it ended.
-    pub async fn ended(&self) {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so a `set` between the two still wakes this.
-            notified.as_mut().enable();
-            if self.get().is_some() {
-                return;
-            }
-            notified.await;
-        }
     }
 }
 

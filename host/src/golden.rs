@@ -159,8 +159,7 @@ async fn check(snapshot: &Snapshot, case: &Golden) -> Result<(), String> {
         return Err(format!("{} {path} matches route `{}`, not the route that lists it", case.method, route.id));
     }
     let mut request_headers = case.headers.clone();
-    headers::strip_hop_by_hop(&mut request_headers);
-    snapshot.identity.strip(&mut request_headers);
+    headers::strip_inbound(&mut request_headers, &snapshot.identity, true);
     let request_id = format!("golden-{}", case.field);
     let mut request = Arc::new(PluginRequest {
         method: case.method.clone(),

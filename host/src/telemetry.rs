@@ -435,26 +435,23 @@ impl Telemetry {
     /// propagator still parses what clients send ([`Telemetry::extract`]); a test checks both
     /// write the same bytes.
     pub fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
-        const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
-        const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
-        headers.remove(TRACEPARENT);
-        headers.remove(TRACESTATE);
+        use crate::proxy::headers::{TRACEPARENT, TRACESTATE};
         let span = cx.span();
         let sc = span.span_context();
-        if !sc.is_valid() {
-            return;
-        }
-        if let Ok(value) = HeaderValue::from_bytes(&traceparent(sc)) {
-            headers.insert(TRACEPARENT, value);
-        }
+        let value = if sc.is_valid() { HeaderValue::from_bytes(&traceparent(sc)).ok() } else { None };
+        // `insert` replaces what was there: no hashed removal first.
+        match value {
+            Some(value) => headers.insert(TRACEPARENT, value),
+            None => headers.remove(TRACEPARENT),
+        };
         // W3C Trace Context §3.3 lets a vendor omit an empty `tracestate`; upstreams should not
         // see a field with no members.
-        let state = sc.trace_state().header();
-        if !state.is_empty()
-            && let Ok(value) = HeaderValue::from_str(&state)
-        {
-            headers.insert(TRACESTATE, value);
-        }
+        let state = if sc.is_valid() { sc.trace_state().header() } else { String::new() };
+        match HeaderValue::from_str(&state) {
+            Ok(value) if !state.is_empty() => headers.insert(TRACESTATE, value),
+            _ if headers.contains_key(TRACESTATE) => headers.remove(TRACESTATE),
+            _ => None,
+        };
     }
 
     /// Exports every ended span now. Blocks until the export finishes or times out: call it

@@ -7,7 +7,6 @@ pub mod path;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::uri::Authority;
@@ -66,9 +65,8 @@ struct Exchange {
     request: Arc<PluginRequest>,
     /// The request fields the route's logging steps record, as received.
     request_headers: Vec<Header>,
-    /// Request body bytes read so far.
-    bytes_in: Arc<AtomicU64>,
-    /// How the request body ended; the upstream's response timer waits for it.
+    /// How and when the request body ended, and its size; the upstream's response timer
+    /// looks at it.
     body_end: Arc<BodyEndCell>,
     trace: Trace,
     /// What the chain learnt: identity, quotas, decisions.
@@ -115,9 +113,9 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     };
     let client_ip = conn.hygiene.client_ip(conn.peer.ip(), &parts.headers);
 
-    headers::strip_hop_by_hop(&mut parts.headers);
-    snapshot.identity.strip(&mut parts.headers);
-    let trace = start_trace(&snapshot, &conn, &mut parts, &authority, route.as_deref(), &request_id);
+    let trace_context = conn.hygiene.accepts_trace_context(conn.peer.ip());
+    headers::strip_inbound(&mut parts.headers, &snapshot.identity, trace_context);
+    let trace = start_trace(&snapshot, &conn, &parts, trace_context, &authority, route.as_deref(), &request_id);
     // The exchange keeps the headers as received (those its logging steps record); filters may
     // edit them.
     let request_headers = route.as_ref().map_or_else(Vec::new, |r| r.chain.logged_headers(&parts.headers));
@@ -137,8 +135,6 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         request_id,
         route: route.as_ref().map_or_else(|| Arc::from("-"), |r| r.id.clone()),
     });
-    let bytes_in = Arc::new(AtomicU64::new(0));
-    let counter = bytes_in.clone();
     let body_end = Arc::new(BodyEndCell::new());
     let ended = body_end.clone();
     let body = Counted::new(
@@ -148,8 +144,7 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
             conn.body_timeout,
         ),
         Box::new(move |n, end| {
-            counter.store(n, Ordering::Relaxed);
-            ended.set(end);
+            ended.set(end, n);
         }),
     );
     let mut exchange = Exchange {
@@ -159,7 +154,6 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         start_ms,
         request,
         request_headers,
-        bytes_in,
         body_end,
         trace,
         state: ChainState::default(),
@@ -328,7 +322,7 @@ impl Exchange {
             status: response.status().as_u16(),
             start_ms: self.start_ms,
             duration_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_in: self.body_end.bytes(),
             bytes_out: http_body::Body::size_hint(response.body()).exact().unwrap_or(0),
             request_headers: self.request_headers.clone(),
             response_headers: route.chain.logged_headers(response.headers()),
@@ -370,13 +364,12 @@ impl Exchange {
             start_ms,
             request,
             request_headers,
-            bytes_in,
+            body_end,
             trace,
             state,
             endpoint,
             status,
             response_headers,
-            body_end: _,
         } = self;
         let elapsed = started.elapsed();
         let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
@@ -390,7 +383,7 @@ impl Exchange {
             }
             None => snapshot.metrics.request_finished(&head.route, head.method.as_str(), status, elapsed),
         }
-        let bytes_in = bytes_in.load(Ordering::Relaxed);
+        let bytes_in = body_end.bytes();
         let subject = state.identity.as_ref().map_or("-", |i| i.subject.as_str());
         if trace.telemetry.is_recording() {
             let outcome = if status >= 500 { SpanOutcome::Error } else { SpanOutcome::Ok };
@@ -452,31 +445,27 @@ impl Exchange {
 }
 
 /// Starts the request's trace: the client's W3C trace context when the listener accepts it
-/// from this peer (otherwise its `traceparent` and `tracestate` are removed, so neither plugins
-/// nor the upstream see them), and the request span under it.
+/// from this peer (`trace_context`; otherwise [`headers::strip_inbound`] removed its
+/// `traceparent` and `tracestate`, so neither plugins nor the upstream see them), and the
+/// request span under it.
 fn start_trace(
     snapshot: &Snapshot,
     conn: &ConnInfo,
-    parts: &mut http::request::Parts,
+    parts: &http::request::Parts,
+    trace_context: bool,
     authority: &str,
     route: Option<&RouteRuntime>,
     request_id: &str,
 ) -> Trace {
     let telemetry = snapshot.telemetry.clone();
-    let parent = if conn.hygiene.accepts_trace_context(conn.peer.ip()) {
-        telemetry.extract(&parts.headers)
-    } else {
-        parts.headers.remove("traceparent");
-        parts.headers.remove("tracestate");
-        Context::new()
-    };
+    let parent = if trace_context { telemetry.extract(&parts.headers) } else { Context::new() };
     let route = route.map_or("-", |r| &*r.id);
     let cx = telemetry.start_request(&parent, || {
         let mut attributes = vec![
             KeyValue::new("http.request.method", parts.method.to_string()),
             KeyValue::new("url.scheme", conn.scheme),
             KeyValue::new("url.path", parts.uri.path().to_owned()),
-            KeyValue::new("server.address", host_of(authority)),
+            KeyValue::new("server.address", host_of(authority).into_owned()),
             KeyValue::new("client.address", conn.peer.ip().to_string()),
             KeyValue::new("network.protocol.version", protocol_version(parts.version)),
             KeyValue::new("portcullis.route", route.to_owned()),
@@ -499,14 +488,22 @@ fn protocol_version(version: http::Version) -> &'static str {
     }
 }
 
-/// The host part of an authority, lowercase, without port (IPv6 literals keep their brackets).
-fn host_of(authority: &str) -> String {
+/// The host part of an authority, lowercase, without port (IPv6 literals keep their brackets);
+/// borrowed from `authority` unless it had to be lowercased.
+fn host_of(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = if authority.starts_with('[') {
-        authority.split_once(']').map_or(authority, |(h, _)| h).to_owned() + "]"
+        match authority.find(']') {
+            Some(end) => &authority[..=end],
+            None => return std::borrow::Cow::Owned(authority.to_ascii_lowercase() + "]"),
+        }
     } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h).to_owned()
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
     };
-    host.to_ascii_lowercase()
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
 }
 
 #[cfg(test)]
@@ -516,5 +513,6 @@ mod tests {
         assert_eq!(super::host_of("Example.COM:8080"), "example.com");
         assert_eq!(super::host_of("example.com"), "example.com");
         assert_eq!(super::host_of("[::1]:80"), "[::1]");
+        assert!(matches!(super::host_of("api.example:443"), std::borrow::Cow::Borrowed("api.example")));
     }
 }
