@@ -274,7 +274,7 @@ impl Upstream {
         };
         *request.version_mut() = http::Version::HTTP_11;
 
-        let response_due = self.response_due(sent);
+        let response_due = response_due(self.connect_timeout, self.response_timeout, sent);
         let dispatch = async {
             match direct {
                 Some(connector) => self.direct_request(connector, endpoint, request).await,
@@ -306,36 +306,6 @@ impl Upstream {
             Some(Err(Failure::Connect(e) | Failure::Exchange(e))) => {
                 Err(self.failed(format!("{address}: {}", causes(&*e))))
             }
-        }
-    }
-
-    /// Resolves when the response head is overdue: `connect_timeout + response_timeout` (ms)
-    /// from now, or `response_timeout` after the end of the body `sent` is sending (that end
-    /// counted no later than `connect_timeout + body_timeout` from now), whichever is later.
-    ///
-    /// One timer, which looks at the body's end when it fires rather than being woken by it:
-    /// an exchange whose head comes in time (the usual case) registers one timer and never
-    /// re-arms it; while a body is still being sent it looks again every `response_timeout`.
-    /// (It was a `join!` of a sleep with a body-end wait under a timeout followed by a
-    /// sleep: three timers per request; callgrind, 2026-12-06.)
-    async fn response_due(&self, sent: Option<(&BodyEndCell, Duration)>) {
-        let start = tokio::time::Instant::now();
-        let response = self.response_timeout;
-        let sleep = tokio::time::sleep_until(start + self.connect_timeout + response);
-        tokio::pin!(sleep);
-        loop {
-            sleep.as_mut().await;
-            let Some((cell, body_timeout)) = sent else { return };
-            let now = tokio::time::Instant::now();
-            let cap = start + self.connect_timeout + body_timeout;
-            let due = match cell.ended_at() {
-                Some(end) => end.min(cap) + response,
-                None => (now + response).min(cap + response),
-            };
-            if due <= now {
-                return;
-            }
-            sleep.as_mut().reset(due);
         }
     }
 
@@ -374,6 +344,35 @@ impl Upstream {
     }
 }
 
+/// Resolves when an exchange's response head is overdue: `connect + response` from now, or
+/// `response` after the end of the body `sent` is sending (that end counted no later than
+/// `connect + body_timeout` from now), whichever is later.
+///
+/// One timer, which reads the body's end ([`BodyEndCell::ended_at`]) when it fires instead of
+/// being woken by it: an exchange whose head comes in time (the usual case) registers one timer
+/// and never re-arms it; while the body is still being sent it looks again every `response`.
+/// It was a `join!` of a sleep with a body-end wait under a timeout followed by a sleep, three
+/// timers and a `Notify` per request (callgrind, 2026-12-06: `docs/BENCHMARKS.md`).
+async fn response_due(connect: Duration, response: Duration, sent: Option<(&BodyEndCell, Duration)>) {
+    let start = tokio::time::Instant::now();
+    let sleep = tokio::time::sleep_until(start + connect + response);
+    tokio::pin!(sleep);
+    loop {
+        sleep.as_mut().await;
+        let Some((cell, body_timeout)) = sent else { return };
+        let now = tokio::time::Instant::now();
+        let cap = start + connect + body_timeout;
+        let due = match cell.ended_at() {
+            Some(end) => end.min(cap) + response,
+            None => (now + response).min(cap + response),
+        };
+        if due <= now {
+            return;
+        }
+        sleep.as_mut().reset(due);
+    }
+}
+
 /// Why an exchange failed before a response head.
 enum Failure {
     /// Opening the connection (TCP, TLS).
@@ -404,4 +403,86 @@ fn causes(error: &(dyn std::error::Error + 'static)) -> String {
         next = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::response_due;
+    use crate::body::{BodyEnd, BodyEndCell};
+
+    /// Whether `due` has resolved by now (paused time), polling it once. The first poll starts
+    /// its clock, as the exchange's `select!` does at once.
+    async fn overdue(due: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>) -> bool {
+        tokio::select! {
+            biased;
+            () = due.as_mut() => true,
+            () = std::future::ready(()) => false,
+        }
+    }
+
+    const CONNECT: Duration = Duration::from_secs(1);
+    const RESPONSE: Duration = Duration::from_secs(2);
+    const BODY: Duration = Duration::from_secs(10);
+
+    async fn step(seconds: f64) {
+        tokio::time::advance(Duration::from_secs_f64(seconds)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_response_is_due_connect_plus_response_timeout_after_the_request() {
+        let due = response_due(CONNECT, RESPONSE, None);
+        tokio::pin!(due);
+        assert!(!overdue(&mut due).await);
+        step(2.9).await;
+        assert!(!overdue(&mut due).await);
+        step(0.2).await;
+        assert!(overdue(&mut due).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_response_is_due_a_response_timeout_after_the_body_ends() {
+        let cell = BodyEndCell::new();
+        let due = response_due(CONNECT, RESPONSE, Some((&cell, BODY)));
+        tokio::pin!(due);
+        assert!(!overdue(&mut due).await);
+        // Still sending at 3 s (connect + response): not due yet.
+        step(4.0).await;
+        assert!(!overdue(&mut due).await);
+        cell.set(BodyEnd::Complete, 58);
+        step(1.9).await;
+        assert!(!overdue(&mut due).await, "due 2 s after the body's end at 4 s");
+        step(0.2).await;
+        assert!(overdue(&mut due).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_ends_early_leaves_the_first_deadline() {
+        let cell = BodyEndCell::new();
+        cell.set(BodyEnd::Complete, 0);
+        let due = response_due(CONNECT, RESPONSE, Some((&cell, BODY)));
+        tokio::pin!(due);
+        assert!(!overdue(&mut due).await);
+        step(2.9).await;
+        assert!(!overdue(&mut due).await);
+        step(0.2).await;
+        assert!(overdue(&mut due).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_ends_is_counted_as_ended_at_connect_plus_body_timeout() {
+        let cell = BodyEndCell::new();
+        let due = response_due(CONNECT, RESPONSE, Some((&cell, BODY)));
+        tokio::pin!(due);
+        assert!(!overdue(&mut due).await);
+        for _ in 0..12 {
+            step(1.0).await;
+            assert!(!overdue(&mut due).await);
+        }
+        step(0.9).await;
+        assert!(!overdue(&mut due).await, "due at 1 + 10 + 2 s");
+        step(0.2).await;
+        assert!(overdue(&mut due).await);
+    }
 }
