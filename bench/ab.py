@@ -8,8 +8,10 @@ then BEFORE and AFTER each with no plugins and with the harness' five-step chain
 interleaved and reverse order every round. Reported: req/s median (min–max), the ratio to nginx
 per round (median, min–max), and server CPU µs per request.
 
-Usage: bench/ab.py BEFORE_BINARY [AFTER_BINARY] [--rounds N] [--duration S]; AFTER defaults to
-target/release/portcullis. Build BEFORE from another commit, for example:
+Usage: bench/ab.py BEFORE_BINARY [AFTER_BINARY] [--before-plugins DIR] [--rounds N] [--duration S];
+AFTER defaults to target/release/portcullis. Both builds load the components of
+target/wasm32-wasip2/plugin unless `--before-plugins` names another directory for BEFORE (the
+components of another commit or profile, e.g. built with `CARGO_TARGET_DIR=/tmp/before-target`). Build BEFORE from another commit, for example:
 `git worktree add /tmp/before COMMIT && (cd /tmp/before && CARGO_TARGET_DIR=$PWD/../main/target
 cargo build --release -p portcullis) && cp target/release/portcullis /tmp/portcullis-before`,
 then rebuild this tree. Needs what bench/run installs and builds (nginx, wrk, the components).
@@ -29,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("before")
     parser.add_argument("after", nargs="?", default=str(harness.PORTCULLIS))
+    parser.add_argument("--before-plugins", type=Path, help="components for BEFORE (default: this tree's)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=8, help="seconds per throughput run")
     args = parser.parse_args()
@@ -39,6 +42,8 @@ def main() -> None:
             for variant, steps in [("no plugins", []), ("chain", CHAIN)]:
                 name = f"{build}, {variant}"
                 conf = harness.portcullis_conf(f"{build}-{len(steps)}", port, port + 1000, steps)
+                if build == "before" and args.before_plugins:
+                    conf.write_text(conf.read_text().replace(str(harness.PLUGINS), str(args.before_plugins.resolve())))
                 servers[name] = harness.Server(name, [binary, "run", "--config", str(conf)], port, harness.SERVER_CORE,
                                                env=env, cwd=conf.parent)
                 port += 1

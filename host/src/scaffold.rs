@@ -146,7 +146,9 @@ portcullis-sdk = {{ path = "{}" }}
 serde = {{ version = "1", features = ["derive"] }}
 
 [profile.release]
-opt-level = "s"
+# Speed over size: the policy runs on every request (Portcullis' own plugins measured 16%
+# fewer instructions per request than with "s").
+opt-level = 3
 lto = true
 codegen-units = 1
 strip = true
