@@ -39,6 +39,8 @@ fn main() {
     for dir in ["sdk", "wit", "tests/guests"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
+    // The workspace manifest holds the `plugin` profile the components are built with.
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.toml").display());
     // The Rust plugins whole; of the others their sources only (a developer's `node_modules`
     // there would otherwise be scanned at every build).
     for entry in std::fs::read_dir(root.join("plugins")).expect("plugins/ is readable").flatten() {

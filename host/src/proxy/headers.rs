@@ -478,7 +478,10 @@ mod tests {
             h.insert("content-length", HeaderValue::from_static("5"));
             h.insert("x-user-id", HeaderValue::from_static("root"));
             h.insert("x-user-roles", HeaderValue::from_static("admin"));
-            h.insert("traceparent", HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+            h.insert(
+                "traceparent",
+                HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            );
             h.insert("tracestate", HeaderValue::from_static("k=v"));
             h.insert("x-keep", HeaderValue::from_static("1"));
             h
