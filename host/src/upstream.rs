@@ -430,15 +430,20 @@ mod tests {
         tokio::time::advance(Duration::from_secs_f64(seconds)).await;
     }
 
+    /// Asserts that `due` is not overdue just before `seconds` from now and is just after.
+    async fn due_in(due: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>, seconds: f64) {
+        step(seconds - 0.1).await;
+        assert!(!overdue(due).await, "not due before {seconds} s");
+        step(0.2).await;
+        assert!(overdue(due).await, "due at {seconds} s");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_response_is_due_connect_plus_response_timeout_after_the_request() {
         let due = response_due(CONNECT, RESPONSE, None);
         tokio::pin!(due);
         assert!(!overdue(&mut due).await);
-        step(2.9).await;
-        assert!(!overdue(&mut due).await);
-        step(0.2).await;
-        assert!(overdue(&mut due).await);
+        due_in(&mut due, 3.0).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -451,10 +456,7 @@ mod tests {
         step(4.0).await;
         assert!(!overdue(&mut due).await);
         cell.set(BodyEnd::Complete, 58);
-        step(1.9).await;
-        assert!(!overdue(&mut due).await, "due 2 s after the body's end at 4 s");
-        step(0.2).await;
-        assert!(overdue(&mut due).await);
+        due_in(&mut due, 2.0).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -464,10 +466,7 @@ mod tests {
         let due = response_due(CONNECT, RESPONSE, Some((&cell, BODY)));
         tokio::pin!(due);
         assert!(!overdue(&mut due).await);
-        step(2.9).await;
-        assert!(!overdue(&mut due).await);
-        step(0.2).await;
-        assert!(overdue(&mut due).await);
+        due_in(&mut due, 3.0).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -476,13 +475,12 @@ mod tests {
         let due = response_due(CONNECT, RESPONSE, Some((&cell, BODY)));
         tokio::pin!(due);
         assert!(!overdue(&mut due).await);
+        // The timer looks again every response timeout while the body is open.
         for _ in 0..12 {
             step(1.0).await;
             assert!(!overdue(&mut due).await);
         }
-        step(0.9).await;
-        assert!(!overdue(&mut due).await, "due at 1 + 10 + 2 s");
-        step(0.2).await;
-        assert!(overdue(&mut due).await);
+        // Due at 1 + 10 + 2 s.
+        due_in(&mut due, 1.0).await;
     }
 }
