@@ -108,11 +108,11 @@ pub enum BodyEnd {
     Dropped,
 }
 
-/// Remembers how and when a body ended and how many data bytes it had, for the request handler
-/// to read after the exchange
-/// (set from [`Counted`]'s completion hook, which may run on another task) and for the
-/// upstream's response timer, which looks at it when it fires ([`BodyEndCell::ended_at`])
-/// instead of being woken: setting it takes no lock and wakes no task.
+/// Remembers how and when a body ended and how many data bytes it had (set from [`Counted`]'s
+/// completion hook, which may run on another task), for the request handler after the exchange
+/// and for the upstream's response timer, which looks at it when it fires
+/// ([`BodyEndCell::ended_at`]) instead of being woken: setting it takes no lock and wakes no
+/// task.
 #[derive(Debug)]
 pub struct BodyEndCell {
     end: std::sync::atomic::AtomicU8,

@@ -438,19 +438,22 @@ impl Telemetry {
         use crate::proxy::headers::{TRACEPARENT, TRACESTATE};
         let span = cx.span();
         let sc = span.span_context();
-        let value = if sc.is_valid() { HeaderValue::from_bytes(&traceparent(sc)).ok() } else { None };
+        if !sc.is_valid() {
+            headers.remove(TRACEPARENT);
+            headers.remove(TRACESTATE);
+            return;
+        }
         // `insert` replaces what was there: no hashed removal first.
-        match value {
-            Some(value) => headers.insert(TRACEPARENT, value),
-            None => headers.remove(TRACEPARENT),
+        match HeaderValue::from_bytes(&traceparent(sc)) {
+            Ok(value) => headers.insert(TRACEPARENT, value),
+            Err(_) => headers.remove(TRACEPARENT),
         };
         // W3C Trace Context §3.3 lets a vendor omit an empty `tracestate`; upstreams should not
         // see a field with no members.
-        let state = if sc.is_valid() { sc.trace_state().header() } else { String::new() };
+        let state = sc.trace_state().header();
         match HeaderValue::from_str(&state) {
             Ok(value) if !state.is_empty() => headers.insert(TRACESTATE, value),
-            _ if headers.contains_key(TRACESTATE) => headers.remove(TRACESTATE),
-            _ => None,
+            _ => headers.remove(TRACESTATE),
         };
     }
 

@@ -66,7 +66,8 @@ fn is_framing_option(option: &str) -> bool {
     std::str::from_utf8(buf).is_ok_and(|name| framing_index(name).is_some())
 }
 
-/// The fields a pass over a header map found to remove: bit `i` for [`framing_index`] `i`.
+/// What [`strip_inbound`]'s pass found to remove: `framing` has bit `i` for
+/// [`framing_index`] `i`.
 #[derive(Debug, Default, Clone, Copy)]
 struct Found {
     framing: u16,
@@ -76,13 +77,8 @@ struct Found {
 
 /// Removes hop-by-hop fields, every field named in `Connection`, and `content-length`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut found = Found::default();
-    for name in headers.keys() {
-        if let Some(i) = framing_index(name.as_str()) {
-            found.framing |= 1 << i;
-        }
-    }
-    remove_framing(headers, found.framing);
+    let framing = headers.keys().filter_map(|name| framing_index(name.as_str())).fold(0, |bits, i| bits | 1 << i);
+    remove_framing(headers, framing);
 }
 
 /// What a client's request loses before any plugin or the upstream sees it, in one pass over
