@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context, KeyValue};
 
@@ -879,26 +879,41 @@ fn check_quotas(quotas: &[Quota]) -> Result<(), String> {
 }
 
 /// Adds `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers):
-/// `"name";q=LIMIT;w=WINDOW_S` and `"name";r=REMAINING;t=RESET_S`, seconds rounded up.
+/// `"name";q=LIMIT;w=WINDOW_S` and `"name";r=REMAINING;t=RESET_S`, seconds rounded up, one
+/// list member per quota.
+///
+/// Each value is written into one buffer and handed to the map without a copy; policy names
+/// were checked to be plain tokens when the step returned them ([`check_quotas`]).
 pub fn add_rate_limit_headers(headers: &mut HeaderMap, quotas: &[Quota]) {
     if quotas.is_empty() {
         return;
     }
-    let policy = quotas
-        .iter()
-        .map(|q| format!("\"{}\";q={};w={}", q.policy, q.limit, q.window_ms.div_ceil(1000)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let state = quotas
-        .iter()
-        .map(|q| format!("\"{}\";r={};t={}", q.policy, q.remaining, q.reset_ms.div_ceil(1000)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state)) {
-        headers.insert("ratelimit-policy", p);
-        headers.insert("ratelimit", s);
+    let render = |params: &dyn Fn(&Quota) -> [(&'static str, u64); 2]| {
+        let mut text = String::with_capacity(quotas.len() * 48);
+        let mut digits = itoa::Buffer::new();
+        for (i, q) in quotas.iter().enumerate() {
+            text.push_str(if i == 0 { "\"" } else { ", \"" });
+            text.push_str(&q.policy);
+            text.push('"');
+            for (key, value) in params(q) {
+                text.push_str(key);
+                text.push_str(digits.format(value));
+            }
+        }
+        HeaderValue::from_maybe_shared(Bytes::from(text))
+    };
+    let policy = render(&|q| [(";q=", q.limit), (";w=", q.window_ms.div_ceil(1000))]);
+    let state = render(&|q| [(";r=", q.remaining), (";t=", q.reset_ms.div_ceil(1000))]);
+    if let (Ok(p), Ok(s)) = (policy, state) {
+        headers.insert(RATELIMIT_POLICY, p);
+        headers.insert(RATELIMIT, s);
     }
 }
+
+/// The quota policies field of draft-ietf-httpapi-ratelimit-headers.
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// The quota state field of draft-ietf-httpapi-ratelimit-headers.
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Span attribute naming a step's decision (`allowed`, `denied`, `failed`, ...).
 const DECISION: &str = "portcullis.plugin.decision";
@@ -1454,8 +1469,13 @@ mod tests {
     fn rate_limit_headers_follow_the_ietf_draft() {
         let mut h = HeaderMap::new();
         let q = Quota { policy: "per-second".into(), limit: 10, window_ms: 1000, remaining: 3, reset_ms: 1 };
-        add_rate_limit_headers(&mut h, &[q]);
+        add_rate_limit_headers(&mut h, std::slice::from_ref(&q));
         assert_eq!(h["ratelimit-policy"], "\"per-second\";q=10;w=1");
         assert_eq!(h["ratelimit"], "\"per-second\";r=3;t=1");
+        let hour = Quota { policy: "per-hour".into(), limit: 500, window_ms: 3_600_000, remaining: 0, reset_ms: 1_001 };
+        add_rate_limit_headers(&mut h, &[q, hour]);
+        assert_eq!(h["ratelimit-policy"], "\"per-second\";q=10;w=1, \"per-hour\";q=500;w=3600");
+        assert_eq!(h["ratelimit"], "\"per-second\";r=3;t=1, \"per-hour\";r=0;t=2");
+        assert_eq!(h.get_all("ratelimit").iter().count(), 1, "replaced, not appended");
     }
 }

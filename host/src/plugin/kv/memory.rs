@@ -50,6 +50,16 @@ impl Space {
             self.sweep(now);
         }
         let new = key.len() + entry.value.len();
+        // A key already held (every request of a rate-limit key after its first): replaced in
+        // place, one look-up and no copy of the key.
+        if let Some(held) = self.map.get_mut(key) {
+            let old = key.len() + held.value.len();
+            if self.bytes - old + new <= MAX_BYTES_PER_NAMESPACE {
+                self.bytes = self.bytes - old + new;
+                *held = entry;
+                return Ok(());
+            }
+        }
         if !self.fits(key, new) {
             self.sweep(now);
             if !self.fits(key, new) {
@@ -109,6 +119,9 @@ impl KvStore {
 
     fn namespace(&self, ns: &str) -> Namespace {
         let mut all = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(space) = all.get(ns) {
+            return space.clone();
+        }
         all.entry(ns.to_owned()).or_default().clone()
     }
 
@@ -262,7 +275,13 @@ mod tests {
         }
         assert_eq!(kv.set("a", "one-too-many", value.clone(), None), Err(KvError::QuotaExceeded));
         // Replacing an existing key with a value of the same size still fits.
-        assert_eq!(kv.set("a", "n000000", value, None), Ok(()));
+        assert_eq!(kv.set("a", "n000000", value.clone(), None), Ok(()));
+        // Shrinking a held value frees its bytes for another key ...
+        assert_eq!(kv.set("a", "n000001", vec![], None), Ok(()));
+        assert_eq!(kv.set("a", "one-too-many", value.clone(), None), Ok(()));
+        // ... and growing it back past the cap is refused, leaving the held value as it was.
+        assert_eq!(kv.set("a", "n000001", value, None), Err(KvError::QuotaExceeded));
+        assert_eq!(kv.get("a", "n000001").as_deref(), Some(&b""[..]));
     }
 
     #[test]
