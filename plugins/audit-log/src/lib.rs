@@ -127,8 +127,15 @@ impl AuditLog {
             headers,
             decisions,
         };
-        // Only strings, integers and a finite float: serialization cannot fail.
-        serde_json::to_string(&record).unwrap_or_default()
+        // Sized for a typical record (about 700 bytes with four decisions), so the text is
+        // not copied as it grows.
+        let mut text = Vec::with_capacity(1024);
+        // Only strings, integers and a finite float: serialization cannot fail, and serde_json
+        // writes UTF-8.
+        match serde_json::to_writer(&mut text, &record) {
+            Ok(()) => String::from_utf8(text).unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 }
 
@@ -146,8 +153,55 @@ impl Logging for AuditLog {
 }
 
 /// `ms` since the Unix epoch as RFC 3339 UTC with milliseconds, e.g.
-/// `2026-11-21T22:18:28.123Z` (days to civil date: H. Hinnant's `civil_from_days`).
+/// `2026-11-21T22:18:28.123Z`.
+///
+/// Written digit by digit for years 0000–9999 (every request's record has one: `format!` with
+/// seven padded fields cost a fifth of the record's serialization); a later year, which
+/// RFC 3339 cannot express in its four digits, is written with as many as it needs.
 pub fn rfc3339(ms: u64) -> String {
+    let t = civil(ms);
+    if !(0..=9999).contains(&t.year) {
+        return format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year, t.month, t.day, t.hour, t.minute, t.second, t.milli
+        );
+    }
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    // Each field's digits, right-aligned at the byte offset where it ends.
+    for (value, end) in [
+        (t.year as u64, 4),
+        (t.month, 7),
+        (t.day, 10),
+        (t.hour, 13),
+        (t.minute, 16),
+        (t.second, 19),
+        (t.milli, 23),
+    ] {
+        let mut v = value;
+        let mut at = end;
+        while v > 0 {
+            at -= 1;
+            text[at] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    String::from_utf8(text.to_vec()).unwrap_or_default()
+}
+
+/// A UTC time of day on a proleptic Gregorian date.
+struct Civil {
+    year: i64,
+    month: u64,
+    day: u64,
+    hour: u64,
+    minute: u64,
+    second: u64,
+    milli: u64,
+}
+
+/// `ms` since the Unix epoch as a UTC date and time (days to civil date: H. Hinnant's
+/// `civil_from_days`).
+fn civil(ms: u64) -> Civil {
     let secs = ms / 1000;
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;
@@ -159,8 +213,15 @@ pub fn rfc3339(ms: u64) -> String {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
+    Civil {
+        year: yoe + era * 400 + i64::from(month <= 2),
+        month: month as u64,
+        day: day as u64,
+        hour: rem / 3600,
+        minute: rem % 3600 / 60,
+        second: rem % 60,
+        milli: ms % 1000,
+    }
 }
 
 portcullis_sdk::export_logging!(AuditLog);
@@ -227,6 +288,23 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_001), "2000-02-29T00:00:00.001Z");
         assert_eq!(rfc3339(1_795_299_508_123), "2026-11-21T22:18:28.123Z");
+        assert_eq!(rfc3339(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(253_402_300_800_000), "10000-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn rfc3339_digits_match_formatted_fields() {
+        // A walk over 1970-2100 in steps that hit every field's carries.
+        let mut ms = 0u64;
+        while ms < 4_102_444_800_000 {
+            let t = civil(ms);
+            let formatted = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year, t.month, t.day, t.hour, t.minute, t.second, t.milli
+            );
+            assert_eq!(rfc3339(ms), formatted);
+            ms += 86_399_999 + 7_919;
+        }
     }
 
     #[test]
