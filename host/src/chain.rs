@@ -517,17 +517,12 @@ impl<S: Step> Chain<S> {
         let (decision, passed) = match outcome {
             Ok((decision, verdict)) => {
                 let mode = KeyValue::new("portcullis.step.mode", "shadow");
-                telemetry::end(&span, SpanOutcome::Ok, "", vec![KeyValue::new(DECISION, decision), mode]);
+                telemetry::end(&span, SpanOutcome::Ok, "", [KeyValue::new(DECISION, decision), mode]);
                 (decision, Some(matches!(verdict, Verdict::Continue)))
             }
             Err(failure) => {
                 step.count_failure(&failure);
-                telemetry::end(
-                    &span,
-                    SpanOutcome::Error,
-                    failure.kind.label(),
-                    vec![KeyValue::new(DECISION, "failed")],
-                );
+                telemetry::end(&span, SpanOutcome::Error, failure.kind.label(), [KeyValue::new(DECISION, "failed")]);
                 tracing::debug!(
                     plugin = %failure.plugin, kind = failure.kind.label(), request_id = %request.request_id,
                     detail = %failure.detail, "shadow step failed; the request goes on"
@@ -646,7 +641,7 @@ impl<S: Step> Chain<S> {
                 Err(failure) => failure,
             };
             step.record_call(CallPhase::Observe, None, started.elapsed());
-            telemetry::end(&span, SpanOutcome::Error, failure.kind.label(), vec![KeyValue::new(DECISION, "failed")]);
+            telemetry::end(&span, SpanOutcome::Error, failure.kind.label(), [KeyValue::new(DECISION, "failed")]);
             step.count_failure(&failure);
             tracing::error!(
                 plugin = %step.id(), kind = failure.kind.label(), request_id = %exchange.request_id,
@@ -679,7 +674,7 @@ impl<S: Step> Chain<S> {
                         &span,
                         SpanOutcome::Error,
                         failure.kind.label(),
-                        vec![KeyValue::new(DECISION, "failed")],
+                        [KeyValue::new(DECISION, "failed")],
                     );
                     step.count_failure(&failure);
                     tracing::warn!(
@@ -835,7 +830,7 @@ fn fail<S: Step>(
     span: &Context,
 ) -> Result<&'static str, GatewayError> {
     link.step.count_failure(&failure);
-    telemetry::end(span, SpanOutcome::Error, failure.kind.label(), vec![KeyValue::new(DECISION, "failed")]);
+    telemetry::end(span, SpanOutcome::Error, failure.kind.label(), [KeyValue::new(DECISION, "failed")]);
     tracing::warn!(
         plugin = %failure.plugin, kind = failure.kind.label(), request_id, detail = %failure.detail,
         policy = ?link.policy, "plugin call failed"
@@ -947,7 +942,7 @@ impl Trace {
     /// Ends a step's span with its decision (a failed step's span was ended by [`fail`]).
     fn end_step(span: &Context, decision: &'static str) {
         if decision != "failed" {
-            telemetry::end(span, SpanOutcome::Ok, "", vec![KeyValue::new(DECISION, decision)]);
+            telemetry::end(span, SpanOutcome::Ok, "", [KeyValue::new(DECISION, decision)]);
         }
     }
 }

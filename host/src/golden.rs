@@ -190,7 +190,7 @@ async fn check(snapshot: &Snapshot, case: &Golden) -> Result<(), String> {
         let mut body = LazyBody::new(full(case.body.clone()), limit);
         route.chain.on_request(&mut request, &mut body, &snapshot.identity, &mut state, &trace).await
     };
-    crate::telemetry::end(&trace.cx, crate::telemetry::SpanOutcome::Ok, "", Vec::new());
+    crate::telemetry::end(&trace.cx, crate::telemetry::SpanOutcome::Ok, "", []);
     let outcome = match answer {
         Ok(Verdict::Continue) => {
             let mut sent = request.headers.clone();

@@ -485,7 +485,7 @@ fn traceparent(sc: &SpanContext) -> [u8; 55] {
 
 /// Ends the span in `cx` (when it is a recording span of ours) with `attributes` and, for an
 /// error, an error status carrying `reason`.
-pub fn end(cx: &Context, outcome: SpanOutcome, reason: &str, attributes: Vec<KeyValue>) {
+pub fn end(cx: &Context, outcome: SpanOutcome, reason: &str, attributes: impl IntoIterator<Item = KeyValue>) {
     let span = cx.span();
     if !span.is_recording() {
         return;

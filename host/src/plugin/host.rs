@@ -422,9 +422,9 @@ impl HostState {
             Ok(response) => {
                 let failed = if response.status >= 500 { SpanOutcome::Error } else { SpanOutcome::Ok };
                 let status = KeyValue::new("http.response.status_code", i64::from(response.status));
-                telemetry::end(&span, failed, "upstream 5xx", vec![status]);
+                telemetry::end(&span, failed, "upstream 5xx", [status]);
             }
-            Err(e) => telemetry::end(&span, SpanOutcome::Error, &format!("{e:?}"), Vec::new()),
+            Err(e) => telemetry::end(&span, SpanOutcome::Error, &format!("{e:?}"), []),
         }
         self.waited += started.elapsed();
         if let Err(e) = &outcome {

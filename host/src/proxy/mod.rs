@@ -250,7 +250,7 @@ impl Exchange {
         let response = match sent.await {
             Ok(response) => response,
             Err(e) => {
-                telemetry::end(&span, SpanOutcome::Error, &e.to_string(), Vec::new());
+                telemetry::end(&span, SpanOutcome::Error, &e.to_string(), []);
                 tracing::warn!(request_id = %self.request.request_id, route = %route.id, error = %e, "upstream request failed");
                 return Err(e);
             }
@@ -258,7 +258,7 @@ impl Exchange {
         let status = response.status();
         let outcome = if status.is_server_error() { SpanOutcome::Error } else { SpanOutcome::Ok };
         let code = KeyValue::new("http.response.status_code", i64::from(status.as_u16()));
-        telemetry::end(&span, outcome, status.as_str(), vec![code]);
+        telemetry::end(&span, outcome, status.as_str(), [code]);
         let (mut response_parts, response_body) = response.into_parts();
         headers::strip_hop_by_hop(&mut response_parts.headers);
         let mut response = Response::from_parts(response_parts, boxed(response_body));

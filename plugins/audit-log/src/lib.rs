@@ -168,15 +168,9 @@ pub fn rfc3339(ms: u64) -> String {
     }
     let mut text = *b"0000-00-00T00:00:00.000Z";
     // Each field's digits, right-aligned at the byte offset where it ends.
-    for (value, end) in [
-        (t.year as u64, 4),
-        (t.month, 7),
-        (t.day, 10),
-        (t.hour, 13),
-        (t.minute, 16),
-        (t.second, 19),
-        (t.milli, 23),
-    ] {
+    for (value, end) in
+        [(t.year as u64, 4), (t.month, 7), (t.day, 10), (t.hour, 13), (t.minute, 16), (t.second, 19), (t.milli, 23)]
+    {
         let mut v = value;
         let mut at = end;
         while v > 0 {
