@@ -12,8 +12,12 @@ only (the server starts and warms up uninstrumented):
   kernel's share is not counted, which is why these ratios differ from the harness' CPU ratios);
 - Rust heap allocations per request (calls to `__rust_alloc`, `__rust_alloc_zeroed` and
   `__rust_realloc`; C code and wasm guests' own allocators are not counted);
-- for Portcullis steps, added one at a time in the harness chain's order, the instructions and
-  allocations each adds to the row before it.
+- component-model crossings per request: strings and lists the host lowers into a guest (each
+  a `cabi_realloc` call into wasm), guest calls to host functions, and host calls of guest
+  exports, counted by the wasmtime 48 function each goes through (`CROSSINGS`; another
+  wasmtime may name them otherwise, and then they count 0);
+- for Portcullis steps, added one at a time in the harness chain's order, the instructions,
+  allocations and crossings each adds to the row before it.
 
 Contenders: nginx as a proxy; the hyper yardstick (tests/examples/yardstick.rs) with its pooled
 client, with an upstream connection per client connection driven by a task of its own, and
@@ -45,6 +49,12 @@ import harness  # noqa: E402
 YARDSTICK = harness.ROOT / "target/release/examples/yardstick"
 PORT, ADMIN = 18090, 19090
 ALLOC = ("__rust_alloc", "__rust_alloc_zeroed", "__rust_realloc")
+# The wasmtime 48 function every crossing of one kind goes through, in the table's order:
+# a string or list lowered into the guest (its `cabi_realloc` call), a guest call of a host
+# function, a host call of a guest export.
+CROSSINGS = ("wasmtime::runtime::component::func::options::LowerContext<T>::realloc",
+             "wasmtime::runtime::component::func::host::HostFn::entrypoint",
+             "wasmtime::runtime::component::func::typed::TypedFunc<Params,Return>::call_impl")
 # 8 instance slots: about 32 GiB of address space for linear memories instead of 16 TiB (16
 # slots, 64 GiB, is more than valgrind 3.19 maps).
 SMALL_POOL = "\n[runtime]\ninstance_slots = 8\n"
@@ -60,23 +70,29 @@ def wrk_requests(url: str, connections: int, seconds: int, token: str) -> int:
     return int(re.search(r"(\d+) requests in", out).group(1))
 
 
-def parse(dump: Path) -> tuple[int, int]:
-    """Total Ir and allocation calls in one callgrind dump (--dump-instr=no, --compress-strings=no)."""
-    total, allocs, target = 0, 0, None
+def parse(dump: Path) -> tuple[int, int, list[int]]:
+    """Total Ir, allocation calls and calls of each of `CROSSINGS` in one callgrind dump
+    (--dump-instr=no, --compress-strings=no)."""
+    total, allocs, crossings, target = 0, 0, [0] * len(CROSSINGS), None
     for line in dump.read_text(errors="replace").splitlines():
         if line.startswith("summary:") or line.startswith("totals:"):
             total = max(total, int(line.split()[1]))
         elif line.startswith("cfn="):
             target = line[4:].split(" ", 1)[-1] if line[4:].startswith("(") else line[4:]
         elif line.startswith("calls=") and target is not None:
+            calls = int(line.split()[0][6:])
+            name = target.strip()
             # Rust 1.95 names the allocator shims `__rustc::__rust_alloc`.
-            if target.strip().removeprefix("__rustc::") in ALLOC:
-                allocs += int(line.split()[0][6:])
+            if name.removeprefix("__rustc::") in ALLOC:
+                allocs += calls
+            elif name in CROSSINGS:
+                crossings[CROSSINGS.index(name)] += calls
             target = None
-    return total, allocs
+    return total, allocs, crossings
 
 
-def measure(name: str, argv: list[str], env: dict, cwd: Path | None, url: str, token: str, requests: int) -> tuple[float, float]:
+def measure(name: str, argv: list[str], env: dict, cwd: Path | None, url: str, token: str,
+            requests: int) -> tuple[float, float, list[float]]:
     out = harness.WORK / f"{name}.callgrind"
     grind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=no", "--compress-strings=no",
              "--compress-pos=no", f"--callgrind-out-file={out}.%p", *argv]
@@ -94,11 +110,11 @@ def measure(name: str, argv: list[str], env: dict, cwd: Path | None, url: str, t
         subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
         time.sleep(1)
         dumps = sorted(harness.WORK.glob(f"{name}.callgrind.*"))
-        ir, allocs = 0, 0
+        ir, allocs, crossings = 0, 0, [0] * len(CROSSINGS)
         for dump in dumps:
-            a, b = parse(dump)
-            ir, allocs = ir + a, allocs + b
-        return ir / served, allocs / served
+            a, b, c = parse(dump)
+            ir, allocs, crossings = ir + a, allocs + b, [x + y for x, y in zip(crossings, c)]
+        return ir / served, allocs / served, [c / served for c in crossings]
     finally:
         server.stop()
 
@@ -160,18 +176,21 @@ def main() -> None:
     finally:
         upstream.stop()
     nginx = rows.get("nginx")
-    print("| contender | instructions / request | × nginx | allocations / request | added by the step |")
-    print("|---|---|---|---|---|")
+    print("| contender | instructions / request | × nginx | allocations / request | crossings / request "
+          "(lowered strings and lists, host calls, export calls) | added by the step |")
+    print("|---|---|---|---|---|---|")
     before = None
-    for name, (label, ir, allocs) in rows.items():
+    for name, (label, ir, allocs, crossings) in rows.items():
         ratio = f"{ir / nginx[1]:.2f}" if nginx and nginx[1] else "—"
         added = "—"
         if name.startswith("portcullis-") and name != "portcullis-none" and before:
-            added = f"+{(ir - before[0]) / 1000:.1f} k instructions, +{allocs - before[1]:.1f} allocations"
+            more = " / ".join(f"+{c - b:.1f}" for c, b in zip(crossings, before[2]))
+            added = (f"+{(ir - before[0]) / 1000:.1f} k instructions, +{allocs - before[1]:.1f} allocations, "
+                     f"{more} crossings")
         if name.startswith("portcullis-"):
-            before = (ir, allocs)
-        print(f"| {label} | {ir / 1000:.1f} k | {ratio} | {allocs:.1f} | {added} |")
-
+            before = (ir, allocs, crossings)
+        counted = " / ".join(f"{c:.1f}" for c in crossings)
+        print(f"| {label} | {ir / 1000:.1f} k | {ratio} | {allocs:.1f} | {counted} | {added} |")
 
 if __name__ == "__main__":
     main()
