@@ -134,21 +134,36 @@ impl Plugin for RateLimiter {
 }
 
 impl RateLimiter {
-    /// The counter key for this request, without the policy name.
+    /// The counter key for this request, without the policy name: `rl:ROUTE:WHO` (scope
+    /// `route`) or `rl::WHO` (scope `global`), WHO being `sub:SUBJECT`, `hdr:VALUE`, `ip:ADDRESS`
+    /// or `route`. Every gateway sharing a store must build the same keys: this format is the
+    /// fleet's, not an implementation detail.
     fn key(&self, request: &Request<'_>, identity: Option<&Identity>) -> String {
-        let who = match (&self.config.key, identity) {
-            (KeyBy::Subject, Some(id)) => format!("sub:{}", id.subject),
+        let mut key = String::with_capacity(64);
+        key.push_str("rl:");
+        if self.config.scope == Scope::Route {
+            key.push_str(request.route());
+        }
+        key.push(':');
+        let ip = |key: &mut String| {
+            key.push_str("ip:");
+            key.push_str(request.client_ip());
+        };
+        match (&self.config.key, identity) {
+            (KeyBy::Subject, Some(id)) => {
+                key.push_str("sub:");
+                key.push_str(&id.subject);
+            }
             (KeyBy::Header(name), _) => match request.header(name) {
-                Some(v) => format!("hdr:{v}"),
-                None => format!("ip:{}", request.client_ip()),
+                Some(v) => {
+                    key.push_str("hdr:");
+                    key.push_str(&v);
+                }
+                None => ip(&mut key),
             },
-            (KeyBy::Route, _) => "route".to_owned(),
-            (KeyBy::Subject | KeyBy::ClientIp, _) => format!("ip:{}", request.client_ip()),
-        };
-        let mut key = match self.config.scope {
-            Scope::Route => format!("rl:{}:{who}", request.route()),
-            Scope::Global => format!("rl::{who}"),
-        };
+            (KeyBy::Route, _) => key.push_str("route"),
+            (KeyBy::Subject | KeyBy::ClientIp, _) => ip(&mut key),
+        }
         // kv keys are capped at 512 bytes; a long header value is cut, which only merges keys
         // that share their first 400 bytes.
         if key.len() > 400 {
@@ -190,7 +205,10 @@ impl RateLimit for RateLimiter {
         let mut taken: Vec<(usize, String)> = Vec::new();
         let mut quotas = Vec::new();
         for (i, limit) in self.config.limits.iter().enumerate() {
-            let key = format!("{base}:{}", limit.name);
+            let mut key = String::with_capacity(base.len() + 1 + limit.name.len());
+            key.push_str(&base);
+            key.push(':');
+            key.push_str(&limit.name);
             let decision = match Self::take(limit, &key) {
                 Ok(cell) => cell,
                 // A shared store that cannot be reached: the quota cannot be checked, so the
@@ -308,6 +326,28 @@ mod tests {
         assert!(matches!(by_route.check(&req, None), RateLimitOutcome::Allowed(_)));
         assert!(matches!(by_route.check(&other_route, None), RateLimitOutcome::Allowed(_)));
         assert!(matches!(by_route.check(&req, Some(&alice)), RateLimitOutcome::Limited(_)));
+    }
+
+    #[test]
+    fn counter_keys_keep_the_fleet_format() {
+        // Gateways of different versions sharing one store must count in the same keys.
+        testing::reset();
+        let limits = r#""limits": [{"name": "per-second", "requests": 9, "window_ms": 1000}]"#;
+        let req = testing::request("GET", "/").route("r0").client_ip("192.0.2.7").header("x-tenant", "t1").build();
+        let alice = Identity::new("alice");
+        for (config, identity, key) in [
+            (r#""key": "subject""#, Some(&alice), "rl:r0:sub:alice:per-second"),
+            (r#""key": "subject""#, None, "rl:r0:ip:192.0.2.7:per-second"),
+            (r#""key": "client-ip", "scope": "global""#, None, "rl::ip:192.0.2.7:per-second"),
+            (r#""key": {"header": "x-tenant"}"#, None, "rl:r0:hdr:t1:per-second"),
+            (r#""key": {"header": "x-missing"}"#, None, "rl:r0:ip:192.0.2.7:per-second"),
+            (r#""key": "route""#, None, "rl:r0:route:per-second"),
+        ] {
+            testing::reset();
+            let p = limiter(&format!("{{{config}, {limits}}}"));
+            assert!(matches!(p.check(&req, identity), RateLimitOutcome::Allowed(_)));
+            assert!(portcullis_sdk::kv::get(key).unwrap().is_some(), "{config}: no counter at {key}");
+        }
     }
 
     #[test]
