@@ -136,7 +136,7 @@ impl LocalResponse {
     /// A `401 Unauthorized` problem (`urn:portcullis:problem:unauthorized`, `detail` as its
     /// detail) with an RFC 6750 §3 challenge: `Bearer realm="REALM"`, and with `error` (e.g.
     /// `invalid_token`) also `error="ERROR", error_description="DETAIL"`. `realm` and `detail`
-    /// must pass [`is_quotable`](crate::is_quotable).
+    /// must pass [`is_quotable`].
     pub fn bearer_unauthorized(realm: &str, error: Option<&str>, detail: &str) -> Self {
         let challenge = match error {
             None => format!("Bearer realm=\"{realm}\""),
