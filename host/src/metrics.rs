@@ -21,6 +21,7 @@
 //! | `portcullis_plugin_instances` | gauge | `plugin`, `state` (`idle`, `busy`) |
 //! | `portcullis_plugin_breaker_open` | gauge | `plugin` |
 //! | `portcullis_plugin_log_events_dropped_total` | counter | `plugin` |
+//! | `portcullis_plugin_signature_checks_total` | counter | `plugin`, `algorithm` (JWS name), `result` (`valid`, `invalid`) |
 //! | `portcullis_config_reloads_total` | counter | `result` |
 //! | `portcullis_listener_connections` | gauge | `listener` |
 //! | `portcullis_tls_handshakes_total` | counter | `listener`, `result` (`ok`, `failed`, `timeout`) |
@@ -56,6 +57,17 @@ pub struct ReloadLabels {
 pub struct PluginLabels {
     /// Plugin id.
     pub plugin: String,
+}
+
+/// Labels of a signature check made through the `signatures` capability.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignatureLabels {
+    /// Plugin id.
+    pub plugin: String,
+    /// The key's JWS algorithm name (`RS256`, `ES256`, `EdDSA`, …).
+    pub algorithm: String,
+    /// `valid` or `invalid`.
+    pub result: String,
 }
 
 /// Labels of a finished request.
@@ -210,6 +222,10 @@ pub struct Metrics {
     /// `portcullis_plugin_log_events_dropped_total{plugin}`: log events past a plugin's per-call
     /// budget.
     pub log_events_dropped: Family<PluginLabels, Counter>,
+    /// `portcullis_plugin_signature_checks_total{plugin,algorithm,result}`: signatures checked
+    /// by the host for plugins (`signatures.verifying-key.verify`). A rising `invalid` count is
+    /// forged or corrupted credentials.
+    pub signature_checks: Family<SignatureLabels, Counter>,
     /// `portcullis_plugin_breaker_open{plugin}`: 1 while a plugin's breaker is open or half-open.
     pub breaker_open: Family<PluginLabels, Gauge>,
     /// `portcullis_config_reloads_total{result}`: reload attempts, `ok` or `error`.
@@ -261,6 +277,7 @@ impl Default for Metrics {
             registry: Mutex::new(Registry::default()),
             plugin_failures: Family::default(),
             log_events_dropped: Family::default(),
+            signature_checks: Family::default(),
             breaker_open: Family::default(),
             config_reloads: Family::default(),
             http_requests: Family::default(),
@@ -289,6 +306,11 @@ impl Default for Metrics {
             "plugin_log_events_dropped",
             "Plugin log events dropped past the per-call budget",
             m.log_events_dropped.clone(),
+        );
+        registry.register(
+            "plugin_signature_checks",
+            "Signatures checked by the host for plugins, by plugin, algorithm and result",
+            m.signature_checks.clone(),
         );
         registry.register(
             "plugin_breaker_open",

@@ -160,3 +160,72 @@ pub mod secrets {
         imp::secrets::reveal(secret)
     }
 }
+
+/// Signature checks done by the host natively (`ring`), for plugins that verify JSON Web
+/// Signatures (RFC 7515; JWTs, RFC 7519): an RS256 check costs about 30 µs in the gateway,
+/// against about 2 ms for an RSA library compiled into the plugin. Every plugin may use it; a
+/// key is made once (from a JWK or PEM, pinned to one algorithm) and kept.
+///
+/// ```
+/// use portcullis_sdk::signatures::{Algorithm, VerifyingKey};
+/// // RFC 7515, appendix A.3: an ES256 JWS and its key.
+/// let jwk = r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+///              "y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+/// let key = VerifyingKey::from_jwk(jwk, Algorithm::Es256).unwrap();
+/// let jws = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q";
+/// let (input, signature) = jws.rsplit_once('.').unwrap();
+/// # use portcullis_signatures::base64url;
+/// let signature = base64url(signature).unwrap(); // any base64url (RFC 4648 §5) decoder
+/// assert!(key.verify(input.as_bytes(), &signature));
+/// assert!(!key.verify(b"another message", &signature));
+/// ```
+pub mod signatures {
+    pub use crate::bindings::portcullis::plugin::signatures::{Algorithm, KeyError};
+
+    #[cfg(target_arch = "wasm32")]
+    use crate::bindings::portcullis::plugin::signatures::VerifyingKey as Imp;
+    #[cfg(not(target_arch = "wasm32"))]
+    use crate::testing::fake::signatures::VerifyingKey as Imp;
+
+    /// A public key held by the host, pinned to one [`Algorithm`]. Dropping it frees the
+    /// host's copy; an instance may hold at most 1024 at once.
+    #[derive(Debug)]
+    pub struct VerifyingKey {
+        key: Imp,
+        algorithm: Algorithm,
+    }
+
+    impl VerifyingKey {
+        /// A key for `algorithm` from one JSON Web Key (RFC 7517 §4), as JSON text: `RSA`
+        /// (2048 to 8192 bits), `EC` on P-256 or P-384, or `OKP` Ed25519 (RFC 8037).
+        ///
+        /// Errors: [`KeyError::Invalid`] for a malformed JWK or one that does not fit
+        /// `algorithm` (its `alg`, its `use` `enc`, its key type); [`KeyError::Unsupported`]
+        /// for other key types, curves and RSA sizes, which the plugin may check itself.
+        pub fn from_jwk(jwk: &str, algorithm: Algorithm) -> Result<VerifyingKey, KeyError> {
+            Imp::from_jwk(jwk, algorithm).map(|key| VerifyingKey { key, algorithm })
+        }
+
+        /// A key for `algorithm` from PEM text (RFC 7468): `PUBLIC KEY` (SubjectPublicKeyInfo)
+        /// or `RSA PUBLIC KEY` (PKCS #1). The first block is read.
+        ///
+        /// Errors: as [`VerifyingKey::from_jwk`]; other PEM labels are
+        /// [`KeyError::Unsupported`].
+        pub fn from_pem(pem: &str, algorithm: Algorithm) -> Result<VerifyingKey, KeyError> {
+            Imp::from_pem(pem, algorithm).map(|key| VerifyingKey { key, algorithm })
+        }
+
+        /// The algorithm the key is pinned to.
+        pub fn algorithm(&self) -> Algorithm {
+            self.algorithm
+        }
+
+        /// Whether `signature` is this key's signature of `message`. For a JWS, `message` is
+        /// the signing input as sent (`header.payload`) and `signature` the base64url-decoded
+        /// third part (ECDSA: `r || s`, RFC 7518 §3.4). The host counts each check in
+        /// `portcullis_plugin_signature_checks_total`.
+        pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+            self.key.verify(message, signature)
+        }
+    }
+}

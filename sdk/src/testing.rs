@@ -44,6 +44,8 @@ struct State {
     /// Granted secrets: value, and whether it may be read.
     secrets: HashMap<String, (Vec<u8>, bool)>,
     injected: Vec<crate::secrets::Credential>,
+    /// Signatures checked through `signatures`: valid, invalid.
+    signature_checks: (u32, u32),
 }
 
 impl Default for State {
@@ -60,6 +62,7 @@ impl Default for State {
             http: None,
             secrets: HashMap::new(),
             injected: Vec::new(),
+            signature_checks: (0, 0),
         }
     }
 }
@@ -185,6 +188,13 @@ pub fn injected() -> Vec<crate::secrets::Credential> {
     with_state(|s| s.injected.clone())
 }
 
+/// The signatures checked through [`crate::signatures::VerifyingKey::verify`] since [`reset`]:
+/// how many verified, how many did not. The fake checks them with the gateway's own code
+/// (`portcullis-signatures`), so a plugin's tests see what the gateway would decide.
+pub fn signature_checks() -> (u32, u32) {
+    with_state(|s| s.signature_checks)
+}
+
 /// The fake's implementation of each import, with the generated bindings' signatures.
 pub(crate) mod fake {
     pub mod log {
@@ -272,6 +282,58 @@ pub(crate) mod fake {
                 Some((value, true)) => Ok(value.clone()),
                 _ => Err(SecretError::NotGranted(secret.to_owned())),
             })
+        }
+    }
+
+    pub mod signatures {
+        use crate::signatures::{Algorithm, KeyError};
+
+        /// A verifying key, checked natively as the host does.
+        #[derive(Debug)]
+        pub struct VerifyingKey(portcullis_signatures::VerifyingKey);
+
+        fn ours(algorithm: Algorithm) -> portcullis_signatures::Algorithm {
+            use portcullis_signatures::Algorithm as A;
+            match algorithm {
+                Algorithm::Rs256 => A::Rs256,
+                Algorithm::Rs384 => A::Rs384,
+                Algorithm::Rs512 => A::Rs512,
+                Algorithm::Ps256 => A::Ps256,
+                Algorithm::Ps384 => A::Ps384,
+                Algorithm::Ps512 => A::Ps512,
+                Algorithm::Es256 => A::Es256,
+                Algorithm::Es384 => A::Es384,
+                Algorithm::EdDsa => A::EdDsa,
+            }
+        }
+
+        fn made(
+            key: Result<portcullis_signatures::VerifyingKey, portcullis_signatures::KeyError>,
+        ) -> Result<VerifyingKey, KeyError> {
+            match key {
+                Ok(key) => Ok(VerifyingKey(key)),
+                Err(portcullis_signatures::KeyError::Unsupported(why)) => Err(KeyError::Unsupported(why)),
+                Err(portcullis_signatures::KeyError::Invalid(why)) => Err(KeyError::Invalid(why)),
+            }
+        }
+
+        impl VerifyingKey {
+            pub fn from_jwk(jwk: &str, algorithm: Algorithm) -> Result<VerifyingKey, KeyError> {
+                made(portcullis_signatures::VerifyingKey::from_jwk(jwk, ours(algorithm)))
+            }
+
+            pub fn from_pem(pem: &str, algorithm: Algorithm) -> Result<VerifyingKey, KeyError> {
+                made(portcullis_signatures::VerifyingKey::from_pem(pem, ours(algorithm)))
+            }
+
+            pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+                let valid = self.0.verify(message, signature);
+                super::super::with_state(|s| {
+                    let (ok, bad) = &mut s.signature_checks;
+                    *if valid { ok } else { bad } += 1;
+                });
+                valid
+            }
         }
     }
 

@@ -1,6 +1,8 @@
 //! The quickstart's `/api/` chain end to end: jwt-auth then audit-log, real tokens.
 
-use portcullis_e2e::{JWT_CONFIG, TestGateway, claims, config, echo_upstream, get, mint, mint_with, root, route};
+use portcullis_e2e::{
+    JWT_CONFIG, TestGateway, claims, config, config_with, echo_upstream, get, mint, mint_with, plugin, root, route,
+};
 use serde_json::json;
 
 async fn gateway() -> TestGateway {
@@ -137,6 +139,35 @@ async fn invalid_tokens_are_refused_with_401_and_a_bearer_challenge() {
         }
         assert_eq!(reply.headers["content-type"], "application/problem+json", "{case}");
     }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_signatures_are_checked_by_the_host_and_counted() {
+    // A plugin id of its own: the test binary's gateways share one engine and its metrics.
+    let extra = format!(
+        "[plugin.jwt-counted]\npath = \"{}\"\nkind = \"auth\"\ncapabilities = [\"kv\", \"http-client\"]\n",
+        plugin("jwt_auth").display()
+    );
+    let routes = route("api", "/api/", &[("jwt-counted", Some(JWT_CONFIG))]);
+    let gw = TestGateway::start(&config_with(echo_upstream().await, &extra, &routes)).await;
+    let valid = mint(&claims("alice"));
+    let forged = mint_with(&claims("mallory"), &root().join("tests/fixtures/attacker-private.pem"));
+    let reply = get(&gw.url("/api/orders"), &[("authorization", &bearer(&valid))]).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    for _ in 0..2 {
+        let reply = get(&gw.url("/api/orders"), &[("authorization", &bearer(&forged))]).await;
+        assert_eq!(reply.status, 401);
+    }
+    // jwt-auth hands its RS256 keys to the host's `signatures` capability, which checks each
+    // signature natively and counts it; a forged token is checked (and counted) every time.
+    let metrics = portcullis_e2e::scrape(&gw).await;
+    let checks = |result: &str| {
+        let labels = format!("plugin=\"jwt-counted\",algorithm=\"RS256\",result=\"{result}\"");
+        portcullis_e2e::metric(&metrics, "portcullis_plugin_signature_checks_total", &labels)
+    };
+    assert_eq!(checks("valid"), Some(1.0), "{metrics}");
+    assert_eq!(checks("invalid"), Some(2.0), "{metrics}");
     gw.stop().await;
 }
 

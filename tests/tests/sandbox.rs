@@ -180,6 +180,21 @@ async fn request_isolation_gives_every_request_fresh_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifying_keys_held_by_the_host_are_capped_per_instance_and_freed_on_drop() {
+    let gw = TestGateway::start(&gateway_config(echo_upstream().await, &routes())).await;
+    // Twice on a reused instance: keys dropped by the first request give their places back.
+    for _ in 0..2 {
+        let reply = get(&gw.url("/fragile/x"), &[("x-chaos", "keys")]).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.upstream_saw("x-keys-held"), ["1024"]);
+        let refused = reply.upstream_saw("x-keys-refused").concat();
+        assert!(refused.contains("Unsupported") && refused.contains("at most 1024 verifying keys"), "{refused}");
+        assert_eq!(reply.upstream_saw("x-keys-after-drop"), ["ok"]);
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_is_shared_by_a_plugins_instances_and_needs_the_grant() {
     let gw = TestGateway::start(&gateway_config(echo_upstream().await, &routes())).await;
     let first = get(&gw.url("/fresh/x"), &[("x-chaos", "count")]).await.upstream_saw("x-count");

@@ -30,6 +30,7 @@ wasmtime::component::bindgen!({
         default: trappable,
     },
     exports: { default: async },
+    with: { "portcullis:plugin/signatures.verifying-key": portcullis_signatures::VerifyingKey },
 });
 
 /// The `portcullis:plugin@0.1.0` contract, served for components built against it.

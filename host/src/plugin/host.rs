@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -20,12 +20,17 @@ use super::failure::CapabilityDenied;
 use super::kv::{Kv, KvError as StoreError};
 use super::outbound::{self, MAX_REQUESTS_PER_CALL, Origin, Outbound};
 use crate::config::Capability;
-use crate::metrics::{Metrics, PluginLabels};
+use crate::metrics::{Metrics, PluginLabels, SignatureLabels};
 use crate::secrets::{CredentialRequest, SecretError, SecretGrants, SecretHeader};
 use crate::telemetry::{self, SpanOutcome};
 
 /// Longest log message kept from a plugin, in bytes; longer ones are truncated.
 pub const MAX_LOG_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// Verifying keys (`signatures.verifying-key`) one plugin instance may hold at once. Keys live
+/// in the host's memory, outside the plugin's memory limit; at most 8192-bit RSA moduli, so
+/// this bounds them to about 1 MiB per instance.
+pub const MAX_VERIFYING_KEYS: u32 = 1024;
 
 /// What a plugin may do, fixed at load.
 #[derive(Debug)]
@@ -96,6 +101,8 @@ pub struct HostState {
     durable: bool,
     /// Why one of them failed, if one did.
     audit_failure: Option<String>,
+    /// Verifying keys the instance holds (`signatures`), at most [`MAX_VERIFYING_KEYS`].
+    verifying_keys: u32,
 }
 
 // === impl HostState ===
@@ -128,6 +135,7 @@ impl HostState {
             secret_headers: Vec::new(),
             durable: false,
             audit_failure: None,
+            verifying_keys: 0,
         }
     }
 
@@ -485,6 +493,88 @@ impl current::secrets::Host for HostState {
 
     fn reveal(&mut self, secret: String) -> wasmtime::Result<Result<Vec<u8>, current::secrets::SecretError>> {
         Ok(self.grants.secrets.reveal(&secret).map(|v| v.expose().to_vec()).map_err(secret_error))
+    }
+}
+
+impl current::signatures::Host for HostState {}
+
+impl HostState {
+    /// Holds `key` for the plugin, within [`MAX_VERIFYING_KEYS`].
+    fn hold_key(
+        &mut self,
+        key: Result<portcullis_signatures::VerifyingKey, portcullis_signatures::KeyError>,
+    ) -> wasmtime::Result<Result<Resource<portcullis_signatures::VerifyingKey>, current::signatures::KeyError>> {
+        use portcullis_signatures::KeyError;
+        let key = match key {
+            Ok(key) if self.verifying_keys < MAX_VERIFYING_KEYS => key,
+            Ok(_) => {
+                let why = format!("at most {MAX_VERIFYING_KEYS} verifying keys per plugin instance; drop unused ones");
+                return Ok(Err(current::signatures::KeyError::Unsupported(why)));
+            }
+            Err(KeyError::Unsupported(why)) => return Ok(Err(current::signatures::KeyError::Unsupported(why))),
+            Err(KeyError::Invalid(why)) => return Ok(Err(current::signatures::KeyError::Invalid(why))),
+        };
+        let handle = self.table.push(key)?;
+        self.verifying_keys += 1;
+        Ok(Ok(handle))
+    }
+}
+
+/// The algorithm as this host's key type names it.
+fn algorithm(algorithm: current::signatures::Algorithm) -> portcullis_signatures::Algorithm {
+    use current::signatures::Algorithm as Wit;
+    use portcullis_signatures::Algorithm;
+    match algorithm {
+        Wit::Rs256 => Algorithm::Rs256,
+        Wit::Rs384 => Algorithm::Rs384,
+        Wit::Rs512 => Algorithm::Rs512,
+        Wit::Ps256 => Algorithm::Ps256,
+        Wit::Ps384 => Algorithm::Ps384,
+        Wit::Ps512 => Algorithm::Ps512,
+        Wit::Es256 => Algorithm::Es256,
+        Wit::Es384 => Algorithm::Es384,
+        Wit::EdDsa => Algorithm::EdDsa,
+    }
+}
+
+impl current::signatures::HostVerifyingKey for HostState {
+    fn from_jwk(
+        &mut self,
+        jwk: String,
+        alg: current::signatures::Algorithm,
+    ) -> wasmtime::Result<Result<Resource<portcullis_signatures::VerifyingKey>, current::signatures::KeyError>> {
+        self.hold_key(portcullis_signatures::VerifyingKey::from_jwk(&jwk, algorithm(alg)))
+    }
+
+    fn from_pem(
+        &mut self,
+        pem: String,
+        alg: current::signatures::Algorithm,
+    ) -> wasmtime::Result<Result<Resource<portcullis_signatures::VerifyingKey>, current::signatures::KeyError>> {
+        self.hold_key(portcullis_signatures::VerifyingKey::from_pem(&pem, algorithm(alg)))
+    }
+
+    fn verify(
+        &mut self,
+        key: Resource<portcullis_signatures::VerifyingKey>,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> wasmtime::Result<bool> {
+        let key = self.table.get(&key)?;
+        let valid = key.verify(&message, &signature);
+        let labels = SignatureLabels {
+            plugin: self.grants.plugin_id.to_string(),
+            algorithm: key.algorithm().name().to_owned(),
+            result: if valid { "valid" } else { "invalid" }.to_owned(),
+        };
+        self.shared.metrics.signature_checks.get_or_create(&labels).inc();
+        Ok(valid)
+    }
+
+    fn drop(&mut self, key: Resource<portcullis_signatures::VerifyingKey>) -> wasmtime::Result<()> {
+        self.table.delete(key)?;
+        self.verifying_keys -= 1;
+        Ok(())
     }
 }
 

@@ -116,6 +116,8 @@ fn refusal(name: &str, granted: &[Capability], strict: bool) -> Option<&'static 
         }
         // Each call is checked against the secrets granted by name.
         ("portcullis:plugin", "portcullis:plugin/secrets") => None,
+        // Pure computation on keys the plugin hands in, bounded per instance.
+        ("portcullis:plugin", "portcullis:plugin/signatures") => None,
         // Linked with an empty context: no environment, arguments, stdio, or preopens.
         ("wasi:io" | "wasi:cli" | "wasi:clocks" | "wasi:random", _) => None,
         ("wasi:sockets", _) if strict => {

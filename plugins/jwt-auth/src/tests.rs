@@ -12,6 +12,8 @@ const JWKS: &str = include_str!("../../../examples/quickstart/keys/jwks.json");
 const EC_PRIVATE: &str = include_str!("../../../tests/fixtures/ec-private.pem");
 const EC_PUBLIC: &str = include_str!("../../../tests/fixtures/ec-public.pem");
 const ATTACKER_PRIVATE: &str = include_str!("../../../tests/fixtures/attacker-private.pem");
+const RSA1024_PRIVATE: &str = include_str!("../../../tests/fixtures/rsa1024-private.pem");
+const RSA1024_PUBLIC: &str = include_str!("../../../tests/fixtures/rsa1024-public.pem");
 const SECRET: &str = "a-test-secret-that-is-at-least-32-bytes-long";
 const NOW: i64 = 1_800_000_000;
 
@@ -408,4 +410,52 @@ fn jwt_verified_cache_is_bounded_and_can_be_turned_off() {
     let off: JwtAuth = testing::configure(&config.to_string()).unwrap();
     assert!(off.verify(&rs256(&claims()), NOW).is_ok());
     assert_eq!(off.verified.borrow().len(), 0);
+}
+
+#[test]
+fn jwt_asymmetric_signatures_are_checked_by_the_host_and_hmac_ones_here() {
+    testing::reset();
+    let p = plugin();
+    assert!(p.verify(&rs256(&claims()), NOW).is_ok());
+    assert_eq!(testing::signature_checks(), (1, 0), "the RS256 signature went to the host");
+    let es = sign(Algorithm::ES256, Some("ec"), &EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap(), &claims());
+    assert!(p.verify(&es, NOW).is_ok());
+    assert_eq!(testing::signature_checks(), (2, 0), "and the ES256 one (a PEM key)");
+    assert!(p.verify(&hs256(SECRET, "hs", &claims()), NOW).is_ok());
+    assert_eq!(testing::signature_checks(), (2, 0), "HMAC is checked in the plugin");
+    // A forged signature costs one host check and is refused; nothing about it is cached.
+    let attacker = EncodingKey::from_rsa_pem(ATTACKER_PRIVATE.as_bytes()).unwrap();
+    let forged = sign(Algorithm::RS256, Some("demo-rs256"), &attacker, &claims());
+    for _ in 0..2 {
+        assert_eq!(p.verify(&forged, NOW).unwrap_err(), Refusal::Invalid);
+    }
+    assert_eq!(testing::signature_checks(), (2, 2));
+    // A token that is not three parts, or whose signature is not base64url, never reaches it.
+    let token = rs256(&claims());
+    assert_eq!(p.verify(&format!("{token}.x"), NOW).unwrap_err(), Refusal::Malformed);
+    let (input, _) = token.rsplit_once('.').unwrap();
+    assert_eq!(p.verify(&format!("{input}.*"), NOW).unwrap_err(), Refusal::Invalid);
+    assert_eq!(testing::signature_checks(), (2, 2));
+}
+
+#[test]
+fn jwt_checks_keys_the_host_does_not_take_itself() {
+    testing::reset();
+    // RSA-1024 is below the host's 2048-bit floor: the plugin checks it with jsonwebtoken, as
+    // it did before the host could, and says so once in the log.
+    let config = json!({ "issuer": "https://issuer.test", "audiences": ["api"],
+                         "keys": [{ "kid": "small", "alg": "RS256", "pem": RSA1024_PUBLIC }] });
+    let p: JwtAuth = testing::configure(&config.to_string()).unwrap();
+    let logged = testing::logs();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(
+        logged[0].message,
+        "RS256 key checked in the plugin, not by the host: an RSA modulus of 1024 bits; the host checks 2048 to 8192 bits"
+    );
+    let small = EncodingKey::from_rsa_pem(RSA1024_PRIVATE.as_bytes()).unwrap();
+    assert_eq!(p.verify(&sign(Algorithm::RS256, Some("small"), &small, &claims()), NOW).unwrap().subject, "alice");
+    let attacker = EncodingKey::from_rsa_pem(ATTACKER_PRIVATE.as_bytes()).unwrap();
+    let forged = sign(Algorithm::RS256, Some("small"), &attacker, &claims());
+    assert_eq!(p.verify(&forged, NOW).unwrap_err(), Refusal::Invalid);
+    assert_eq!(testing::signature_checks(), (0, 0), "the host was never asked");
 }

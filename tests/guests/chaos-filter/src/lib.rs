@@ -20,6 +20,9 @@
 //! - `kv-get`: sets `x-kv` to the value under `x-kv-key`, or `absent`.
 //! - `calls`: sets `x-calls` to how many `calls` requests this instance has served (memory
 //!   that survives between requests only when instances are reused).
+//! - `keys`: makes `signatures` verifying keys (the demo RSA key) until the host refuses one,
+//!   sets `x-keys-held` to how many it held and `x-keys-refused` to why, then drops them and
+//!   makes one more (`x-keys-after-drop: ok`, or why not).
 //! - otherwise: sets `x-filtered: yes` and, when an earlier step established an identity,
 //!   `x-seen-subject: <subject>`.
 
@@ -127,6 +130,30 @@ impl Filter for ChaosFilter {
                     None => "absent".to_owned(),
                 };
                 FilterAction::Continue(HeaderEdits::default().set("x-kv", &value))
+            }
+            Some("keys") => {
+                use portcullis_sdk::signatures::{Algorithm, VerifyingKey};
+                const PEM: &str = include_str!("../../../../examples/quickstart/keys/demo-public-key.pem");
+                let mut held = Vec::new();
+                let refused = loop {
+                    match VerifyingKey::from_pem(PEM, Algorithm::Rs256) {
+                        Ok(key) => held.push(key),
+                        Err(e) => break format!("{e:?}"),
+                    }
+                    if held.len() > 100_000 {
+                        break "never refused".to_owned();
+                    }
+                };
+                let count = held.len();
+                drop(held);
+                let after =
+                    VerifyingKey::from_pem(PEM, Algorithm::Rs256).map_or_else(|e| format!("{e:?}"), |_| "ok".into());
+                FilterAction::Continue(
+                    HeaderEdits::default()
+                        .set("x-keys-held", &count.to_string())
+                        .set("x-keys-refused", &refused)
+                        .set("x-keys-after-drop", &after),
+                )
             }
             Some("count") => {
                 let hits = portcullis_sdk::kv::increment("hits", 1, None).unwrap_or(-1);
