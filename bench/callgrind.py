@@ -23,7 +23,9 @@ Contenders: nginx as a proxy; the hyper yardstick (tests/examples/yardstick.rs) 
 client, with an upstream connection per client connection driven by a task of its own, and
 driven by the client connection's task; Portcullis without plugins, then with the harness'
 five-step chain built up one step at a time (jwt-auth, rbac, rate-limit, request-validation,
-audit-log).
+audit-log); and jwt-auth alone with its verified-token cache off (`portcullis-jwt-cold`: every
+request verifies the token's RS256 signature, through the host's `signatures` capability),
+whose added cost is over the no-plugin row.
 
 Portcullis runs with `[runtime] instance_slots = 8`: wasmtime's pooling allocator reserves its
 whole pool of linear memories up front (about 16 TiB of address space for the default 4,096
@@ -58,6 +60,8 @@ CROSSINGS = ("wasmtime::runtime::component::func::options::LowerContext<T>::real
 # 8 instance slots: about 32 GiB of address space for linear memories instead of 16 TiB (16
 # slots, 64 GiB, is more than valgrind 3.19 maps).
 SMALL_POOL = "\n[runtime]\ninstance_slots = 8\n"
+# jwt-auth's verified-token cache off: every request checks the signature.
+COLD_TOKEN = ('audiences = ["portcullis-demo"]', 'audiences = ["portcullis-demo"], verified_cache_entries = 0')
 
 
 def wrk_requests(url: str, connections: int, seconds: int, token: str) -> int:
@@ -156,6 +160,10 @@ def main() -> None:
         conf = harness.portcullis_conf(f"portcullis-{name}", PORT, ADMIN, steps, extra=SMALL_POOL)
         contenders.append((f"portcullis-{name}", label, [str(harness.PORTCULLIS), "run", "--config", str(conf)],
                            portcullis_env, conf.parent))
+    cold = harness.portcullis_conf("portcullis-jwt-cold", PORT, ADMIN, ["jwt"], extra=SMALL_POOL)
+    cold.write_text(cold.read_text().replace(*COLD_TOKEN))
+    contenders.append(("portcullis-jwt-cold", "jwt-auth alone, cold token (cache off)",
+                       [str(harness.PORTCULLIS), "run", "--config", str(cold)], portcullis_env, cold.parent))
     only = {n for n in args.only.split(",") if n}
     upstream = harness.Server("upstream", ["nginx", "-c", str(harness.nginx_conf(harness.UPSTREAM_PORT, proxy=False))],
                               harness.UPSTREAM_PORT, harness.CLIENT_CORE)
@@ -183,6 +191,8 @@ def main() -> None:
     for name, (label, ir, allocs, crossings) in rows.items():
         ratio = f"{ir / nginx[1]:.2f}" if nginx and nginx[1] else "—"
         added = "—"
+        if name == "portcullis-jwt-cold" and "portcullis-none" in rows:
+            before = rows["portcullis-none"][1:]
         if name.startswith("portcullis-") and name != "portcullis-none" and before:
             more = " / ".join(f"+{c - b:.1f}" for c, b in zip(crossings, before[2]))
             added = (f"+{(ir - before[0]) / 1000:.1f} k instructions, +{allocs - before[1]:.1f} allocations, "

@@ -6,8 +6,9 @@ and with jwt-auth whose cache is off (`verified_cache_entries = 0`), side by sid
 interleaved rounds on the harness' setup (bench/harness.py). Reported as in bench/ab.py.
 
 The cache-off row is the cold-token case (a client whose token the instance has not seen:
-a new token per request): every call parses the token, verifies its RS256 signature
-(RFC 7518 §3.3) inside wasm and checks its claims. A token that is really new also pays one
+a new token per request): every call parses the token, has its RS256 signature (RFC 7518
+§3.3) verified by the host's `signatures` capability (natively, with ring; before
+docs/BENCHMARKS.md entry 28, inside wasm) and checks its claims. A token that is really new also pays one
 SipHash of the token and one cache insert, which the cache-off row leaves out; both are
 hundreds of nanoseconds against a signature check's hundreds of microseconds.
 
