@@ -149,6 +149,12 @@ impl PluginEngine {
             // Host calls run on the async fiber's stack too: keep 1 MiB above the wasm stack.
             .async_stack_size(stack + 1024 * 1024)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // `PORTCULLIS_WASM_PERFMAP=1`: wasmtime writes `/tmp/perf-PID.map`, so `perf report`
+        // names the plugins' compiled functions (bench/perf-guests.py). Off by default: the file
+        // grows with every component loaded and is of use only when profiling.
+        if std::env::var_os("PORTCULLIS_WASM_PERFMAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
