@@ -6,8 +6,11 @@
 //! - Keys come from the configuration: PEM keys (`pem`), HMAC secrets (`secret`) and JWKs
 //!   (`jwk`), a JWKS document (`jwks`, RFC 7517 §5) inline or from a file through the host's
 //!   `{ "$file" = "keys/jwks.json" }` reference, or a JWKS URL (`jwks_url`) fetched through the
-//!   host's `http-client` and cached (see [`jwks`](crate::jwks) for max-age, refetch on an
+//!   host's `http-client` and cached (see the `jwks` module for max-age, refetch on an
 //!   unknown `kid` with a cooldown, single-flight refresh and bounded stale keys).
+//! - RS, PS, ES and EdDSA signatures are checked by the host's `signatures` capability,
+//!   natively (about 30 µs for RS256, against about 2 ms compiled into this plugin); HMAC keys,
+//!   and keys the host does not take, are checked here with `jsonwebtoken` (see `keys`).
 //! - The token comes from `Authorization: Bearer` by default, or from the headers and cookies
 //!   listed in `token_sources`.
 //! - Each key is pinned to one algorithm. A token whose `alg` differs from its key's is refused,
