@@ -165,3 +165,48 @@ pub fn plugin_output(data: &[u8]) {
         Err(_) => assert_eq!(edited, original, "a refused edit changed the headers"),
     }
 }
+
+/// A verifying key a plugin hands the `signatures` capability, decoded from bytes: the first
+/// byte picks the algorithm (its value modulo 9, in the WIT's order) and the form (even: JWK
+/// text, odd: PEM text), the rest is the key text (lossy UTF-8), and the same bytes serve as a
+/// message and signature to check. Invariants: parsing never panics; an accepted key is pinned
+/// to the algorithm asked for; a refusal says why; checking any bytes against any accepted key
+/// never panics, and a signature that is not of the algorithm's length never verifies.
+pub fn signature_keys(data: &[u8]) {
+    use portcullis_signatures::{Algorithm, KeyError, VerifyingKey};
+    const ALGORITHMS: [Algorithm; 9] = [
+        Algorithm::Rs256,
+        Algorithm::Rs384,
+        Algorithm::Rs512,
+        Algorithm::Ps256,
+        Algorithm::Ps384,
+        Algorithm::Ps512,
+        Algorithm::Es256,
+        Algorithm::Es384,
+        Algorithm::EdDsa,
+    ];
+    let Some((&selector, rest)) = data.split_first() else { return };
+    let algorithm = ALGORITHMS[usize::from(selector) % ALGORITHMS.len()];
+    let text = String::from_utf8_lossy(rest);
+    let key = if selector % 2 == 0 {
+        VerifyingKey::from_jwk(&text, algorithm)
+    } else {
+        VerifyingKey::from_pem(&text, algorithm)
+    };
+    match key {
+        Ok(key) => {
+            assert_eq!(key.algorithm(), algorithm, "a key is pinned to the algorithm asked for");
+            let (message, signature) = rest.split_at(rest.len() / 2);
+            let fixed = match algorithm {
+                Algorithm::Es256 | Algorithm::EdDsa => Some(64),
+                Algorithm::Es384 => Some(96),
+                _ => None,
+            };
+            let verified = key.verify(message, signature);
+            if fixed.is_some_and(|n| n != signature.len()) {
+                assert!(!verified, "a {algorithm:?} signature of {} bytes verified", signature.len());
+            }
+        }
+        Err(KeyError::Unsupported(why) | KeyError::Invalid(why)) => assert!(!why.is_empty(), "a refusal says why"),
+    }
+}

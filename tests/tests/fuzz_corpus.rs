@@ -148,3 +148,27 @@ fn plugin_output_corpus_keeps_its_invariants() {
         ],
     );
 }
+
+#[test]
+fn signature_keys_corpus_keeps_its_invariants() {
+    run(
+        "signature_keys",
+        portcullis::fuzzing::signature_keys,
+        &[
+            b"\"kty\":\"RSA\"",
+            b"\"kty\":\"EC\"",
+            b"\"crv\":\"P-384\"",
+            b"\"alg\":\"ES256\"",
+            b"\"use\":\"enc\"",
+            b"\"n\":\"AQAB\"",
+            b"\"e\":\"\"",
+            b"AAAA",
+            b"=",
+            b"-----BEGIN PUBLIC KEY-----\n",
+            b"-----END PUBLIC KEY-----\n",
+            b"-----BEGIN RSA PUBLIC KEY-----\n",
+            b"\x00",
+            b"\xff",
+        ],
+    );
+}
