@@ -253,8 +253,8 @@ impl VerifyingKey {
     ///
     /// Errors: [`KeyError::Invalid`] for text without a PEM block, an undecodable block, or a
     /// key of another type than `algorithm` needs; [`KeyError::Unsupported`] for other labels
-    /// (certificates, private keys), other key types and curves, and RSA moduli outside 2048 to
-    /// 8192 bits.
+    /// (certificates, private keys), other key types and curves, RSA moduli outside 2048 to
+    /// 8192 bits, and EC points in compressed form.
     pub fn from_pem(pem: &str, algorithm: Algorithm) -> Result<VerifyingKey, KeyError> {
         let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
             .map_err(|e| KeyError::Invalid(format!("not a PEM block: {e}")))?;
@@ -351,9 +351,22 @@ fn spki(der: &[u8]) -> Result<(KeyType, Material), KeyError> {
                     )));
                 }
             };
-            Ok((found, Material::Bytes(point.data().to_vec())))
+            let width = if found == KeyType::P256 { 32 } else { 48 };
+            let point = point.data();
+            if point.len() != 1 + 2 * width || point[0] != 0x04 {
+                return Err(KeyError::Unsupported(
+                    "an EC point that is not in uncompressed form (SEC 1 §2.3.3); the host reads uncompressed points"
+                        .into(),
+                ));
+            }
+            Ok((found, Material::Bytes(point.to_vec())))
         }
-        PublicKey::Unknown(key) if oid == "1.3.101.112" => Ok((KeyType::Ed25519, Material::Bytes(key.to_vec()))),
+        PublicKey::Unknown(key) if oid == "1.3.101.112" => {
+            if key.len() != 32 {
+                return Err(KeyError::Invalid("an Ed25519 public key is 32 bytes".into()));
+            }
+            Ok((KeyType::Ed25519, Material::Bytes(key.to_vec())))
+        }
         _ => Err(KeyError::Unsupported(format!(
             "the key algorithm {oid}; the host checks RSA, EC P-256/P-384 and Ed25519"
         ))),

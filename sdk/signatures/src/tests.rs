@@ -182,6 +182,22 @@ fn keys_this_host_does_not_check_are_unsupported_so_a_plugin_can_fall_back() {
         unsupported(VerifyingKey::from_jwk(&small, Algorithm::Rs256)),
         "an RSA modulus of 1024 bits; the host checks 2048 to 8192 bits"
     );
+    // The fixture P-256 key with its point compressed (0x02/0x03 and x only): ring reads only
+    // uncompressed points.
+    let mut spki = x509_parser::pem::parse_x509_pem(EC_PUBLIC.as_bytes()).unwrap().1.contents;
+    let point = spki.split_off(spki.len() - 65);
+    let mut compressed = spki;
+    // SEQUENCE and BIT STRING lengths shrink by the 32 bytes of y.
+    compressed[1] -= 32;
+    let bit_string_length = compressed.len() - 2;
+    compressed[bit_string_length] -= 32;
+    compressed.push(0x02 | (point[64] & 1));
+    compressed.extend_from_slice(&point[1..33]);
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(&compressed)
+    );
+    assert!(unsupported(VerifyingKey::from_pem(&pem, Algorithm::Es256)).contains("uncompressed"));
     let certificate = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
     assert!(unsupported(VerifyingKey::from_pem(certificate, Algorithm::Rs256)).contains("`CERTIFICATE`"));
 }
