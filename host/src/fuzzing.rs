@@ -174,19 +174,8 @@ pub fn plugin_output(data: &[u8]) {
 /// never panics, and a signature that is not of the algorithm's length never verifies.
 pub fn signature_keys(data: &[u8]) {
     use portcullis_signatures::{Algorithm, KeyError, VerifyingKey};
-    const ALGORITHMS: [Algorithm; 9] = [
-        Algorithm::Rs256,
-        Algorithm::Rs384,
-        Algorithm::Rs512,
-        Algorithm::Ps256,
-        Algorithm::Ps384,
-        Algorithm::Ps512,
-        Algorithm::Es256,
-        Algorithm::Es384,
-        Algorithm::EdDsa,
-    ];
     let Some((&selector, rest)) = data.split_first() else { return };
-    let algorithm = ALGORITHMS[usize::from(selector) % ALGORITHMS.len()];
+    let algorithm = Algorithm::ALL[usize::from(selector) % Algorithm::ALL.len()];
     let text = String::from_utf8_lossy(rest);
     let key = if selector % 2 == 0 {
         VerifyingKey::from_jwk(&text, algorithm)

@@ -57,6 +57,19 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Every algorithm, in the WIT enum's order.
+    pub const ALL: [Algorithm; 9] = [
+        Algorithm::Rs256,
+        Algorithm::Rs384,
+        Algorithm::Rs512,
+        Algorithm::Ps256,
+        Algorithm::Ps384,
+        Algorithm::Ps512,
+        Algorithm::Es256,
+        Algorithm::Es384,
+        Algorithm::EdDsa,
+    ];
+
     /// The JWS `alg` name, e.g. `RS256` or `EdDSA`.
     pub fn name(self) -> &'static str {
         match self {
