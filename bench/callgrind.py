@@ -60,8 +60,6 @@ CROSSINGS = ("wasmtime::runtime::component::func::options::LowerContext<T>::real
 # 8 instance slots: about 32 GiB of address space for linear memories instead of 16 TiB (16
 # slots, 64 GiB, is more than valgrind 3.19 maps).
 SMALL_POOL = "\n[runtime]\ninstance_slots = 8\n"
-# jwt-auth's verified-token cache off: every request checks the signature.
-COLD_TOKEN = ('audiences = ["portcullis-demo"]', 'audiences = ["portcullis-demo"], verified_cache_entries = 0')
 
 
 def wrk_requests(url: str, connections: int, seconds: int, token: str) -> int:
@@ -161,7 +159,7 @@ def main() -> None:
         contenders.append((f"portcullis-{name}", label, [str(harness.PORTCULLIS), "run", "--config", str(conf)],
                            portcullis_env, conf.parent))
     cold = harness.portcullis_conf("portcullis-jwt-cold", PORT, ADMIN, ["jwt"], extra=SMALL_POOL)
-    cold.write_text(cold.read_text().replace(*COLD_TOKEN))
+    harness.cold_tokens(cold)
     contenders.append(("portcullis-jwt-cold", "jwt-auth alone, cold token (cache off)",
                        [str(harness.PORTCULLIS), "run", "--config", str(cold)], portcullis_env, cold.parent))
     only = {n for n in args.only.split(",") if n}

@@ -278,6 +278,16 @@ endpoints = ["127.0.0.1:{UPSTREAM_PORT}"]
     return conf
 
 
+def cold_tokens(conf: Path) -> None:
+    """Turns jwt-auth's verified-token cache off in `conf` (a `portcullis_conf` with the `jwt`
+    step), so every request verifies its token's signature as a new token would."""
+    text = conf.read_text()
+    setting = ('audiences = ["portcullis-demo"]', 'audiences = ["portcullis-demo"], verified_cache_entries = 0')
+    if setting[0] not in text:
+        raise SystemExit(f"bench: {conf} has no `{setting[0]}` to add the cache setting to")
+    conf.write_text(text.replace(*setting))
+
+
 def start_portcullis(name: str, conf: Path, port: int) -> Server:
     # One tokio worker (TOKIO_WORKER_THREADS), like one nginx worker and one HAProxy thread;
     # the access log is off (RUST_LOG=warn) as it is for the peers.

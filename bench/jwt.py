@@ -22,7 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
-CACHE_OFF = ('audiences = ["portcullis-demo"]', 'audiences = ["portcullis-demo"], verified_cache_entries = 0')
 
 
 def main() -> None:
@@ -34,10 +33,7 @@ def main() -> None:
                                         (18185, "jwt-auth, cold token (cache off)", ["jwt"], True)]:
             conf = harness.portcullis_conf(f"jwt-{port}", port, port + 1000, steps)
             if cold:
-                text = conf.read_text()
-                if CACHE_OFF[0] not in text:
-                    raise SystemExit(f"bench: {conf} has no `{CACHE_OFF[0]}` to add the cache setting to")
-                conf.write_text(text.replace(*CACHE_OFF))
+                harness.cold_tokens(conf)
             servers[name] = harness.Server(name, [args.binary, "run", "--config", str(conf)], port, harness.SERVER_CORE,
                                            env=env, cwd=conf.parent)
 

@@ -1,6 +1,7 @@
 //! The host's capabilities as plain functions: `log`, `kv`, the clock, the outbound HTTP
-//! client, the audit trail and secrets. Compiled for `wasm32` they call the Portcullis host; compiled natively (in a plugin's
-//! unit tests) they call the thread-local fake in [`crate::testing`].
+//! client, the audit trail, secrets and signature checks. Compiled for `wasm32` they call the
+//! Portcullis host; compiled natively (in a plugin's unit tests) they call the thread-local
+//! fake in [`crate::testing`].
 
 pub use crate::bindings::portcullis::plugin::audit::AuditError;
 pub use crate::bindings::portcullis::plugin::http_client::{HttpError, OutboundRequest, OutboundResponse};

@@ -1,9 +1,9 @@
 //! A native fake of the host, so plugin logic is unit-tested with plain `cargo test`.
 //!
 //! Each test thread has its own fake: a `kv` store honouring TTLs against the fake clock, a
-//! record of every log event and audit record, a settable clock and an optional outbound HTTP
-//! handler. Start a
-//! test with [`reset`] when it depends on that state.
+//! record of every log event and audit record, a settable clock, an optional outbound HTTP
+//! handler, granted secrets, and signature checks made with the gateway's own code (counted
+//! by [`signature_checks`]). Start a test with [`reset`] when it depends on that state.
 //!
 //! ```
 //! use portcullis_sdk::testing;

@@ -1,5 +1,6 @@
 //! The store's state type and the host side of every capability (`log`, `kv`, `clock`,
-//! `http-client`, `audit`), implemented on it as wasmtime's `wasi-config` does.
+//! `http-client`, `audit`, `secrets`, `signatures`), implemented on it as wasmtime's
+//! `wasi-config` does.
 //!
 //! WASI is linked because language runtimes import it (Rust's `std`, StarlingMonkey, CPython),
 //! with an empty context: no environment, arguments, preopened directories, socket addresses
