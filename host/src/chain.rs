@@ -616,7 +616,7 @@ impl<S: Step> Chain<S> {
     /// Errors: [`GatewayError::AuditUnavailable`] for the first such step that failed or one
     /// of whose appends failed: the response must not be sent unrecorded. A sink that cannot
     /// write is not the plugin crashing: its breaker is left closed.
-    pub async fn record(&self, exchange: &Exchange, trace: &Trace) -> Result<(), GatewayError> {
+    pub async fn record(&self, exchange: &Arc<Exchange>, trace: &Trace) -> Result<(), GatewayError> {
         let recording =
             |l: &&ChainStep<S>| l.step.kind() == PluginKind::Logging && l.policy == FailurePolicy::FailClosed;
         for link in self.steps.iter().filter(recording) {
@@ -654,7 +654,7 @@ impl<S: Step> Chain<S> {
 
     /// Hands the finished exchange to every fail-open logging step. Failures are logged and
     /// otherwise ignored: the response is already sent.
-    pub async fn observe(&self, exchange: &Exchange, trace: &Trace) {
+    pub async fn observe(&self, exchange: &Arc<Exchange>, trace: &Trace) {
         for link in &self.steps {
             let step = &link.step;
             if step.kind() != PluginKind::Logging || link.policy == FailurePolicy::FailClosed {

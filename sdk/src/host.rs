@@ -58,6 +58,30 @@ pub fn audit_append(record: &str) -> Result<String, AuditError> {
     imp::audit::append(record)
 }
 
+/// Appends the standard audit record of `exchange`, the one this [`crate::Logging::observe`]
+/// call received, rendered by the host, and returns its hash (64 lowercase hex digits). Needs
+/// the `audit` capability. The record's members are those of `docs/audit.md` (time, request
+/// id, route, method, authority, path, client IP, subject, status, latency in ms, bytes in and
+/// out, endpoint, the recorded request headers, each step's decision); the query string is
+/// never recorded. Header values of `authorization`, `proxy-authorization`, `cookie`,
+/// `set-cookie`, `x-api-key` and of the names in `redact` (any ASCII case) are written as
+/// `"[redacted]"`.
+///
+/// The plugin neither builds nor serializes the record, which is most of what an audit step
+/// costs when it does ([`audit_append`] stays for records of the plugin's own format). In the
+/// gateway the host records its own copy of the exchange `observe` received; the native test
+/// fake renders `exchange`, with the host's code (`portcullis-audit-record`).
+///
+/// Errors: [`AuditError::InvalidRecord`] when called outside `observe` or when the record
+/// would be over 64 KiB; [`AuditError::Unavailable`] when the sink cannot be written.
+#[cfg_attr(target_arch = "wasm32", allow(unused_variables, reason = "the host has the exchange"))]
+pub fn audit_append_observed(exchange: &crate::Exchange, redact: &[String]) -> Result<String, AuditError> {
+    #[cfg(target_arch = "wasm32")]
+    return imp::audit::append_observed(redact);
+    #[cfg(not(target_arch = "wasm32"))]
+    return imp::audit::append_observed(exchange, redact);
+}
+
 /// The plugin's key/value store: shared by all instances of the plugin, namespaced per plugin,
 /// surviving configuration reloads. TTLs are in milliseconds.
 pub mod kv {

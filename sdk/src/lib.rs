@@ -59,8 +59,8 @@
 //! ```
 //!
 //! Host capabilities are plain functions: [`log`], [`log_with`], [`kv`], [`now_ms`],
-//! [`http_send`], [`audit_append`], [`secrets`] and [`signatures`]. Natively they reach
-//! [`testing`]'s fake, so plugin logic is tested with plain `cargo test`.
+//! [`http_send`], [`audit_append`], [`audit_append_observed`], [`secrets`] and [`signatures`].
+//! Natively they reach [`testing`]'s fake, so plugin logic is tested with plain `cargo test`.
 //!
 //! # What a call costs
 //!
@@ -111,8 +111,8 @@ pub use bindings_mod::*;
 pub use export::__private;
 pub use helpers::{PathPattern, is_quotable, percent_decode};
 pub use host::{
-    AuditError, HttpError, KvError, Level, OutboundRequest, OutboundResponse, audit_append, fail, http_send, kv, log,
-    log_with, now_ms, secrets, signatures,
+    AuditError, HttpError, KvError, Level, OutboundRequest, OutboundResponse, audit_append, audit_append_observed,
+    fail, http_send, kv, log, log_with, now_ms, secrets, signatures,
 };
 pub use kinds::{Auth, Filter, Logging, Plugin, RateLimit, Validation};
 pub use request::Request;

@@ -138,7 +138,7 @@ async fn main() {
         }
         per_plugin.push((format!("{name}, one-step chain request phase, warm instance"), median(samples)));
     }
-    let exchange = portcullis::plugin::bindings::exports::portcullis::plugin::logging::Exchange {
+    let exchange = std::sync::Arc::new(portcullis::plugin::bindings::exports::portcullis::plugin::logging::Exchange {
         request_id: "bench".into(),
         route: "audit".into(),
         method: "GET".into(),
@@ -156,7 +156,7 @@ async fn main() {
         response_headers: vec![],
         endpoint: Some("127.0.0.1:8081".into()),
         decisions: vec![],
-    };
+    });
     let mut audit = Vec::new();
     for _ in 0..ROUNDS {
         let started = Instant::now();

@@ -76,7 +76,7 @@ fn plugin_calls(c: &mut Criterion) {
     let json = head(vec![("content-type", "application/json".into())]);
     let body = br#"{"item": "bolt", "quantity": 3, "note": "benchmark order"}"#;
     let identity = Identity::new("alice", vec!["reader".into()]);
-    let exchange = Exchange {
+    let exchange = std::sync::Arc::new(Exchange {
         request_id: "bench".into(),
         route: "audit".into(),
         method: "POST".into(),
@@ -94,7 +94,7 @@ fn plugin_calls(c: &mut Criterion) {
         response_headers: vec![],
         endpoint: Some("127.0.0.1:8081".into()),
         decisions: vec![],
-    };
+    });
 
     let mut group = c.benchmark_group("plugin_call");
     let cases: [(&str, usize, Call<'_>); 8] = [

@@ -14,7 +14,10 @@ async fn gateway() -> TestGateway {
             &[
                 ("jwt", Some(JWT_CONFIG)),
                 ("chaos", None),
-                ("audit", Some(r#"{ headers = ["authorization", "user-agent"] }"#)),
+                (
+                    "audit",
+                    Some(r#"{ headers = ["authorization", "user-agent", "x-session"], redact = ["X-Session"] }"#),
+                ),
             ],
         ),
         route("public", "/public/", &[]),
@@ -49,7 +52,9 @@ async fn audit_log_records_the_exchange_after_the_response() {
     let gw = gateway().await;
     let request_id = "audit-check-1";
     let token = mint(&claims("alice"));
-    let reply = get(&gw.url("/api/orders"), &[("authorization", &bearer(&token)), ("x-request-id", request_id)]).await;
+    let sent = [("authorization", bearer(&token)), ("x-request-id", request_id.into()), ("x-session", "s-77".into())];
+    let sent: Vec<(&str, &str)> = sent.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let reply = get(&gw.url("/api/orders?api_key=k-123"), &sent).await;
     assert_eq!(reply.status, 200);
     let records = gw.audit_records(1).await;
     let record =
@@ -76,6 +81,41 @@ async fn audit_log_records_the_exchange_after_the_response() {
     // response-phase decision.
     assert_eq!(decisions, ["jwt request authenticated", "chaos request continue"]);
     assert!(record["hash"].as_str().is_some_and(|h| h.len() == 64), "chained by the host");
+    // The host renders the standard record (audit-log calls `audit.append-observed`): the
+    // members of docs/audit.md in their order, the plugin's `redact` names honoured, the query
+    // never recorded.
+    assert_eq!(record["headers"]["x-session"], "[redacted]");
+    assert_eq!(record["path"], "/api/orders");
+    let text = std::fs::read_to_string(gw.dir().join("audit.jsonl")).unwrap();
+    let line = text.lines().find(|l| l.contains(request_id)).unwrap();
+    for secret in ["k-123", "s-77", token.as_str()] {
+        assert!(!line.contains(secret), "{secret} is not recorded: {line}");
+    }
+    let members = [
+        "type",
+        "time",
+        "time_ms",
+        "request_id",
+        "route",
+        "method",
+        "authority",
+        "path",
+        "client_ip",
+        "subject",
+        "status",
+        "latency_ms",
+        "bytes_in",
+        "bytes_out",
+        "endpoint",
+        "headers",
+        "decisions",
+        "prev",
+        "hash",
+    ];
+    let at: Vec<usize> = members.iter().map(|m| line.find(&format!("\"{m}\":")).unwrap_or(usize::MAX)).collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "members in the documented order: {line}");
+    assert_eq!(record["type"], "audit");
+    assert_eq!(record["method"], "GET");
     let logged = portcullis_e2e::captured_logs();
     assert!(!serde_json::to_string(&logged).unwrap().contains(&token), "the token is never logged");
     let audit = std::fs::read_to_string(gw.dir().join("audit.jsonl")).unwrap();

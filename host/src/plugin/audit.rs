@@ -79,6 +79,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest, Sha256};
 
+use super::bindings::exports::portcullis::plugin::logging::{Exchange, Phase};
 use super::checkpoint::{Checkpoint, SigningKey, VerifyingKey};
 use crate::config::AuditFsync;
 use crate::metrics::{AuditLabels, Metrics};
@@ -232,12 +233,7 @@ impl Sink {
     /// logged, shown by `GET /status` and accounted for by the next `gap` record.
     pub fn append(&self, record: &str) -> Result<String, AuditError> {
         check_record(record)?;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let hash = state.chain_record(record);
-        if state.pending.len() >= FLUSH_BYTES {
-            self.flush_locked(&mut state).map_err(AuditError::Unavailable)?;
-        }
-        Ok(hash)
+        self.chain(record, false)
     }
 
     /// As [`Sink::append`], but returns only once the record is written (with what was
@@ -250,9 +246,31 @@ impl Sink {
     /// by the next `gap` record).
     pub fn append_durably(&self, record: &str) -> Result<String, AuditError> {
         check_record(record)?;
+        self.chain(record, true)
+    }
+
+    /// Appends a record the host rendered itself (`audit.append-observed`: the standard record
+    /// of [`portcullis_audit_record::render`], one JSON object on one line without reserved
+    /// members by construction), so only its size is checked; buffered as [`Sink::append`], or
+    /// written at once as [`Sink::append_durably`] when `durable`.
+    ///
+    /// Errors: [`AuditError::InvalidRecord`] when it is over [`MAX_RECORD_BYTES`] (a request
+    /// with many large recorded headers); [`AuditError::Unavailable`] as for those two.
+    pub fn append_rendered(&self, record: &str, durable: bool) -> Result<String, AuditError> {
+        if record.len() > MAX_RECORD_BYTES {
+            return Err(AuditError::InvalidRecord("over 64 KiB".to_owned()));
+        }
+        self.chain(record, durable)
+    }
+
+    /// Chains a checked `record` and buffers its line; writes the buffer when it is full, or
+    /// at once when `durable`.
+    fn chain(&self, record: &str, durable: bool) -> Result<String, AuditError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let hash = state.chain_record(record);
-        self.flush_locked(&mut state).map_err(AuditError::Unavailable)?;
+        if durable || state.pending.len() >= FLUSH_BYTES {
+            self.flush_locked(&mut state).map_err(AuditError::Unavailable)?;
+        }
         Ok(hash)
     }
 
@@ -766,6 +784,39 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The standard audit record of `exchange` (`audit.append-observed`; its members are
+/// [`portcullis_audit_record`]'s, documented in `docs/audit.md`): the request headers the
+/// exchange carries (those the plugin's `record-headers` asked for), with the values of
+/// [`portcullis_audit_record::ALWAYS_REDACTED`] and of the names in `redact` redacted.
+pub(crate) fn render_observed(exchange: &Exchange, redact: &[String]) -> String {
+    let observed = portcullis_audit_record::Exchange {
+        request_id: &exchange.request_id,
+        route: &exchange.route,
+        method: &exchange.method,
+        authority: &exchange.authority,
+        path: &exchange.path,
+        client_ip: &exchange.client_ip,
+        subject: exchange.identity.as_ref().map(|i| i.subject.as_str()),
+        status: exchange.status,
+        start_ms: exchange.start_ms,
+        duration_us: exchange.duration_us,
+        bytes_in: exchange.bytes_in,
+        bytes_out: exchange.bytes_out,
+        endpoint: exchange.endpoint.as_deref(),
+    };
+    let headers = exchange.request_headers.iter().map(|h| (h.name.as_str(), h.value.as_str()));
+    let decisions = exchange.decisions.iter().map(|d| portcullis_audit_record::Decision {
+        plugin: &d.plugin,
+        phase: match d.phase {
+            Phase::Request => "request",
+            Phase::Response => "response",
+        },
+        decision: &d.decision,
+        duration_us: d.duration_us,
+    });
+    portcullis_audit_record::render(&observed, headers, decisions, redact)
 }
 
 fn check_record(record: &str) -> Result<(), AuditError> {
@@ -1347,6 +1398,22 @@ mod tests {
         let report = check_signed(&text, &[old.verifying(), new.verifying()], &[]).unwrap();
         assert_eq!((report.checkpoints, report.signed), (2, 3));
         assert!(check_signed(&text, &[new.verifying()], &[]).is_err(), "the first checkpoint is the old key's");
+    }
+
+    #[test]
+    fn a_host_rendered_record_chains_like_any_other_and_is_refused_only_when_oversized() {
+        let (_dir, path) = chain(&[]);
+        let sink = AuditSinks::default().open(Some(&path), &SinkOptions::default()).unwrap();
+        sink.append(r#"{"given":1}"#).unwrap();
+        let hash = sink.append_rendered(r#"{"type":"audit","status":200}"#, true).unwrap();
+        assert_eq!(check(&path).unwrap(), (2, hash), "written at once when durable, chained after the given one");
+        let huge = format!(r#"{{"type":"audit","path":"{}"}}"#, "x".repeat(MAX_RECORD_BYTES));
+        assert!(
+            matches!(sink.append_rendered(&huge, false), Err(AuditError::InvalidRecord(why)) if why == "over 64 KiB")
+        );
+        let last = sink.append_rendered(r#"{"type":"audit","status":204}"#, false).unwrap();
+        sink.flush().unwrap();
+        assert_eq!(check(&path).unwrap(), (3, last), "buffered when not durable; the refused one left nothing");
     }
 
     #[test]

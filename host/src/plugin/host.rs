@@ -16,6 +16,7 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::audit::{AuditError, Sink};
+use super::bindings::exports::portcullis::plugin::logging::Exchange;
 use super::clock::Clock;
 use super::failure::CapabilityDenied;
 use super::kv::{Kv, KvError as StoreError};
@@ -104,6 +105,14 @@ pub struct HostState {
     audit_failure: Option<String>,
     /// Verifying keys the instance holds (`signatures`), at most [`MAX_VERIFYING_KEYS`].
     verifying_keys: u32,
+    /// The exchange the current `observe` call received, for `audit.append-observed`.
+    observed: Option<Arc<Exchange>>,
+}
+
+/// A record to append: as the plugin gave it (checked), or rendered by the host.
+enum Appended<'a> {
+    Given(&'a str),
+    Rendered(&'a str),
 }
 
 // === impl HostState ===
@@ -137,6 +146,7 @@ impl HostState {
             durable: false,
             audit_failure: None,
             verifying_keys: 0,
+            observed: None,
         }
     }
 
@@ -156,6 +166,39 @@ impl HostState {
         self.secret_headers.clear();
         self.durable = false;
         self.audit_failure = None;
+        self.observed = None;
+    }
+
+    /// Hands `audit.append-observed` the exchange the current `observe` call receives, until
+    /// [`HostState::end_observe`].
+    pub(crate) fn begin_observe(&mut self, exchange: &Arc<Exchange>) {
+        self.observed = Some(Arc::clone(exchange));
+    }
+
+    /// Lets go of the exchange [`HostState::begin_observe`] kept.
+    pub(crate) fn end_observe(&mut self) {
+        self.observed = None;
+    }
+
+    /// Appends `record` to the plugin's sink: buffered, or written before it returns in a
+    /// fail-closed logging step's call, whose first failure is kept for
+    /// [`HostState::take_audit_failure`].
+    ///
+    /// Errors: the sink's ([`Sink::append`], [`Sink::append_rendered`]), or
+    /// [`AuditError::Unavailable`] when the plugin has no sink.
+    fn append_record(&mut self, record: Appended<'_>) -> Result<String, AuditError> {
+        let Some(sink) = &self.grants.audit else {
+            return Err(AuditError::Unavailable("no audit sink is configured".into()));
+        };
+        let appended = match (record, self.durable) {
+            (Appended::Given(record), false) => sink.append(record),
+            (Appended::Given(record), true) => sink.append_durably(record),
+            (Appended::Rendered(record), durable) => sink.append_rendered(record, durable),
+        };
+        if let (Err(e), true, None) = (&appended, self.durable, &self.audit_failure) {
+            self.audit_failure = Some(e.to_string());
+        }
+        appended
     }
 
     /// Makes the current call's `audit.append`s durable: written before they return, and
@@ -269,10 +312,12 @@ impl std::fmt::Display for FieldList<'_> {
     }
 }
 
-/// The host side of the capability interfaces, identical in contracts 0.1.0 and 0.2.0 but
-/// generated as distinct Rust types, so implemented once here for the module `$m` of each.
+/// The host side of the capability interfaces, the same in contracts 0.1.0 and 0.2.0 but
+/// generated as distinct Rust types, so implemented once here for the module `$m` of each;
+/// 0.2.0's additions to `kv` (`throttle`) and `audit` (`append-observed`) come in as the two
+/// blocks.
 macro_rules! capabilities {
-    ($m:ident, $errors:ident, $down:path, $up:path, { $($throttle:tt)* }) => {
+    ($m:ident, $errors:ident, $down:path, $up:path, { $($throttle:tt)* }, { $($audit:tt)* }) => {
 impl $m::log::Host for HostState {
     fn emit(&mut self, level: $m::log::Level, mut message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
         self.log_events += 1;
@@ -382,18 +427,14 @@ impl $m::http_client::Host for HostState {
 impl $m::audit::Host for HostState {
     fn append(&mut self, record: String) -> wasmtime::Result<Result<String, $m::audit::AuditError>> {
         self.require(Capability::Audit, "audit")?;
-        let Some(sink) = &self.grants.audit else {
-            return Ok(Err($m::audit::AuditError::Unavailable("no audit sink is configured".into())));
-        };
-        let appended = if self.durable { sink.append_durably(&record) } else { sink.append(&record) };
-        if let (Err(e), true, None) = (&appended, self.durable, &self.audit_failure) {
-            self.audit_failure = Some(e.to_string());
-        }
+        let appended = self.append_record(Appended::Given(&record));
         Ok(appended.map_err(|e| match e {
             AuditError::InvalidRecord(why) => $m::audit::AuditError::InvalidRecord(why),
             AuditError::Unavailable(why) => $m::audit::AuditError::Unavailable(why),
         }))
     }
+
+    $($audit)*
 }
 
     };
@@ -579,28 +620,165 @@ impl current::signatures::HostVerifyingKey for HostState {
     }
 }
 
-capabilities!(current, current_kv_error, std::convert::identity, std::convert::identity, {
-    async fn throttle(
-        &mut self,
-        key: String,
-        interval_us: u64,
-        window_us: u64,
-        quantity: i32,
-    ) -> wasmtime::Result<Result<current::kv::Cell, current::kv::KvError>> {
-        self.require(Capability::Kv, "kv")?;
-        let (shared, grants) = (self.shared.clone(), self.grants.clone());
-        let take = shared.kv.throttle(&grants.plugin_id, &key, interval_us, window_us, quantity);
-        let outcome = self.kv_wait(take).await;
-        Ok(outcome.map_err(current_kv_error).map(|c| current::kv::Cell {
-            allowed: c.allowed,
-            remaining: c.remaining,
-            reset_us: c.reset_us,
-            retry_after_us: c.retry_after_us,
-        }))
+capabilities!(
+    current,
+    current_kv_error,
+    std::convert::identity,
+    std::convert::identity,
+    {
+        async fn throttle(
+            &mut self,
+            key: String,
+            interval_us: u64,
+            window_us: u64,
+            quantity: i32,
+        ) -> wasmtime::Result<Result<current::kv::Cell, current::kv::KvError>> {
+            self.require(Capability::Kv, "kv")?;
+            let (shared, grants) = (self.shared.clone(), self.grants.clone());
+            let take = shared.kv.throttle(&grants.plugin_id, &key, interval_us, window_us, quantity);
+            let outcome = self.kv_wait(take).await;
+            Ok(outcome.map_err(current_kv_error).map(|c| current::kv::Cell {
+                allowed: c.allowed,
+                remaining: c.remaining,
+                reset_us: c.reset_us,
+                retry_after_us: c.retry_after_us,
+            }))
+        }
+    },
+    {
+        fn append_observed(
+            &mut self,
+            redact: Vec<String>,
+        ) -> wasmtime::Result<Result<String, current::audit::AuditError>> {
+            self.require(Capability::Audit, "audit")?;
+            let Some(exchange) = self.observed.clone() else {
+                let why = "append-observed records the exchange of an `observe` call; this call has none";
+                return Ok(Err(current::audit::AuditError::InvalidRecord(why.into())));
+            };
+            let record = super::audit::render_observed(&exchange, &redact);
+            Ok(self.append_record(Appended::Rendered(&record)).map_err(|e| match e {
+                AuditError::InvalidRecord(why) => current::audit::AuditError::InvalidRecord(why),
+                AuditError::Unavailable(why) => current::audit::AuditError::Unavailable(why),
+            }))
+        }
     }
-});
-// 0.1.0's `kv` has no `throttle`.
-capabilities!(v1, v1_kv_error, super::legacy::outbound_request, super::legacy::outbound_result, {});
+);
+// 0.1.0's `kv` has no `throttle`, its `audit` no `append-observed`.
+capabilities!(v1, v1_kv_error, super::legacy::outbound_request, super::legacy::outbound_result, {}, {});
 
 impl current::types::Host for HostState {}
 impl v1::types::Host for HostState {}
+
+#[cfg(test)]
+mod tests {
+    use current::audit::{AuditError as WitAuditError, Host as _};
+
+    use super::super::audit::{AuditSinks, SinkOptions};
+    use super::super::bindings::exports::portcullis::plugin::logging::{Phase, StepDecision};
+    use super::super::bindings::portcullis::plugin::types::{Authentication, Header, Identity};
+    use super::super::kv::KvStore;
+    use super::*;
+
+    fn exchange() -> Exchange {
+        Exchange {
+            request_id: "r-1".into(),
+            route: "api".into(),
+            method: "POST".into(),
+            authority: "example.test".into(),
+            path: "/api/orders".into(),
+            query: Some("api_key=k-123".into()),
+            client_ip: "192.0.2.7".into(),
+            identity: Some(Identity {
+                subject: "alice".into(),
+                issuer: None,
+                roles: vec![],
+                scopes: vec![],
+                authentication: Authentication { acr: None, amr: vec![], auth_time: None },
+                claims: vec![],
+            }),
+            status: 201,
+            start_ms: 1_795_299_508_123,
+            duration_us: 2_632,
+            bytes_in: 58,
+            bytes_out: 11,
+            request_headers: vec![
+                Header { name: "user-agent".into(), value: "curl".into() },
+                Header { name: "authorization".into(), value: "Bearer t-456".into() },
+                Header { name: "x-session".into(), value: "s-789".into() },
+            ],
+            response_headers: vec![],
+            endpoint: Some("127.0.0.1:8081".into()),
+            decisions: vec![StepDecision {
+                plugin: "jwt".into(),
+                phase: Phase::Request,
+                decision: "authenticated".into(),
+                duration_us: 30,
+            }],
+        }
+    }
+
+    #[test]
+    fn append_observed_records_the_exchange_of_the_observe_call_and_only_during_one() {
+        let dir = std::env::temp_dir().join(format!("portcullis-host-audit-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let metrics = Arc::new(Metrics::default());
+        let sink = AuditSinks::with_metrics(metrics.clone()).open(Some(&path), &SinkOptions::default()).unwrap();
+        let clock = Clock::default();
+        let shared = Arc::new(Shared {
+            kv: Arc::new(Kv::Memory(KvStore::new(clock.clone()))),
+            metrics,
+            outbound: Outbound::new().unwrap(),
+            telemetry: Arc::new(crate::telemetry::Telemetry::disabled()),
+            clock,
+        });
+        let grants = Arc::new(Grants {
+            plugin_id: "audit".into(),
+            capabilities: vec![Capability::Audit],
+            max_log_events_per_call: 10,
+            origins: Vec::new(),
+            audit: Some(sink.clone()),
+            audit_options: SinkOptions::default(),
+            secrets: SecretGrants::default(),
+        });
+        let mut state = HostState::new(grants, shared, 1 << 20);
+        let outside = |state: &mut HostState| match state.append_observed(Vec::new()).unwrap() {
+            Err(WitAuditError::InvalidRecord(why)) => why,
+            other => panic!("expected invalid-record outside observe, got {other:?}"),
+        };
+        assert!(outside(&mut state).contains("observe"), "no exchange before an observe call");
+
+        let observed = Arc::new(exchange());
+        state.begin_call("r-1", &opentelemetry::Context::new(), Duration::from_secs(1));
+        state.begin_observe(&observed);
+        let hash = state.append_observed(vec!["X-Session".into()]).unwrap().unwrap();
+        state.end_observe();
+        assert!(outside(&mut state).contains("observe"), "the exchange is let go after the call");
+        state.begin_observe(&observed);
+        state.begin_call("r-2", &opentelemetry::Context::new(), Duration::from_secs(1));
+        assert!(outside(&mut state).contains("observe"), "a new call starts without one");
+
+        sink.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line = text.lines().next().unwrap();
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(record["hash"], hash.as_str());
+        let expected = super::super::audit::render_observed(&observed, &["X-Session".to_owned()]);
+        assert!(line.starts_with(&expected[..expected.len() - 1]), "the host's standard record: {line}");
+        assert_eq!(record["headers"]["authorization"], "[redacted]");
+        assert_eq!(record["headers"]["x-session"], "[redacted]");
+        assert_eq!(record["headers"]["user-agent"], "curl");
+        for secret in ["k-123", "t-456", "s-789"] {
+            assert!(!line.contains(secret), "{secret} in {line}");
+        }
+        assert_eq!(record["subject"], "alice");
+        assert_eq!(record["latency_ms"], 2.632);
+        assert_eq!(record["decisions"][0]["decision"], "authenticated");
+        assert_eq!(
+            super::super::audit::verify(std::io::Cursor::new(text.clone())).unwrap().unwrap(),
+            (1, hash),
+            "it chains and verifies as any record"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

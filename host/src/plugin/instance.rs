@@ -82,12 +82,13 @@ pub enum Call<'a> {
     Check(&'a Arc<PluginRequest>, Option<&'a Identity>),
     /// `validation.validate`
     Validate(&'a Arc<PluginRequest>, Option<&'a Identity>, Option<&'a [u8]>),
-    /// `logging.observe`, after the response was sent.
-    Observe(&'a logging::Exchange),
+    /// `logging.observe`, after the response was sent. Shared, so the host can render its
+    /// record for `audit.append-observed` during the call.
+    Observe(&'a Arc<logging::Exchange>),
     /// `logging.observe` by a fail-closed step, before the response is sent: the call's
     /// `audit.append`s return only once their record is written
     /// ([`super::audit::Sink::append_durably`]), and one that fails fails the step.
-    Record(&'a logging::Exchange),
+    Record(&'a Arc<logging::Exchange>),
     /// `filter.on-request`
     OnRequest(&'a Arc<PluginRequest>, Option<&'a Identity>),
     /// `filter.on-response`
@@ -246,12 +247,17 @@ impl Instance {
             {
                 Some(self.store.data_mut().lend(r)?)
             }
+            Call::Observe(e) | Call::Record(e) => {
+                self.store.data_mut().begin_observe(e);
+                None
+            }
             _ => None,
         };
         let reply = self.invoke_lent(call, lent.as_ref()).await;
         if let Some(handle) = lent {
             self.store.data_mut().end_lend(handle);
         }
+        self.store.data_mut().end_observe();
         reply
     }
 

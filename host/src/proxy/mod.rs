@@ -310,7 +310,7 @@ impl Exchange {
     async fn record(&mut self, response: Response<Body>) -> Response<Body> {
         let Some(route) = self.route.clone().filter(|r| r.chain.has_records()) else { return response };
         let request = &self.request;
-        let exchange = logging::Exchange {
+        let exchange = Arc::new(logging::Exchange {
             request_id: request.request_id.clone(),
             route: request.route.to_string(),
             method: request.method.as_str().to_owned(),
@@ -328,7 +328,7 @@ impl Exchange {
             response_headers: route.chain.logged_headers(response.headers()),
             endpoint: self.endpoint.as_ref().map(|e| e.as_str().to_owned()),
             decisions: self.state.decisions.iter().map(crate::chain::Decision::to_wit).collect(),
-        };
+        });
         match route.chain.record(&exchange, &self.trace).await {
             Ok(()) => response,
             Err(e) => {
@@ -415,7 +415,7 @@ impl Exchange {
             "request"
         );
         let Some(route) = route.filter(|r| r.chain.has_logging()) else { return };
-        let exchange = logging::Exchange {
+        let exchange = Arc::new(logging::Exchange {
             request_id: head.request_id,
             route: head.route.to_string(),
             method: head.method.as_str().to_owned(),
@@ -433,7 +433,7 @@ impl Exchange {
             response_headers,
             endpoint: endpoint.map(str::to_owned),
             decisions: state.decisions.iter().map(crate::chain::Decision::to_wit).collect(),
-        };
+        });
         // The completion hook runs inside hyper's connection task, so a runtime is there; if a
         // body were ever dropped elsewhere, the record is dropped rather than panicking.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

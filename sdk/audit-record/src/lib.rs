@@ -1,0 +1,308 @@
+//! The standard audit record of one finished exchange: what the host writes for a logging
+//! plugin's `audit.append-observed` (contract `portcullis:plugin@0.2.0`, `wit/capabilities.wit`),
+//! and what the SDK's native test fake writes for the same call, from this one implementation.
+//!
+//! The record is one JSON object (RFC 8259) on one line, members in this order:
+//!
+//! | member | JSON type | meaning |
+//! |---|---|---|
+//! | `type` | string | always `"audit"` |
+//! | `time` | string | the request's start, RFC 3339 UTC with milliseconds (`2026-11-21T22:18:28.123Z`) |
+//! | `time_ms` | integer | the same, ms since the Unix epoch |
+//! | `request_id` | string | the gateway's request id (`x-request-id`) |
+//! | `route` | string | the route id |
+//! | `method`, `authority`, `path` | string | of the request; the query string is never recorded (it often carries API keys) |
+//! | `client_ip` | string | the client's address as the gateway sees it (after `trusted_proxies`) |
+//! | `subject` | string or null | the identity's subject, if an auth step set one |
+//! | `status` | integer | the response's status code |
+//! | `latency_ms` | number | the exchange's duration in ms (µs precision) |
+//! | `bytes_in`, `bytes_out` | integer | request and response body bytes |
+//! | `endpoint` | string or null | the upstream endpoint that answered (`host:port`), if one did |
+//! | `headers` | object | the recorded request headers (those the plugin's `record-headers` asked for), name → value, sorted by name; a repeated name keeps its last value; credentials replaced by `"[redacted]"` |
+//! | `decisions` | array | each plugin step's decision: `plugin`, `phase` (`"request"` or `"response"`), `decision`, `duration_us` |
+//!
+//! Credentials are redacted whatever the plugin asks: the values of [`ALWAYS_REDACTED`] and of
+//! the names the plugin passes (compared without regard to ASCII case).
+//!
+//! The format is the one `plugins/audit-log` wrote itself before the host took it over
+//! (`docs/DECISIONS.md`, "The audit record rendered by the host"); records written either way
+//! chain and verify alike.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Request header names whose values are always replaced by [`REDACTED`] in a record.
+pub const ALWAYS_REDACTED: [&str; 5] = ["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"];
+
+/// What a redacted header's value is recorded as.
+pub const REDACTED: &str = "[redacted]";
+
+/// The fields of a finished exchange a record is made of, borrowed from the caller's own
+/// exchange type (the host's and the SDK's bindings each have one).
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    /// The gateway's request id.
+    pub request_id: &'a str,
+    /// The route id.
+    pub route: &'a str,
+    /// The request method.
+    pub method: &'a str,
+    /// The request's authority (host and port).
+    pub authority: &'a str,
+    /// The request path, without its query.
+    pub path: &'a str,
+    /// The client's IP address, as text.
+    pub client_ip: &'a str,
+    /// The identity's subject, if an auth step set one.
+    pub subject: Option<&'a str>,
+    /// The response status code.
+    pub status: u16,
+    /// When the request started, in ms since the Unix epoch.
+    pub start_ms: u64,
+    /// How long the exchange took, in µs.
+    pub duration_us: u64,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Response body bytes.
+    pub bytes_out: u64,
+    /// The upstream endpoint that answered, if one did.
+    pub endpoint: Option<&'a str>,
+}
+
+/// One plugin step's decision on the exchange.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Decision<'a> {
+    /// The plugin id.
+    pub plugin: &'a str,
+    /// `"request"` or `"response"`.
+    pub phase: &'static str,
+    /// What the step decided (`"allowed"`, `"authenticated"`, …).
+    pub decision: &'a str,
+    /// How long the step took, in µs.
+    pub duration_us: u64,
+}
+
+/// The record as serialized (field order is the record's).
+#[derive(Serialize)]
+struct Record<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: &'a str,
+    time_ms: u64,
+    request_id: &'a str,
+    route: &'a str,
+    method: &'a str,
+    authority: &'a str,
+    path: &'a str,
+    client_ip: &'a str,
+    subject: Option<&'a str>,
+    status: u16,
+    latency_ms: f64,
+    bytes_in: u64,
+    bytes_out: u64,
+    endpoint: Option<&'a str>,
+    headers: BTreeMap<&'a str, &'a str>,
+    decisions: Vec<Decision<'a>>,
+}
+
+/// Renders the standard record of `exchange`: one JSON object on one line, without `prev` and
+/// `hash` (the sink adds those). `headers` are the recorded request headers as (name, value);
+/// values of [`ALWAYS_REDACTED`] names and of names in `redact` are written as [`REDACTED`].
+/// Cannot fail: every value is a string, an integer or a finite number.
+pub fn render<'a, R: AsRef<str>>(
+    exchange: &Exchange<'a>,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    decisions: impl IntoIterator<Item = Decision<'a>>,
+    redact: &[R],
+) -> String {
+    let secret = |name: &str| {
+        ALWAYS_REDACTED.iter().any(|r| r.eq_ignore_ascii_case(name))
+            || redact.iter().any(|r| r.as_ref().eq_ignore_ascii_case(name))
+    };
+    let headers = headers.into_iter().map(|(name, value)| (name, if secret(name) { REDACTED } else { value }));
+    let time = rfc3339(exchange.start_ms);
+    let record = Record {
+        kind: "audit",
+        time: &time,
+        time_ms: exchange.start_ms,
+        request_id: exchange.request_id,
+        route: exchange.route,
+        method: exchange.method,
+        authority: exchange.authority,
+        path: exchange.path,
+        client_ip: exchange.client_ip,
+        subject: exchange.subject,
+        status: exchange.status,
+        latency_ms: exchange.duration_us as f64 / 1000.0,
+        bytes_in: exchange.bytes_in,
+        bytes_out: exchange.bytes_out,
+        endpoint: exchange.endpoint,
+        headers: headers.collect(),
+        decisions: decisions.into_iter().collect(),
+    };
+    // Sized for a typical record (about 700 bytes with four decisions), so the text is not
+    // copied as it grows.
+    let mut text = Vec::with_capacity(1024);
+    // Only strings, integers and a finite float: serialization cannot fail, and serde_json
+    // writes UTF-8.
+    match serde_json::to_writer(&mut text, &record) {
+        Ok(()) => String::from_utf8(text).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// `ms` since the Unix epoch as RFC 3339 UTC with milliseconds, e.g.
+/// `2026-11-21T22:18:28.123Z`.
+///
+/// Written digit by digit for years 0000–9999 (every record has one: `format!` with seven
+/// padded fields cost a fifth of the record's serialization); a later year, which RFC 3339
+/// cannot express in its four digits, is written with as many as it needs.
+pub fn rfc3339(ms: u64) -> String {
+    let t = civil(ms);
+    if !(0..=9999).contains(&t.year) {
+        return format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year, t.month, t.day, t.hour, t.minute, t.second, t.milli
+        );
+    }
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    // Each field's digits, right-aligned at the byte offset where it ends.
+    for (value, end) in
+        [(t.year as u64, 4), (t.month, 7), (t.day, 10), (t.hour, 13), (t.minute, 16), (t.second, 19), (t.milli, 23)]
+    {
+        let mut v = value;
+        let mut at = end;
+        while v > 0 {
+            at -= 1;
+            text[at] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    String::from_utf8(text.to_vec()).unwrap_or_default()
+}
+
+/// A UTC time of day on a proleptic Gregorian date.
+struct Civil {
+    year: i64,
+    month: u64,
+    day: u64,
+    hour: u64,
+    minute: u64,
+    second: u64,
+    milli: u64,
+}
+
+/// `ms` since the Unix epoch as a UTC date and time (days to civil date: H. Hinnant's
+/// `civil_from_days`).
+fn civil(ms: u64) -> Civil {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    Civil {
+        year: yoe + era * 400 + i64::from(month <= 2),
+        month: month as u64,
+        day: day as u64,
+        hour: rem / 3600,
+        minute: rem % 3600 / 60,
+        second: rem % 60,
+        milli: ms % 1000,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exchange() -> Exchange<'static> {
+        Exchange {
+            request_id: "r1",
+            route: "api",
+            method: "GET",
+            authority: "example.test",
+            path: "/api/x",
+            client_ip: "127.0.0.1",
+            subject: Some("alice"),
+            status: 200,
+            start_ms: 1_795_299_508_123,
+            duration_us: 1500,
+            bytes_in: 0,
+            bytes_out: 42,
+            endpoint: Some("127.0.0.1:8081"),
+        }
+    }
+
+    #[test]
+    fn record_has_the_documented_members_in_order_and_redacts_credentials() {
+        let headers = [
+            ("user-agent", "curl"),
+            ("Authorization", "Bearer secret"),
+            ("x-session", "secret"),
+            ("cookie", "secret"),
+            ("x-tenant", "a"),
+            ("x-tenant", "b"),
+        ];
+        let decisions = [Decision { plugin: "jwt", phase: "request", decision: "authenticated", duration_us: 30 }];
+        let text = render(&exchange(), headers, decisions, &["X-Session"]);
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"type":"audit","time":"2026-11-21T22:18:28.123Z","time_ms":1795299508123,"request_id":"r1","#,
+                r#""route":"api","method":"GET","authority":"example.test","path":"/api/x","client_ip":"127.0.0.1","#,
+                r#""subject":"alice","status":200,"latency_ms":1.5,"bytes_in":0,"bytes_out":42,"#,
+                r#""endpoint":"127.0.0.1:8081","headers":{"Authorization":"[redacted]","cookie":"[redacted]","#,
+                r#""user-agent":"curl","x-session":"[redacted]","x-tenant":"b"},"#,
+                r#""decisions":[{"plugin":"jwt","phase":"request","decision":"authenticated","duration_us":30}]}"#
+            )
+        );
+        assert!(!text.contains("secret"));
+    }
+
+    #[test]
+    fn absent_subject_and_endpoint_are_null_and_strings_are_escaped() {
+        let mut e = exchange();
+        e.subject = None;
+        e.endpoint = None;
+        e.path = "/a\"b\n";
+        let text = render(&e, [], [], &[] as &[&str]);
+        let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(record["subject"], serde_json::Value::Null);
+        assert_eq!(record["endpoint"], serde_json::Value::Null);
+        assert_eq!(record["path"], "/a\"b\n");
+        assert_eq!(record["headers"], serde_json::json!({}));
+        assert_eq!(record["decisions"], serde_json::json!([]));
+        assert!(!text.contains('\n'), "one line: {text}");
+    }
+
+    #[test]
+    fn rfc3339_formats_utc_with_milliseconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_001), "2000-02-29T00:00:00.001Z");
+        assert_eq!(rfc3339(1_795_299_508_123), "2026-11-21T22:18:28.123Z");
+        assert_eq!(rfc3339(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(253_402_300_800_000), "10000-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn rfc3339_digits_match_formatted_fields() {
+        // A walk over 1970-2100 in steps that hit every field's carries.
+        let mut ms = 0u64;
+        while ms < 4_102_444_800_000 {
+            let t = civil(ms);
+            let formatted = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year, t.month, t.day, t.hour, t.minute, t.second, t.milli
+            );
+            assert_eq!(rfc3339(ms), formatted);
+            ms += 86_399_999 + 7_919;
+        }
+    }
+}
