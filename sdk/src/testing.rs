@@ -231,32 +231,7 @@ pub(crate) mod fake {
 
         /// The host's `append-observed`, rendering `exchange` with the host's own code.
         pub fn append_observed(exchange: &crate::Exchange, redact: &[String]) -> Result<String, AuditError> {
-            let observed = portcullis_audit_record::Exchange {
-                request_id: &exchange.request_id,
-                route: &exchange.route,
-                method: &exchange.method,
-                authority: &exchange.authority,
-                path: &exchange.path,
-                client_ip: &exchange.client_ip,
-                subject: exchange.identity.as_ref().map(|i| i.subject.as_str()),
-                status: exchange.status,
-                start_ms: exchange.start_ms,
-                duration_us: exchange.duration_us,
-                bytes_in: exchange.bytes_in,
-                bytes_out: exchange.bytes_out,
-                endpoint: exchange.endpoint.as_deref(),
-            };
-            let headers = exchange.request_headers.iter().map(|h| (h.name.as_str(), h.value.as_str()));
-            let decisions = exchange.decisions.iter().map(|d| portcullis_audit_record::Decision {
-                plugin: &d.plugin,
-                phase: match d.phase {
-                    crate::Phase::Request => "request",
-                    crate::Phase::Response => "response",
-                },
-                decision: &d.decision,
-                duration_us: d.duration_us,
-            });
-            append(&portcullis_audit_record::render(&observed, headers, decisions, redact))
+            append(&portcullis_audit_record::render_exchange!(exchange, redact, crate::Phase))
         }
     }
 

@@ -791,32 +791,7 @@ fn now_ms() -> u64 {
 /// exchange carries (those the plugin's `record-headers` asked for), with the values of
 /// [`portcullis_audit_record::ALWAYS_REDACTED`] and of the names in `redact` redacted.
 pub(crate) fn render_observed(exchange: &Exchange, redact: &[String]) -> String {
-    let observed = portcullis_audit_record::Exchange {
-        request_id: &exchange.request_id,
-        route: &exchange.route,
-        method: &exchange.method,
-        authority: &exchange.authority,
-        path: &exchange.path,
-        client_ip: &exchange.client_ip,
-        subject: exchange.identity.as_ref().map(|i| i.subject.as_str()),
-        status: exchange.status,
-        start_ms: exchange.start_ms,
-        duration_us: exchange.duration_us,
-        bytes_in: exchange.bytes_in,
-        bytes_out: exchange.bytes_out,
-        endpoint: exchange.endpoint.as_deref(),
-    };
-    let headers = exchange.request_headers.iter().map(|h| (h.name.as_str(), h.value.as_str()));
-    let decisions = exchange.decisions.iter().map(|d| portcullis_audit_record::Decision {
-        plugin: &d.plugin,
-        phase: match d.phase {
-            Phase::Request => "request",
-            Phase::Response => "response",
-        },
-        decision: &d.decision,
-        duration_us: d.duration_us,
-    });
-    portcullis_audit_record::render(&observed, headers, decisions, redact)
+    portcullis_audit_record::render_exchange!(exchange, redact, Phase)
 }
 
 fn check_record(record: &str) -> Result<(), AuditError> {
