@@ -539,9 +539,12 @@ impl StepPool {
     ) -> Result<Replied, PluginFailure> {
         let id = &self.plugin.id;
         // A free slot is the usual case: take it without arming a timer.
+        // The rare paths below (waiting for a permit, instantiating) are boxed: an unboxed
+        // future is as large as its largest state, and this one is moved into its caller's
+        // on every step of every request (docs/BENCHMARKS.md, entry 31).
         let _permit = match self.permits.try_acquire() {
             Ok(permit) => permit,
-            Err(_) => tokio::time::timeout(self.plugin.deadline, self.permits.acquire())
+            Err(_) => Box::pin(tokio::time::timeout(self.plugin.deadline, self.permits.acquire()))
                 .await
                 .map_err(|_| PluginFailure::new(id, FailureKind::Unavailable("every instance is busy".into())))?
                 .map_err(|_| PluginFailure::new(id, FailureKind::Unavailable("pool closed".into())))?,
@@ -550,7 +553,7 @@ impl StepPool {
         let idle = if reuse { self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() } else { None };
         let mut instance = match idle {
             Some(instance) => instance,
-            None => self.fresh().await.map_err(|e| match e {
+            None => Box::pin(self.fresh()).await.map_err(|e| match e {
                 StepLoadError::Failed(f) => f,
                 StepLoadError::Refused(r) => PluginFailure::new(
                     id,
