@@ -81,6 +81,9 @@
 //! - Build with `opt-level = 3` (the workspace's `plugin` profile): 16% fewer instructions
 //!   than `"s"` on the benchmark's five-step chain.
 //! - A filter hook the plugin does not override is never called.
+//! - A logging plugin that writes the usual audit record asks the host for it
+//!   ([`audit_append_observed`]) instead of serializing one: audit-log's step went from 139 k
+//!   to 103 k instructions that way.
 
 mod bindings_mod {
     pub use crate::bindings::exports::portcullis::plugin::{
