@@ -787,11 +787,14 @@ fn now_ms() -> u64 {
 }
 
 /// The standard audit record of `exchange` (`audit.append-observed`; its members are
-/// [`portcullis_audit_record`]'s, documented in `docs/audit.md`): the request headers the
-/// exchange carries (those the plugin's `record-headers` asked for), with the values of
-/// [`portcullis_audit_record::ALWAYS_REDACTED`] and of the names in `redact` redacted.
-pub(crate) fn render_observed(exchange: &Exchange, redact: &[String]) -> String {
-    portcullis_audit_record::render_exchange!(exchange, redact, Phase)
+/// documented in `docs/audit.md`): of the request headers the exchange carries, those named in
+/// `recorded` (the step's `record-headers`; none: all), with the values of
+/// [`portcullis_audit_record::ALWAYS_REDACTED`] and of the names in `redact` redacted. The
+/// exchange carries the header fields of every logging step of the route, so a step's record
+/// would otherwise hold fields another step asked for.
+pub(crate) fn render_observed(exchange: &Exchange, recorded: Option<&[http::HeaderName]>, redact: &[String]) -> String {
+    let keep = |name: &str| recorded.is_none_or(|names| names.iter().any(|n| n.as_str() == name));
+    portcullis_audit_record::render_exchange!(exchange, keep, redact, Phase)
 }
 
 fn check_record(record: &str) -> Result<(), AuditError> {

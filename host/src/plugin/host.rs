@@ -105,9 +105,13 @@ pub struct HostState {
     audit_failure: Option<String>,
     /// Verifying keys the instance holds (`signatures`), at most [`MAX_VERIFYING_KEYS`].
     verifying_keys: u32,
-    /// The exchange the current `observe` call received, for `audit.append-observed`.
-    observed: Option<Arc<Exchange>>,
+    /// The exchange the current `observe` call received, for `audit.append-observed`, and the
+    /// request header fields the step records (its `record-headers`; none: all).
+    observed: Option<(Arc<Exchange>, Option<RecordedFields>)>,
 }
+
+/// A logging step's `record-headers`, as header names.
+pub(crate) type RecordedFields = Arc<[http::HeaderName]>;
 
 /// A record to append: as the plugin gave it (checked), or rendered by the host.
 enum Appended<'a> {
@@ -169,10 +173,11 @@ impl HostState {
         self.observed = None;
     }
 
-    /// Hands `audit.append-observed` the exchange the current `observe` call receives, until
+    /// Hands `audit.append-observed` the exchange the current `observe` call receives and the
+    /// header fields the step records (`recorded`: its `record-headers`, none for all), until
     /// [`HostState::end_observe`].
-    pub(crate) fn begin_observe(&mut self, exchange: &Arc<Exchange>) {
-        self.observed = Some(Arc::clone(exchange));
+    pub(crate) fn begin_observe(&mut self, exchange: &Arc<Exchange>, recorded: Option<RecordedFields>) {
+        self.observed = Some((Arc::clone(exchange), recorded));
     }
 
     /// Lets go of the exchange [`HostState::begin_observe`] kept.
@@ -651,11 +656,11 @@ capabilities!(
             redact: Vec<String>,
         ) -> wasmtime::Result<Result<String, current::audit::AuditError>> {
             self.require(Capability::Audit, "audit")?;
-            let Some(exchange) = self.observed.clone() else {
+            let Some((exchange, recorded)) = &self.observed else {
                 let why = "append-observed records the exchange of an `observe` call; this call has none";
                 return Ok(Err(current::audit::AuditError::InvalidRecord(why.into())));
             };
-            let record = super::audit::render_observed(&exchange, &redact);
+            let record = super::audit::render_observed(exchange, recorded.as_deref(), &redact);
             Ok(self.append_record(Appended::Rendered(&record)).map_err(|e| match e {
                 AuditError::InvalidRecord(why) => current::audit::AuditError::InvalidRecord(why),
                 AuditError::Unavailable(why) => current::audit::AuditError::Unavailable(why),
@@ -705,6 +710,8 @@ mod tests {
                 Header { name: "user-agent".into(), value: "curl".into() },
                 Header { name: "authorization".into(), value: "Bearer t-456".into() },
                 Header { name: "x-session".into(), value: "s-789".into() },
+                // Another logging step's field: the exchange carries every step's.
+                Header { name: "x-other-step".into(), value: "o-1".into() },
             ],
             response_headers: vec![],
             endpoint: Some("127.0.0.1:8081".into()),
@@ -749,12 +756,17 @@ mod tests {
         assert!(outside(&mut state).contains("observe"), "no exchange before an observe call");
 
         let observed = Arc::new(exchange());
+        let recorded: Arc<[http::HeaderName]> =
+            ["user-agent", "authorization", "x-session"].iter().map(|n| http::HeaderName::from_static(n)).collect();
         state.begin_call("r-1", &opentelemetry::Context::new(), Duration::from_secs(1));
-        state.begin_observe(&observed);
+        state.begin_observe(&observed, Some(recorded.clone()));
         let hash = state.append_observed(vec!["X-Session".into()]).unwrap().unwrap();
         state.end_observe();
         assert!(outside(&mut state).contains("observe"), "the exchange is let go after the call");
-        state.begin_observe(&observed);
+        // A step that named no fields (`record-headers` none) records every one the exchange has.
+        state.begin_observe(&observed, None);
+        state.append_observed(Vec::new()).unwrap().unwrap();
+        state.begin_observe(&observed, Some(recorded.clone()));
         state.begin_call("r-2", &opentelemetry::Context::new(), Duration::from_secs(1));
         assert!(outside(&mut state).contains("observe"), "a new call starts without one");
 
@@ -763,8 +775,9 @@ mod tests {
         let line = text.lines().next().unwrap();
         let record: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(record["hash"], hash.as_str());
-        let expected = super::super::audit::render_observed(&observed, &["X-Session".to_owned()]);
+        let expected = super::super::audit::render_observed(&observed, Some(&recorded), &["X-Session".to_owned()]);
         assert!(line.starts_with(&expected[..expected.len() - 1]), "the host's standard record: {line}");
+        assert!(record["headers"].get("x-other-step").is_none(), "only this step's fields: {line}");
         assert_eq!(record["headers"]["authorization"], "[redacted]");
         assert_eq!(record["headers"]["x-session"], "[redacted]");
         assert_eq!(record["headers"]["user-agent"], "curl");
@@ -774,11 +787,11 @@ mod tests {
         assert_eq!(record["subject"], "alice");
         assert_eq!(record["latency_ms"], 2.632);
         assert_eq!(record["decisions"][0]["decision"], "authenticated");
-        assert_eq!(
-            super::super::audit::verify(std::io::Cursor::new(text.clone())).unwrap().unwrap(),
-            (1, hash),
-            "it chains and verifies as any record"
-        );
+        let all: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+        assert_eq!(all["headers"]["x-other-step"], "o-1", "no record-headers: every field");
+        assert_eq!(all["headers"]["x-session"], "s-789", "redacted only when asked");
+        let (records, _) = super::super::audit::verify(std::io::Cursor::new(text.clone())).unwrap().unwrap();
+        assert_eq!(records, 2, "they chain and verify as any record");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -83,7 +83,7 @@ pub enum Call<'a> {
     /// `validation.validate`
     Validate(&'a Arc<PluginRequest>, Option<&'a Identity>, Option<&'a [u8]>),
     /// `logging.observe`, after the response was sent. Shared, so the host can render its
-    /// record for `audit.append-observed` during the call.
+    /// record for `audit.append-observed` during the call ([`super::StepPool::call`]).
     Observe(&'a Arc<logging::Exchange>),
     /// `logging.observe` by a fail-closed step, before the response is sent: the call's
     /// `audit.append`s return only once their record is written
@@ -247,17 +247,12 @@ impl Instance {
             {
                 Some(self.store.data_mut().lend(r)?)
             }
-            Call::Observe(e) | Call::Record(e) => {
-                self.store.data_mut().begin_observe(e);
-                None
-            }
             _ => None,
         };
         let reply = self.invoke_lent(call, lent.as_ref()).await;
         if let Some(handle) = lent {
             self.store.data_mut().end_lend(handle);
         }
-        self.store.data_mut().end_observe();
         reply
     }
 

@@ -388,7 +388,7 @@ pub struct StepPool {
     permits: Semaphore,
     body_limit: Option<u64>,
     hooks: Hooks,
-    record_headers: Option<Vec<http::HeaderName>>,
+    record_headers: Option<Arc<[http::HeaderName]>>,
 }
 
 impl std::fmt::Debug for StepPool {
@@ -441,7 +441,7 @@ impl StepPool {
                             })
                         })
                     })
-                    .collect::<Result<Vec<_>, _>>()
+                    .collect::<Result<Arc<[_]>, _>>()
             })
             .transpose()?;
         Ok(pool)
@@ -562,6 +562,11 @@ impl StepPool {
             })?,
         };
         instance.store.data_mut().begin_call(request_id, trace, self.plugin.deadline);
+        if let Call::Observe(exchange) | Call::Record(exchange) = call {
+            // `audit.append-observed` records this exchange, with this step's own header
+            // fields only: the exchange carries every logging step's of the route.
+            instance.store.data_mut().begin_observe(exchange, self.record_headers.clone());
+        }
         if matches!(call, Call::Record(_)) {
             instance.store.data_mut().append_durably();
         }
@@ -579,6 +584,7 @@ impl StepPool {
                 return Err(failure);
             }
         };
+        instance.store.data_mut().end_observe();
         let secret_headers = instance.store.data_mut().take_secret_headers();
         let audit_failure = instance.store.data_mut().take_audit_failure();
         instance.uses += 1;
