@@ -31,13 +31,20 @@ Portcullis runs with `[runtime] instance_slots = 8`: wasmtime's pooling allocato
 whole pool of linear memories up front (about 16 TiB of address space for the default 4,096
 instances), which valgrind 3.19 refuses to map ("failed to create memory pool mapping").
 
-Usage: bench/callgrind.py [--requests N] [--only NAME,...]; needs valgrind, nginx, wrk, the
+With `--guests N`, Portcullis runs with `PORTCULLIS_WASM_PERFMAP=1` and the N plugin functions
+with the most instructions per request are listed for each Portcullis contender: callgrind names
+compiled wasm by address only, and wasmtime's perf map (`/tmp/perf-PID.map`) names the address
+ranges. Functions of the same name in different plugins (`dlmalloc`, `cabi_realloc`) are summed.
+
+Usage: bench/callgrind.py [--requests N] [--only NAME,...] [--guests N]; needs valgrind, nginx, wrk, the
 components (`cargo build --profile plugin --target wasm32-wasip2 ...` as bench/run does), and
 `cargo build --release --workspace --examples` (the gateway and the yardstick). Prints a
 Markdown table.
 """
 
 import argparse
+import bisect
+import collections
 import re
 import subprocess
 import sys
@@ -93,8 +100,61 @@ def parse(dump: Path) -> tuple[int, int, list[int]]:
     return total, allocs, crossings
 
 
+def guest_functions(dumps: list[Path], served: int, top: int) -> list[tuple[str, float]]:
+    """The `top` plugin functions by instructions per request in `dumps` (callgrind's self
+    cost of each anonymous JIT address, named by the perf map wasmtime wrote for that process),
+    names demangled and without their hashes."""
+    totals: collections.Counter = collections.Counter()
+    for dump in dumps:
+        perf_map = Path(f"/tmp/perf-{dump.name.split('.')[2]}.map")
+        if not perf_map.exists():
+            continue
+        ranges = sorted((int(a, 16), int(size, 16), n) for a, size, n in
+                        (line.split(" ", 2) for line in perf_map.read_text().splitlines() if line.count(" ") >= 2))
+        starts = [r[0] for r in ranges]
+        # A dump of the instrumentation-off part has no events, and callgrind_annotate fails on it.
+        out = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", str(dump)],
+                             capture_output=True, text=True).stdout
+        for m in re.finditer(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+\?\?\?:0x([0-9a-f]+) ", out, re.M):
+            address = int(m.group(2), 16)
+            i = bisect.bisect_right(starts, address) - 1
+            if i >= 0 and address < ranges[i][0] + ranges[i][1]:
+                # "wasm[0]::function[286]::_ZN8jwt_auth…": the symbol after the index.
+                totals[ranges[i][2].split("::", 2)[-1]] += int(m.group(1).replace(",", ""))
+    names = list(totals)
+    plain = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    merged: collections.Counter = collections.Counter()
+    for mangled, name in zip(names, plain if len(plain) == len(names) else names):
+        if name.startswith("_ZN"):
+            name = demangle_truncated(name)
+        name = re.sub(r"::h[0-9a-f]{16}$", "", re.sub(r"\[[0-9a-f]{16}\]", "", name))
+        merged[name] += totals[mangled]
+    return [(name, ir / served) for name, ir in merged.most_common(top)]
+
+
+LEGACY_ESCAPES = {"$LT$": "<", "$GT$": ">", "$u20$": " ", "$C$": ",", "$RF$": "&", "$BP$": "*", "$u7b$": "{",
+                  "$u7d$": "}", "$u27$": "'", "$u5b$": "[", "$u5d$": "]", "$u3b$": ";", "$u21$": "!", "$SP$": "@"}
+
+
+def demangle_truncated(name: str) -> str:
+    """A legacy Rust symbol (`_ZN…E`) that c++filt left alone because wasmtime's perf map cut it
+    short: its path segments as far as they go, the cut one ending in `…`."""
+    parts, rest = [], name[3:]
+    while m := re.match(r"(\d+)", rest):
+        length, rest = int(m.group(1)), rest[m.end():]
+        segment, rest = rest[:length], rest[length:]
+        if re.fullmatch(r"h[0-9a-f]{16}", segment):
+            break
+        if segment.startswith("_$"):  # an identifier starting with an escape gets a `_`
+            segment = segment[1:]
+        for escape, char in LEGACY_ESCAPES.items():
+            segment = segment.replace(escape, char)
+        parts.append(segment.replace("..", "::") + ("…" if len(segment) < length else ""))
+    return "::".join(parts) or name
+
+
 def measure(name: str, argv: list[str], env: dict, cwd: Path | None, url: str, token: str,
-            requests: int) -> tuple[float, float, list[float]]:
+            requests: int, guests: int = 0) -> tuple[float, float, list[float], list[tuple[str, float]]]:
     out = harness.WORK / f"{name}.callgrind"
     grind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=no", "--compress-strings=no",
              "--compress-pos=no", f"--callgrind-out-file={out}.%p", *argv]
@@ -116,7 +176,8 @@ def measure(name: str, argv: list[str], env: dict, cwd: Path | None, url: str, t
         for dump in dumps:
             a, b, c = parse(dump)
             ir, allocs, crossings = ir + a, allocs + b, [x + y for x, y in zip(crossings, c)]
-        return ir / served, allocs / served, [c / served for c in crossings]
+        hot = guest_functions(dumps, served, guests) if guests else []
+        return ir / served, allocs / served, [c / served for c in crossings], hot
     finally:
         server.stop()
 
@@ -132,11 +193,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000, help="measured requests per contender, about")
     parser.add_argument("--only", default="", help="comma-separated contender names")
+    parser.add_argument("--guests", type=int, default=0, help="list this many plugin functions per contender")
     args = parser.parse_args()
     harness.WORK = Path(tempfile.mkdtemp(prefix="portcullis-callgrind-"))
     token = harness.mint_token()
     url = f"http://127.0.0.1:{PORT}/api/orders"
     portcullis_env = {"TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"}
+    if args.guests:
+        portcullis_env["PORTCULLIS_WASM_PERFMAP"] = "1"
     contenders: list[tuple[str, str, list[str], dict, Path | None]] = [
         ("nginx", "nginx reverse proxy", ["nginx", "-c", str(single_process(harness.nginx_conf(PORT, proxy=True)))], {}, None),
         ("yardstick-pooled", "hyper yardstick, pooled client",
@@ -165,7 +229,7 @@ def main() -> None:
     only = {n for n in args.only.split(",") if n}
     upstream = harness.Server("upstream", ["nginx", "-c", str(harness.nginx_conf(harness.UPSTREAM_PORT, proxy=False))],
                               harness.UPSTREAM_PORT, harness.CLIENT_CORE)
-    rows = {}
+    rows, guest_rows = {}, {}
     try:
         for name, label, argv, env, cwd in contenders:
             if only and name not in only:
@@ -176,7 +240,10 @@ def main() -> None:
                 native = harness.Server(f"{name}-native", argv, PORT, harness.SERVER_CORE, env=env, cwd=cwd)
                 native.stop()
             print(f"callgrind: {name}", file=sys.stderr)
-            rows[name] = (label, *measure(name, argv, env, cwd, url, token, args.requests))
+            *row, hot = measure(name, argv, env, cwd, url, token, args.requests, args.guests)
+            rows[name] = (label, *row)
+            if hot:
+                guest_rows[name] = (label, hot)
             print(f"callgrind: {name}: {rows[name][1] / 1000:.1f} k instructions, {rows[name][2]:.1f} allocations",
                   file=sys.stderr)
     finally:
@@ -199,6 +266,10 @@ def main() -> None:
             before = (ir, allocs, crossings)
         counted = " / ".join(f"{c:.1f}" for c in crossings)
         print(f"| {label} | {ir / 1000:.1f} k | {ratio} | {allocs:.1f} | {counted} | {added} |")
+    for label, hot in guest_rows.values():
+        print(f"\n{label}, plugin functions:\n\n| function | instructions / request |\n|---|---|")
+        for function, ir in hot:
+            print(f"| `{function}` | {ir / 1000:.2f} k |")
 
 if __name__ == "__main__":
     main()

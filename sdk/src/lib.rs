@@ -80,6 +80,12 @@
 //!   instructions fewer per request.
 //! - Build with `opt-level = 3` (the workspace's `plugin` profile): 16% fewer instructions
 //!   than `"s"` on the benchmark's five-step chain.
+//! - On wasm32 the SDK installs the plugin's global allocator: a free list per power-of-two
+//!   size class (16 B to 4 KiB) in front of wasi-libc's `malloc`, which the strings lent on
+//!   every call made the guests' largest cost (about 400 instructions per allocation and
+//!   free). The five-step chain ran 7.6% fewer instructions and 10% less server CPU with it.
+//!   A plugin with an allocator of its own depends on this crate with
+//!   `default-features = false` (feature `allocator`).
 //! - A filter hook the plugin does not override is never called.
 //! - A logging plugin that writes the usual audit record asks the host for it
 //!   ([`audit_append_observed`]) instead of serializing one: audit-log's step went from 139 k
@@ -98,6 +104,8 @@ mod bindings_mod {
     };
 }
 
+#[cfg(any(test, all(feature = "allocator", target_arch = "wasm32")))]
+mod alloc;
 #[doc(hidden)]
 pub mod bindings;
 mod config;
