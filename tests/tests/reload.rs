@@ -348,6 +348,11 @@ async fn reading_watched_files_or_rewriting_them_unchanged_starts_no_reload() {
     let (dir, upstream) = (plugin_dir(), echo_upstream().await);
     let text = site(upstream, &dir, "", true, &api_route());
     let gw = TestGateway::start(&text).await;
+    // The watcher's first pass (a check one quiet period, 50 ms, after the start) must be over
+    // before the rewrite below: held up by the explicit reload's lock, it once ran during the
+    // rewrite, read the config half written, and reloaded (harmlessly: the reload read the whole
+    // file and swapped in the same configuration, but it is not what this test is about).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let sources: Vec<PathBuf> = gw.gateway.snapshot().sources.paths().map(Path::to_path_buf).collect();
     assert!(sources.len() >= 4, "config, two plugins and the JWKS `$file`: {sources:?}");
     // What editors, `cat`, `sha256sum` and `portcullis validate` do to files, and a reload
