@@ -17,6 +17,10 @@ Measured per contender:
 - server CPU time per request (user + system, from /proc/PID/stat of the server's processes,
   over the throughput rounds), in microseconds;
 - peak RSS (VmHWM from /proc/PID/status, summed over the server's processes).
+Then server CPU per request of nginx and the three Portcullis contenders once more, all at one
+open-loop rate (half the chain's median requests/s, which none of them saturates): the
+per-step cost at one load for all, where the closed-loop rounds run each contender at its own
+maximum (and the kernel's work per request, the wake-ups and batching, differs with the rate).
 And for Portcullis alone: idle RSS with the quickstart configuration and with 1,000 routes
 sharing the first-party plugins, 20 s after start (steady state).
 
@@ -50,6 +54,8 @@ UPSTREAM_PORT = 18080
 PORTS = {"direct": 18081, "nginx": 18082, "haproxy": 18083, "portcullis": 18084, "portcullis-jwt": 18085, "portcullis-chain": 18086}
 ADMIN_PORTS = {"portcullis": 19084, "portcullis-jwt": 19085, "portcullis-chain": 19086, "idle": 19087}
 BODY = '{"item": "bolt", "quantity": 3, "note": "benchmark order"}'
+# Measured once more at one fixed rate (bench/run's last table, "at one fixed rate").
+FIXED_RATE_CONTENDERS = ["nginx", "portcullis", "portcullis-jwt", "portcullis-chain"]
 LABELS = {
     "direct": "direct to upstream (nginx, static 200)",
     "nginx": "nginx reverse proxy",
@@ -332,7 +338,8 @@ def oha(binary: str, url: str, rate: int, connections: int, seconds: int, token:
     if any(code != "200" for code in statuses):
         raise SystemExit(f"bench: {url} answered {statuses} at {rate}/s")
     percentiles = doc["latencyPercentiles"]
-    return {p: percentiles[p] * 1000 for p in ("p50", "p90", "p99")} | {"rps": doc["summary"]["requestsPerSec"]}
+    return {p: percentiles[p] * 1000 for p in ("p50", "p90", "p99")} | {"rps": doc["summary"]["requestsPerSec"],
+                                                                        "requests": sum(statuses.values())}
 
 
 def span(values: list[float], fmt: str) -> str:
@@ -409,6 +416,16 @@ def main() -> None:
         for name in servers:
             latency[name] = oha(ARGS.oha, url[name], target_rate, ARGS.connections, ARGS.latency_duration, token)
             print(f"bench: latency {name} at {target_rate}/s: p99 {latency[name]['p99']:.2f} ms", file=sys.stderr)
+        # Server CPU per request with every contender at one rate that none of them saturates
+        # (half the chain's median). Closed loop, each runs at its own maximum, and the kernel's
+        # work per request (wake-ups, batching) differs with the rate; here the load is one.
+        fixed_rate = int(statistics.median(rps["portcullis-chain"]) / 2)
+        fixed_cpu = {}
+        for name in FIXED_RATE_CONTENDERS:
+            before = servers[name].cpu()
+            run = oha(ARGS.oha, url[name], fixed_rate, ARGS.connections, ARGS.latency_duration, token)
+            fixed_cpu[name] = (servers[name].cpu() - before) / max(run["requests"], 1) * 1e6
+            print(f"bench: {name} at {fixed_rate}/s: {fixed_cpu[name]:.1f} µs CPU per request", file=sys.stderr)
         peak = {name: servers[name].peak_rss_mib() for name in servers}
     finally:
         for server in [*servers.values()] + ([upstream] if "upstream" in locals() else []):
@@ -458,6 +475,8 @@ def main() -> None:
             f"{latency[name]['p50']:.2f} | {latency[name]['p90']:.2f} | {latency[name]['p99']:.2f}{saturated(name)} | {cpu_us[name]:.1f} | {peak[name]:.1f} |")
     per_step = (cpu_us["portcullis-chain"] - cpu_us["portcullis-jwt"]) / 4
     jwt_cost = cpu_us["portcullis-jwt"] - cpu_us["portcullis"]
+    fixed_step = (fixed_cpu["portcullis-chain"] - fixed_cpu["portcullis-jwt"]) / 4
+    fixed_jwt = fixed_cpu["portcullis-jwt"] - fixed_cpu["portcullis"]
     met = lambda ok: "met" if ok else "**not met**"
     none_ratio, chain_ratio = statistics.median(ratios["portcullis"]), statistics.median(ratios["portcullis-chain"])
     lines += [
@@ -468,6 +487,9 @@ def main() -> None:
         f"| full chain ≥ 0.5 × nginx req/s | {chain_ratio:.2f} × ({span(ratios['portcullis-chain'], '{:.2f}')}) | {met(chain_ratio >= 0.5)} |",
         f"| ≤ 7.5 µs server CPU per plugin step (rbac, rate-limit, request-validation ≤ 5 µs each and audit-log ≤ 15 µs; mean of the four) | {per_step:.1f} µs | {met(per_step <= 7.5)} |",
         f"| jwt-auth step, reported separately | {jwt_cost:.1f} µs | — |",
+        f"| the same two at one fixed rate, {fixed_rate:,} req/s for every contender (server CPU per request:"
+        f" nginx {fixed_cpu['nginx']:.1f}, no plugins {fixed_cpu['portcullis']:.1f}, jwt-auth {fixed_cpu['portcullis-jwt']:.1f},"
+        f" chain {fixed_cpu['portcullis-chain']:.1f} µs) | {fixed_step:.1f} µs per step; jwt-auth {fixed_jwt:.1f} µs | — |",
         f"| idle RSS, quickstart < 50 MB | {idle['quickstart']:.1f} MiB | {met(idle['quickstart'] * 1.048576 < 50)} |",
         f"| idle RSS, 1,000 routes sharing the plugins < 150 MB | {idle['1,000 routes × 5 plugin steps']:.1f} MiB | {met(idle['1,000 routes × 5 plugin steps'] * 1.048576 < 150)} |",
         "",
