@@ -7,6 +7,8 @@
 //! `jsonwebtoken`, as before. Every key is parsed by `jsonwebtoken` as well, so what the
 //! configuration accepts and the errors it gets do not depend on the host.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -132,22 +134,41 @@ fn host_key(
 impl Key {
     /// The token's claims when this key verifies its signature; claim checks are done by the
     /// caller with the plugin's clock.
+    #[cfg(test)]
     pub(crate) fn verify(&self, token: &str) -> Option<serde_json::Value> {
+        self.verify_parsed(token, None).map(Cow::into_owned)
+    }
+
+    /// [`Key::verify`] with the token's payload already parsed by the caller (`parsed`: its
+    /// second segment, base64url without padding, as JSON): a key the host checks hands that
+    /// back once the signature over the segment holds, instead of decoding it again.
+    pub(crate) fn verify_parsed<'p>(
+        &self,
+        token: &str,
+        parsed: Option<&'p serde_json::Value>,
+    ) -> Option<Cow<'p, serde_json::Value>> {
         if let Some(host) = &self.host {
-            return verify_with_host(host, token);
+            return verify_with_host(host, token, parsed);
         }
         let mut validation = Validation::new(self.alg);
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
-        jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &validation).ok().map(|data| data.claims)
+        jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &validation)
+            .ok()
+            .map(|data| Cow::Owned(data.claims))
     }
 }
 
 /// [`Key::verify`] with the signature checked by the host: the token must be three base64url
-/// parts (RFC 7515 §7.1), the signature over the first two as sent, the claims a JSON value.
-fn verify_with_host(key: &VerifyingKey, token: &str) -> Option<serde_json::Value> {
+/// parts (RFC 7515 §7.1), the signature over the first two as sent, the claims a JSON value
+/// (`parsed` when the caller parsed the same second segment already).
+fn verify_with_host<'p>(
+    key: &VerifyingKey,
+    token: &str,
+    parsed: Option<&'p serde_json::Value>,
+) -> Option<Cow<'p, serde_json::Value>> {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let (input, signature) = token.rsplit_once('.')?;
     let (_, payload) = input.split_once('.')?;
@@ -158,7 +179,10 @@ fn verify_with_host(key: &VerifyingKey, token: &str) -> Option<serde_json::Value
     if !key.verify(input.as_bytes(), &signature) {
         return None;
     }
-    serde_json::from_slice(&b64.decode(payload).ok()?).ok()
+    match parsed {
+        Some(claims) => Some(Cow::Borrowed(claims)),
+        None => serde_json::from_slice(&b64.decode(payload).ok()?).ok().map(Cow::Owned),
+    }
 }
 
 /// The algorithm a JWK is pinned to: its `alg` member, or the one its key type implies.

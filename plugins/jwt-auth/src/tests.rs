@@ -459,3 +459,30 @@ fn jwt_checks_keys_the_host_does_not_take_itself() {
     assert_eq!(p.verify(&forged, NOW).unwrap_err(), Refusal::Invalid);
     assert_eq!(testing::signature_checks(), (0, 0), "the host was never asked");
 }
+
+#[test]
+fn a_signed_token_whose_payload_carries_base64_padding_is_refused() {
+    // The compact serialization has no padding (RFC 7515 §2). The payload is parsed once, for
+    // its issuer and then as the claims; a padded one falls back to the issuer read with
+    // padding allowed, and no key takes its claims, even with a valid signature over it.
+    let p = plugin();
+    let key = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
+    let header = b64(&json!({"alg": "RS256", "typ": "JWT", "kid": "demo-rs256"}));
+    let mut c = claims();
+    let mut payload = b64(&c);
+    while payload.len().is_multiple_of(4) {
+        c["n"] = json!(format!("{}x", c["n"].as_str().unwrap_or_default()));
+        payload = b64(&c);
+    }
+    let padded = format!("{payload}{}", "=".repeat(4 - payload.len() % 4));
+    for body in [&payload, &padded] {
+        let input = format!("{header}.{body}");
+        let signature = jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::RS256).unwrap();
+        let verified = p.verify(&format!("{input}.{signature}"), NOW);
+        if body == &payload {
+            assert_eq!(verified.unwrap().subject, "alice", "the same claims, unpadded, verify");
+        } else {
+            assert_eq!(verified.unwrap_err(), Refusal::Invalid);
+        }
+    }
+}
