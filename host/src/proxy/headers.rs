@@ -110,9 +110,13 @@ pub fn strip_inbound(headers: &mut HeaderMap, ids: &IdentityHeaders, keep_trace_
 /// Removes the fields of `framing` (bits of [`framing_index`]) and those a `Connection` field
 /// names.
 fn remove_framing(headers: &mut HeaderMap, framing: u16) {
-    if framing & 1 != 0 {
-        // The usual option, `keep-alive`, names a field removed below: no `HeaderName` is
-        // built for it (a custom one copies its bytes) and nothing is hashed.
+    // The usual field, an upstream's `Connection: keep-alive`, names only a field removed
+    // below: no options to split or `HeaderName` to build (a custom one copies its bytes).
+    let usual = || {
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        values.next().is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"keep-alive")) && values.next().is_none()
+    };
+    if framing & 1 != 0 && !usual() {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -420,6 +424,29 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn a_lone_keep_alive_option_takes_the_short_way_and_any_other_option_still_names_a_field() {
+        let strip = |connection: &[&str]| {
+            let mut h = HeaderMap::new();
+            for value in connection {
+                h.append("connection", HeaderValue::from_str(value).unwrap());
+            }
+            h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+            h.insert("x-secret", HeaderValue::from_static("1"));
+            h.insert("x-keep", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h);
+            let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            left.sort_unstable();
+            left.join(" ")
+        };
+        assert_eq!(strip(&["keep-alive"]), "x-keep x-secret");
+        assert_eq!(strip(&["Keep-Alive"]), "x-keep x-secret");
+        // The same option with another, in one field or in a second one: that one is removed.
+        assert_eq!(strip(&["Keep-Alive, x-secret"]), "x-keep");
+        assert_eq!(strip(&["keep-alive", "x-secret"]), "x-keep");
+        assert_eq!(strip(&["x-secret", "keep-alive"]), "x-keep");
     }
 
     #[test]
