@@ -132,16 +132,17 @@ fn host_key(
 }
 
 impl Key {
-    /// The token's claims when this key verifies its signature; claim checks are done by the
-    /// caller with the plugin's clock.
+    /// [`Key::verify_parsed`] without a payload parsed before.
     #[cfg(test)]
     pub(crate) fn verify(&self, token: &str) -> Option<serde_json::Value> {
         self.verify_parsed(token, None).map(Cow::into_owned)
     }
 
-    /// [`Key::verify`] with the token's payload already parsed by the caller (`parsed`: its
-    /// second segment, base64url without padding, as JSON): a key the host checks hands that
-    /// back once the signature over the segment holds, instead of decoding it again.
+    /// The token's claims when this key verifies its signature; claim checks are done by the
+    /// caller with the plugin's clock. `parsed` is the token's payload when the caller parsed
+    /// it already (its second segment, base64url without padding, as JSON): a key the host
+    /// checks hands that back once the signature over the segment holds, instead of decoding
+    /// the segment again.
     pub(crate) fn verify_parsed<'p>(
         &self,
         token: &str,
@@ -161,9 +162,9 @@ impl Key {
     }
 }
 
-/// [`Key::verify`] with the signature checked by the host: the token must be three base64url
-/// parts (RFC 7515 §7.1), the signature over the first two as sent, the claims a JSON value
-/// (`parsed` when the caller parsed the same second segment already).
+/// [`Key::verify_parsed`] with the signature checked by the host: the token must be three
+/// base64url parts (RFC 7515 §7.1), the signature over the first two as sent, the claims a
+/// JSON value (`parsed` when the caller parsed the same second segment already).
 fn verify_with_host<'p>(
     key: &VerifyingKey,
     token: &str,
