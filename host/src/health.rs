@@ -134,7 +134,9 @@ impl EndpointHealth {
     }
 
     fn is_ejected(&self) -> bool {
-        self.now_ms() < self.ejected_until_ms.load(Ordering::Acquire)
+        // Never ejected (0) is the usual case: no clock read for it.
+        let until = self.ejected_until_ms.load(Ordering::Acquire);
+        until != 0 && self.now_ms() < until
     }
 
     /// Requests in flight.
@@ -230,11 +232,17 @@ impl EndpointHealth {
 // === impl InFlight ===
 
 impl InFlight {
-    /// Ends the request with `outcome`. Under `outlier`, returns whether the endpoint has now
-    /// failed often enough in a row to be ejected; [`crate::upstream::Upstream`] then ejects it
-    /// unless it is the last one available.
-    pub fn finish(self, outcome: Outcome, outlier: &OutlierConfig) -> Option<Arc<EndpointHealth>> {
-        let eject = self.health.record_outcome(outcome, self.started.elapsed(), outlier);
+    /// Time since [`EndpointHealth::start`].
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Ends the request with `outcome`, which took `took` (from [`InFlight::elapsed`]). Under
+    /// `outlier`, returns whether the endpoint has now failed often enough in a row to be
+    /// ejected; [`crate::upstream::Upstream`] then ejects it unless it is the last one
+    /// available.
+    pub fn finish(self, outcome: Outcome, took: Duration, outlier: &OutlierConfig) -> Option<Arc<EndpointHealth>> {
+        let eject = self.health.record_outcome(outcome, took, outlier);
         eject.then(|| self.health.clone())
     }
 }

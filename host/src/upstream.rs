@@ -203,12 +203,12 @@ impl Upstream {
         body_timeout: Duration,
     ) -> Result<Response<Leased>, GatewayError> {
         let in_flight = endpoint.health.start();
-        let started = std::time::Instant::now();
         let result = self.exchange(endpoint, request, Some((sent, body_timeout))).await;
         if result.is_err() && sent.client_fault() {
             return result;
         }
-        endpoint.latency.observe(started.elapsed().as_secs_f64());
+        let took = in_flight.elapsed();
+        endpoint.latency.observe(took.as_secs_f64());
         let (outcome, error) = match &result {
             Ok(response) if response.status().is_server_error() => (Outcome::Failure, Some("5xx")),
             Ok(_) => (Outcome::Success, None),
@@ -223,7 +223,7 @@ impl Upstream {
             };
             self.metrics.upstream_errors.get_or_create(&labels).inc();
         }
-        if let Some(health) = in_flight.finish(outcome, &self.outlier) {
+        if let Some(health) = in_flight.finish(outcome, took, &self.outlier) {
             let others = self.endpoints.iter().any(|e| !Arc::ptr_eq(&e.health, &health) && e.health.is_available());
             if others {
                 crate::health::eject(&health, &self.outlier, &self.name, endpoint.address.as_str());

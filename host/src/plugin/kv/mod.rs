@@ -74,6 +74,9 @@ pub struct KvHealth {
 
 // === impl Kv ===
 
+// The Redis calls are boxed: a future is as large as its largest state, and a Redis round
+// trip's is kilobytes, which every call on the in-process store would otherwise carry and move
+// (a `kv` host call is moved twice on its way to the fiber; docs/BENCHMARKS.md, entry 37).
 impl Kv {
     /// `memory` or `redis`.
     pub fn backend(&self) -> &'static str {
@@ -97,7 +100,7 @@ impl Kv {
     pub async fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         match self {
             Kv::Memory(m) => Ok(m.get(ns, key)),
-            Kv::Redis(r) => r.get(ns, key).await,
+            Kv::Redis(r) => Box::pin(r.get(ns, key)).await,
         }
     }
 
@@ -108,7 +111,7 @@ impl Kv {
         check_sizes(key, &value)?;
         match self {
             Kv::Memory(m) => m.set(ns, key, value, ttl_ms),
-            Kv::Redis(r) => r.set(ns, key, value, ttl_ms).await,
+            Kv::Redis(r) => Box::pin(r.set(ns, key, value, ttl_ms)).await,
         }
     }
 
@@ -118,7 +121,7 @@ impl Kv {
     pub async fn delete(&self, ns: &str, key: &str) -> Result<bool, KvError> {
         match self {
             Kv::Memory(m) => Ok(m.delete(ns, key)),
-            Kv::Redis(r) => r.delete(ns, key).await,
+            Kv::Redis(r) => Box::pin(r.delete(ns, key)).await,
         }
     }
 
@@ -130,7 +133,7 @@ impl Kv {
         check_sizes(key, b"")?;
         match self {
             Kv::Memory(m) => m.increment(ns, key, delta, ttl_ms),
-            Kv::Redis(r) => r.increment(ns, key, delta, ttl_ms).await,
+            Kv::Redis(r) => Box::pin(r.increment(ns, key, delta, ttl_ms)).await,
         }
     }
 
@@ -148,7 +151,7 @@ impl Kv {
         check_sizes(key, &value)?;
         match self {
             Kv::Memory(m) => m.compare_and_swap(ns, key, expected, value, ttl_ms),
-            Kv::Redis(r) => r.compare_and_swap(ns, key, expected, value, ttl_ms).await,
+            Kv::Redis(r) => Box::pin(r.compare_and_swap(ns, key, expected, value, ttl_ms)).await,
         }
     }
 
@@ -168,7 +171,7 @@ impl Kv {
         check_sizes(key, b"")?;
         match self {
             Kv::Memory(m) => m.throttle(ns, key, interval_us, window_us, quantity),
-            Kv::Redis(r) => r.throttle(ns, key, interval_us, window_us, quantity).await,
+            Kv::Redis(r) => Box::pin(r.throttle(ns, key, interval_us, window_us, quantity)).await,
         }
     }
 }
