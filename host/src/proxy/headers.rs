@@ -190,21 +190,21 @@ impl IdentityHeaders {
     /// Sets the identity headers from `identity`, which [`check_identity`] accepted (a value
     /// that still cannot be a header value is left out and logged).
     pub fn inject(&self, headers: &mut HeaderMap, identity: &Identity) {
-        let mut put = |name: &HeaderName, value: String| match HeaderValue::from_str(&value) {
+        let mut put = |name: &HeaderName, value: &str| match HeaderValue::from_str(value) {
             Ok(v) => {
                 headers.insert(name.clone(), v);
             }
             Err(_) => tracing::warn!(header = %name, "identity value is not a valid header value; not sent"),
         };
-        put(&self.subject, identity.subject.clone());
+        put(&self.subject, &identity.subject);
         if !identity.roles.is_empty() {
-            put(&self.roles, identity.roles.join(","));
+            put(&self.roles, &identity.roles.join(","));
         }
         if !identity.scopes.is_empty() {
-            put(&self.scopes, identity.scopes.join(" "));
+            put(&self.scopes, &identity.scopes.join(" "));
         }
         if let Some(issuer) = &identity.issuer {
-            put(&self.issuer, issuer.clone());
+            put(&self.issuer, issuer);
         }
     }
 }
