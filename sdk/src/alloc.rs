@@ -106,6 +106,23 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for ClassAlloc<A> {
     }
 
     #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if class(layout).is_none() {
+            // SAFETY: the caller's contract, passed on; the platform's `calloc` may know the
+            // memory is zero already.
+            return unsafe { self.backing.alloc_zeroed(layout) };
+        }
+        // SAFETY: as `alloc`; a block from a free list holds its last owner's bytes.
+        unsafe {
+            let block = self.alloc(layout);
+            if !block.is_null() {
+                ptr::write_bytes(block, 0, layout.size());
+            }
+            block
+        }
+    }
+
+    #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let Some(c) = class(layout) else {
             // SAFETY: the block came from `backing` with this layout (`alloc` above).
@@ -185,6 +202,25 @@ mod tests {
             assert_ne!(q, r);
             a.dealloc(q, same_class);
             a.dealloc(r, same_class);
+        }
+    }
+
+    #[test]
+    fn a_zeroed_allocation_is_zero_also_when_it_reuses_a_block() {
+        let a = ClassAlloc::new(System);
+        let small = Layout::from_size_align(48, 8).unwrap();
+        let large = Layout::from_size_align(10_000, 8).unwrap();
+        unsafe {
+            let p = a.alloc(small);
+            p.write_bytes(0xAB, 48);
+            a.dealloc(p, small);
+            let q = a.alloc_zeroed(small);
+            assert_eq!(p, q, "the freed block is reused");
+            assert!((0..48).all(|i| q.add(i).read() == 0));
+            let r = a.alloc_zeroed(large);
+            assert!((0..10_000).all(|i| r.add(i).read() == 0));
+            a.dealloc(q, small);
+            a.dealloc(r, large);
         }
     }
 

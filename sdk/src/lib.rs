@@ -104,7 +104,7 @@ mod bindings_mod {
     };
 }
 
-#[cfg(any(test, all(feature = "allocator", target_arch = "wasm32")))]
+#[cfg(any(test, all(feature = "allocator", target_arch = "wasm32", not(target_feature = "atomics"))))]
 mod alloc;
 #[doc(hidden)]
 pub mod bindings;
