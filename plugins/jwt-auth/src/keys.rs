@@ -132,21 +132,21 @@ fn host_key(
 }
 
 impl Key {
-    /// [`Key::verify_parsed`] without a payload parsed before.
+    /// [`Key::verify_parsed`], parsing the payload first.
     #[cfg(test)]
     pub(crate) fn verify(&self, token: &str) -> Option<serde_json::Value> {
-        self.verify_parsed(token, None).map(Cow::into_owned)
+        let payload = crate::unverified_payload(token)?;
+        self.verify_parsed(token, &payload).map(Cow::into_owned)
     }
 
     /// The token's claims when this key verifies its signature; claim checks are done by the
-    /// caller with the plugin's clock. `parsed` is the token's payload when the caller parsed
-    /// it already (its second segment, base64url without padding, as JSON): a key the host
-    /// checks hands that back once the signature over the segment holds, instead of decoding
-    /// the segment again.
+    /// caller with the plugin's clock. `parsed` is the token's payload as the caller parsed it
+    /// (its second segment, base64url without padding, as JSON): a key the host checks hands
+    /// it back once the signature over that segment holds, instead of decoding it again.
     pub(crate) fn verify_parsed<'p>(
         &self,
         token: &str,
-        parsed: Option<&'p serde_json::Value>,
+        parsed: &'p serde_json::Value,
     ) -> Option<Cow<'p, serde_json::Value>> {
         if let Some(host) = &self.host {
             return verify_with_host(host, token, parsed);
@@ -163,12 +163,12 @@ impl Key {
 }
 
 /// [`Key::verify_parsed`] with the signature checked by the host: the token must be three
-/// base64url parts (RFC 7515 §7.1), the signature over the first two as sent, the claims a
-/// JSON value (`parsed` when the caller parsed the same second segment already).
+/// base64url parts (RFC 7515 §7.1), the signature over the first two as sent; the claims are
+/// `parsed`, the caller's parse of the second.
 fn verify_with_host<'p>(
     key: &VerifyingKey,
     token: &str,
-    parsed: Option<&'p serde_json::Value>,
+    parsed: &'p serde_json::Value,
 ) -> Option<Cow<'p, serde_json::Value>> {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let (input, signature) = token.rsplit_once('.')?;
@@ -180,10 +180,7 @@ fn verify_with_host<'p>(
     if !key.verify(input.as_bytes(), &signature) {
         return None;
     }
-    match parsed {
-        Some(claims) => Some(Cow::Borrowed(claims)),
-        None => serde_json::from_slice(&b64.decode(payload).ok()?).ok().map(Cow::Owned),
-    }
+    Some(Cow::Borrowed(parsed))
 }
 
 /// The algorithm a JWK is pinned to: its `alg` member, or the one its key type implies.

@@ -360,20 +360,15 @@ impl JwtAuth {
             return Err(Refusal::Invalid);
         }
         // The payload is parsed once: for its `iss` now, and as the claims once a key the host
-        // checks has verified the signature over it.
-        let payload = unverified_payload(token);
-        let claimed_issuer = match &payload {
-            Some(claims) => claims.get("iss").and_then(serde_json::Value::as_str).map(str::to_owned),
-            // Not base64url without padding: the issuer is read as before, and no key the host
-            // checks will verify the token.
-            None => unverified_issuer(token),
-        }
-        .ok_or(Refusal::Malformed)?;
+        // checks has verified the signature over it. One that is not base64url without padding
+        // holding JSON is malformed: no key could verify it (jsonwebtoken decodes alike).
+        let payload = unverified_payload(token).ok_or(Refusal::Malformed)?;
+        let claimed_issuer = payload.get("iss").and_then(serde_json::Value::as_str).ok_or(Refusal::Malformed)?;
         let (index, issuer) =
             self.issuers.iter().enumerate().find(|(_, i)| i.issuer == claimed_issuer).ok_or(Refusal::ClaimsRejected)?;
         let matches =
             |k: &&keys::Key| k.alg == header.alg && (k.kid.is_none() || header.kid.is_none() || k.kid == header.kid);
-        let mut claims = issuer.keys.iter().filter(matches).find_map(|k| k.verify_parsed(token, payload.as_ref()));
+        let mut claims = issuer.keys.iter().filter(matches).find_map(|k| k.verify_parsed(token, &payload));
         // A token verified by a fetched key is remembered only while that copy is fresh: a key
         // removed from the JWKS stops verifying once the next copy is adopted.
         let mut keys_fresh_until_s = i64::MAX;
@@ -383,7 +378,7 @@ impl JwtAuth {
             let mut cache = self.remote_keys.borrow_mut();
             let local = &mut cache[index];
             remote.refresh(local, header.kid.as_deref(), portcullis_sdk::now_ms());
-            claims = local.keys().iter().filter(matches).find_map(|k| k.verify_parsed(token, payload.as_ref()));
+            claims = local.keys().iter().filter(matches).find_map(|k| k.verify_parsed(token, &payload));
             keys_fresh_until_s = i64::try_from(local.fresh_until_ms() / 1000).unwrap_or(i64::MAX);
         }
         let claims = claims.ok_or(Refusal::Invalid)?;
@@ -443,19 +438,10 @@ impl Auth for JwtAuth {
 
 /// A token's payload (its second segment: base64url without padding, RFC 7515 §2) as JSON,
 /// read without verifying it; none when it is not that.
-fn unverified_payload(token: &str) -> Option<serde_json::Value> {
+pub(crate) fn unverified_payload(token: &str) -> Option<serde_json::Value> {
     let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
     serde_json::from_slice(&bytes).ok()
-}
-
-/// The `iss` claim of a token, read without verifying it (only to choose the issuer whose
-/// keys must then verify the token), padding allowed.
-fn unverified_issuer(token: &str) -> Option<String> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    claims.get("iss")?.as_str().map(str::to_owned)
 }
 
 mod verified;

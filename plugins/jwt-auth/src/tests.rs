@@ -461,28 +461,30 @@ fn jwt_checks_keys_the_host_does_not_take_itself() {
 }
 
 #[test]
-fn a_signed_token_whose_payload_carries_base64_padding_is_refused() {
-    // The compact serialization has no padding (RFC 7515 §2). The payload is parsed once, for
-    // its issuer and then as the claims; a padded one falls back to the issuer read with
-    // padding allowed, and no key takes its claims, even with a valid signature over it.
+fn a_signed_token_whose_payload_carries_base64_padding_is_malformed() {
+    // The compact serialization has no padding (RFC 7515 §2), and no key decodes a padded
+    // payload: such a token is refused as malformed before any key (or JWKS fetch) is tried,
+    // even with a valid signature over it, checked by the host (RS256) or here (HS256).
     let p = plugin();
-    let key = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
-    let header = b64(&json!({"alg": "RS256", "typ": "JWT", "kid": "demo-rs256"}));
-    let mut c = claims();
-    let mut payload = b64(&c);
-    while payload.len().is_multiple_of(4) {
-        c["n"] = json!(format!("{}x", c["n"].as_str().unwrap_or_default()));
-        payload = b64(&c);
-    }
-    let padded = format!("{payload}{}", "=".repeat(4 - payload.len() % 4));
-    for body in [&payload, &padded] {
-        let input = format!("{header}.{body}");
-        let signature = jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::RS256).unwrap();
-        let verified = p.verify(&format!("{input}.{signature}"), NOW);
-        if body == &payload {
-            assert_eq!(verified.unwrap().subject, "alice", "the same claims, unpadded, verify");
-        } else {
-            assert_eq!(verified.unwrap_err(), Refusal::Invalid);
+    let keys = [
+        (Algorithm::RS256, "demo-rs256", EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap()),
+        (Algorithm::HS256, "hs", EncodingKey::from_secret(SECRET.as_bytes())),
+    ];
+    for (alg, kid, key) in &keys {
+        let header = b64(&json!({"alg": format!("{alg:?}"), "typ": "JWT", "kid": kid}));
+        let mut c = claims();
+        let mut payload = b64(&c);
+        while payload.len().is_multiple_of(4) {
+            c["n"] = json!(format!("{}x", c["n"].as_str().unwrap_or_default()));
+            payload = b64(&c);
         }
+        let padded = format!("{payload}{}", "=".repeat(4 - payload.len() % 4));
+        let token = |body: &str| {
+            let input = format!("{header}.{body}");
+            let signature = jsonwebtoken::crypto::sign(input.as_bytes(), key, *alg).unwrap();
+            format!("{input}.{signature}")
+        };
+        assert_eq!(p.verify(&token(&payload), NOW).unwrap().subject, "alice", "{alg:?}: unpadded, it verifies");
+        assert_eq!(p.verify(&token(&padded), NOW).unwrap_err(), Refusal::Malformed, "{alg:?}");
     }
 }
