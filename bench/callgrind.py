@@ -121,6 +121,8 @@ def guest_functions(dumps: list[Path], served: int, top: int) -> list[tuple[str,
             if i >= 0 and address < ranges[i][0] + ranges[i][1]:
                 # "wasm[0]::function[286]::_ZN8jwt_auth…": the symbol after the index.
                 totals[ranges[i][2].split("::", 2)[-1]] += int(m.group(1).replace(",", ""))
+        # Read once: a later process with the same PID would otherwise append to it.
+        perf_map.unlink()
     names = list(totals)
     plain = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
     merged: collections.Counter = collections.Counter()
