@@ -9,11 +9,11 @@ interleaved and reverse order every round. Reported: req/s median (min–max), t
 per round (median, min–max), and server CPU µs per request.
 
 Usage: bench/ab.py BEFORE_BINARY [AFTER_BINARY] [--before-plugins DIR] [--rounds N] [--duration S];
-AFTER defaults to target/release/portcullis. Both builds load the components of
+AFTER defaults to target/dist/portcullis. Both builds load the components of
 target/wasm32-wasip2/plugin unless `--before-plugins` names another directory for BEFORE (the
 components of another commit or profile, e.g. built with `CARGO_TARGET_DIR=/tmp/before-target`). Build BEFORE from another commit, for example:
 `git worktree add /tmp/before COMMIT && (cd /tmp/before && CARGO_TARGET_DIR=$PWD/../main/target
-cargo build --release -p portcullis) && cp target/release/portcullis /tmp/portcullis-before`,
+cargo build --profile dist -p portcullis) && cp target/dist/portcullis /tmp/portcullis-before`,
 then rebuild this tree. Needs what bench/run installs and builds (nginx, wrk, the components).
 """
 

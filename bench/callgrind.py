@@ -38,8 +38,8 @@ ranges. Functions of the same name in different plugins (`dlmalloc`, `cabi_reall
 
 Usage: bench/callgrind.py [--requests N] [--only NAME,...] [--guests N]; needs valgrind, nginx, wrk, the
 components (`cargo build --profile plugin --target wasm32-wasip2 ...` as bench/run does), and
-`cargo build --release --workspace --examples` (the gateway and the yardstick). Prints a
-Markdown table.
+`cargo build --release --workspace --examples` (the gateway and the yardstick: the release
+profile, whose functions keep their names; see `GATEWAY`). Prints a Markdown table.
 """
 
 import argparse
@@ -55,6 +55,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
+# The release build, not bench/run's dist build: whole-program LTO inlines the functions this
+# script counts by name (the allocator shims, wasmtime's lowering and call entry points), so
+# under it allocations and crossings read 0. The dist build runs about 8-9% fewer instructions
+# per request (docs/BENCHMARKS.md, entry 38); judge a change before and after in one profile.
+GATEWAY = harness.ROOT / "target/release/portcullis"
 YARDSTICK = harness.ROOT / "target/release/examples/yardstick"
 PORT, ADMIN = 18090, 19090
 ALLOC = ("__rust_alloc", "__rust_alloc_zeroed", "__rust_realloc")
@@ -222,12 +227,12 @@ def main() -> None:
         # A small instance pool: the default one reserves more address space than valgrind
         # can map (see the module's docstring).
         conf = harness.portcullis_conf(f"portcullis-{name}", PORT, ADMIN, steps, extra=SMALL_POOL)
-        contenders.append((f"portcullis-{name}", label, [str(harness.PORTCULLIS), "run", "--config", str(conf)],
+        contenders.append((f"portcullis-{name}", label, [str(GATEWAY), "run", "--config", str(conf)],
                            portcullis_env, conf.parent))
     cold = harness.portcullis_conf("portcullis-jwt-cold", PORT, ADMIN, ["jwt"], extra=SMALL_POOL)
     harness.cold_tokens(cold)
     contenders.append(("portcullis-jwt-cold", "jwt-auth alone, cold token (cache off)",
-                       [str(harness.PORTCULLIS), "run", "--config", str(cold)], portcullis_env, cold.parent))
+                       [str(GATEWAY), "run", "--config", str(cold)], portcullis_env, cold.parent))
     only = {n for n in args.only.split(",") if n}
     upstream = harness.Server("upstream", ["nginx", "-c", str(harness.nginx_conf(harness.UPSTREAM_PORT, proxy=False))],
                               harness.UPSTREAM_PORT, harness.CLIENT_CORE)
