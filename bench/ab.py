@@ -9,12 +9,12 @@ interleaved and reverse order every round. Reported: req/s median (min–max), t
 per round (median, min–max), and server CPU µs per request.
 
 Usage: bench/ab.py BEFORE_BINARY [AFTER_BINARY] [--before-plugins DIR] [--rounds N] [--duration S];
-AFTER defaults to target/dist/portcullis. Both builds load the components of
+AFTER defaults to target/pgo/dist/portcullis. Both builds load the components of
 target/wasm32-wasip2/plugin unless `--before-plugins` names another directory for BEFORE (the
 components of another commit or profile, e.g. built with `CARGO_TARGET_DIR=/tmp/before-target`). Build BEFORE from another commit, for example:
-`git worktree add /tmp/before COMMIT && (cd /tmp/before && CARGO_TARGET_DIR=$PWD/../main/target
-cargo build --profile dist -p portcullis) && cp target/dist/portcullis /tmp/portcullis-before`,
-then rebuild this tree. Needs what bench/run installs and builds (nginx, wrk, the components).
+`git worktree add /tmp/before COMMIT && (cd /tmp/before && bench/pgo) && cp
+/tmp/before/target/pgo/dist/portcullis /tmp/portcullis-before` (its own target directory: a cold
+build, about 25 minutes), then `bench/pgo` in this tree. Needs what bench/run installs and builds (nginx, wrk, the components).
 """
 
 import argparse

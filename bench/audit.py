@@ -8,7 +8,7 @@ as in bench/ab.py; a variant's cost is the difference in server CPU µs per requ
 synced one, the wait for the disk shows in its requests per second rather than its CPU).
 
 Usage: bench/audit.py [BINARY] [--rounds N] [--duration S]; BINARY defaults to
-target/dist/portcullis. Needs what bench/run installs and builds.
+target/pgo/dist/portcullis. Needs what bench/run installs and builds.
 """
 
 import subprocess

@@ -45,7 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = ROOT / "target/wasm32-wasip2/plugin"
-PORTCULLIS = ROOT / "target/dist/portcullis"
+PORTCULLIS = ROOT / "target/pgo/dist/portcullis"
 KEYS = ROOT / "examples/quickstart/keys"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVER_CORE, CLIENT_CORE = "0", "1"
@@ -358,7 +358,7 @@ def machine() -> list[str]:
     rev = version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
     return [
         f"- Machine: {cpu}, {os.cpu_count()} cores, {mem} GiB, Linux {platform.release()}",
-        f"- Portcullis {rev} (dist build: fat LTO, one codegen unit), {version(['rustc', '-V'])}",
+        f"- Portcullis {rev} (bench/pgo: the dist profile, fat LTO, one codegen unit, profile-guided by bench/pgo-train.py), {version(['rustc', '-V'])}",
         f"- {version(['nginx', '-v'])}; {version(['haproxy', '-v'])}",
         f"- {version(['wrk', '-v'])}; {version([ARGS.oha, '--version'])}",
     ]

@@ -13,7 +13,7 @@ SipHash of the token and one cache insert, which the cache-off row leaves out; b
 hundreds of nanoseconds against a signature check's hundreds of microseconds.
 
 Usage: bench/jwt.py [BINARY] [--rounds N] [--duration S]; BINARY defaults to
-target/dist/portcullis. Needs what bench/run installs and builds.
+target/pgo/dist/portcullis. Needs what bench/run installs and builds.
 """
 
 import sys

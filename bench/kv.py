@@ -10,7 +10,7 @@ per request; and the mean time of one `throttle` round trip as the gateway saw i
 (`portcullis_kv_command_duration_seconds`), which is the latency the step adds per quota.
 
 Usage: bench/kv.py [--rounds N] [--duration S]; needs the components built (cargo test builds
-them), `cargo build --profile dist -p portcullis`, nginx, wrk and redis-server. Prints a Markdown
+them), `bench/pgo` (the gateway bench/run measures), nginx, wrk and redis-server. Prints a Markdown
 table.
 """
 

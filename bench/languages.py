@@ -14,7 +14,7 @@ rounds) and its ratio to the no-plugin route in the same round; server CPU per r
 CPU added over the no-plugin route (the per-call cost under load).
 
 Usage: bench/languages.py [--rounds N] [--duration S]; needs the components built (cargo test
-builds them) and `cargo build --profile dist -p portcullis`. Prints a Markdown table.
+builds them) and `bench/pgo` (the gateway bench/run measures). Prints a Markdown table.
 """
 
 import argparse

@@ -6,7 +6,7 @@ rounds on the harness' setup (bench/harness.py). Reported as in bench/ab.py; the
 cost is the difference in server CPU µs per request.
 
 Usage: bench/shadow.py [BINARY] [--rounds N] [--duration S]; BINARY defaults to
-target/dist/portcullis. Needs what bench/run installs and builds.
+target/pgo/dist/portcullis. Needs what bench/run installs and builds.
 """
 
 import sys
