@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::BreakerConfig;
@@ -61,6 +62,9 @@ pub struct Breaker {
     open: Duration,
     max_open: Duration,
     state: Mutex<State>,
+    /// Whether `state` is closed, written with it under its lock: the call path reads it
+    /// without the lock or a clock (every call of a healthy plugin).
+    closed: AtomicBool,
 }
 
 // === impl Breaker ===
@@ -74,7 +78,14 @@ impl Breaker {
             open: Duration::from_millis(config.open_ms),
             max_open: Duration::from_millis(config.max_open_ms),
             state: Mutex::new(State::Closed { recent: VecDeque::new() }),
+            closed: AtomicBool::new(true),
         }
+    }
+
+    /// Whether a call may go ahead now: [`Breaker::admit`] at the clock's now, without taking
+    /// the lock or reading the clock while the breaker is closed.
+    pub fn admit_now(&self) -> Admission {
+        if self.closed.load(Ordering::Acquire) { Admission::Allowed } else { self.admit(Instant::now()) }
     }
 
     /// Whether a call may go ahead at `now`.
@@ -94,6 +105,13 @@ impl Breaker {
         }
     }
 
+    /// Whether recording `ok` for a call admitted so (`probe`) can change the state: a success
+    /// that was not a probe never does (closed, successes are not counted; open or half-open,
+    /// only the probe's outcome counts), so a healthy plugin's calls need not record.
+    pub fn changes_state(ok: bool, probe: bool) -> bool {
+        !ok || probe
+    }
+
     /// Records a call's outcome at `now`. `probe` is true for a call admitted as
     /// [`Admission::Probe`]. Returns true when this opened the breaker.
     pub fn record(&self, now: Instant, ok: bool, probe: bool) -> bool {
@@ -101,6 +119,7 @@ impl Breaker {
         match (&mut *state, ok, probe) {
             (State::HalfOpen { .. }, true, true) => {
                 *state = State::Closed { recent: VecDeque::new() };
+                self.closed.store(true, Ordering::Release);
                 false
             }
             (State::HalfOpen { backoff, .. }, false, true) => {
@@ -115,6 +134,7 @@ impl Breaker {
                 }
                 if recent.len() >= self.failures {
                     *state = State::Open { until: now + self.open, backoff: self.open };
+                    self.closed.store(false, Ordering::Release);
                     return true;
                 }
                 false
@@ -211,5 +231,41 @@ mod tests {
         b.record(t0 + ms(311), false, true);
         assert_eq!(b.admit(t0 + ms(311 + 240)), Admission::Refused, "capped at 250 ms");
         assert_eq!(b.admit(t0 + ms(311 + 251)), Admission::Probe);
+    }
+
+    #[test]
+    fn breaker_fast_path_follows_every_transition() {
+        // admit_now reads the clock: an open period long enough that the test cannot outlast it.
+        let b = Breaker::new(&BreakerConfig { failures: 2, window_ms: 60_000, open_ms: 60_000, max_open_ms: 60_000 });
+        let t0 = Instant::now();
+        assert_eq!(b.admit_now(), Admission::Allowed);
+        b.record(t0, false, false);
+        assert_eq!(b.admit_now(), Admission::Allowed, "one failure of two");
+        assert!(b.record(t0, false, false));
+        assert_eq!(b.admit_now(), Admission::Refused, "open");
+        assert_eq!(b.admit(t0 + ms(60_001)), Admission::Probe);
+        assert_eq!(b.admit_now(), Admission::Refused, "half-open, its probe out");
+        b.record(t0 + ms(60_002), true, true);
+        assert_eq!(b.admit_now(), Admission::Allowed, "the probe closed it");
+    }
+
+    #[test]
+    fn breaker_only_failures_and_probes_change_state() {
+        assert!(!Breaker::changes_state(true, false));
+        assert!(Breaker::changes_state(true, true));
+        assert!(Breaker::changes_state(false, false));
+        assert!(Breaker::changes_state(false, true));
+        // What `changes_state` promises, in every state: a success that is no probe is a no-op.
+        let (b, t0) = (breaker(), Instant::now());
+        assert!(!b.record(t0, true, false));
+        assert_eq!(b.state(), BreakerState::Closed);
+        for i in 0..3 {
+            b.record(t0 + ms(i), false, false);
+        }
+        assert!(!b.record(t0 + ms(5), true, false));
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.admit(t0 + ms(150)), Admission::Probe);
+        assert!(!b.record(t0 + ms(151), true, false));
+        assert_eq!(b.state(), BreakerState::HalfOpen);
     }
 }

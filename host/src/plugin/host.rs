@@ -227,12 +227,15 @@ impl HostState {
         self.kv_unavailable.as_deref()
     }
 
-    /// Awaits a `kv` call: the wait does not count against the running-time budget (a shared
-    /// store is I/O, as outbound HTTP is), and an unavailable store is remembered.
+    /// Awaits a `kv` call: the wait on a shared store does not count against the running-time
+    /// budget (it is I/O, as outbound HTTP is), and an unavailable store is remembered. The
+    /// in-process store never waits: its time is the call's own, and no clock is read for it.
     async fn kv_wait<T>(&mut self, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        let started = Instant::now();
+        let started = matches!(*self.shared.kv, Kv::Redis(_)).then(Instant::now);
         let outcome = call.await;
-        self.waited += started.elapsed();
+        if let Some(started) = started {
+            self.waited += started.elapsed();
+        }
         if let Err(StoreError::Unavailable(why)) = &outcome {
             tracing::debug!(plugin = %self.grants.plugin_id, request_id = %self.request_id, error = %why, "kv store unavailable");
             self.kv_unavailable = Some(why.clone());

@@ -294,8 +294,12 @@ impl LoadedPlugin {
         self.failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Records a call outcome in the breaker and publishes its state.
+    /// Records a call outcome in the breaker and publishes its state; a success that was not
+    /// a probe changes neither, and reads no clock and takes no lock.
     fn record_outcome(&self, ok: bool, probe: bool) {
+        if !Breaker::changes_state(ok, probe) {
+            return;
+        }
         if self.breaker.record(Instant::now(), ok, probe) {
             tracing::error!(plugin = %self.id, "crash-loop breaker opened: calls fail fast until a probe succeeds");
         }
@@ -514,7 +518,7 @@ impl StepPool {
         call: Call<'_>,
     ) -> Result<(Replied, Settle<'_>), PluginFailure> {
         let plugin = &*self.plugin;
-        let admission = plugin.breaker.admit(Instant::now());
+        let admission = plugin.breaker.admit_now();
         if admission == Admission::Refused {
             return Err(PluginFailure::new(&plugin.id, FailureKind::BreakerOpen));
         }
