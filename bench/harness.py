@@ -528,7 +528,7 @@ def main() -> None:
         f"| no plugins ≥ 0.85 × nginx req/s | {none_ratio:.3f} × ({span(ratios['portcullis'], '{:.2f}')}) | {met(none_ratio >= 0.85)} |",
         f"| full chain ≥ 0.5 × nginx req/s | {chain_ratio:.3f} × ({span(ratios['portcullis-chain'], '{:.2f}')}) | {met(chain_ratio >= 0.5)} |",
         *step_rows(cpu_us, fixed_cpu, fixed_rate, met),
-        f"| mean of the four policy steps (rbac, rate-limit, request-validation, audit-log) ≤ 7.5 µs | {per_step:.1f} µs | {met(per_step <= 7.5)} |",
+        f"| mean of the four policy steps, against the mean of their targets, (5 + 5 + 5 + 15) / 4 = 7.5 µs (what runs before 2026-12-07 reported) | {per_step:.1f} µs | {met(per_step <= 7.5)} |",
         f"| idle RSS, quickstart < 50 MB | {idle['quickstart']:.1f} MiB | {met(idle['quickstart'] * 1.048576 < 50)} |",
         f"| idle RSS, 1,000 routes sharing the plugins < 150 MB | {idle['1,000 routes × 5 plugin steps']:.1f} MiB | {met(idle['1,000 routes × 5 plugin steps'] * 1.048576 < 150)} |",
         "",
