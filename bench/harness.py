@@ -20,8 +20,9 @@ Measured per contender:
 The Portcullis contenders build the chain up one step at a time, so each step's cost is its
 contender's server CPU per request minus the one before it. Then server CPU per request of
 nginx and the six Portcullis contenders once more, all at one open-loop rate (half the chain's
-median requests/s, which none of them saturates): the per-step costs at one load for all, where the closed-loop rounds run each contender at its own
-maximum (and the kernel's work per request, the wake-ups and batching, differs with the rate).
+median requests/s, which none of them saturates): the per-step costs at one load for all,
+where the closed-loop rounds run each contender at its own maximum (and the kernel's work per
+request, the wake-ups and batching, differs with the rate).
 And for Portcullis alone: idle RSS with the quickstart configuration and with 1,000 routes
 sharing the first-party plugins, 20 s after start (steady state).
 

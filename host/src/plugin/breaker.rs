@@ -85,7 +85,12 @@ impl Breaker {
     /// Whether a call may go ahead now: [`Breaker::admit`] at the clock's now, without taking
     /// the lock or reading the clock while the breaker is closed.
     pub fn admit_now(&self) -> Admission {
-        if self.closed.load(Ordering::Acquire) { Admission::Allowed } else { self.admit(Instant::now()) }
+        if self.is_closed() { Admission::Allowed } else { self.admit(Instant::now()) }
+    }
+
+    /// Whether the breaker is closed, without its lock ([`Breaker::state`] takes it).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Whether a call may go ahead at `now`.

@@ -295,9 +295,14 @@ impl LoadedPlugin {
     }
 
     /// Records a call outcome in the breaker and publishes its state; a success that was not
-    /// a probe changes neither, and reads no clock and takes no lock.
+    /// a probe changes no state, and reads no clock and takes no lock.
     fn record_outcome(&self, ok: bool, probe: bool) {
         if !Breaker::changes_state(ok, probe) {
+            // The gauge's series is the plugin id's, shared with the plugin this one replaced
+            // in a reload, which may have left it open: a closed breaker's success corrects it.
+            if self.breaker.is_closed() && self.series.breaker_open.get() != 0 {
+                self.series.breaker_open.set(0);
+            }
             return;
         }
         if self.breaker.record(Instant::now(), ok, probe) {
