@@ -110,12 +110,18 @@ def guest_functions(dumps: list[Path], served: int, top: int) -> list[tuple[str,
     cost of each anonymous JIT address, named by the perf map wasmtime wrote for that process),
     names demangled and without their hashes."""
     totals: collections.Counter = collections.Counter()
+    # One process writes several dumps (before instrumentation was on, and after): its map is
+    # read once for all of them.
+    maps: dict[Path, list[tuple[int, int, str]]] = {}
     for dump in dumps:
         perf_map = Path(f"/tmp/perf-{dump.name.split('.')[2]}.map")
-        if not perf_map.exists():
-            continue
-        ranges = sorted((int(a, 16), int(size, 16), n) for a, size, n in
-                        (line.split(" ", 2) for line in perf_map.read_text().splitlines() if line.count(" ") >= 2))
+        if perf_map not in maps:
+            if not perf_map.exists():
+                continue
+            maps[perf_map] = sorted(
+                (int(a, 16), int(size, 16), n) for a, size, n in
+                (line.split(" ", 2) for line in perf_map.read_text().splitlines() if line.count(" ") >= 2))
+        ranges = maps[perf_map]
         starts = [r[0] for r in ranges]
         # A dump of the instrumentation-off part has no events, and callgrind_annotate fails on it.
         out = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", str(dump)],
@@ -126,7 +132,8 @@ def guest_functions(dumps: list[Path], served: int, top: int) -> list[tuple[str,
             if i >= 0 and address < ranges[i][0] + ranges[i][1]:
                 # "wasm[0]::function[286]::_ZN8jwt_auth…": the symbol after the index.
                 totals[ranges[i][2].split("::", 2)[-1]] += int(m.group(1).replace(",", ""))
-        # Read once: a later process with the same PID would otherwise append to it.
+    # Read once: a later process with the same PID would otherwise append to it.
+    for perf_map in maps:
         perf_map.unlink()
     names = list(totals)
     plain = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
@@ -246,6 +253,8 @@ def main() -> None:
                 # callgrind would take minutes.
                 native = harness.Server(f"{name}-native", argv, PORT, harness.SERVER_CORE, env=env, cwd=cwd)
                 native.stop()
+                # With --guests it wrote a perf map too, which nothing reads.
+                Path(f"/tmp/perf-{native.proc.pid}.map").unlink(missing_ok=True)
             print(f"callgrind: {name}", file=sys.stderr)
             *row, hot = measure(name, argv, env, cwd, url, token, args.requests, args.guests)
             rows[name] = (label, *row)
