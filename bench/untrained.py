@@ -8,8 +8,8 @@ lays out as cold? Two such paths, each served by both builds on the harness' set
   static answer over TLS 1.3 (a throw-away self-signed P-256 certificate, trusted through
   `[upstream.app.tls] ca_file`), keep-alive; bench/pgo-train.py's upstream is plain HTTP;
 - **`kv` on Redis**: jwt-auth and rate-limit with `[kv] backend = "redis"` at a
-  `redis-server` of its own on an ephemeral loopback port (one `EVAL` round trip per
-  request, the rate-limit step's throttle); the training uses the in-process store.
+  `redis-server` of its own on an ephemeral loopback port (one script call, `EVALSHA`,
+  per request: the rate-limit step's throttle); the training uses the in-process store.
 
 Reported: req/s (median, min–max), the ratio to nginx per round (nginx proxies the plain
 upstream: a reference, not a like-for-like peer here), and server CPU µs per request, the
