@@ -5,8 +5,8 @@ lays out as cold? Two such paths, each served by both builds on the harness' set
 (bench/harness.py: its request, pinning, wrk settings, nginx as the first contender):
 
 - **upstream over TLS**: no plugins, the upstream an nginx on 127.0.0.1 serving the harness'
-  static answer over TLS 1.3 (a throw-away self-signed P-256 certificate, trusted through
-  `[upstream.app.tls] ca_file`), keep-alive; bench/pgo-train.py's upstream is plain HTTP;
+  static answer over TLS 1.3 (a throw-away CA and the P-256 leaf it signed, the CA trusted
+  through `[upstream.app.tls] ca_file`), keep-alive; bench/pgo-train.py's upstream is plain HTTP;
 - **`kv` on Redis**: jwt-auth and rate-limit with `[kv] backend = "redis"` at a
   `redis-server` of its own on an ephemeral loopback port (one script call, `EVALSHA`,
   per request: the rate-limit step's throttle); the training uses the in-process store.
@@ -75,7 +75,7 @@ def main() -> None:
     backends: list[harness.Server] = []
 
     def add(servers: dict, env: dict) -> None:
-        nginx_tls, cert = tls_upstream(harness.WORK)
+        nginx_tls, ca = tls_upstream(harness.WORK)
         backends.append(harness.Server("tls-upstream", ["nginx", "-c", str(nginx_tls)], TLS_UPSTREAM_PORT,
                                        harness.CLIENT_CORE))
         redis_port = free_port()
@@ -89,7 +89,7 @@ def main() -> None:
             if plain not in text:
                 raise SystemExit("bench/untrained: the harness' gateway configuration changed; cannot point it at TLS")
             tls.write_text(text.replace(plain, f'endpoints = ["127.0.0.1:{TLS_UPSTREAM_PORT}"]\n\n'
-                                               f'[upstream.app.tls]\nca_file = "{cert}"\nserver_name = "localhost"'))
+                                               f'[upstream.app.tls]\nca_file = "{ca}"\nserver_name = "localhost"'))
             redis = harness.portcullis_conf(f"{build}-redis", port + 1, port + 1001, ["jwt", "ratelimit"],
                                             extra=f'\n[kv]\nbackend = "redis"\nurl = "redis://127.0.0.1:{redis_port}/0"\n')
             for name, conf, p in [(f"{build}, upstream TLS", tls, port), (f"{build}, kv on Redis", redis, port + 1)]:
