@@ -197,6 +197,13 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+def redis_server(port: int) -> Server:
+    """A `redis-server` of the bench's own on 127.0.0.1:`port`, on the client core, without
+    persistence (bench/kv.py, bench/untrained.py)."""
+    return Server("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+                  port, CLIENT_CORE)
+
+
 def nginx_conf(port: int, proxy: bool) -> Path:
     body = (f"""
         location / {{

@@ -79,8 +79,7 @@ def main() -> None:
     token = harness.mint_token()
     upstream = harness.Server("upstream", ["nginx", "-c", str(harness.nginx_conf(harness.UPSTREAM_PORT, proxy=False))],
                               harness.UPSTREAM_PORT, harness.CLIENT_CORE)
-    redis = harness.Server("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(REDIS_PORT), "--save", "",
-                                     "--appendonly", "no"], REDIS_PORT, harness.CLIENT_CORE)
+    redis = harness.redis_server(REDIS_PORT)
     names = ["none", "memory", "redis"]
     ports = {n: 18300 + i for i, n in enumerate(names)}
     admins = {n: 19300 + i for i, n in enumerate(names)}

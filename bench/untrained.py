@@ -8,7 +8,7 @@ lays out as cold? Two such paths, each served by both builds on the harness' set
   static answer over TLS 1.3 (a throw-away CA and the P-256 leaf it signed, the CA trusted
   through `[upstream.app.tls] ca_file`), keep-alive; bench/pgo-train.py's upstream is plain HTTP;
 - **`kv` on Redis**: jwt-auth and rate-limit with `[kv] backend = "redis"` at a
-  `redis-server` of its own on an ephemeral loopback port (one script call, `EVALSHA`,
+  `redis-server` of its own on a loopback port (one script call, `EVALSHA`,
   per request: the rate-limit step's throttle); the training uses the in-process store.
 
 Reported: req/s (median, min–max), the ratio to nginx per round (nginx proxies the plain
@@ -22,7 +22,6 @@ redis-server.
 """
 
 import argparse
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
-TLS_UPSTREAM_PORT = 18443
+TLS_UPSTREAM_PORT, REDIS_PORT = 18443, 18380
 
 
 def tls_upstream(work: Path) -> tuple[Path, Path]:
@@ -59,12 +58,6 @@ def tls_upstream(work: Path) -> tuple[Path, Path]:
     return conf, ca
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dist", nargs="?", default=str(harness.ROOT / "target/dist/portcullis"))
@@ -78,9 +71,7 @@ def main() -> None:
         nginx_tls, ca = tls_upstream(harness.WORK)
         backends.append(harness.Server("tls-upstream", ["nginx", "-c", str(nginx_tls)], TLS_UPSTREAM_PORT,
                                        harness.CLIENT_CORE))
-        redis_port = free_port()
-        backends.append(harness.Server("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                                                 "--save", "", "--appendonly", "no"], redis_port, harness.CLIENT_CORE))
+        backends.append(harness.redis_server(REDIS_PORT))
         port = 18183
         for build, binary in [("dist", args.dist), ("pgo", args.pgo)]:
             tls = harness.portcullis_conf(f"{build}-tls", port, port + 1000, [])
@@ -91,7 +82,7 @@ def main() -> None:
             tls.write_text(text.replace(plain, f'endpoints = ["127.0.0.1:{TLS_UPSTREAM_PORT}"]\n\n'
                                                f'[upstream.app.tls]\nca_file = "{ca}"\nserver_name = "localhost"'))
             redis = harness.portcullis_conf(f"{build}-redis", port + 1, port + 1001, ["jwt", "ratelimit"],
-                                            extra=f'\n[kv]\nbackend = "redis"\nurl = "redis://127.0.0.1:{redis_port}/0"\n')
+                                            extra=f'\n[kv]\nbackend = "redis"\nurl = "redis://127.0.0.1:{REDIS_PORT}/0"\n')
             for name, conf, p in [(f"{build}, upstream TLS", tls, port), (f"{build}, kv on Redis", redis, port + 1)]:
                 servers[name] = harness.Server(name, [binary, "run", "--config", str(conf)], p, harness.SERVER_CORE,
                                                env=env, cwd=conf.parent)

@@ -110,11 +110,11 @@ impl Breaker {
         }
     }
 
-    /// Whether recording `ok` for a call admitted so (`probe`) can change the state: a success
-    /// that was not a probe never does (closed, successes are not counted; open or half-open,
-    /// only the probe's outcome counts), so a healthy plugin's calls need not record.
-    pub fn changes_state(ok: bool, probe: bool) -> bool {
-        !ok || probe
+    /// [`Breaker::record`] at the clock's now, without taking the lock or reading the clock
+    /// for a success that was not a probe: such a success never changes the state (closed,
+    /// successes are not counted; open or half-open, only the probe's outcome counts).
+    pub fn record_now(&self, ok: bool, probe: bool) -> bool {
+        if ok && !probe { false } else { self.record(Instant::now(), ok, probe) }
     }
 
     /// Records a call's outcome at `now`. `probe` is true for a call admitted as
@@ -255,22 +255,24 @@ mod tests {
     }
 
     #[test]
-    fn breaker_only_failures_and_probes_change_state() {
-        assert!(!Breaker::changes_state(true, false));
-        assert!(Breaker::changes_state(true, true));
-        assert!(Breaker::changes_state(false, false));
-        assert!(Breaker::changes_state(false, true));
-        // What `changes_state` promises, in every state: a success that is no probe is a no-op.
+    fn breaker_success_that_is_no_probe_changes_no_state() {
+        // What lets `record_now` skip it: in every state, `record` of such a success is a no-op.
         let (b, t0) = (breaker(), Instant::now());
         assert!(!b.record(t0, true, false));
+        assert!(!b.record_now(true, false));
         assert_eq!(b.state(), BreakerState::Closed);
         for i in 0..3 {
             b.record(t0 + ms(i), false, false);
         }
         assert!(!b.record(t0 + ms(5), true, false));
+        assert!(!b.record_now(true, false));
         assert_eq!(b.state(), BreakerState::Open);
         assert_eq!(b.admit(t0 + ms(150)), Admission::Probe);
         assert!(!b.record(t0 + ms(151), true, false));
+        assert!(!b.record_now(true, false));
         assert_eq!(b.state(), BreakerState::HalfOpen);
+        // A failure and a probe's outcome still go through `record`.
+        assert!(b.record_now(false, true), "the failed probe opens it again");
+        assert_eq!(b.state(), BreakerState::Open);
     }
 }

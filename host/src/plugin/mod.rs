@@ -27,7 +27,7 @@ pub mod request;
 pub mod signing;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -294,22 +294,18 @@ impl LoadedPlugin {
         self.failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Records a call outcome in the breaker and publishes its state; a success that was not
-    /// a probe changes no state, and reads no clock and takes no lock.
+    /// Records a call outcome in the breaker and publishes its state, without a lock or a
+    /// clock read for a healthy plugin's call ([`Breaker::record_now`], [`Breaker::is_closed`]).
     fn record_outcome(&self, ok: bool, probe: bool) {
-        if !Breaker::changes_state(ok, probe) {
-            // The gauge's series is the plugin id's, shared with the plugin this one replaced
-            // in a reload, which may have left it open: a closed breaker's success corrects it.
-            if self.breaker.is_closed() && self.series.breaker_open.get() != 0 {
-                self.series.breaker_open.set(0);
-            }
-            return;
-        }
-        if self.breaker.record(Instant::now(), ok, probe) {
+        if self.breaker.record_now(ok, probe) {
             tracing::error!(plugin = %self.id, "crash-loop breaker opened: calls fail fast until a probe succeeds");
         }
-        let open = i64::from(self.breaker.state() != breaker::BreakerState::Closed);
-        self.series.breaker_open.set(open);
+        // Written on change only. The series is the plugin id's, shared with the plugin this one
+        // replaced in a reload, which may have left it at 1: the next call here corrects it.
+        let open = i64::from(!self.breaker.is_closed());
+        if self.series.breaker_open.get() != open {
+            self.series.breaker_open.set(open);
+        }
     }
 
     /// The per-call deadline.
