@@ -249,8 +249,8 @@ pub struct Chain<S = WasmStep> {
 /// What the chain learnt about one exchange so far.
 #[derive(Debug, Default)]
 pub struct ChainState {
-    /// Identity from the auth step.
-    pub identity: Option<Identity>,
+    /// Identity from the auth step, shared with the calls it is lent to (contract 0.3.0).
+    pub identity: Option<Arc<Identity>>,
     /// Quotas reported by rate-limit steps, sent as RateLimit fields.
     pub quotas: Vec<Quota>,
     /// Each step's decision, for the logging plugins (made WIT records only for them).
@@ -421,7 +421,7 @@ impl<S: Step> Chain<S> {
         let mut passed: Vec<Option<bool>> =
             if self.shadows.is_empty() { Vec::new() } else { vec![None; self.steps.len()] };
         for (index, link) in self.steps.iter().enumerate() {
-            let step = link.serving(request, state.identity.as_ref());
+            let step = link.serving(request, state.identity.as_deref());
             if !step.hooks().request || step.kind() == PluginKind::Logging {
                 continue;
             }
@@ -559,7 +559,7 @@ impl<S: Step> Chain<S> {
         trace: &Trace,
     ) -> Result<(), GatewayError> {
         for link in self.steps.iter().rev() {
-            let step = link.serving(request, state.identity.as_ref());
+            let step = link.serving(request, state.identity.as_deref());
             if step.kind() != PluginKind::Filter || !step.hooks().response || link.mode == StepMode::Shadow {
                 continue;
             }
@@ -743,7 +743,7 @@ fn apply_reply(
                 lent.query = lent.query.as_deref().and_then(|q| headers::strip_query(q, &done.remove_query_params));
             }
             state.remove_query_params.extend(done.remove_query_params);
-            state.identity = Some(done.identity);
+            state.identity = Some(Arc::new(done.identity));
             ("authenticated", Verdict::Continue)
         }
         Reply::Auth(AuthOutcome::Anonymous) => ("anonymous", Verdict::Continue),
@@ -809,11 +809,11 @@ fn apply_reply(
 fn call_for<'a>(
     kind: PluginKind,
     request: &'a Arc<PluginRequest>,
-    identity: Option<&'a Identity>,
+    identity: Option<&'a Arc<Identity>>,
     body: Option<&'a [u8]>,
 ) -> Call<'a> {
     match kind {
-        PluginKind::Auth => Call::Authenticate(request),
+        PluginKind::Auth => Call::Authenticate(request, identity),
         PluginKind::RateLimit => Call::Check(request, identity),
         PluginKind::Validation => Call::Validate(request, identity, body),
         // Logging steps are skipped before this.
@@ -1128,7 +1128,7 @@ mod tests {
     /// The request a call lends.
     fn lent<'a>(call: &Call<'a>) -> &'a PluginRequest {
         match *call {
-            Call::Authenticate(r)
+            Call::Authenticate(r, _)
             | Call::Check(r, _)
             | Call::Validate(r, _, _)
             | Call::OnRequest(r, _)

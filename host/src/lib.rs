@@ -3,7 +3,7 @@
 //! For every request the gateway matches a route ([`router`]), strips spoofable identity and
 //! hop-by-hop headers, runs the route's filter chain of plugins ([`chain`], [`plugin`]), and
 //! forwards to an upstream ([`upstream`]) with the verified identity as headers. Plugins
-//! implement one kind of the `portcullis:plugin@0.2.0` WIT contract (`wit/`; components built against `0.1.0` still load): `auth`,
+//! implement one kind of the `portcullis:plugin@0.3.0` WIT contract (`wit/`; components built against `0.2.0` and `0.1.0` still load): `auth`,
 //! `rate-limit`, `validation`, `logging` or `filter`.
 //!
 //! The running configuration is one immutable [`snapshot::Snapshot`]; configuration is

@@ -5,7 +5,7 @@
 //!
 //! Rust projects use the SDK by path (`--sdk`, by default the `sdk/` of the checkout this
 //! binary was built from). JavaScript and Python projects get a copy of the WIT package
-//! (`wit/`, contract `portcullis:plugin@0.2.0`) and build against their kind's world with
+//! (`wit/`, contract `portcullis:plugin@0.3.0`) and build against their kind's world with
 //! their toolchain's default flags: componentize-js 0.23 (pinned in `package.json`) or
 //! componentize-py 0.25.1 (pinned in `requirements.txt`).
 //!
@@ -159,7 +159,7 @@ strip = true
         sdk.display()
     );
     let readme = format!(
-        "# {name}\n\nA Portcullis `{kind}` plugin in Rust (SDK, contract `portcullis:plugin@0.2.0`).\n\n\
+        "# {name}\n\nA Portcullis `{kind}` plugin in Rust (SDK, contract `portcullis:plugin@0.3.0`).\n\n\
          ```sh\nrustup target add wasm32-wasip2\ncargo test                                       # the policy, natively\n\
          cargo build --release --target wasm32-wasip2     # the component\n```\n\n\
          The component is `{}`; `portcullis.toml.snippet` shows how to load it. A `configure` \
@@ -206,7 +206,7 @@ fn js(kind: PluginKind, name: &str, world: &str) -> Vec<(String, String)> {
     );
     let readme = format!(
         "# {name}\n\nA Portcullis `{kind}` plugin in JavaScript (componentize-js, world `{world}` of \
-         `portcullis:plugin@0.2.0`, copied in `wit/`).\n\n```sh\nnpm install      # then commit package-lock.json\n\
+         `portcullis:plugin@0.3.0`, copied in `wit/`).\n\n```sh\nnpm install      # then commit package-lock.json\n\
          npm run build    # writes {name}.wasm\n```\n\nA `configure` error is a thrown `{{ pointer, message }}` \
          object: `pointer` is a JSON pointer into the step's configuration. `preview2-shim` is \
          listed because componentize-js 0.23 imports it without declaring it. \
@@ -233,7 +233,7 @@ fn js(kind: PluginKind, name: &str, world: &str) -> Vec<(String, String)> {
 fn python(kind: PluginKind, name: &str, world: &str) -> Vec<(String, String)> {
     let readme = format!(
         "# {name}\n\nA Portcullis `{kind}` plugin in Python (componentize-py, world `{world}` of \
-         `portcullis:plugin@0.2.0`, copied in `wit/`).\n\n```sh\npython3 -m venv .venv && .venv/bin/pip install -r requirements.txt\n\
+         `portcullis:plugin@0.3.0`, copied in `wit/`).\n\n```sh\npython3 -m venv .venv && .venv/bin/pip install -r requirements.txt\n\
          .venv/bin/componentize-py -d wit -w {world} componentize app -o {name}.wasm\n```\n\n\
          A `configure` error is `raise Err(types.ConfigError(pointer=..., message=...))`: `pointer` is a \
          JSON pointer into the step's configuration. `portcullis.toml.snippet` shows how to load \
@@ -320,7 +320,7 @@ const RUST_RATE_LIMIT: &str = r##"//! {name}: a Portcullis `rate-limit` plugin. 
 //! the place to count. Counters shared by instances live in the `kv` capability (grant it
 //! with `capabilities = ["kv"]`; `portcullis_sdk::kv`), as the repository's `rate-limit` does.
 
-use portcullis_sdk::{ConfigError, Identity, Plugin, RateLimit, RateLimitOutcome, Request};
+use portcullis_sdk::{ConfigError, Plugin, RateLimit, RateLimitOutcome, Request};
 use serde::Deserialize;
 
 /// The step configuration (none yet).
@@ -339,7 +339,7 @@ impl Plugin for Limiter {
 }
 
 impl RateLimit for Limiter {
-    fn check(&self, _request: &Request<'_>, _identity: Option<&Identity>) -> RateLimitOutcome {
+    fn check(&self, _request: &Request<'_>) -> RateLimitOutcome {
         RateLimitOutcome::Allowed(Vec::new())
     }
 }
@@ -354,7 +354,7 @@ mod tests {
     #[test]
     fn allows() {
         let limiter: Limiter = testing::configure("{}").unwrap();
-        assert_eq!(limiter.check(&testing::request("GET", "/").build(), None), RateLimitOutcome::Allowed(vec![]));
+        assert_eq!(limiter.check(&testing::request("GET", "/").build()), RateLimitOutcome::Allowed(vec![]));
     }
 }
 "##;
@@ -363,7 +363,7 @@ const RUST_VALIDATION: &str = r##"//! {name}: a Portcullis `validation` plugin. 
 //! `{"required_headers": ["x-request-id"]}`; a request without one is invalid (422, with a
 //! violation per missing field).
 
-use portcullis_sdk::{ConfigError, Identity, Invalid, Plugin, Request, Validation, ValidationOutcome, Violation};
+use portcullis_sdk::{ConfigError, Invalid, Plugin, Request, Validation, ValidationOutcome, Violation};
 use serde::Deserialize;
 
 /// The step configuration.
@@ -388,7 +388,7 @@ impl Plugin for Required {
 }
 
 impl Validation for Required {
-    fn validate(&self, request: &Request<'_>, _identity: Option<&Identity>, _body: Option<&[u8]>) -> ValidationOutcome {
+    fn validate(&self, request: &Request<'_>, _body: Option<&[u8]>) -> ValidationOutcome {
         let violations: Vec<Violation> = self
             .0
             .required_headers
@@ -414,9 +414,9 @@ mod tests {
     #[test]
     fn missing_headers_are_violations() {
         let v: Required = testing::configure(r#"{"required_headers": ["x-request-id"]}"#).unwrap();
-        assert!(matches!(v.validate(&testing::request("GET", "/").build(), None, None), ValidationOutcome::Invalid(_)));
+        assert!(matches!(v.validate(&testing::request("GET", "/").build(), None), ValidationOutcome::Invalid(_)));
         let ok = testing::request("GET", "/").header("x-request-id", "1").build();
-        assert_eq!(v.validate(&ok, None, None), ValidationOutcome::Valid);
+        assert_eq!(v.validate(&ok, None), ValidationOutcome::Valid);
     }
 }
 "##;
@@ -479,7 +479,7 @@ mod tests {
 const RUST_FILTER: &str = r##"//! {name}: a Portcullis `filter` plugin. Sets a request header for the upstream:
 //! `{"header": "x-hello", "value": "world"}`.
 
-use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, Plugin, Request};
+use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Plugin, Request};
 use serde::Deserialize;
 
 /// The step configuration.
@@ -504,7 +504,7 @@ impl Plugin for Hello {
 }
 
 impl Filter for Hello {
-    fn on_request(&self, _request: &Request<'_>, _identity: Option<&Identity>) -> FilterAction {
+    fn on_request(&self, _request: &Request<'_>) -> FilterAction {
         FilterAction::Continue(HeaderEdits::default().set(&self.0.header, &self.0.value))
     }
 }
@@ -519,7 +519,7 @@ mod tests {
     #[test]
     fn sets_the_header() {
         let hello: Hello = testing::configure(r#"{"header": "x-hello", "value": "world"}"#).unwrap();
-        let action = hello.on_request(&testing::request("GET", "/").build(), None);
+        let action = hello.on_request(&testing::request("GET", "/").build());
         assert_eq!(action, FilterAction::Continue(HeaderEdits::default().set("x-hello", "world")));
         assert_eq!(testing::configure::<Hello>(r#"{"header": "X", "value": ""}"#).err().unwrap().pointer, "/header");
     }
@@ -580,7 +580,7 @@ export const rateLimit = {
   configure(text) {
     parse(text);
   },
-  check(_request, _identity) {
+  check(_request) {
     return { tag: "allowed", val: [] };
   },
 };
@@ -604,7 +604,7 @@ export const validation = {
   bodyLimit() {
     return undefined;
   },
-  validate(request, _identity, _body) {
+  validate(request, _body) {
     const violations = required.filter((h) => request.header(h) === undefined).map((h) => ({ pointer: `/headers/${h}`, message: "required" }));
     return violations.length === 0 ? { tag: "valid" } : { tag: "invalid", val: { malformed: false, violations } };
   },
@@ -612,7 +612,7 @@ export const validation = {
 "##;
 
 const JS_LOGGING: &str = r##"// {name}: a Portcullis `logging` plugin. Logs each finished exchange through the host's `log`.
-import { emit } from "portcullis:plugin/log@0.2.0";
+import { emit } from "portcullis:plugin/log@0.3.0";
 
 @CONFIG@
 export const logging = {
@@ -647,10 +647,10 @@ export const filter = {
   hooks() {
     return { onRequest: true, onResponse: false };
   },
-  onRequest(_request, _identity) {
+  onRequest(_request) {
     return { tag: "continue", val: { remove: [], set: [setting], append: [] } };
   },
-  onResponse(_request, _identity, _response) {
+  onResponse(_request, _response) {
     return { tag: "continue", val: { remove: [], set: [], append: [] } };
   },
 };
@@ -721,7 +721,7 @@ class RateLimit(exports.RateLimit):
         except ValueError as e:
             raise Err(types.ConfigError(pointer="", message=f"not JSON: {e}"))
 
-    def check(self, request: types.Request, identity) -> rate_limit.RateLimitOutcome:
+    def check(self, request: types.Request) -> rate_limit.RateLimitOutcome:
         return rate_limit.RateLimitOutcome_Allowed([])
 "##;
 
@@ -757,7 +757,7 @@ class Validation(exports.Validation):
         # No body wanted: the host does not buffer it.
         return None
 
-    def validate(self, request: types.Request, identity, body) -> validation.ValidationOutcome:
+    def validate(self, request: types.Request, body) -> validation.ValidationOutcome:
         missing = [validation.Violation(pointer=f"/headers/{h}", message="required") for h in REQUIRED if request.header(h) is None]
         if not missing:
             return validation.ValidationOutcome_Valid()
@@ -819,10 +819,10 @@ class Filter(exports.Filter):
         # Only `on_request` is called; add `| f.HookSet.ON_RESPONSE` to be called on responses too.
         return f.HookSet.ON_REQUEST
 
-    def on_request(self, request: types.Request, identity) -> f.FilterAction:
+    def on_request(self, request: types.Request) -> f.FilterAction:
         return f.FilterAction_Continue(types.HeaderEdits(remove=[], set=[SETTING], append=[]))
 
-    def on_response(self, request, identity, response) -> f.FilterAction:
+    def on_response(self, request, response) -> f.FilterAction:
         return f.FilterAction_Continue(types.HeaderEdits(remove=[], set=[], append=[]))
 "##;
 

@@ -1,4 +1,4 @@
-"""The component: the `filter` interface of `portcullis:plugin@0.2.0` over policy.py.
+"""The component: the `filter` interface of `portcullis:plugin@0.3.0` over policy.py.
 
 Built with componentize-py's default flags against the `filter-plugin` world:
     componentize-py -d ../../wit -w filter-plugin componentize app -o deny-list-py.wasm
@@ -29,7 +29,7 @@ class Filter(exports.Filter):
     def hooks(self) -> f.HookSet:
         return f.HookSet.ON_REQUEST
 
-    def on_request(self, request: types.Request, identity) -> f.FilterAction:
+    def on_request(self, request: types.Request) -> f.FilterAction:
         rule = policy.denial(RULES, request.method(), request.path(), request.client_ip(), request.header("user-agent"))
         if rule is None:
             return f.FilterAction_Continue(NO_EDITS)
@@ -37,6 +37,6 @@ class Filter(exports.Filter):
         headers = [types.Header(name="content-type", value="application/problem+json")]
         return f.FilterAction_Respond(types.LocalResponse(status=RULES.status, headers=headers, body=policy.problem(RULES, rule)))
 
-    def on_response(self, request, identity, response) -> f.FilterAction:
+    def on_response(self, request, response) -> f.FilterAction:
         # Never called: `hooks` does not name it.
         return f.FilterAction_Continue(NO_EDITS)

@@ -1,6 +1,6 @@
 //! The one-line export macros, one per plugin kind, and the glue they expand to.
 //!
-//! `export_auth!(MyPlugin)` makes the component export `portcullis:plugin/auth@0.2.0`, keeps one
+//! `export_auth!(MyPlugin)` makes the component export `portcullis:plugin/auth@0.3.0`, keeps one
 //! configured `MyPlugin` per plugin instance, and forwards each host call to the trait method.
 
 use std::cell::RefCell;
@@ -67,7 +67,7 @@ pub fn with_instance<P: Plugin, R>(slot: &'static LocalKey<RefCell<Option<P>>>, 
 /// `Guest` impl whose methods are given, and wit-bindgen's export glue for that interface.
 ///
 /// Emitted only for `wasm32`: natively (unit tests) the export names, such as
-/// `portcullis:plugin/auth@0.2.0#authenticate`, are not valid linker symbols, and tests call the
+/// `portcullis:plugin/auth@0.3.0#authenticate`, are not valid linker symbols, and tests call the
 /// trait methods directly anyway.
 #[doc(hidden)]
 #[macro_export]
@@ -108,7 +108,7 @@ macro_rules! __export_kind {
 #[macro_export]
 macro_rules! export_auth {
     ($plugin:ty) => {
-        $crate::__export_kind!($plugin, auth, __export_portcullis_plugin_auth_0_2_0_cabi, AUTH_WORLD, {
+        $crate::__export_kind!($plugin, auth, __export_portcullis_plugin_auth_0_3_0_cabi, AUTH_WORLD, {
             fn authenticate(request: $crate::__private::HostRequest<'_>) -> $crate::AuthOutcome {
                 let request = $crate::Request::from_host(request);
                 $crate::__private::with_instance(&INSTANCE, |p: &$plugin| $crate::Auth::authenticate(p, &request))
@@ -125,17 +125,12 @@ macro_rules! export_rate_limit {
         $crate::__export_kind!(
             $plugin,
             rate_limit,
-            __export_portcullis_plugin_rate_limit_0_2_0_cabi,
+            __export_portcullis_plugin_rate_limit_0_3_0_cabi,
             RATE_LIMIT_WORLD,
             {
-                fn check(
-                    request: $crate::__private::HostRequest<'_>,
-                    identity: ::std::option::Option<$crate::Identity>,
-                ) -> $crate::RateLimitOutcome {
+                fn check(request: $crate::__private::HostRequest<'_>) -> $crate::RateLimitOutcome {
                     let request = $crate::Request::from_host(request);
-                    $crate::__private::with_instance(&INSTANCE, |p: &$plugin| {
-                        $crate::RateLimit::check(p, &request, identity.as_ref())
-                    })
+                    $crate::__private::with_instance(&INSTANCE, |p: &$plugin| $crate::RateLimit::check(p, &request))
                 }
             }
         );
@@ -150,7 +145,7 @@ macro_rules! export_validation {
         $crate::__export_kind!(
             $plugin,
             validation,
-            __export_portcullis_plugin_validation_0_2_0_cabi,
+            __export_portcullis_plugin_validation_0_3_0_cabi,
             VALIDATION_WORLD,
             {
                 fn body_limit() -> ::std::option::Option<u64> {
@@ -158,12 +153,11 @@ macro_rules! export_validation {
                 }
                 fn validate(
                     request: $crate::__private::HostRequest<'_>,
-                    identity: ::std::option::Option<$crate::Identity>,
                     body: ::std::option::Option<::std::vec::Vec<u8>>,
                 ) -> $crate::ValidationOutcome {
                     let request = $crate::Request::from_host(request);
                     $crate::__private::with_instance(&INSTANCE, |p: &$plugin| {
-                        $crate::Validation::validate(p, &request, identity.as_ref(), body.as_deref())
+                        $crate::Validation::validate(p, &request, body.as_deref())
                     })
                 }
             }
@@ -176,7 +170,7 @@ macro_rules! export_validation {
 #[macro_export]
 macro_rules! export_logging {
     ($plugin:ty) => {
-        $crate::__export_kind!($plugin, logging, __export_portcullis_plugin_logging_0_2_0_cabi, LOGGING_WORLD, {
+        $crate::__export_kind!($plugin, logging, __export_portcullis_plugin_logging_0_3_0_cabi, LOGGING_WORLD, {
             fn record_headers() -> ::std::option::Option<::std::vec::Vec<::std::string::String>> {
                 $crate::__private::with_instance(&INSTANCE, |p: &$plugin| $crate::Logging::record_headers(p))
             }
@@ -191,27 +185,21 @@ macro_rules! export_logging {
 #[macro_export]
 macro_rules! export_filter {
     ($plugin:ty) => {
-        $crate::__export_kind!($plugin, filter, __export_portcullis_plugin_filter_0_2_0_cabi, FILTER_WORLD, {
+        $crate::__export_kind!($plugin, filter, __export_portcullis_plugin_filter_0_3_0_cabi, FILTER_WORLD, {
             fn hooks() -> $crate::HookSet {
                 $crate::__private::with_instance(&INSTANCE, |p: &$plugin| $crate::Filter::hooks(p))
             }
-            fn on_request(
-                request: $crate::__private::HostRequest<'_>,
-                identity: ::std::option::Option<$crate::Identity>,
-            ) -> $crate::FilterAction {
+            fn on_request(request: $crate::__private::HostRequest<'_>) -> $crate::FilterAction {
                 let request = $crate::Request::from_host(request);
-                $crate::__private::with_instance(&INSTANCE, |p: &$plugin| {
-                    $crate::Filter::on_request(p, &request, identity.as_ref())
-                })
+                $crate::__private::with_instance(&INSTANCE, |p: &$plugin| $crate::Filter::on_request(p, &request))
             }
             fn on_response(
                 request: $crate::__private::HostRequest<'_>,
-                identity: ::std::option::Option<$crate::Identity>,
                 response: $crate::ResponseHead,
             ) -> $crate::FilterAction {
                 let request = $crate::Request::from_host(request);
                 $crate::__private::with_instance(&INSTANCE, |p: &$plugin| {
-                    $crate::Filter::on_response(p, &request, identity.as_ref(), &response)
+                    $crate::Filter::on_response(p, &request, &response)
                 })
             }
         });

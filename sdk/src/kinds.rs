@@ -4,7 +4,7 @@
 use serde::de::DeserializeOwned;
 
 use crate::{
-    AuthOutcome, Exchange, FilterAction, HeaderEdits, HookSet, Identity, RateLimitOutcome, Request, ResponseHead,
+    AuthOutcome, Exchange, FilterAction, HeaderEdits, HookSet, RateLimitOutcome, Request, ResponseHead,
     ValidationOutcome,
 };
 
@@ -34,9 +34,11 @@ pub trait Auth: Plugin {
 
 /// Kind `rate-limit`: decides whether a request fits its quotas.
 pub trait RateLimit: Plugin {
-    /// Called for every request. Default: allowed, with no quota to report.
-    fn check(&self, request: &Request<'_>, identity: Option<&Identity>) -> RateLimitOutcome {
-        let _ = (request, identity);
+    /// Called for every request; the identity of an earlier auth step, if any, is the
+    /// request's ([`Request::subject`], [`Request::identity`]). Default: allowed, with no quota
+    /// to report.
+    fn check(&self, request: &Request<'_>) -> RateLimitOutcome {
+        let _ = request;
         RateLimitOutcome::Allowed(Vec::new())
     }
 }
@@ -50,8 +52,8 @@ pub trait Validation: Plugin {
 
     /// Called for every request; `body` is the buffered body when [`Validation::body_limit`]
     /// asked for it. Default: [`ValidationOutcome::Valid`].
-    fn validate(&self, request: &Request<'_>, identity: Option<&Identity>, body: Option<&[u8]>) -> ValidationOutcome {
-        let _ = (request, identity, body);
+    fn validate(&self, request: &Request<'_>, body: Option<&[u8]>) -> ValidationOutcome {
+        let _ = (request, body);
         ValidationOutcome::Valid
     }
 }
@@ -86,15 +88,15 @@ pub trait Filter: Plugin {
     }
 
     /// Called before the upstream. Default: continue with no edits.
-    fn on_request(&self, request: &Request<'_>, identity: Option<&Identity>) -> FilterAction {
-        let _ = (request, identity);
+    fn on_request(&self, request: &Request<'_>) -> FilterAction {
+        let _ = request;
         FilterAction::Continue(HeaderEdits::default())
     }
 
     /// Called when the upstream's response head arrives, when [`Filter::hooks`] has
     /// [`HookSet::ON_RESPONSE`]. Default: continue with no edits.
-    fn on_response(&self, request: &Request<'_>, identity: Option<&Identity>, response: &ResponseHead) -> FilterAction {
-        let _ = (request, identity, response);
+    fn on_response(&self, request: &Request<'_>, response: &ResponseHead) -> FilterAction {
+        let _ = (request, response);
         FilterAction::Continue(HeaderEdits::default())
     }
 }

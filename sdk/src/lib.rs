@@ -1,7 +1,7 @@
 //! Write Portcullis gateway plugins in Rust.
 //!
 //! A Portcullis plugin is a WebAssembly component implementing one typed kind of the
-//! `portcullis:plugin@0.2.0` WIT package (`wit/` in the repository): `auth`, `rate-limit`,
+//! `portcullis:plugin@0.3.0` WIT package (`wit/` in the repository): `auth`, `rate-limit`,
 //! `validation`, `logging` or `filter`. With this crate a plugin is a configuration type, a
 //! constructor that validates it, the trait of its kind with only the hooks it needs, and one
 //! export macro. Build it with `cargo build --target wasm32-wasip2`; no other tool is needed.
@@ -9,8 +9,7 @@
 //! A whole plugin, a filter that tags requests for the upstream and refuses a blocked path:
 //!
 //! ```
-//! use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, LocalResponse,
-//!                      Plugin, Request};
+//! use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, LocalResponse, Plugin, Request};
 //! use serde::Deserialize;
 //!
 //! #[derive(Deserialize)]
@@ -34,7 +33,7 @@
 //! }
 //!
 //! impl Filter for Tagger {
-//!     fn on_request(&self, request: &Request<'_>, _identity: Option<&Identity>) -> FilterAction {
+//!     fn on_request(&self, request: &Request<'_>) -> FilterAction {
 //!         if let Some(prefix) = &self.0.blocked_prefix {
 //!             if request.path().starts_with(prefix.as_str()) {
 //!                 return FilterAction::Respond(LocalResponse::problem(
@@ -50,9 +49,9 @@
 //! // Unit tests run natively against the SDK's fake host:
 //! use portcullis_sdk::testing;
 //! let tagger: Tagger = testing::configure(r#"{"tag": "blue", "blocked_prefix": "/admin"}"#).unwrap();
-//! let allowed = tagger.on_request(&testing::request("GET", "/api/x").build(), None);
+//! let allowed = tagger.on_request(&testing::request("GET", "/api/x").build());
 //! assert_eq!(allowed, FilterAction::Continue(HeaderEdits::default().set("x-tag", "blue")));
-//! let refused = tagger.on_request(&testing::request("GET", "/admin/x").build(), None);
+//! let refused = tagger.on_request(&testing::request("GET", "/admin/x").build());
 //! assert!(matches!(refused, FilterAction::Respond(r) if r.status == 403));
 //! let bad = testing::configure::<Tagger>(r#"{"tagg": "blue"}"#).err().unwrap();
 //! assert_eq!(bad.pointer, "/tagg");
@@ -72,9 +71,12 @@
 //!   method, path and other single values are kept after the first ask; header look-ups are
 //!   not). Read what the decision needs, and prefer [`Request::header`] to
 //!   [`Request::headers`], which copies every field.
-//! - Every string the host hands a hook (the identity's subject, issuer, roles and scopes,
-//!   each header value) is an allocation in the plugin's memory, made through a call into
-//!   it: about 0.6 k instructions each, empty lists included.
+//! - Every string the host hands a hook (each header value, the identity's subject) is an
+//!   allocation in the plugin's memory, made through a call into it: about 0.6 k
+//!   instructions each, empty lists included. Since contract 0.3.0 the identity is not handed
+//!   to every hook: ask the request for the one fact the decision needs
+//!   ([`Request::has_role`], [`Request::subject`]) rather than the whole record
+//!   ([`Request::identity`], about ten strings and lists).
 //! - `format!` costs more inside wasm than natively: on a per-request path, push into a
 //!   `String` made with capacity. rate-limit's counter keys did that for about 5 k
 //!   instructions fewer per request.

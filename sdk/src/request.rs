@@ -1,13 +1,18 @@
-//! [`Request`]: the request a hook is lent (WIT `request`, contract 0.2.0).
+//! [`Request`]: the request a hook is lent (WIT `request`, contract 0.3.0).
 //!
 //! In a component, each accessor asks the host for that one part, so a call copies into the
-//! plugin's memory only what it reads; the scalar parts (`method`, `path`, …) are kept after
-//! the first ask, header look-ups are not. Natively (unit tests) a `Request` is a plain value
-//! built with [`crate::testing::request`].
+//! plugin's memory only what it reads; the scalar parts (`method`, `path`, …) and the identity
+//! are kept after the first ask, header look-ups are not. Natively (unit tests) a `Request` is
+//! a plain value built with [`crate::testing::request`].
+//!
+//! The request also answers for the identity an earlier auth step established (contract
+//! 0.3.0; 0.2.0 handed every hook the whole identity record): [`Request::subject`],
+//! [`Request::has_role`], [`Request::has_scope`] and [`Request::claim`] copy one fact each,
+//! [`Request::identity`] the whole record once.
 
 use std::cell::OnceCell;
 
-use crate::{ClientCert, Header};
+use crate::{ClientCert, Header, Identity};
 
 /// The request as the plugin sees it, after the host's hygiene and every earlier step's edits.
 /// Valid for the hook call it was passed to.
@@ -21,6 +26,8 @@ pub struct Request<'a> {
     client_ip: OnceCell<String>,
     request_id: OnceCell<String>,
     route: OnceCell<String>,
+    identity: OnceCell<Option<Identity>>,
+    subject: OnceCell<Option<String>>,
 }
 
 enum Source<'a> {
@@ -43,6 +50,7 @@ pub(crate) struct Owned {
     pub client_cert: Option<ClientCert>,
     pub request_id: String,
     pub route: String,
+    pub identity: Option<Identity>,
 }
 
 impl std::fmt::Debug for Request<'_> {
@@ -76,6 +84,8 @@ impl<'a> Request<'a> {
             client_ip: OnceCell::new(),
             request_id: OnceCell::new(),
             route: OnceCell::new(),
+            identity: OnceCell::new(),
+            subject: OnceCell::new(),
         }
     }
 
@@ -187,5 +197,75 @@ impl<'a> Request<'a> {
         let (scheme, token) = value.split_once(' ')?;
         let token = token.trim();
         (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+    }
+
+    /// The identity an earlier auth step established, or `None` when the request is anonymous
+    /// (no auth step ran, or each answered `anonymous`). The first ask copies the whole record
+    /// into the plugin (about ten strings and lists); when the decision needs one fact, ask for
+    /// it instead ([`Request::subject`], [`Request::has_role`], …).
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity
+            .get_or_init(|| match &self.source {
+                #[cfg(target_arch = "wasm32")]
+                Source::Host(r) => r.identity(),
+                Source::Owned(o, _) => o.identity.clone(),
+            })
+            .as_ref()
+    }
+
+    /// The identity's subject (e.g. a JWT `sub`, RFC 7519 §4.1.2), or `None` when anonymous.
+    /// One host call, kept after the first ask (none when [`Request::identity`] was read).
+    pub fn subject(&self) -> Option<&str> {
+        if let Some(identity) = self.identity.get() {
+            return identity.as_ref().map(|i| i.subject.as_str());
+        }
+        self.subject
+            .get_or_init(|| match &self.source {
+                #[cfg(target_arch = "wasm32")]
+                Source::Host(r) => r.subject(),
+                Source::Owned(o, _) => o.identity.as_ref().map(|i| i.subject.clone()),
+            })
+            .as_deref()
+    }
+
+    /// Whether the identity holds role `name` (exact match); `false` when anonymous. One host
+    /// call each time (none when [`Request::identity`] was read).
+    pub fn has_role(&self, name: &str) -> bool {
+        if let Some(identity) = self.identity.get() {
+            return identity.as_ref().is_some_and(|i| i.roles.iter().any(|r| r == name));
+        }
+        match &self.source {
+            #[cfg(target_arch = "wasm32")]
+            Source::Host(r) => r.has_role(name),
+            Source::Owned(o, _) => o.identity.as_ref().is_some_and(|i| i.roles.iter().any(|r| r == name)),
+        }
+    }
+
+    /// Whether the identity holds OAuth 2.0 scope `name` (RFC 6749 §3.3, exact match); `false`
+    /// when anonymous. One host call each time (none when [`Request::identity`] was read).
+    pub fn has_scope(&self, name: &str) -> bool {
+        if let Some(identity) = self.identity.get() {
+            return identity.as_ref().is_some_and(|i| i.scopes.iter().any(|s| s == name));
+        }
+        match &self.source {
+            #[cfg(target_arch = "wasm32")]
+            Source::Host(r) => r.has_scope(name),
+            Source::Owned(o, _) => o.identity.as_ref().is_some_and(|i| i.scopes.iter().any(|s| s == name)),
+        }
+    }
+
+    /// The claim `name` the auth step passed on, as JSON text (e.g. `"eu-west"`), or `None`
+    /// when it passed no such claim or the request is anonymous. One host call each time
+    /// (none when [`Request::identity`] was read).
+    pub fn claim(&self, name: &str) -> Option<String> {
+        let find = |i: &Identity| i.claims.iter().find(|c| c.name == name).map(|c| c.json.clone());
+        if let Some(identity) = self.identity.get() {
+            return identity.as_ref().and_then(find);
+        }
+        match &self.source {
+            #[cfg(target_arch = "wasm32")]
+            Source::Host(r) => r.claim(name),
+            Source::Owned(o, _) => o.identity.as_ref().and_then(find),
+        }
     }
 }

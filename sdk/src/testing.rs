@@ -122,7 +122,8 @@ pub fn configure<P: Plugin>(json: &str) -> Result<P, ConfigError> {
 }
 
 /// Starts a [`Request`] for `method` and `target` (path with optional `?query`), as the host
-/// would pass it: scheme `http`, authority `example.test`, client IP `127.0.0.1`, route `test`.
+/// would pass it: scheme `http`, authority `example.test`, client IP `127.0.0.1`, route `test`,
+/// anonymous (see [`RequestBuilder::identity`]).
 pub fn request(method: &str, target: &str) -> RequestBuilder {
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
@@ -139,6 +140,7 @@ pub fn request(method: &str, target: &str) -> RequestBuilder {
         client_cert: None,
         request_id: "test-request".to_owned(),
         route: "test".to_owned(),
+        identity: None,
     })
 }
 
@@ -169,6 +171,12 @@ impl RequestBuilder {
     /// Sets the route id.
     pub fn route(mut self, route: &str) -> Self {
         self.0.route = route.to_owned();
+        self
+    }
+
+    /// Sets the identity an earlier auth step established (`None`: anonymous, the default).
+    pub fn identity(mut self, identity: Option<crate::Identity>) -> Self {
+        self.0.identity = identity;
         self
     }
 

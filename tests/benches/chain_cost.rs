@@ -94,7 +94,7 @@ async fn main() {
         warm_filter.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS));
         let started = Instant::now();
         for _ in 0..CALLS / 20 {
-            jwt.call("bench", &cx, Call::Authenticate(&authed)).await.expect("jwt call").1.settle(true);
+            jwt.call("bench", &cx, Call::Authenticate(&authed, None)).await.expect("jwt call").1.settle(true);
         }
         warm_jwt.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS / 20));
     }
@@ -121,8 +121,10 @@ async fn main() {
         let mut request = (*authed).clone();
         request.headers.insert("x-api-key", HeaderValue::from_static("k-bench-0123456789"));
         request.headers.insert("content-type", HeaderValue::from_static("application/json"));
-        let identity =
-            portcullis::plugin::bindings::portcullis::plugin::types::Identity::new("alice", vec!["reader".into()]);
+        let identity = Arc::new(portcullis::plugin::bindings::portcullis::plugin::types::Identity::new(
+            "alice",
+            vec!["reader".into()],
+        ));
         let mut samples = Vec::new();
         for _ in 0..ROUNDS {
             let started = Instant::now();

@@ -2,8 +2,8 @@
 //!
 //! - `plugin_call/*`: one call of each first-party plugin kind on a warm instance, through the
 //!   host's `StepPool` (lending the request, the call, lifting and checking the answer), and a
-//!   small filter built against each contract version (`legacy-filter` for 0.1.0, the tag
-//!   filter for 0.2.0);
+//!   small filter built against contract 0.1.0 (`legacy-filter`) and the current one (the tag
+//!   filter, 0.3.0);
 //! - `instance/*`: the same rbac call on a pooled instance and on a fresh one per call
 //!   (`isolation = "request"`: instantiate, `configure`, call);
 //! - `route_lookup/*`: `Router::find` with 10, 1,000 and 10,000 routes (a hit in the middle of
@@ -75,7 +75,7 @@ fn plugin_calls(c: &mut Criterion) {
     let keyed = head(vec![("x-api-key", "k-bench-0123456789".into())]);
     let json = head(vec![("content-type", "application/json".into())]);
     let body = br#"{"item": "bolt", "quantity": 3, "note": "benchmark order"}"#;
-    let identity = Identity::new("alice", vec!["reader".into()]);
+    let identity = std::sync::Arc::new(Identity::new("alice", vec!["reader".into()]));
     let exchange = std::sync::Arc::new(Exchange {
         request_id: "bench".into(),
         route: "audit".into(),
@@ -84,7 +84,7 @@ fn plugin_calls(c: &mut Criterion) {
         path: "/api/orders".into(),
         query: None,
         client_ip: "127.0.0.1".into(),
-        identity: Some(identity.clone()),
+        identity: Some((*identity).clone()),
         status: 200,
         start_ms: 1,
         duration_us: 350,
@@ -98,16 +98,16 @@ fn plugin_calls(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("plugin_call");
     let cases: [(&str, usize, Call<'_>); 8] = [
-        ("auth_jwt_rs256", 0, Call::Authenticate(&authed)),
-        ("auth_api_key", 1, Call::Authenticate(&keyed)),
+        ("auth_jwt_rs256", 0, Call::Authenticate(&authed, None)),
+        ("auth_api_key", 1, Call::Authenticate(&keyed, None)),
         ("filter_rbac", 2, Call::OnRequest(&json, Some(&identity))),
         ("rate_limit", 3, Call::Check(&json, Some(&identity))),
         ("validation_json_schema", 4, Call::Validate(&json, Some(&identity), Some(body))),
         ("logging_audit_append", 5, Call::Observe(&exchange)),
         // The same small filter built against contract 0.1.0 (a request-head record copied in)
-        // and 0.2.0 (the request lent, only what it reads copied).
+        // and 0.3.0 (the request lent, only what it reads copied).
         ("filter_tag_contract_0_1_0", 7, Call::OnRequest(&keyed, Some(&identity))),
-        ("filter_tag_contract_0_2_0", 8, Call::OnRequest(&keyed, Some(&identity))),
+        ("filter_tag_contract_0_3_0", 8, Call::OnRequest(&keyed, Some(&identity))),
     ];
     for (name, index, call) in cases {
         let pool = pool(index);

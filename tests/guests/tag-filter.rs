@@ -7,7 +7,7 @@
 // to the query it was lent, when there is one (so tests see what later steps see).
 
 use portcullis_sdk::{
-    ConfigError, Filter, FilterAction, HeaderEdits, HookSet, Identity, Plugin, Request, ResponseHead,
+    ConfigError, Filter, FilterAction, HeaderEdits, HookSet, Plugin, Request, ResponseHead,
 };
 use serde::Deserialize;
 
@@ -38,7 +38,7 @@ impl Filter for TagFilter {
         if self.1 { HookSet::ON_REQUEST | HookSet::ON_RESPONSE } else { HookSet::ON_REQUEST }
     }
 
-    fn on_request(&self, request: &Request<'_>, _: Option<&Identity>) -> FilterAction {
+    fn on_request(&self, request: &Request<'_>) -> FilterAction {
         let mut edits = HeaderEdits::default().set("x-tag", &self.0);
         if let Some(query) = request.query() {
             edits = edits.set("x-tag-query", query);
@@ -46,7 +46,7 @@ impl Filter for TagFilter {
         FilterAction::Continue(edits)
     }
 
-    fn on_response(&self, request: &Request<'_>, _: Option<&Identity>, _: &ResponseHead) -> FilterAction {
+    fn on_response(&self, request: &Request<'_>, _: &ResponseHead) -> FilterAction {
         let mut edits = HeaderEdits::default().set("x-tag-response", &self.0);
         if let Some(echo) = request.header("x-echo") {
             edits = edits.set("x-tag-echo", &echo);

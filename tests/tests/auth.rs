@@ -77,7 +77,7 @@ async fn audit_log_records_the_exchange_after_the_response() {
             )
         })
         .collect();
-    // The chaos filter declares no response hook (contract 0.2.0 `hooks`), so it has no
+    // The chaos filter declares no response hook (contract `hooks`, since 0.2.0), so it has no
     // response-phase decision.
     assert_eq!(decisions, ["jwt request authenticated", "chaos request continue"]);
     assert!(record["hash"].as_str().is_some_and(|h| h.len() == 64), "chained by the host");

@@ -1,6 +1,6 @@
-//! The plugin contract across versions: components built against `portcullis:plugin@0.2.0` (the
-//! SDK's plugins) and against `0.1.0` (the `legacy-filter` guest, bare wit-bindgen) in one
-//! chain, and 0.2.0's declared hooks.
+//! The plugin contract across versions: components built against `portcullis:plugin@0.3.0` (the
+//! SDK's plugins), `0.2.0` (the `bare-filter` guest) and `0.1.0` (the `legacy-filter` guest,
+//! both bare wit-bindgen) in one chain, and declared hooks.
 
 use portcullis::Gateway;
 use portcullis_e2e::{
@@ -9,19 +9,29 @@ use portcullis_e2e::{
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_0_1_0_component_serves_beside_0_2_0_ones_and_sees_the_identity_and_earlier_edits() {
+async fn components_of_0_1_0_and_0_2_0_serve_beside_0_3_0_ones_and_see_the_identity_and_earlier_edits() {
     let upstream = echo_upstream().await;
+    let bare = format!("[plugin.bare]\npath = \"{}\"\nkind = \"filter\"\n", plugin("bare_filter").display());
     let routes = route(
         "api",
         "/api/",
-        &[("jwt", Some(JWT_CONFIG)), ("tagger", Some(r#"{ suffix = "-2" }"#)), ("legacy", Some("{}"))],
-    );
-    let gw = TestGateway::start(&config(upstream, &routes)).await;
+        &[
+            ("jwt", Some(JWT_CONFIG)),
+            ("tagger", Some(r#"{ suffix = "-2" }"#)),
+            ("bare", Some(r#"{ allowed = ["1"] }"#)),
+            ("legacy", Some("{}")),
+        ],
+    ) + &route("open", "/open/", &[("bare", Some(r#"{ allowed = ["1"] }"#))]);
+    let gw = TestGateway::start(&config_with(upstream, &bare, &routes)).await;
     let token = format!("Bearer {}", mint(&claims("alice")));
-    let reply = get(&gw.url("/api/orders?x=1"), &[("authorization", &token), ("x-echo", "kept")]).await;
+    let headers = [("authorization", token.as_str()), ("x-echo", "kept"), ("x-api-version", "1")];
+    let reply = get(&gw.url("/api/orders?x=1"), &headers).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
-    // The 0.1.0 component got a request-head with the 0.2.0 filter's edit applied, and the
-    // identity a 0.2.0 auth plugin established.
+    // The 0.2.0 component was lent the request and handed the identity as a record.
+    assert_eq!(reply.upstream_saw("x-v2-subject"), ["alice"]);
+    assert_eq!(reply.upstream_saw("x-api-version"), ["1"]);
+    // The 0.1.0 component got a request-head with the 0.3.0 filter's edit applied, and the
+    // identity a 0.3.0 auth plugin established.
     assert_eq!(reply.upstream_saw("x-legacy-path"), ["/api/orders"]);
     assert_eq!(reply.upstream_saw("x-legacy-route"), ["api"]);
     assert_eq!(reply.upstream_saw("x-legacy-tag"), ["a-2"]);
@@ -36,7 +46,13 @@ async fn a_0_1_0_component_serves_beside_0_2_0_ones_and_sees_the_identity_and_ea
         plugins["plugins"].as_array().and_then(|a| a.iter().find(|p| p["id"] == id)).map(|p| p["contract"].clone())
     };
     assert_eq!(contract("legacy"), Some("0.1.0".into()), "{plugins}");
-    assert_eq!(contract("tagger"), Some("0.2.0".into()), "{plugins}");
+    assert_eq!(contract("bare"), Some("0.2.0".into()), "{plugins}");
+    assert_eq!(contract("tagger"), Some("0.3.0".into()), "{plugins}");
+
+    // Anonymous: the 0.2.0 component is handed no identity.
+    let reply = get(&gw.url("/open/orders"), &[("x-api-version", "1")]).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.upstream_saw("x-v2-subject"), ["anonymous"]);
     gw.stop().await;
 }
 

@@ -1,7 +1,8 @@
 //! Plugins in three languages, each built with its toolchain's default flags against the
-//! published `filter-plugin` world of `portcullis:plugin@0.2.0`, through the gateway:
-//! `plugins/api-version-js` (componentize-js), `plugins/deny-list-py` (componentize-py) and
-//! `tests/guests/bare-filter` (bare wit-bindgen). Also: configuration refusals name the plugin
+//! published `filter-plugin` world, through the gateway: `plugins/api-version-js`
+//! (componentize-js) and `plugins/deny-list-py` (componentize-py) against
+//! `portcullis:plugin@0.3.0`, and `tests/guests/bare-filter` (bare wit-bindgen) against
+//! `0.2.0`. Also: configuration refusals name the plugin
 //! and field in each; refusals by import or export come before compiling; compiled components
 //! are read back from the disk cache on a restart, and a corrupt entry is compiled again;
 //! `/readyz` lists the plugins still compiling.
@@ -173,7 +174,7 @@ async fn import_and_export_refusals_come_before_compiling() {
     let error = build_on(&toml, &engine).await.unwrap_err();
     assert!(
         error.contains("plugin.version.path: the component does not export the `auth` kind's interface")
-            && error.contains("`portcullis:plugin/filter@0.2.0`"),
+            && error.contains("`portcullis:plugin/filter@0.3.0`"),
         "{error}"
     );
     let strict = py_plugin() + "strict_imports = true\n";

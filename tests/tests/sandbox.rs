@@ -209,7 +209,7 @@ async fn kv_is_shared_by_a_plugins_instances_and_needs_the_grant() {
     let error = build(&ungranted).await.unwrap_err();
     assert!(
         error.contains(
-            "plugin.chaos.path: refused imports: `portcullis:plugin/kv@0.2.0` (the `kv` capability is not granted)"
+            "plugin.chaos.path: refused imports: `portcullis:plugin/kv@0.3.0` (the `kv` capability is not granted)"
         ),
         "{error}"
     );

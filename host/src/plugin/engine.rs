@@ -163,7 +163,12 @@ impl PluginEngine {
         // toolchain's runtime that merely imports them loads, and a call gets an error value.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        // Every contract the host serves, each under its own versioned names
+        // (`portcullis:plugin/kv@0.3.0`, `…@0.2.0`, `…@0.1.0`): a component's imports resolve
+        // to its own contract's.
         Gateway::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        super::bindings::v2::Gateway::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        super::bindings::v1::Gateway::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticking, stop) = (engine.clone(), ticker_stop.clone());

@@ -320,7 +320,7 @@ impl std::fmt::Display for FieldList<'_> {
     }
 }
 
-/// The host side of the capability interfaces, the same in contracts 0.1.0 and 0.2.0 but
+/// The host side of the capability interfaces, the same in contracts 0.1.0, 0.2.0 and 0.3.0 but
 /// generated as distinct Rust types, so implemented once here for the module `$m` of each;
 /// 0.2.0's additions to `kv` (`throttle`) and `audit` (`append-observed`) come in as the two
 /// blocks.
@@ -450,6 +450,7 @@ impl $m::audit::Host for HostState {
 
 use super::bindings::portcullis::plugin as current;
 use super::bindings::v1::portcullis::plugin as v1;
+use super::bindings::v2::portcullis::plugin as v2;
 
 impl HostState {
     /// Sends an `http-client` request, with `credential` set among its headers by the host.
@@ -491,127 +492,42 @@ impl HostState {
         outcome
     }
 
-    /// The header `credential` asks for, from this plugin's granted secrets.
-    fn credential(&self, credential: &current::secrets::Credential) -> Result<SecretHeader, SecretError> {
-        use current::secrets::Credential;
-        let asked = match credential {
-            Credential::Header(h) => CredentialRequest::Header { name: &h.name, secret: &h.secret, prefix: &h.prefix },
-            Credential::Basic(b) => {
-                CredentialRequest::Basic { user: &b.user, secret: &b.secret, form_encode: b.form_encode }
-            }
-        };
-        let header = self.grants.secrets.header(&asked);
+    /// The header `asked` for, from this plugin's granted secrets.
+    fn credential(&self, asked: &CredentialRequest<'_>) -> Result<SecretHeader, SecretError> {
+        let header = self.grants.secrets.header(asked);
         if let Err(e) = &header {
             tracing::debug!(plugin = %self.grants.plugin_id, request_id = %self.request_id, error = %e, "secret refused");
         }
         header
     }
-}
 
-fn secret_error(e: SecretError) -> current::secrets::SecretError {
-    match e {
-        SecretError::NotGranted(name) => current::secrets::SecretError::NotGranted(name),
-        SecretError::Invalid(why) => current::secrets::SecretError::Invalid(why),
-    }
-}
-
-impl current::secrets::Host for HostState {
-    fn inject(
-        &mut self,
-        credential: current::secrets::Credential,
-    ) -> wasmtime::Result<Result<(), current::secrets::SecretError>> {
-        let header = self.credential(&credential).map_err(secret_error);
-        Ok(header.map(|h| self.secret_headers.push(h)))
-    }
-
-    async fn send(
-        &mut self,
-        request: current::http_client::OutboundRequest,
-        credential: current::secrets::Credential,
-    ) -> wasmtime::Result<Result<current::http_client::OutboundResponse, current::http_client::HttpError>> {
-        self.require(Capability::HttpClient, "http-client")?;
-        let header = match self.credential(&credential) {
-            Ok(header) => header,
-            Err(SecretError::NotGranted(name)) => {
-                let why = format!("secret `{name}` is not granted to this plugin");
-                return Ok(Err(current::http_client::HttpError::NotAllowed(why)));
-            }
-            Err(SecretError::Invalid(why)) => return Ok(Err(current::http_client::HttpError::InvalidRequest(why))),
-        };
-        Ok(self.send_outbound(request, Some(header)).await)
-    }
-
-    fn reveal(&mut self, secret: String) -> wasmtime::Result<Result<Vec<u8>, current::secrets::SecretError>> {
-        Ok(self.grants.secrets.reveal(&secret).map(|v| v.expose().to_vec()).map_err(secret_error))
-    }
-}
-
-impl current::signatures::Host for HostState {}
-
-impl HostState {
     /// Holds `key` for the plugin, within [`MAX_VERIFYING_KEYS`].
     fn hold_key(
         &mut self,
         key: Result<portcullis_signatures::VerifyingKey, portcullis_signatures::KeyError>,
-    ) -> wasmtime::Result<Result<Resource<portcullis_signatures::VerifyingKey>, current::signatures::KeyError>> {
-        use portcullis_signatures::KeyError;
+    ) -> wasmtime::Result<Result<Resource<portcullis_signatures::VerifyingKey>, portcullis_signatures::KeyError>> {
         let key = match key {
             Ok(key) if self.verifying_keys < MAX_VERIFYING_KEYS => key,
             Ok(_) => {
                 let why = format!("at most {MAX_VERIFYING_KEYS} verifying keys per plugin instance; drop unused ones");
-                return Ok(Err(current::signatures::KeyError::Unsupported(why)));
+                return Ok(Err(portcullis_signatures::KeyError::Unsupported(why)));
             }
-            Err(KeyError::Unsupported(why)) => return Ok(Err(current::signatures::KeyError::Unsupported(why))),
-            Err(KeyError::Invalid(why)) => return Ok(Err(current::signatures::KeyError::Invalid(why))),
+            Err(e) => return Ok(Err(e)),
         };
         let handle = self.table.push(key)?;
         self.verifying_keys += 1;
         Ok(Ok(handle))
     }
-}
 
-/// The algorithm as this host's key type names it.
-fn algorithm(algorithm: current::signatures::Algorithm) -> portcullis_signatures::Algorithm {
-    use current::signatures::Algorithm as Wit;
-    use portcullis_signatures::Algorithm;
-    match algorithm {
-        Wit::Rs256 => Algorithm::Rs256,
-        Wit::Rs384 => Algorithm::Rs384,
-        Wit::Rs512 => Algorithm::Rs512,
-        Wit::Ps256 => Algorithm::Ps256,
-        Wit::Ps384 => Algorithm::Ps384,
-        Wit::Ps512 => Algorithm::Ps512,
-        Wit::Es256 => Algorithm::Es256,
-        Wit::Es384 => Algorithm::Es384,
-        Wit::EdDsa => Algorithm::EdDsa,
-    }
-}
-
-impl current::signatures::HostVerifyingKey for HostState {
-    fn from_jwk(
+    /// Checks `signature` over `message` with a held key, counting the check.
+    fn verify_with(
         &mut self,
-        jwk: String,
-        alg: current::signatures::Algorithm,
-    ) -> wasmtime::Result<Result<Resource<portcullis_signatures::VerifyingKey>, current::signatures::KeyError>> {
-        self.hold_key(portcullis_signatures::VerifyingKey::from_jwk(&jwk, algorithm(alg)))
-    }
-
-    fn from_pem(
-        &mut self,
-        pem: String,
-        alg: current::signatures::Algorithm,
-    ) -> wasmtime::Result<Result<Resource<portcullis_signatures::VerifyingKey>, current::signatures::KeyError>> {
-        self.hold_key(portcullis_signatures::VerifyingKey::from_pem(&pem, algorithm(alg)))
-    }
-
-    fn verify(
-        &mut self,
-        key: Resource<portcullis_signatures::VerifyingKey>,
-        message: Vec<u8>,
-        signature: Vec<u8>,
+        key: &Resource<portcullis_signatures::VerifyingKey>,
+        message: &[u8],
+        signature: &[u8],
     ) -> wasmtime::Result<bool> {
-        let key = self.table.get(&key)?;
-        let valid = key.verify(&message, &signature);
+        let key = self.table.get(key)?;
+        let valid = key.verify(message, signature);
         let labels = SignatureLabels {
             plugin: self.grants.plugin_id.to_string(),
             algorithm: key.algorithm().name().to_owned(),
@@ -621,11 +537,179 @@ impl current::signatures::HostVerifyingKey for HostState {
         Ok(valid)
     }
 
-    fn drop(&mut self, key: Resource<portcullis_signatures::VerifyingKey>) -> wasmtime::Result<()> {
-        self.table.delete(key)?;
-        self.verifying_keys -= 1;
-        Ok(())
+    /// Renders the standard record of the exchange the current `observe` call received and
+    /// appends it (`audit.append-observed`).
+    fn append_observed_record(&mut self, redact: &[String]) -> wasmtime::Result<Result<String, AuditError>> {
+        self.require(Capability::Audit, "audit")?;
+        let Some((exchange, recorded)) = &self.observed else {
+            let why = "append-observed records the exchange of an `observe` call; this call has none";
+            return Ok(Err(AuditError::InvalidRecord(why.into())));
+        };
+        let record = super::audit::render_observed(exchange, recorded.as_deref(), redact);
+        Ok(self.append_record(Appended::Rendered(&record)))
     }
+}
+
+/// `kv.throttle` of contract module `$m` (new in 0.2.0), an item of its `kv::Host` impl.
+macro_rules! throttle {
+    ($m:ident, $errors:ident) => {
+        async fn throttle(
+            &mut self,
+            key: String,
+            interval_us: u64,
+            window_us: u64,
+            quantity: i32,
+        ) -> wasmtime::Result<Result<$m::kv::Cell, $m::kv::KvError>> {
+            self.require(Capability::Kv, "kv")?;
+            let (shared, grants) = (self.shared.clone(), self.grants.clone());
+            let take = shared.kv.throttle(&grants.plugin_id, &key, interval_us, window_us, quantity);
+            let outcome = self.kv_wait(take).await;
+            Ok(outcome.map_err($errors).map(|c| $m::kv::Cell {
+                allowed: c.allowed,
+                remaining: c.remaining,
+                reset_us: c.reset_us,
+                retry_after_us: c.retry_after_us,
+            }))
+        }
+    };
+}
+
+/// `audit.append-observed` of contract module `$m` (new in 0.2.0), an item of its
+/// `audit::Host` impl.
+macro_rules! append_observed {
+    ($m:ident) => {
+        fn append_observed(&mut self, redact: Vec<String>) -> wasmtime::Result<Result<String, $m::audit::AuditError>> {
+            Ok(self.append_observed_record(&redact)?.map_err(|e| match e {
+                AuditError::InvalidRecord(why) => $m::audit::AuditError::InvalidRecord(why),
+                AuditError::Unavailable(why) => $m::audit::AuditError::Unavailable(why),
+            }))
+        }
+    };
+}
+
+/// The host's request for the header `$credential` (a `$m::secrets::Credential`) asks for.
+macro_rules! asked {
+    ($m:ident, $credential:expr) => {
+        match &$credential {
+            $m::secrets::Credential::Header(h) => {
+                CredentialRequest::Header { name: &h.name, secret: &h.secret, prefix: &h.prefix }
+            }
+            $m::secrets::Credential::Basic(b) => {
+                CredentialRequest::Basic { user: &b.user, secret: &b.secret, form_encode: b.form_encode }
+            }
+        }
+    };
+}
+
+/// `$alg` (a `$m::signatures::Algorithm`) as the host's key type names it.
+macro_rules! algorithm {
+    ($m:ident, $alg:expr) => {{
+        use portcullis_signatures::Algorithm;
+        use $m::signatures::Algorithm as Wit;
+        match $alg {
+            Wit::Rs256 => Algorithm::Rs256,
+            Wit::Rs384 => Algorithm::Rs384,
+            Wit::Rs512 => Algorithm::Rs512,
+            Wit::Ps256 => Algorithm::Ps256,
+            Wit::Ps384 => Algorithm::Ps384,
+            Wit::Ps512 => Algorithm::Ps512,
+            Wit::Es256 => Algorithm::Es256,
+            Wit::Es384 => Algorithm::Es384,
+            Wit::EdDsa => Algorithm::EdDsa,
+        }
+    }};
+}
+
+/// The host's key error `$e` as contract module `$m` names it.
+macro_rules! key_error {
+    ($m:ident, $e:expr) => {
+        match $e {
+            portcullis_signatures::KeyError::Unsupported(why) => $m::signatures::KeyError::Unsupported(why),
+            portcullis_signatures::KeyError::Invalid(why) => $m::signatures::KeyError::Invalid(why),
+        }
+    };
+}
+
+/// The capabilities new in 0.2.0 and the same in 0.3.0 (`secrets`, `signatures`), for contract
+/// module `$m`; `$down` and `$up` convert its `http-client` types to and from the current ones.
+macro_rules! secrets_and_signatures {
+    ($m:ident, $down:path, $up:path) => {
+        impl $m::secrets::Host for HostState {
+            fn inject(
+                &mut self,
+                credential: $m::secrets::Credential,
+            ) -> wasmtime::Result<Result<(), $m::secrets::SecretError>> {
+                let header = self.credential(&asked!($m, credential));
+                Ok(header.map(|h| self.secret_headers.push(h)).map_err(|e| match e {
+                    SecretError::NotGranted(name) => $m::secrets::SecretError::NotGranted(name),
+                    SecretError::Invalid(why) => $m::secrets::SecretError::Invalid(why),
+                }))
+            }
+
+            async fn send(
+                &mut self,
+                request: $m::http_client::OutboundRequest,
+                credential: $m::secrets::Credential,
+            ) -> wasmtime::Result<Result<$m::http_client::OutboundResponse, $m::http_client::HttpError>> {
+                self.require(Capability::HttpClient, "http-client")?;
+                let header = match self.credential(&asked!($m, credential)) {
+                    Ok(header) => header,
+                    Err(SecretError::NotGranted(name)) => {
+                        let why = format!("secret `{name}` is not granted to this plugin");
+                        return Ok(Err($m::http_client::HttpError::NotAllowed(why)));
+                    }
+                    Err(SecretError::Invalid(why)) => return Ok(Err($m::http_client::HttpError::InvalidRequest(why))),
+                };
+                Ok($up(self.send_outbound($down(request), Some(header)).await))
+            }
+
+            fn reveal(&mut self, secret: String) -> wasmtime::Result<Result<Vec<u8>, $m::secrets::SecretError>> {
+                Ok(self.grants.secrets.reveal(&secret).map(|v| v.expose().to_vec()).map_err(|e| match e {
+                    SecretError::NotGranted(name) => $m::secrets::SecretError::NotGranted(name),
+                    SecretError::Invalid(why) => $m::secrets::SecretError::Invalid(why),
+                }))
+            }
+        }
+
+        impl $m::signatures::Host for HostState {}
+
+        impl $m::signatures::HostVerifyingKey for HostState {
+            fn from_jwk(
+                &mut self,
+                jwk: String,
+                alg: $m::signatures::Algorithm,
+            ) -> wasmtime::Result<Result<Resource<portcullis_signatures::VerifyingKey>, $m::signatures::KeyError>> {
+                let key = portcullis_signatures::VerifyingKey::from_jwk(&jwk, algorithm!($m, alg));
+                Ok(self.hold_key(key)?.map_err(|e| key_error!($m, e)))
+            }
+
+            fn from_pem(
+                &mut self,
+                pem: String,
+                alg: $m::signatures::Algorithm,
+            ) -> wasmtime::Result<Result<Resource<portcullis_signatures::VerifyingKey>, $m::signatures::KeyError>> {
+                let key = portcullis_signatures::VerifyingKey::from_pem(&pem, algorithm!($m, alg));
+                Ok(self.hold_key(key)?.map_err(|e| key_error!($m, e)))
+            }
+
+            fn verify(
+                &mut self,
+                key: Resource<portcullis_signatures::VerifyingKey>,
+                message: Vec<u8>,
+                signature: Vec<u8>,
+            ) -> wasmtime::Result<bool> {
+                self.verify_with(&key, &message, &signature)
+            }
+
+            fn drop(&mut self, key: Resource<portcullis_signatures::VerifyingKey>) -> wasmtime::Result<()> {
+                self.table.delete(key)?;
+                self.verifying_keys -= 1;
+                Ok(())
+            }
+        }
+
+        impl $m::types::Host for HostState {}
+    };
 }
 
 capabilities!(
@@ -634,48 +718,58 @@ capabilities!(
     std::convert::identity,
     std::convert::identity,
     {
-        async fn throttle(
-            &mut self,
-            key: String,
-            interval_us: u64,
-            window_us: u64,
-            quantity: i32,
-        ) -> wasmtime::Result<Result<current::kv::Cell, current::kv::KvError>> {
-            self.require(Capability::Kv, "kv")?;
-            let (shared, grants) = (self.shared.clone(), self.grants.clone());
-            let take = shared.kv.throttle(&grants.plugin_id, &key, interval_us, window_us, quantity);
-            let outcome = self.kv_wait(take).await;
-            Ok(outcome.map_err(current_kv_error).map(|c| current::kv::Cell {
-                allowed: c.allowed,
-                remaining: c.remaining,
-                reset_us: c.reset_us,
-                retry_after_us: c.retry_after_us,
-            }))
-        }
+        throttle!(current, current_kv_error);
     },
     {
-        fn append_observed(
-            &mut self,
-            redact: Vec<String>,
-        ) -> wasmtime::Result<Result<String, current::audit::AuditError>> {
-            self.require(Capability::Audit, "audit")?;
-            let Some((exchange, recorded)) = &self.observed else {
-                let why = "append-observed records the exchange of an `observe` call; this call has none";
-                return Ok(Err(current::audit::AuditError::InvalidRecord(why.into())));
-            };
-            let record = super::audit::render_observed(exchange, recorded.as_deref(), &redact);
-            Ok(self.append_record(Appended::Rendered(&record)).map_err(|e| match e {
-                AuditError::InvalidRecord(why) => current::audit::AuditError::InvalidRecord(why),
-                AuditError::Unavailable(why) => current::audit::AuditError::Unavailable(why),
-            }))
-        }
+        append_observed!(current);
     }
 );
-// 0.1.0's `kv` has no `throttle`, its `audit` no `append-observed`.
+secrets_and_signatures!(current, std::convert::identity, std::convert::identity);
+capabilities!(
+    v2,
+    v2_kv_error,
+    super::previous::outbound_request,
+    super::previous::outbound_result,
+    {
+        throttle!(v2, v2_kv_error);
+    },
+    {
+        append_observed!(v2);
+    }
+);
+secrets_and_signatures!(v2, super::previous::outbound_request, super::previous::outbound_result);
+// 0.1.0's `kv` has no `throttle`, its `audit` no `append-observed`; it has no `secrets` or
+// `signatures`.
 capabilities!(v1, v1_kv_error, super::legacy::outbound_request, super::legacy::outbound_result, {}, {});
-
-impl current::types::Host for HostState {}
 impl v1::types::Host for HostState {}
+
+/// A store's state for unit tests: plugin id `test`, granted `capabilities`, an in-process `kv`
+/// store, no outbound origins or secrets, and `audit` as its audit sink.
+#[cfg(test)]
+pub(crate) fn state_for_tests(
+    capabilities: Vec<Capability>,
+    metrics: Arc<Metrics>,
+    audit: Option<Arc<Sink>>,
+) -> HostState {
+    let clock = Clock::default();
+    let shared = Arc::new(Shared {
+        kv: Arc::new(Kv::Memory(super::kv::KvStore::new(clock.clone()))),
+        metrics,
+        outbound: Outbound::new().expect("an outbound client without custom roots builds"),
+        telemetry: Arc::new(crate::telemetry::Telemetry::disabled()),
+        clock,
+    });
+    let grants = Arc::new(Grants {
+        plugin_id: "test".into(),
+        capabilities,
+        max_log_events_per_call: 10,
+        origins: Vec::new(),
+        audit,
+        audit_options: super::audit::SinkOptions::default(),
+        secrets: SecretGrants::default(),
+    });
+    HostState::new(grants, shared, 1 << 20)
+}
 
 #[cfg(test)]
 mod tests {
@@ -684,7 +778,6 @@ mod tests {
     use super::super::audit::{AuditSinks, SinkOptions};
     use super::super::bindings::exports::portcullis::plugin::logging::{Phase, StepDecision};
     use super::super::bindings::portcullis::plugin::types::{Authentication, Header, Identity};
-    use super::super::kv::KvStore;
     use super::*;
 
     fn exchange() -> Exchange {
@@ -734,24 +827,7 @@ mod tests {
         let path = dir.join("audit.jsonl");
         let metrics = Arc::new(Metrics::default());
         let sink = AuditSinks::with_metrics(metrics.clone()).open(Some(&path), &SinkOptions::default()).unwrap();
-        let clock = Clock::default();
-        let shared = Arc::new(Shared {
-            kv: Arc::new(Kv::Memory(KvStore::new(clock.clone()))),
-            metrics,
-            outbound: Outbound::new().unwrap(),
-            telemetry: Arc::new(crate::telemetry::Telemetry::disabled()),
-            clock,
-        });
-        let grants = Arc::new(Grants {
-            plugin_id: "audit".into(),
-            capabilities: vec![Capability::Audit],
-            max_log_events_per_call: 10,
-            origins: Vec::new(),
-            audit: Some(sink.clone()),
-            audit_options: SinkOptions::default(),
-            secrets: SecretGrants::default(),
-        });
-        let mut state = HostState::new(grants, shared, 1 << 20);
+        let mut state = state_for_tests(vec![Capability::Audit], metrics, Some(sink.clone()));
         let outside = |state: &mut HostState| match state.append_observed(Vec::new()).unwrap() {
             Err(WitAuditError::InvalidRecord(why)) => why,
             other => panic!("expected invalid-record outside observe, got {other:?}"),

@@ -76,14 +76,15 @@ pub fn check(surface: &Surface, granted: &[Capability], strict: bool) -> Result<
 }
 
 /// Checks that `surface` exports `kind`'s interface of a contract this host serves
-/// (`portcullis:plugin/<kind>@0.2.x` or `@0.1.x`). Function signatures are checked after
+/// (`portcullis:plugin/<kind>@0.3.x`, `@0.2.x` or `@0.1.x`). Function signatures are checked after
 /// compilation, when the export is looked up.
 ///
 /// Errors: the interface is not exported; the message lists what is.
 pub fn check_exports(surface: &Surface, kind: PluginKind) -> Result<(), String> {
     let wanted = format!("portcullis:plugin/{kind}@");
     let served = surface.exports.iter().any(|name| {
-        name.strip_prefix(&wanted).is_some_and(|version| version.starts_with("0.2.") || version.starts_with("0.1."))
+        name.strip_prefix(&wanted)
+            .is_some_and(|version| ["0.3.", "0.2.", "0.1."].iter().any(|v| version.starts_with(v)))
     });
     if served {
         return Ok(());
@@ -94,8 +95,8 @@ pub fn check_exports(surface: &Surface, kind: PluginKind) -> Result<(), String> 
         surface.exports.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
     };
     Err(format!(
-        "the component does not export the `{kind}` kind's interface (`portcullis:plugin/{kind}@0.2.0`, \
-         or 0.1.0); it exports {exported}"
+        "the component does not export the `{kind}` kind's interface (`portcullis:plugin/{kind}@0.3.0`, \
+         0.2.0 or 0.1.0); it exports {exported}"
     ))
 }
 
@@ -168,6 +169,7 @@ mod tests {
     #[test]
     fn exports_name_the_kind_of_a_served_contract() {
         let surface = |e: &[&str]| Surface { imports: vec![], exports: e.iter().map(|s| (*s).to_owned()).collect() };
+        assert!(check_exports(&surface(&["portcullis:plugin/filter@0.3.0"]), PluginKind::Filter).is_ok());
         assert!(check_exports(&surface(&["portcullis:plugin/filter@0.2.0"]), PluginKind::Filter).is_ok());
         assert!(check_exports(&surface(&["portcullis:plugin/filter@0.1.0"]), PluginKind::Filter).is_ok());
         let wrong = check_exports(&surface(&["portcullis:plugin/auth@0.2.0"]), PluginKind::Filter).unwrap_err();

@@ -1,7 +1,9 @@
 //! One plugin instance: a store and the loaded export of its kind, and the typed calls on it.
 //!
-//! A component built against contract 0.2.0 is called with the request lent as a resource; one
-//! built against 0.1.0 gets a `request-head` record built for the call ([`super::legacy`]).
+//! A component built against contract 0.3.0 is called with the request lent as a resource that
+//! also answers for the identity; one built against 0.2.0 with the request lent and the
+//! identity lowered as a record ([`super::previous`]); one built against 0.1.0 gets a
+//! `request-head` record built for the call ([`super::legacy`]).
 
 use std::sync::Arc;
 
@@ -11,8 +13,10 @@ use wasmtime::component::{Instance as WasmInstance, InstancePre};
 use super::bindings::exports::portcullis::plugin::{auth, filter, logging, rate_limit, validation};
 use super::bindings::portcullis::plugin::types::{ConfigError, Identity, ResponseHead};
 use super::bindings::v1::exports::portcullis::plugin as v1;
+use super::bindings::v2::exports::portcullis::plugin as v2;
 use super::host::HostState;
 use super::legacy;
+use super::previous;
 use super::request::PluginRequest;
 use crate::config::PluginKind;
 
@@ -21,8 +25,10 @@ use crate::config::PluginKind;
 pub enum Contract {
     /// `portcullis:plugin@0.1.0`.
     V0_1,
-    /// `portcullis:plugin@0.2.0`, the current one.
+    /// `portcullis:plugin@0.2.0`.
     V0_2,
+    /// `portcullis:plugin@0.3.0`, the current one.
+    V0_3,
 }
 
 impl std::fmt::Display for Contract {
@@ -30,13 +36,14 @@ impl std::fmt::Display for Contract {
         f.write_str(match self {
             Contract::V0_1 => "0.1.0",
             Contract::V0_2 => "0.2.0",
+            Contract::V0_3 => "0.3.0",
         })
     }
 }
 
-/// The hooks a step's plugin implements: the host calls only these. Only a 0.2.0 `filter`
-/// reports them (`filter.hooks`); every other plugin has its kind's request hook, and a 0.1.0
-/// filter both.
+/// The hooks a step's plugin implements: the host calls only these. Only a `filter` of 0.2.0
+/// or later reports them (`filter.hooks`); every other plugin has its kind's request hook, and
+/// a 0.1.0 filter both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hooks {
     /// The request-phase hook (`authenticate`, `check`, `validate`, `on-request`).
@@ -52,6 +59,11 @@ pub(crate) enum KindIndices {
     Validation(validation::GuestIndices),
     Logging(logging::GuestIndices),
     Filter(filter::GuestIndices),
+    V2Auth(v2::auth::GuestIndices),
+    V2RateLimit(v2::rate_limit::GuestIndices),
+    V2Validation(v2::validation::GuestIndices),
+    V2Logging(v2::logging::GuestIndices),
+    V2Filter(v2::filter::GuestIndices),
     V1Auth(v1::auth::GuestIndices),
     V1RateLimit(v1::rate_limit::GuestIndices),
     V1Validation(v1::validation::GuestIndices),
@@ -66,6 +78,11 @@ pub(crate) enum Guest {
     Validation(validation::Guest),
     Logging(logging::Guest),
     Filter(filter::Guest),
+    V2Auth(v2::auth::Guest),
+    V2RateLimit(v2::rate_limit::Guest),
+    V2Validation(v2::validation::Guest),
+    V2Logging(v2::logging::Guest),
+    V2Filter(v2::filter::Guest),
     V1Auth(v1::auth::Guest),
     V1RateLimit(v1::rate_limit::Guest),
     V1Validation(v1::validation::Guest),
@@ -73,15 +90,21 @@ pub(crate) enum Guest {
     V1Filter(v1::filter::Guest),
 }
 
-/// A call the chain makes, by kind (borrows only, so it is `Copy`).
+/// The identity an earlier auth step established, shared so a call can lend it with the
+/// request (contract 0.3.0) without copying it.
+pub type SharedIdentity = Arc<Identity>;
+
+/// A call the chain makes, by kind (borrows only, so it is `Copy`). Each hook that is lent the
+/// request gets the identity too: 0.3.0 plugins read it from the request, 0.2.0 and 0.1.0 ones
+/// as an argument (`authenticate` takes none in any contract).
 #[derive(Clone, Copy)]
 pub enum Call<'a> {
     /// `auth.authenticate`
-    Authenticate(&'a Arc<PluginRequest>),
+    Authenticate(&'a Arc<PluginRequest>, Option<&'a SharedIdentity>),
     /// `rate-limit.check`
-    Check(&'a Arc<PluginRequest>, Option<&'a Identity>),
+    Check(&'a Arc<PluginRequest>, Option<&'a SharedIdentity>),
     /// `validation.validate`
-    Validate(&'a Arc<PluginRequest>, Option<&'a Identity>, Option<&'a [u8]>),
+    Validate(&'a Arc<PluginRequest>, Option<&'a SharedIdentity>, Option<&'a [u8]>),
     /// `logging.observe`, after the response was sent. Shared, so the host can render its
     /// record for `audit.append-observed` during the call ([`super::StepPool::call`]).
     Observe(&'a Arc<logging::Exchange>),
@@ -90,12 +113,12 @@ pub enum Call<'a> {
     /// ([`super::audit::Sink::append_durably`]), and one that fails fails the step.
     Record(&'a Arc<logging::Exchange>),
     /// `filter.on-request`
-    OnRequest(&'a Arc<PluginRequest>, Option<&'a Identity>),
+    OnRequest(&'a Arc<PluginRequest>, Option<&'a SharedIdentity>),
     /// `filter.on-response`
-    OnResponse(&'a Arc<PluginRequest>, Option<&'a Identity>, &'a ResponseHead),
+    OnResponse(&'a Arc<PluginRequest>, Option<&'a SharedIdentity>, &'a ResponseHead),
 }
 
-/// What the plugin answered, by kind (in 0.2.0's types whatever the plugin's contract).
+/// What the plugin answered, by kind (in the current contract's types whatever the plugin's).
 #[derive(Debug)]
 pub enum Reply {
     /// From `authenticate`.
@@ -138,8 +161,9 @@ pub(crate) struct Instance {
 // === impl KindIndices ===
 
 impl KindIndices {
-    /// Looks up `kind`'s export, of contract 0.2.0 or else 0.1.0. Errors: the component exports
-    /// that interface in neither (or with other functions); the message is 0.2.0's.
+    /// Looks up `kind`'s export, of contract 0.3.0, else 0.2.0, else 0.1.0. Errors: the
+    /// component exports that interface in none of them (or with other functions); the message
+    /// is 0.3.0's.
     pub fn new(kind: PluginKind, pre: &InstancePre<HostState>) -> wasmtime::Result<(Self, Contract)> {
         let current = match kind {
             PluginKind::Auth => auth::GuestIndices::new(pre).map(KindIndices::Auth),
@@ -149,9 +173,19 @@ impl KindIndices {
             PluginKind::Filter => filter::GuestIndices::new(pre).map(KindIndices::Filter),
         };
         let error = match current {
-            Ok(indices) => return Ok((indices, Contract::V0_2)),
+            Ok(indices) => return Ok((indices, Contract::V0_3)),
             Err(e) => e,
         };
+        let previous = match kind {
+            PluginKind::Auth => v2::auth::GuestIndices::new(pre).map(KindIndices::V2Auth),
+            PluginKind::RateLimit => v2::rate_limit::GuestIndices::new(pre).map(KindIndices::V2RateLimit),
+            PluginKind::Validation => v2::validation::GuestIndices::new(pre).map(KindIndices::V2Validation),
+            PluginKind::Logging => v2::logging::GuestIndices::new(pre).map(KindIndices::V2Logging),
+            PluginKind::Filter => v2::filter::GuestIndices::new(pre).map(KindIndices::V2Filter),
+        };
+        if let Ok(indices) = previous {
+            return Ok((indices, Contract::V0_2));
+        }
         let legacy = match kind {
             PluginKind::Auth => v1::auth::GuestIndices::new(pre).map(KindIndices::V1Auth),
             PluginKind::RateLimit => v1::rate_limit::GuestIndices::new(pre).map(KindIndices::V1RateLimit),
@@ -169,6 +203,11 @@ impl KindIndices {
             KindIndices::Validation(i) => Guest::Validation(i.load(store, instance)?),
             KindIndices::Logging(i) => Guest::Logging(i.load(store, instance)?),
             KindIndices::Filter(i) => Guest::Filter(i.load(store, instance)?),
+            KindIndices::V2Auth(i) => Guest::V2Auth(i.load(store, instance)?),
+            KindIndices::V2RateLimit(i) => Guest::V2RateLimit(i.load(store, instance)?),
+            KindIndices::V2Validation(i) => Guest::V2Validation(i.load(store, instance)?),
+            KindIndices::V2Logging(i) => Guest::V2Logging(i.load(store, instance)?),
+            KindIndices::V2Filter(i) => Guest::V2Filter(i.load(store, instance)?),
             KindIndices::V1Auth(i) => Guest::V1Auth(i.load(store, instance)?),
             KindIndices::V1RateLimit(i) => Guest::V1RateLimit(i.load(store, instance)?),
             KindIndices::V1Validation(i) => Guest::V1Validation(i.load(store, instance)?),
@@ -187,12 +226,20 @@ impl Instance {
         let legacy = |r: Result<(), super::bindings::v1::portcullis::plugin::types::ConfigError>| {
             r.map_err(legacy::config_error)
         };
+        let previous = |r: Result<(), super::bindings::v2::portcullis::plugin::types::ConfigError>| {
+            r.map_err(previous::config_error)
+        };
         match &self.guest {
             Guest::Auth(g) => g.call_configure(store, config).await,
             Guest::RateLimit(g) => g.call_configure(store, config).await,
             Guest::Validation(g) => g.call_configure(store, config).await,
             Guest::Logging(g) => g.call_configure(store, config).await,
             Guest::Filter(g) => g.call_configure(store, config).await,
+            Guest::V2Auth(g) => g.call_configure(store, config).await.map(previous),
+            Guest::V2RateLimit(g) => g.call_configure(store, config).await.map(previous),
+            Guest::V2Validation(g) => g.call_configure(store, config).await.map(previous),
+            Guest::V2Logging(g) => g.call_configure(store, config).await.map(previous),
+            Guest::V2Filter(g) => g.call_configure(store, config).await.map(previous),
             Guest::V1Auth(g) => g.call_configure(store, config).await.map(legacy),
             Guest::V1RateLimit(g) => g.call_configure(store, config).await.map(legacy),
             Guest::V1Validation(g) => g.call_configure(store, config).await.map(legacy),
@@ -205,32 +252,39 @@ impl Instance {
     pub async fn body_limit(&mut self) -> wasmtime::Result<Option<u64>> {
         match &self.guest {
             Guest::Validation(g) => g.call_body_limit(&mut self.store).await,
+            Guest::V2Validation(g) => g.call_body_limit(&mut self.store).await,
             Guest::V1Validation(g) => g.call_body_limit(&mut self.store).await,
             _ => Ok(None),
         }
     }
 
-    /// `logging.record-headers` of a 0.2.0 logging plugin: the header names it wants in each
-    /// exchange record, or none for all (every 0.1.0 logging plugin, and other kinds).
+    /// `logging.record-headers` of a 0.2.0 or later logging plugin: the header names it wants in
+    /// each exchange record, or none for all (every 0.1.0 logging plugin, and other kinds).
     pub async fn record_headers(&mut self) -> wasmtime::Result<Option<Vec<String>>> {
         match &self.guest {
             Guest::Logging(g) => g.call_record_headers(&mut self.store).await,
+            Guest::V2Logging(g) => g.call_record_headers(&mut self.store).await,
             _ => Ok(None),
         }
     }
 
-    /// The hooks to call: `filter.hooks` for a 0.2.0 filter, the kind's otherwise.
+    /// The hooks to call: `filter.hooks` for a filter of 0.2.0 or later, the kind's otherwise.
     pub async fn hooks(&mut self) -> wasmtime::Result<Hooks> {
+        let declared = match &self.guest {
+            Guest::Filter(g) => Some(g.call_hooks(&mut self.store).await?),
+            Guest::V2Filter(g) => Some(previous::hooks(g.call_hooks(&mut self.store).await?)),
+            _ => None,
+        };
         Ok(match &self.guest {
-            Guest::Filter(g) => {
-                let flags = g.call_hooks(&mut self.store).await?;
+            Guest::Filter(_) | Guest::V2Filter(_) => {
+                let flags = declared.unwrap_or_else(filter::HookSet::empty);
                 Hooks {
                     request: flags.contains(filter::HookSet::ON_REQUEST),
                     response: flags.contains(filter::HookSet::ON_RESPONSE),
                 }
             }
             Guest::V1Filter(_) => Hooks { request: true, response: true },
-            Guest::Logging(_) | Guest::V1Logging(_) => Hooks { request: false, response: false },
+            Guest::Logging(_) | Guest::V2Logging(_) | Guest::V1Logging(_) => Hooks { request: false, response: false },
             _ => Hooks { request: true, response: false },
         })
     }
@@ -238,14 +292,14 @@ impl Instance {
     /// Makes `call`. Errors: a trap, a timeout, or a call of the wrong kind (a host bug).
     pub async fn invoke(&mut self, call: Call<'_>) -> wasmtime::Result<Reply> {
         let lent = match call {
-            Call::Authenticate(r)
-            | Call::Check(r, _)
-            | Call::Validate(r, _, _)
-            | Call::OnRequest(r, _)
-            | Call::OnResponse(r, _, _)
-                if self.is_current() =>
+            Call::Authenticate(r, i)
+            | Call::Check(r, i)
+            | Call::Validate(r, i, _)
+            | Call::OnRequest(r, i)
+            | Call::OnResponse(r, i, _)
+                if self.lends_request() =>
             {
-                Some(self.store.data_mut().lend(r)?)
+                Some(self.store.data_mut().lend(r, i)?)
             }
             _ => None,
         };
@@ -256,10 +310,15 @@ impl Instance {
         reply
     }
 
-    fn is_current(&self) -> bool {
-        matches!(
+    /// Whether the plugin's contract lends the request (0.2.0 and later).
+    fn lends_request(&self) -> bool {
+        !matches!(
             self.guest,
-            Guest::Auth(_) | Guest::RateLimit(_) | Guest::Validation(_) | Guest::Logging(_) | Guest::Filter(_)
+            Guest::V1Auth(_)
+                | Guest::V1RateLimit(_)
+                | Guest::V1Validation(_)
+                | Guest::V1Logging(_)
+                | Guest::V1Filter(_)
         )
     }
 
@@ -278,33 +337,74 @@ impl Instance {
             .ok_or_else(|| wasmtime::format_err!("host bug: request not lent"))
         };
         match (&self.guest, call) {
-            (Guest::Auth(g), Call::Authenticate(_)) => g.call_authenticate(store, handle()?).await.map(Reply::Auth),
-            (Guest::RateLimit(g), Call::Check(_, i)) => g.call_check(store, handle()?, i).await.map(Reply::RateLimit),
-            (Guest::Validation(g), Call::Validate(_, i, b)) => {
-                g.call_validate(store, handle()?, i, b).await.map(Reply::Validation)
+            (Guest::Auth(g), Call::Authenticate(..)) => g.call_authenticate(store, handle()?).await.map(Reply::Auth),
+            (Guest::RateLimit(g), Call::Check(..)) => g.call_check(store, handle()?).await.map(Reply::RateLimit),
+            (Guest::Validation(g), Call::Validate(_, _, b)) => {
+                g.call_validate(store, handle()?, b).await.map(Reply::Validation)
             }
             (Guest::Logging(g), Call::Observe(e) | Call::Record(e)) => {
                 g.call_observe(store, e).await.map(|()| Reply::Observed)
             }
-            (Guest::Filter(g), Call::OnRequest(_, i)) => {
-                g.call_on_request(store, handle()?, i).await.map(Reply::Filter)
+            (Guest::Filter(g), Call::OnRequest(..)) => g.call_on_request(store, handle()?).await.map(Reply::Filter),
+            (Guest::Filter(g), Call::OnResponse(_, _, s)) => {
+                g.call_on_response(store, handle()?, s).await.map(Reply::Filter)
             }
-            (Guest::Filter(g), Call::OnResponse(_, i, s)) => {
-                g.call_on_response(store, handle()?, i, s).await.map(Reply::Filter)
+            // Boxed: the older contracts' calls hold converted records across their await,
+            // which would make every call's future (moved on every step) as large as theirs.
+            _ => {
+                let lent = lent.map(|h| wasmtime::component::Resource::new_borrow(h.rep()));
+                Box::pin(self.invoke_previous(call, lent)).await
             }
-            // Boxed: the 0.1.0 calls hold a request-head record across their await, which
-            // would make every call's future (moved on every step) as large as theirs.
-            _ => Box::pin(self.invoke_legacy(call)).await,
+        }
+    }
+
+    /// A call on a component built against 0.2.0: the request lent as for 0.3.0 (`lent`), the
+    /// identity and the other records converted to its types, its reply to the current ones.
+    /// 0.1.0 calls go on to [`Self::invoke_legacy`].
+    async fn invoke_previous(
+        &mut self,
+        call: Call<'_>,
+        lent: Option<wasmtime::component::Resource<super::bindings::v2::portcullis::plugin::types::Request>>,
+    ) -> wasmtime::Result<Reply> {
+        let store = &mut self.store;
+        let handle = || lent.ok_or_else(|| wasmtime::format_err!("host bug: request not lent"));
+        let v2_identity = |i: Option<&SharedIdentity>| i.map(|i| previous::identity(i));
+        match (&self.guest, call) {
+            (Guest::V2Auth(g), Call::Authenticate(..)) => {
+                let outcome = g.call_authenticate(store, handle()?).await?;
+                Ok(Reply::Auth(previous::auth_outcome(outcome)))
+            }
+            (Guest::V2RateLimit(g), Call::Check(_, i)) => {
+                let outcome = g.call_check(store, handle()?, v2_identity(i).as_ref()).await?;
+                Ok(Reply::RateLimit(previous::rate_limit_outcome(outcome)))
+            }
+            (Guest::V2Validation(g), Call::Validate(_, i, b)) => {
+                let outcome = g.call_validate(store, handle()?, v2_identity(i).as_ref(), b).await?;
+                Ok(Reply::Validation(previous::validation_outcome(outcome)))
+            }
+            (Guest::V2Logging(g), Call::Observe(e) | Call::Record(e)) => {
+                g.call_observe(store, &previous::exchange(e)).await.map(|()| Reply::Observed)
+            }
+            (Guest::V2Filter(g), Call::OnRequest(_, i)) => {
+                let action = g.call_on_request(store, handle()?, v2_identity(i).as_ref()).await?;
+                Ok(Reply::Filter(previous::filter_action(action)))
+            }
+            (Guest::V2Filter(g), Call::OnResponse(_, i, s)) => {
+                let seen = previous::response_head(s);
+                let action = g.call_on_response(store, handle()?, v2_identity(i).as_ref(), &seen).await?;
+                Ok(Reply::Filter(previous::filter_action(action)))
+            }
+            _ => self.invoke_legacy(call).await,
         }
     }
 
     /// A call on a component built against 0.1.0: the request head and identity converted to
-    /// its records, its reply to 0.2.0's.
+    /// its records, its reply to the current ones.
     async fn invoke_legacy(&mut self, call: Call<'_>) -> wasmtime::Result<Reply> {
         let store = &mut self.store;
-        let v1_identity = |i: Option<&Identity>| i.map(legacy::identity);
+        let v1_identity = |i: Option<&SharedIdentity>| i.map(|i| legacy::identity(i));
         match (&self.guest, call) {
-            (Guest::V1Auth(g), Call::Authenticate(r)) => {
+            (Guest::V1Auth(g), Call::Authenticate(r, _)) => {
                 let head = legacy::request_head(r);
                 g.call_authenticate(store, &head).await.map(|o| Reply::Auth(legacy::auth_outcome(o)))
             }

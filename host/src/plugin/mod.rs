@@ -9,6 +9,10 @@
 //! memory limits and optional fuel, and an instance that fails is discarded, never returned to
 //! the pool.
 
+// First: its `same_shapes!` is used by `legacy` and `previous`.
+#[macro_use]
+mod shapes;
+
 pub mod audit;
 pub mod bindings;
 pub mod breaker;
@@ -23,6 +27,7 @@ mod instance;
 pub mod kv;
 mod legacy;
 pub mod outbound;
+mod previous;
 pub mod request;
 pub mod signing;
 

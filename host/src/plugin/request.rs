@@ -1,18 +1,22 @@
 //! The request as plugins see it: one host value per request, lent to each call.
 //!
-//! Contract 0.2.0 passes a `borrow<request>` (a WIT resource) instead of 0.1.0's
+//! Contracts 0.2.0 and 0.3.0 pass a `borrow<request>` (a WIT resource) instead of 0.1.0's
 //! `request-head` record: the guest asks for what it reads (`path()`, `header(name)`, …) and
 //! nothing else is copied into its memory. The host keeps one [`PluginRequest`] behind an
-//! `Arc`; each call pushes a [`RequestView`] (a clone of that `Arc`) into the store's resource
-//! table and deletes it when the call returns, so between calls the chain holds the only
-//! reference and edits the headers in place (`Arc::make_mut` does not copy then).
+//! `Arc`; each call pushes a [`RequestView`] (a clone of that `Arc`, and of the identity's)
+//! into the store's resource table and deletes it when the call returns, so between calls the
+//! chain holds the only reference and edits the headers in place (`Arc::make_mut` does not
+//! copy then). Since 0.3.0 the request also answers for the identity (`identity()`,
+//! `subject()`, `has-role`, `has-scope`, `claim`), which 0.2.0 lowered into every hook as a
+//! record whether the plugin read it or not.
 
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
 use wasmtime::component::Resource;
 
-use super::bindings::portcullis::plugin::types::{self, ClientCert, Header, Request};
+use super::bindings::portcullis::plugin::types::{self, ClientCert, Identity, Request};
+use super::bindings::v2::portcullis::plugin::types as v2_types;
 use super::host::HostState;
 
 /// What the chain's plugins see of one request. `headers` are the request's own header fields
@@ -57,27 +61,46 @@ impl types::Identity {
     }
 }
 
-/// The resource table's entry for a lent `request`.
+/// The resource table's entry for a lent `request`: the request, and the identity an earlier
+/// auth step established (none when anonymous).
 #[derive(Debug)]
-pub struct RequestView(pub Arc<PluginRequest>);
+pub struct RequestView {
+    /// The request.
+    pub request: Arc<PluginRequest>,
+    /// Its identity, if any.
+    pub identity: Option<Arc<Identity>>,
+}
 
 impl HostState {
-    /// Lends `request` to the next call: a handle the guest may read until [`Self::end_lend`].
-    pub(crate) fn lend(&mut self, request: &Arc<PluginRequest>) -> wasmtime::Result<Resource<RequestView>> {
-        Ok(self.table().push(RequestView(request.clone()))?)
+    /// Lends `request` (with `identity`) to the next call: a handle the guest may read until
+    /// [`Self::end_lend`].
+    pub(crate) fn lend(
+        &mut self,
+        request: &Arc<PluginRequest>,
+        identity: Option<&Arc<Identity>>,
+    ) -> wasmtime::Result<Resource<RequestView>> {
+        Ok(self.table().push(RequestView { request: request.clone(), identity: identity.cloned() })?)
     }
 
-    /// Ends a lend, dropping the call's reference to the request.
+    /// Ends a lend, dropping the call's references to the request and the identity.
     pub(crate) fn end_lend(&mut self, handle: Resource<RequestView>) {
         // Absent only when the guest dropped a borrowed handle, which the canonical ABI forbids.
         let _ = self.table().delete(handle);
     }
 
-    /// The request behind a handle the guest passed back (the binding's `Request` type names
-    /// the WIT resource; the table entry is the [`RequestView`]).
-    fn lent(&mut self, handle: &Resource<Request>) -> wasmtime::Result<&PluginRequest> {
+    /// The view behind a handle the guest passed back, of either contract's `request` type
+    /// (the binding's type names the WIT resource; the table entry is the [`RequestView`]).
+    fn view<R: 'static>(&mut self, handle: &Resource<R>) -> wasmtime::Result<&RequestView> {
         let view = Resource::<RequestView>::new_borrow(handle.rep());
-        Ok(&self.table().get(&view)?.0)
+        Ok(self.table().get(&view)?)
+    }
+
+    fn lent<R: 'static>(&mut self, handle: &Resource<R>) -> wasmtime::Result<&PluginRequest> {
+        Ok(&self.view(handle)?.request)
+    }
+
+    fn lent_identity<R: 'static>(&mut self, handle: &Resource<R>) -> wasmtime::Result<Option<&Identity>> {
+        Ok(self.view(handle)?.identity.as_deref())
     }
 }
 
@@ -89,57 +112,176 @@ fn text(value: &http::HeaderValue) -> String {
     }
 }
 
-impl types::HostRequest for HostState {
-    fn method(&mut self, r: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.lent(&r)?.method.as_str().to_owned())
+/// The `request` methods contracts 0.2.0 and 0.3.0 share, for the bindings module `$m`;
+/// `$cert` converts the host's client certificate to `$m`'s record. 0.3.0's identity methods
+/// come in as the block.
+macro_rules! request_methods {
+    ($m:ident, $cert:path, { $($identity:tt)* }) => {
+        impl $m::HostRequest for HostState {
+            fn method(&mut self, r: Resource<$m::Request>) -> wasmtime::Result<String> {
+                Ok(self.lent(&r)?.method.as_str().to_owned())
+            }
+
+            fn scheme(&mut self, r: Resource<$m::Request>) -> wasmtime::Result<String> {
+                Ok(self.lent(&r)?.scheme.to_owned())
+            }
+
+            fn authority(&mut self, r: Resource<$m::Request>) -> wasmtime::Result<String> {
+                Ok(self.lent(&r)?.authority.clone())
+            }
+
+            fn path(&mut self, r: Resource<$m::Request>) -> wasmtime::Result<String> {
+                Ok(self.lent(&r)?.path.clone())
+            }
+
+            fn query(&mut self, r: Resource<$m::Request>) -> wasmtime::Result<Option<String>> {
+                Ok(self.lent(&r)?.query.clone())
+            }
+
+            fn header(&mut self, r: Resource<$m::Request>, name: String) -> wasmtime::Result<Option<String>> {
+                Ok(self.lent(&r)?.headers.get(name.as_str()).map(text))
+            }
+
+            fn header_values(&mut self, r: Resource<$m::Request>, name: String) -> wasmtime::Result<Vec<String>> {
+                Ok(self.lent(&r)?.headers.get_all(name.as_str()).iter().map(text).collect())
+            }
+
+            fn headers(&mut self, r: Resource<$m::Request>) -> wasmtime::Result<Vec<$m::Header>> {
+                let headers = &self.lent(&r)?.headers;
+                Ok(headers
+                    .iter()
+                    .map(|(name, value)| {
+                        let h = crate::proxy::headers::wit_header(name, value);
+                        $m::Header { name: h.name, value: h.value }
+                    })
+                    .collect())
+            }
+
+            fn client_ip(&mut self, r: Resource<$m::Request>) -> wasmtime::Result<String> {
+                Ok(self.lent(&r)?.client_ip.clone())
+            }
+
+            fn client_cert(&mut self, r: Resource<$m::Request>) -> wasmtime::Result<Option<$m::ClientCert>> {
+                Ok(self.lent(&r)?.client_cert.as_ref().map($cert))
+            }
+
+            fn request_id(&mut self, r: Resource<$m::Request>) -> wasmtime::Result<String> {
+                Ok(self.lent(&r)?.request_id.clone())
+            }
+
+            fn route(&mut self, r: Resource<$m::Request>) -> wasmtime::Result<String> {
+                Ok(self.lent(&r)?.route.to_string())
+            }
+
+            $($identity)*
+
+            fn drop(&mut self, r: Resource<$m::Request>) -> wasmtime::Result<()> {
+                self.end_lend(Resource::new_own(r.rep()));
+                Ok(())
+            }
+        }
+    };
+}
+
+request_methods!(types, ClientCert::clone, {
+    fn identity(&mut self, r: Resource<Request>) -> wasmtime::Result<Option<Identity>> {
+        Ok(self.lent_identity(&r)?.cloned())
     }
 
-    fn scheme(&mut self, r: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.lent(&r)?.scheme.to_owned())
+    fn subject(&mut self, r: Resource<Request>) -> wasmtime::Result<Option<String>> {
+        Ok(self.lent_identity(&r)?.map(|i| i.subject.clone()))
     }
 
-    fn authority(&mut self, r: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.lent(&r)?.authority.clone())
+    fn has_role(&mut self, r: Resource<Request>, name: String) -> wasmtime::Result<bool> {
+        Ok(self.lent_identity(&r)?.is_some_and(|i| i.roles.contains(&name)))
     }
 
-    fn path(&mut self, r: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.lent(&r)?.path.clone())
+    fn has_scope(&mut self, r: Resource<Request>, name: String) -> wasmtime::Result<bool> {
+        Ok(self.lent_identity(&r)?.is_some_and(|i| i.scopes.contains(&name)))
     }
 
-    fn query(&mut self, r: Resource<Request>) -> wasmtime::Result<Option<String>> {
-        Ok(self.lent(&r)?.query.clone())
+    fn claim(&mut self, r: Resource<Request>, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.lent_identity(&r)?.and_then(|i| i.claims.iter().find(|c| c.name == name)).map(|c| c.json.clone()))
+    }
+});
+
+request_methods!(v2_types, super::previous::client_cert, {});
+
+#[cfg(test)]
+mod tests {
+    use super::super::bindings::portcullis::plugin::types::{Authentication, Claim, HostRequest};
+    use super::super::host::state_for_tests;
+    use super::*;
+
+    fn request() -> Arc<PluginRequest> {
+        Arc::new(PluginRequest {
+            method: Method::POST,
+            scheme: "https",
+            authority: "example.test".into(),
+            path: "/api/orders".into(),
+            query: None,
+            headers: HeaderMap::new(),
+            client_ip: "192.0.2.7".into(),
+            client_cert: None,
+            request_id: "r-1".into(),
+            route: "api".into(),
+        })
     }
 
-    fn header(&mut self, r: Resource<Request>, name: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.lent(&r)?.headers.get(name.as_str()).map(text))
+    fn alice() -> Arc<Identity> {
+        Arc::new(Identity {
+            subject: "alice".into(),
+            issuer: Some("https://issuer.example".into()),
+            roles: vec!["reader".into()],
+            scopes: vec!["orders:write".into()],
+            authentication: Authentication {
+                acr: Some("urn:example:mfa".into()),
+                amr: vec!["otp".into()],
+                auth_time: None,
+            },
+            claims: vec![Claim { name: "region".into(), json: "\"eu-west\"".into() }],
+        })
     }
 
-    fn header_values(&mut self, r: Resource<Request>, name: String) -> wasmtime::Result<Vec<String>> {
-        Ok(self.lent(&r)?.headers.get_all(name.as_str()).iter().map(text).collect())
+    #[test]
+    fn the_lent_request_answers_for_its_identity_and_an_anonymous_one_for_none() {
+        let mut state = state_for_tests(Vec::new(), Arc::default(), None);
+        let identity = alice();
+        let lent = state.lend(&request(), Some(&identity)).unwrap();
+        let r = || Resource::<Request>::new_borrow(lent.rep());
+        assert_eq!(state.method(r()).unwrap(), "POST");
+        assert_eq!(state.subject(r()).unwrap().as_deref(), Some("alice"));
+        assert!(state.has_role(r(), "reader".into()).unwrap());
+        assert!(!state.has_role(r(), "Reader".into()).unwrap(), "roles match exactly");
+        assert!(state.has_scope(r(), "orders:write".into()).unwrap());
+        assert!(!state.has_scope(r(), "reader".into()).unwrap(), "a role is not a scope");
+        assert_eq!(state.claim(r(), "region".into()).unwrap().as_deref(), Some("\"eu-west\""));
+        assert_eq!(state.claim(r(), "tenant".into()).unwrap(), None);
+        // The whole record, as the auth step established it (the bindings' records have no `PartialEq`).
+        let whole = HostRequest::identity(&mut state, r()).unwrap();
+        assert_eq!(format!("{whole:?}"), format!("{:?}", Some(&*identity)));
+        state.end_lend(lent);
+        assert_eq!(Arc::strong_count(&identity), 1, "the call's reference ends with the lend");
+
+        let anonymous = state.lend(&request(), None).unwrap();
+        let r = || Resource::<Request>::new_borrow(anonymous.rep());
+        assert_eq!(state.subject(r()).unwrap(), None);
+        assert!(!state.has_role(r(), "reader".into()).unwrap());
+        assert!(!state.has_scope(r(), "orders:write".into()).unwrap());
+        assert_eq!(state.claim(r(), "region".into()).unwrap(), None);
+        assert!(HostRequest::identity(&mut state, r()).unwrap().is_none());
+        state.end_lend(anonymous);
     }
 
-    fn headers(&mut self, r: Resource<Request>) -> wasmtime::Result<Vec<Header>> {
-        Ok(crate::proxy::headers::to_wit(&self.lent(&r)?.headers))
-    }
-
-    fn client_ip(&mut self, r: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.lent(&r)?.client_ip.clone())
-    }
-
-    fn client_cert(&mut self, r: Resource<Request>) -> wasmtime::Result<Option<ClientCert>> {
-        Ok(self.lent(&r)?.client_cert.clone())
-    }
-
-    fn request_id(&mut self, r: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.lent(&r)?.request_id.clone())
-    }
-
-    fn route(&mut self, r: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.lent(&r)?.route.to_string())
-    }
-
-    fn drop(&mut self, r: Resource<Request>) -> wasmtime::Result<()> {
-        self.end_lend(Resource::new_own(r.rep()));
-        Ok(())
+    #[test]
+    fn a_0_2_0_plugin_reads_the_same_lent_request() {
+        use super::super::bindings::v2::portcullis::plugin::types::{HostRequest as V2, Request as V2Request};
+        let mut state = state_for_tests(Vec::new(), Arc::default(), None);
+        let lent = state.lend(&request(), Some(&alice())).unwrap();
+        let r = || Resource::<V2Request>::new_borrow(lent.rep());
+        assert_eq!(V2::path(&mut state, r()).unwrap(), "/api/orders");
+        assert_eq!(V2::client_ip(&mut state, r()).unwrap(), "192.0.2.7");
+        assert_eq!(V2::route(&mut state, r()).unwrap(), "api");
+        state.end_lend(lent);
     }
 }

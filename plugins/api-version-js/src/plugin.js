@@ -1,7 +1,7 @@
-// The component: the `filter` interface of `portcullis:plugin@0.2.0` over the policy in
+// The component: the `filter` interface of `portcullis:plugin@0.3.0` over the policy in
 // policy.js. Built with componentize-js's default flags against the `filter-plugin` world:
 //   npm run build
-import { emit } from "portcullis:plugin/log@0.2.0";
+import { emit } from "portcullis:plugin/log@0.3.0";
 import { ConfigError, decide, parseConfig, requestedVersion, responseHeaders } from "./policy.js";
 
 let settings = null;
@@ -23,7 +23,7 @@ export const filter = {
     return { onRequest: true, onResponse: settings.deprecated.length > 0 };
   },
 
-  onRequest(request, _identity) {
+  onRequest(request) {
     const version = requestedVersion(settings, request.header(settings.header), request.query());
     const decision = decide(settings, version);
     if (decision.allow) {
@@ -41,7 +41,7 @@ export const filter = {
     };
   },
 
-  onResponse(request, _identity, _response) {
+  onResponse(request, _response) {
     const version = request.header(settings.header);
     return { tag: "continue", val: { ...noEdits(), append: responseHeaders(settings, version) } };
   },

@@ -17,7 +17,7 @@
 //! Configuration reference: `plugins/credential-injection/README.md`.
 
 use portcullis_sdk::secrets::{self, Credential};
-use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, LocalResponse, Plugin, Request};
+use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, LocalResponse, Plugin, Request};
 use serde::{Deserialize, Serialize};
 
 /// The step configuration (JSON).
@@ -119,8 +119,8 @@ struct Used<'a> {
 }
 
 impl Filter for CredentialInjection {
-    fn on_request(&self, request: &Request<'_>, identity: Option<&Identity>) -> FilterAction {
-        if identity.is_none() && !self.config.allow_anonymous {
+    fn on_request(&self, request: &Request<'_>) -> FilterAction {
+        if request.subject().is_none() && !self.config.allow_anonymous {
             return FilterAction::Respond(LocalResponse::bearer_unauthorized(
                 &self.config.realm,
                 None,
@@ -133,6 +133,7 @@ impl Filter for CredentialInjection {
             portcullis_sdk::fail(&format!("cannot inject secret `{}`: {e:?}", self.config.secret));
         }
         if self.config.audit {
+            let identity = request.identity();
             let record = Used {
                 event: "credential-injected",
                 time_ms: portcullis_sdk::now_ms(),
@@ -159,7 +160,7 @@ portcullis_sdk::export_filter!(CredentialInjection);
 
 #[cfg(test)]
 mod tests {
-    use portcullis_sdk::testing;
+    use portcullis_sdk::{Identity, testing};
 
     use super::*;
 
@@ -173,8 +174,11 @@ mod tests {
         testing::grant_secret("upstream-token", b"s3cr3t-marker", false);
         let p = plugin(r#"{"secret": "upstream-token", "prefix": "Bearer "}"#);
         let alice = Identity::new("alice").with_issuer("https://issuer.example");
-        let request = testing::request("GET", "/deploys").header("authorization", "Bearer client-token").build();
-        assert!(matches!(p.on_request(&request, Some(&alice)), FilterAction::Continue(_)));
+        let request = testing::request("GET", "/deploys")
+            .header("authorization", "Bearer client-token")
+            .identity(Some(alice))
+            .build();
+        assert!(matches!(p.on_request(&request), FilterAction::Continue(_)));
         let injected = testing::injected();
         assert_eq!(injected, [secrets::header("authorization", "upstream-token", "Bearer ")]);
         let records = testing::audit_records();
@@ -191,12 +195,12 @@ mod tests {
         testing::reset();
         testing::grant_secret("client-secret", b"pw", false);
         let p = plugin(r#"{"secret": "client-secret", "basic_user": "gateway"}"#);
-        let FilterAction::Respond(r) = p.on_request(&testing::request("GET", "/").build(), None) else { panic!() };
+        let FilterAction::Respond(r) = p.on_request(&testing::request("GET", "/").build()) else { panic!() };
         assert_eq!(r.status, 401);
         assert!(testing::injected().is_empty());
         let open =
             plugin(r#"{"secret": "client-secret", "basic_user": "gateway", "allow_anonymous": true, "audit": false}"#);
-        assert!(matches!(open.on_request(&testing::request("GET", "/").build(), None), FilterAction::Continue(_)));
+        assert!(matches!(open.on_request(&testing::request("GET", "/").build()), FilterAction::Continue(_)));
         assert_eq!(testing::injected(), [secrets::basic("gateway", "client-secret")]);
         assert!(testing::audit_records().is_empty());
     }
@@ -216,6 +220,6 @@ mod tests {
     fn an_ungranted_secret_fails_the_call() {
         testing::reset();
         let p = plugin(r#"{"secret": "missing", "allow_anonymous": true}"#);
-        p.on_request(&testing::request("GET", "/").build(), None);
+        p.on_request(&testing::request("GET", "/").build());
     }
 }

@@ -25,7 +25,7 @@
 //! Configuration reference: `plugins/rate-limit/README.md`.
 
 use portcullis_sdk::{
-    ConfigError, Identity, KvError, Limited, Plugin, Quota, RateLimit, RateLimitOutcome, Request, kv, kv::Cell,
+    ConfigError, KvError, Limited, Plugin, Quota, RateLimit, RateLimitOutcome, Request, kv, kv::Cell,
 };
 use serde::Deserialize;
 
@@ -138,7 +138,7 @@ impl RateLimiter {
     /// `route`) or `rl::WHO` (scope `global`), WHO being `sub:SUBJECT`, `hdr:VALUE`, `ip:ADDRESS`
     /// or `route`. Every gateway sharing a store must build the same keys: this format is the
     /// fleet's, not an implementation detail.
-    fn key(&self, request: &Request<'_>, identity: Option<&Identity>) -> String {
+    fn key(&self, request: &Request<'_>) -> String {
         let mut key = String::with_capacity(64);
         key.push_str("rl:");
         if self.config.scope == Scope::Route {
@@ -149,10 +149,12 @@ impl RateLimiter {
             key.push_str("ip:");
             key.push_str(request.client_ip());
         };
-        match (&self.config.key, identity) {
-            (KeyBy::Subject, Some(id)) => {
+        // The subject only is asked of the host (one string), not the whole identity.
+        let subject = if self.config.key == KeyBy::Subject { request.subject() } else { None };
+        match (&self.config.key, subject) {
+            (KeyBy::Subject, Some(subject)) => {
                 key.push_str("sub:");
-                key.push_str(&id.subject);
+                key.push_str(subject);
             }
             (KeyBy::Header(name), _) => match request.header(name) {
                 Some(v) => {
@@ -200,8 +202,8 @@ fn quota(limit: &LimitConfig, cell: &Cell) -> Quota {
 }
 
 impl RateLimit for RateLimiter {
-    fn check(&self, request: &Request<'_>, identity: Option<&Identity>) -> RateLimitOutcome {
-        let base = self.key(request, identity);
+    fn check(&self, request: &Request<'_>) -> RateLimitOutcome {
+        let base = self.key(request);
         let mut taken: Vec<(usize, String)> = Vec::new();
         let mut quotas = Vec::new();
         for (i, limit) in self.config.limits.iter().enumerate() {
@@ -250,7 +252,7 @@ portcullis_sdk::export_rate_limit!(RateLimiter);
 
 #[cfg(test)]
 mod tests {
-    use portcullis_sdk::testing;
+    use portcullis_sdk::{Identity, testing};
 
     use super::*;
 
@@ -259,7 +261,7 @@ mod tests {
     }
 
     fn check(p: &RateLimiter, ip: &str) -> RateLimitOutcome {
-        p.check(&testing::request("GET", "/").client_ip(ip).build(), None)
+        p.check(&testing::request("GET", "/").client_ip(ip).build())
     }
 
     #[test]
@@ -310,22 +312,22 @@ mod tests {
         testing::reset();
         let by_subject = limiter(r#"{"key": "subject", "limits": [{"name": "q", "requests": 1, "window_ms": 60000}]}"#);
         let req = testing::request("GET", "/").build();
-        let alice = Identity::new("alice");
-        assert!(matches!(by_subject.check(&req, Some(&alice)), RateLimitOutcome::Allowed(_)));
-        assert!(matches!(by_subject.check(&req, Some(&alice)), RateLimitOutcome::Limited(_)));
-        assert!(matches!(by_subject.check(&req, None), RateLimitOutcome::Allowed(_)), "anonymous falls back to the IP");
+        let alice = testing::request("GET", "/").identity(Some(Identity::new("alice"))).build();
+        assert!(matches!(by_subject.check(&alice), RateLimitOutcome::Allowed(_)));
+        assert!(matches!(by_subject.check(&alice), RateLimitOutcome::Limited(_)));
+        assert!(matches!(by_subject.check(&req), RateLimitOutcome::Allowed(_)), "anonymous falls back to the IP");
         let by_header =
             limiter(r#"{"key": {"header": "x-tenant"}, "limits": [{"name": "q", "requests": 1, "window_ms": 60000}]}"#);
         let t1 = testing::request("GET", "/").header("x-tenant", "t1").build();
         let t2 = testing::request("GET", "/").header("x-tenant", "t2").build();
-        assert!(matches!(by_header.check(&t1, None), RateLimitOutcome::Allowed(_)));
-        assert!(matches!(by_header.check(&t2, None), RateLimitOutcome::Allowed(_)));
-        assert!(matches!(by_header.check(&t1, None), RateLimitOutcome::Limited(_)));
+        assert!(matches!(by_header.check(&t1), RateLimitOutcome::Allowed(_)));
+        assert!(matches!(by_header.check(&t2), RateLimitOutcome::Allowed(_)));
+        assert!(matches!(by_header.check(&t1), RateLimitOutcome::Limited(_)));
         let by_route = limiter(r#"{"key": "route", "limits": [{"name": "q", "requests": 1, "window_ms": 60000}]}"#);
         let other_route = testing::request("GET", "/").route("other").build();
-        assert!(matches!(by_route.check(&req, None), RateLimitOutcome::Allowed(_)));
-        assert!(matches!(by_route.check(&other_route, None), RateLimitOutcome::Allowed(_)));
-        assert!(matches!(by_route.check(&req, Some(&alice)), RateLimitOutcome::Limited(_)));
+        assert!(matches!(by_route.check(&req), RateLimitOutcome::Allowed(_)));
+        assert!(matches!(by_route.check(&other_route), RateLimitOutcome::Allowed(_)));
+        assert!(matches!(by_route.check(&alice), RateLimitOutcome::Limited(_)));
     }
 
     #[test]
@@ -333,10 +335,10 @@ mod tests {
         // Gateways of different versions sharing one store must count in the same keys.
         testing::reset();
         let limits = r#""limits": [{"name": "per-second", "requests": 9, "window_ms": 1000}]"#;
-        let req = testing::request("GET", "/").route("r0").client_ip("192.0.2.7").header("x-tenant", "t1").build();
-        let alice = Identity::new("alice");
+        let req = testing::request("GET", "/").route("r0").client_ip("192.0.2.7").header("x-tenant", "t1");
+        let alice = Some(Identity::new("alice"));
         for (config, identity, key) in [
-            (r#""key": "subject""#, Some(&alice), "rl:r0:sub:alice:per-second"),
+            (r#""key": "subject""#, alice.clone(), "rl:r0:sub:alice:per-second"),
             (r#""key": "subject""#, None, "rl:r0:ip:192.0.2.7:per-second"),
             (r#""key": "client-ip", "scope": "global""#, None, "rl::ip:192.0.2.7:per-second"),
             (r#""key": {"header": "x-tenant"}"#, None, "rl:r0:hdr:t1:per-second"),
@@ -345,7 +347,7 @@ mod tests {
         ] {
             testing::reset();
             let p = limiter(&format!("{{{config}, {limits}}}"));
-            assert!(matches!(p.check(&req, identity), RateLimitOutcome::Allowed(_)));
+            assert!(matches!(p.check(&req.clone().identity(identity).build()), RateLimitOutcome::Allowed(_)));
             assert!(portcullis_sdk::kv::get(key).unwrap().is_some(), "{config}: no counter at {key}");
         }
     }

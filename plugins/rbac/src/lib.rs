@@ -26,9 +26,7 @@
 //!
 //! Configuration reference: `plugins/rbac/README.md`.
 
-use portcullis_sdk::{
-    ConfigError, Filter, FilterAction, HeaderEdits, Identity, LocalResponse, PathPattern, Plugin, Request,
-};
+use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, LocalResponse, PathPattern, Plugin, Request};
 use serde::Deserialize;
 
 /// How the listed roles and scopes combine.
@@ -174,8 +172,11 @@ pub enum Decision {
 }
 
 impl Rbac {
-    /// Decides `request` for `identity`.
-    pub fn decide(&self, request: &Request<'_>, identity: Option<&Identity>) -> Decision {
+    /// Decides `request` for the identity it carries. Asks the request for the facts the
+    /// matched rule needs (whether there is an identity, then each role and scope), and for
+    /// the whole identity only when the rule checks its authentication (`acr_values`,
+    /// `max_age_s`).
+    pub fn decide(&self, request: &Request<'_>) -> Decision {
         let rule = self.config.rules.iter().zip(&self.patterns).find(|(rule, pattern)| {
             (rule.methods.is_empty() || rule.methods.iter().any(|m| m.eq_ignore_ascii_case(request.method())))
                 && pattern.matches(request.path())
@@ -189,9 +190,11 @@ impl Rbac {
         if rule.is_public() {
             return Decision::Allow;
         }
-        let Some(identity) = identity else { return Decision::Unauthenticated };
-        let has_role = |r: &String| identity.roles.contains(r);
-        let has_scope = |s: &String| identity.scopes.contains(s);
+        if request.subject().is_none() {
+            return Decision::Unauthenticated;
+        }
+        let has_role = |r: &String| request.has_role(r);
+        let has_scope = |s: &String| request.has_scope(s);
         let ok = match rule.require {
             _ if rule.roles.is_empty() && rule.scopes.is_empty() => true,
             Require::Any => rule.roles.iter().any(has_role) || rule.scopes.iter().any(has_scope),
@@ -204,6 +207,10 @@ impl Rbac {
         }
         // Stepping up cannot grant a missing role, so 403 comes first; then the strength and
         // age of the authentication (RFC 9470 §3).
+        if rule.acr_values.is_empty() && rule.max_age_s.is_none() {
+            return Decision::Allow;
+        }
+        let Some(identity) = request.identity() else { return Decision::Unauthenticated };
         let authn = &identity.authentication;
         let acr_ok = rule.acr_values.is_empty() || authn.acr.as_ref().is_some_and(|acr| rule.acr_values.contains(acr));
         let age_ok = rule.max_age_s.is_none_or(|max| {
@@ -240,9 +247,9 @@ fn step_up_challenge(acr_values: Option<&[String]>, max_age_s: Option<u64>) -> (
 }
 
 impl Filter for Rbac {
-    fn on_request(&self, request: &Request<'_>, identity: Option<&Identity>) -> FilterAction {
+    fn on_request(&self, request: &Request<'_>) -> FilterAction {
         let realm = &self.config.realm;
-        match self.decide(request, identity) {
+        match self.decide(request) {
             Decision::Allow => FilterAction::Continue(HeaderEdits::default()),
             Decision::Unauthenticated => {
                 FilterAction::Respond(LocalResponse::bearer_unauthorized(realm, None, "Authentication is required"))
@@ -282,7 +289,7 @@ portcullis_sdk::export_filter!(Rbac);
 
 #[cfg(test)]
 mod tests {
-    use portcullis_sdk::testing;
+    use portcullis_sdk::{Identity, testing};
 
     use super::*;
 
@@ -299,7 +306,7 @@ mod tests {
     }
 
     fn decide(p: &Rbac, method: &str, path: &str, identity: Option<&Identity>) -> Decision {
-        p.decide(&testing::request(method, path).build(), identity)
+        p.decide(&testing::request(method, path).identity(identity.cloned()).build())
     }
 
     #[test]
@@ -326,13 +333,12 @@ mod tests {
     #[test]
     fn responses_are_401_with_a_challenge_or_403_with_insufficient_scope() {
         let p = rbac();
-        let FilterAction::Respond(r) = p.on_request(&testing::request("GET", "/api/items/1").build(), None) else {
-            panic!()
-        };
+        let FilterAction::Respond(r) = p.on_request(&testing::request("GET", "/api/items/1").build()) else { panic!() };
         assert_eq!(r.status, 401);
         assert!(r.headers.iter().any(|h| h.name == "www-authenticate" && h.value.starts_with("Bearer")));
         let admin = Identity::new("carol").with_roles(["admin"]);
-        let FilterAction::Respond(r) = p.on_request(&testing::request("POST", "/api/items/1").build(), Some(&admin))
+        let FilterAction::Respond(r) =
+            p.on_request(&testing::request("POST", "/api/items/1").identity(Some(admin.clone())).build())
         else {
             panic!()
         };
@@ -360,7 +366,9 @@ mod tests {
             ]}"#,
         )
         .unwrap();
-        let post = |identity: &Identity| p.on_request(&testing::request("POST", "/transfers").build(), Some(identity));
+        let post = |identity: &Identity| {
+            p.on_request(&testing::request("POST", "/transfers").identity(Some(identity.clone())).build())
+        };
         assert!(matches!(post(&stepped(Some("urn:example:mfa"), Some(now_s - 60))), FilterAction::Continue(_)));
         assert!(matches!(post(&stepped(Some("urn:example:hwk"), Some(now_s - 300))), FilterAction::Continue(_)));
 
@@ -385,11 +393,11 @@ mod tests {
         let FilterAction::Respond(r) = post(&reader) else { panic!() };
         assert_eq!(r.status, 403);
         // A rule with only `acr_values` is not public: anonymous gets the plain 401.
-        let req = testing::request("GET", "/profile").build();
-        assert_eq!(p.decide(&req, None), Decision::Unauthenticated);
+        let req = testing::request("GET", "/profile");
+        assert_eq!(p.decide(&req.clone().build()), Decision::Unauthenticated);
         let plain = Identity::new("carol");
         assert_eq!(
-            p.decide(&req, Some(&plain)),
+            p.decide(&req.identity(Some(plain)).build()),
             Decision::StepUp { acr_values: Some(vec!["urn:example:mfa".into()]), max_age_s: None }
         );
         let err = |json: &str| testing::configure::<Rbac>(json).err().unwrap().pointer;

@@ -20,7 +20,7 @@
 //!
 //! Configuration reference: `plugins/request-validation/README.md`.
 
-use portcullis_sdk::{ConfigError, Identity, Invalid, Plugin, Request, Validation, ValidationOutcome, Violation};
+use portcullis_sdk::{ConfigError, Invalid, Plugin, Request, Validation, ValidationOutcome, Violation};
 use serde::Deserialize;
 
 /// Default and largest body limit, in bytes.
@@ -121,7 +121,7 @@ impl Validation for RequestValidation {
         }
     }
 
-    fn validate(&self, request: &Request<'_>, _identity: Option<&Identity>, body: Option<&[u8]>) -> ValidationOutcome {
+    fn validate(&self, request: &Request<'_>, body: Option<&[u8]>) -> ValidationOutcome {
         let c = &self.config;
         let mut violations = Vec::new();
         if !c.methods.is_empty() && !c.methods.iter().any(|m| m == request.method()) {
@@ -212,7 +212,7 @@ mod tests {
             .header("content-type", "application/json; charset=utf-8")
             .header("x-tenant", "t1")
             .build();
-        plugin().validate(&request, None, Some(body.as_bytes()))
+        plugin().validate(&request, Some(body.as_bytes()))
     }
 
     fn pointers(outcome: ValidationOutcome) -> Vec<String> {
@@ -252,11 +252,11 @@ mod tests {
             .header("content-type", "text/plain")
             .header("content-length", "3")
             .build();
-        let mut got = pointers(p.validate(&request, None, None));
+        let mut got = pointers(p.validate(&request, None));
         got.sort();
         assert_eq!(got, ["/headers/content-type", "/headers/x-tenant", "/method", "/query/page"]);
         let ok = testing::request("POST", "/items?page=2").header("x-tenant", "t").build();
-        assert!(matches!(p.validate(&ok, None, None), ValidationOutcome::Valid), "no body, no content type needed");
+        assert!(matches!(p.validate(&ok, None), ValidationOutcome::Valid), "no body, no content type needed");
     }
 
     #[test]

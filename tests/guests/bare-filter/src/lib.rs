@@ -1,6 +1,11 @@
-//! An API version gate against `portcullis:plugin@0.2.0`'s published `filter-plugin` world with
-//! bare wit-bindgen and its default options: the same policy as `plugins/api-version-js`, in
-//! its simplest form. Configuration `{"allowed": ["1", "2"]}`: a request whose
+//! An API version gate against `portcullis:plugin@0.2.0`'s published `filter-plugin` world
+//! (`wit/0.2.0/`) with bare wit-bindgen and its default options: the same policy as
+//! `plugins/api-version-js`, in its simplest form. Kept on 0.2.0 when the contract moved to
+//! 0.3.0, so the tests prove a component built against 0.2.0 still loads and runs (its hooks
+//! are handed the identity as a record, as 0.2.0 says: an allowed request also gets
+//! `x-v2-subject`, the subject of the identity it was handed, or `anonymous`). A refused version is logged
+//! (`log.emit` of 0.2.0), so the component imports `portcullis:plugin/log@0.2.0` and loads only
+//! where the host links 0.2.0's capabilities. Configuration `{"allowed": ["1", "2"]}`: a request whose
 //! `x-api-version` is allowed continues (the header set to the trimmed value); any other gets a
 //! 400 problem document (RFC 9457). `allowed` missing or empty is refused at `/allowed`.
 //!
@@ -9,7 +14,7 @@
 #![allow(missing_docs, unsafe_code, reason = "wit-bindgen's generated canonical-ABI glue")]
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/0.2.0",
     world: "portcullis:plugin/filter-plugin",
 });
 
@@ -46,19 +51,29 @@ impl Guest for Gate {
         HookSet::ON_REQUEST
     }
 
-    fn on_request(request: &Request, _: Option<Identity>) -> FilterAction {
+    fn on_request(request: &Request, identity: Option<Identity>) -> FilterAction {
         let version = request.header("x-api-version").map(|v| v.trim().to_owned());
+        let subject = identity.map_or_else(|| "anonymous".to_owned(), |i| i.subject);
         match version {
             Some(v) if ALLOWED.with(|a| a.borrow().contains(&v)) => FilterAction::Continue(HeaderEdits {
                 remove: Vec::new(),
-                set: vec![Header { name: "x-api-version".to_owned(), value: v }],
+                set: vec![
+                    Header { name: "x-api-version".to_owned(), value: v },
+                    Header { name: "x-v2-subject".to_owned(), value: subject },
+                ],
                 append: Vec::new(),
             }),
-            _ => FilterAction::Respond(LocalResponse {
-                status: 400,
-                headers: vec![Header { name: "content-type".to_owned(), value: "application/problem+json".to_owned() }],
-                body: br#"{"type":"about:blank","title":"Unsupported API version","status":400}"#.to_vec(),
-            }),
+            _ => {
+                portcullis::plugin::log::emit(portcullis::plugin::log::Level::Info, "unsupported API version", &[]);
+                FilterAction::Respond(LocalResponse {
+                    status: 400,
+                    headers: vec![Header {
+                        name: "content-type".to_owned(),
+                        value: "application/problem+json".to_owned(),
+                    }],
+                    body: br#"{"type":"about:blank","title":"Unsupported API version","status":400}"#.to_vec(),
+                })
+            }
         }
     }
 

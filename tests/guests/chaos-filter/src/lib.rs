@@ -29,7 +29,7 @@
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, Level, LocalResponse, Plugin, Request};
+use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Level, LocalResponse, Plugin, Request};
 use serde::Deserialize;
 
 /// No settings.
@@ -62,7 +62,7 @@ fn recurse_small(n: u64) -> u64 {
 }
 
 impl Filter for ChaosFilter {
-    fn on_request(&self, request: &Request<'_>, identity: Option<&Identity>) -> FilterAction {
+    fn on_request(&self, request: &Request<'_>) -> FilterAction {
         match request.header("x-chaos").as_deref() {
             Some("panic") => panic!("asked to panic"),
             Some("loop") => {
@@ -161,8 +161,8 @@ impl Filter for ChaosFilter {
             }
             _ => {
                 let mut edits = HeaderEdits::default().set("x-filtered", "yes");
-                if let Some(identity) = identity {
-                    edits = edits.set("x-seen-subject", &identity.subject);
+                if let Some(subject) = request.subject() {
+                    edits = edits.set("x-seen-subject", subject);
                 }
                 FilterAction::Continue(edits)
             }

@@ -6,6 +6,8 @@
 //! `x-tag` header an earlier step set, or `none`), `x-legacy-subject` (the identity's subject,
 //! or `anonymous`) and `x-legacy-route`. On the response it sets `x-legacy-status` to the
 //! upstream's status and `x-legacy-echo` to the request's `x-echo`, if any. A step configuration other than `{}` is refused at `/`.
+//! Each request is logged (`log.emit` of 0.1.0), so the component imports
+//! `portcullis:plugin/log@0.1.0` and loads only where the host links 0.1.0's capabilities.
 //!
 //! Only built for `wasm32`: natively (a `cargo build --workspace`), export names such as
 //! `portcullis:plugin/filter@0.1.0#configure` are not valid linker symbols, as the SDK notes.
@@ -36,6 +38,7 @@ impl Guest for Legacy {
     }
 
     fn on_request(request: RequestHead, identity: Option<Identity>) -> FilterAction {
+        portcullis::plugin::log::emit(portcullis::plugin::log::Level::Debug, "legacy filter saw a request", &[]);
         let tag = request.headers.iter().find(|h| h.name == "x-tag").map_or("none", |h| h.value.as_str());
         let subject = identity.as_ref().map_or("anonymous", |i| i.subject.as_str());
         FilterAction::Continue(HeaderEdits {

@@ -2,7 +2,7 @@
 //! imports `wasi:sockets`. By default the host loads it and denies the connection (the guest
 //! sets `x-reached: no`); with `strict_imports` the host refuses to load it.
 
-use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Identity, Plugin, Request};
+use portcullis_sdk::{ConfigError, Filter, FilterAction, HeaderEdits, Plugin, Request};
 use serde::Deserialize;
 
 /// No settings.
@@ -21,7 +21,7 @@ impl Plugin for SocketFilter {
 }
 
 impl Filter for SocketFilter {
-    fn on_request(&self, _: &Request<'_>, _: Option<&Identity>) -> FilterAction {
+    fn on_request(&self, _: &Request<'_>) -> FilterAction {
         let reached = std::net::TcpStream::connect("127.0.0.1:9").is_ok();
         FilterAction::Continue(HeaderEdits::default().set("x-reached", if reached { "yes" } else { "no" }))
     }
