@@ -173,9 +173,9 @@ pub enum Decision {
 
 impl Rbac {
     /// Decides `request` for the identity it carries. Asks the request for the facts the
-    /// matched rule needs (whether there is an identity, then each role and scope), and for
-    /// the whole identity only when the rule checks its authentication (`acr_values`,
-    /// `max_age_s`).
+    /// matched rule needs (each role and scope it names, whether there is an identity when
+    /// that does not settle it), and for the whole identity only when the rule checks its
+    /// authentication (`acr_values`, `max_age_s`).
     pub fn decide(&self, request: &Request<'_>) -> Decision {
         let rule = self.config.rules.iter().zip(&self.patterns).find(|(rule, pattern)| {
             (rule.methods.is_empty() || rule.methods.iter().any(|m| m.eq_ignore_ascii_case(request.method())))
@@ -190,17 +190,20 @@ impl Rbac {
         if rule.is_public() {
             return Decision::Allow;
         }
-        if request.subject().is_none() {
-            return Decision::Unauthenticated;
-        }
+        // Roles and scopes first: an anonymous request holds none, so the allowed path asks
+        // the host one question per role it checks, and whether there is an identity at all
+        // only when the rule names none or the answer is no (401 or 403).
         let has_role = |r: &String| request.has_role(r);
         let has_scope = |s: &String| request.has_scope(s);
         let ok = match rule.require {
-            _ if rule.roles.is_empty() && rule.scopes.is_empty() => true,
+            _ if rule.roles.is_empty() && rule.scopes.is_empty() => request.subject().is_some(),
             Require::Any => rule.roles.iter().any(has_role) || rule.scopes.iter().any(has_scope),
             Require::All => rule.roles.iter().all(has_role) && rule.scopes.iter().all(has_scope),
         };
         if !ok {
+            if request.subject().is_none() {
+                return Decision::Unauthenticated;
+            }
             return Decision::Forbidden {
                 missing_scopes: rule.scopes.iter().filter(|s| !has_scope(s)).cloned().collect(),
             };
