@@ -12,9 +12,14 @@ Usage: bench/ab.py BEFORE_BINARY [AFTER_BINARY] [--before-plugins DIR] [--rounds
 AFTER defaults to target/pgo/dist/portcullis. Both builds load the components of
 target/wasm32-wasip2/plugin unless `--before-plugins` names another directory for BEFORE (the
 components of another commit or profile, e.g. built with `CARGO_TARGET_DIR=/tmp/before-target`). Build BEFORE from another commit, for example:
-`git worktree add /tmp/before COMMIT && (cd /tmp/before && bench/pgo) && cp
+`git worktree add /tmp/before COMMIT && mkdir -p /tmp/before/target/bench-tools/bin && cp
+target/bench-tools/bin/oha /tmp/before/target/bench-tools/bin/ && (cd /tmp/before && bench/pgo) && cp
 /tmp/before/target/pgo/dist/portcullis /tmp/portcullis-before` (its own target directory: a cold
-build, about 25 minutes), then `bench/pgo` in this tree. Needs what bench/run installs and builds (nginx, wrk, the components).
+build, about 25 minutes; bench/pgo's training needs oha in that tree's target/bench-tools),
+then `bench/pgo` in this tree. When the contract changed between the two, BEFORE needs that
+commit's components: `cargo build --profile plugin --target wasm32-wasip2 -p jwt-auth -p rbac -p
+rate-limit -p request-validation -p audit-log` in the worktree, and `--before-plugins
+/tmp/before/target/wasm32-wasip2/plugin`. Needs what bench/run installs and builds (nginx, wrk, the components).
 """
 
 import argparse

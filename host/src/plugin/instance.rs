@@ -271,21 +271,17 @@ impl Instance {
     /// The hooks to call: `filter.hooks` for a filter of 0.2.0 or later, the kind's otherwise.
     pub async fn hooks(&mut self) -> wasmtime::Result<Hooks> {
         let declared = match &self.guest {
-            Guest::Filter(g) => Some(g.call_hooks(&mut self.store).await?),
-            Guest::V2Filter(g) => Some(previous::hooks(g.call_hooks(&mut self.store).await?)),
-            _ => None,
-        };
-        Ok(match &self.guest {
-            Guest::Filter(_) | Guest::V2Filter(_) => {
-                let flags = declared.unwrap_or_else(filter::HookSet::empty);
-                Hooks {
-                    request: flags.contains(filter::HookSet::ON_REQUEST),
-                    response: flags.contains(filter::HookSet::ON_RESPONSE),
-                }
+            Guest::Filter(g) => g.call_hooks(&mut self.store).await?,
+            Guest::V2Filter(g) => previous::hooks(g.call_hooks(&mut self.store).await?),
+            Guest::V1Filter(_) => return Ok(Hooks { request: true, response: true }),
+            Guest::Logging(_) | Guest::V2Logging(_) | Guest::V1Logging(_) => {
+                return Ok(Hooks { request: false, response: false });
             }
-            Guest::V1Filter(_) => Hooks { request: true, response: true },
-            Guest::Logging(_) | Guest::V2Logging(_) | Guest::V1Logging(_) => Hooks { request: false, response: false },
-            _ => Hooks { request: true, response: false },
+            _ => return Ok(Hooks { request: true, response: false }),
+        };
+        Ok(Hooks {
+            request: declared.contains(filter::HookSet::ON_REQUEST),
+            response: declared.contains(filter::HookSet::ON_RESPONSE),
         })
     }
 
