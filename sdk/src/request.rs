@@ -27,6 +27,7 @@ pub struct Request<'a> {
     request_id: OnceCell<String>,
     route: OnceCell<String>,
     identity: OnceCell<Option<Identity>>,
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code, reason = "natively the subject comes from `identity`"))]
     subject: OnceCell<Option<String>>,
 }
 
@@ -216,56 +217,41 @@ impl<'a> Request<'a> {
     /// The identity's subject (e.g. a JWT `sub`, RFC 7519 §4.1.2), or `None` when anonymous.
     /// One host call, kept after the first ask (none when [`Request::identity`] was read).
     pub fn subject(&self) -> Option<&str> {
-        if let Some(identity) = self.identity.get() {
-            return identity.as_ref().map(|i| i.subject.as_str());
+        #[cfg(target_arch = "wasm32")]
+        if let (None, Source::Host(r)) = (self.identity.get(), &self.source) {
+            return self.subject.get_or_init(|| r.subject()).as_deref();
         }
-        self.subject
-            .get_or_init(|| match &self.source {
-                #[cfg(target_arch = "wasm32")]
-                Source::Host(r) => r.subject(),
-                Source::Owned(o, _) => o.identity.as_ref().map(|i| i.subject.clone()),
-            })
-            .as_deref()
+        self.identity().map(|i| i.subject.as_str())
     }
 
     /// Whether the identity holds role `name` (exact match); `false` when anonymous. One host
     /// call each time (none when [`Request::identity`] was read).
     pub fn has_role(&self, name: &str) -> bool {
-        if let Some(identity) = self.identity.get() {
-            return identity.as_ref().is_some_and(|i| i.roles.iter().any(|r| r == name));
+        #[cfg(target_arch = "wasm32")]
+        if let (None, Source::Host(r)) = (self.identity.get(), &self.source) {
+            return r.has_role(name);
         }
-        match &self.source {
-            #[cfg(target_arch = "wasm32")]
-            Source::Host(r) => r.has_role(name),
-            Source::Owned(o, _) => o.identity.as_ref().is_some_and(|i| i.roles.iter().any(|r| r == name)),
-        }
+        self.identity().is_some_and(|i| i.roles.iter().any(|r| r == name))
     }
 
     /// Whether the identity holds OAuth 2.0 scope `name` (RFC 6749 §3.3, exact match); `false`
     /// when anonymous. One host call each time (none when [`Request::identity`] was read).
     pub fn has_scope(&self, name: &str) -> bool {
-        if let Some(identity) = self.identity.get() {
-            return identity.as_ref().is_some_and(|i| i.scopes.iter().any(|s| s == name));
+        #[cfg(target_arch = "wasm32")]
+        if let (None, Source::Host(r)) = (self.identity.get(), &self.source) {
+            return r.has_scope(name);
         }
-        match &self.source {
-            #[cfg(target_arch = "wasm32")]
-            Source::Host(r) => r.has_scope(name),
-            Source::Owned(o, _) => o.identity.as_ref().is_some_and(|i| i.scopes.iter().any(|s| s == name)),
-        }
+        self.identity().is_some_and(|i| i.scopes.iter().any(|s| s == name))
     }
 
     /// The claim `name` the auth step passed on, as JSON text (e.g. `"eu-west"`), or `None`
     /// when it passed no such claim or the request is anonymous. One host call each time
     /// (none when [`Request::identity`] was read).
     pub fn claim(&self, name: &str) -> Option<String> {
-        let find = |i: &Identity| i.claims.iter().find(|c| c.name == name).map(|c| c.json.clone());
-        if let Some(identity) = self.identity.get() {
-            return identity.as_ref().and_then(find);
+        #[cfg(target_arch = "wasm32")]
+        if let (None, Source::Host(r)) = (self.identity.get(), &self.source) {
+            return r.claim(name);
         }
-        match &self.source {
-            #[cfg(target_arch = "wasm32")]
-            Source::Host(r) => r.claim(name),
-            Source::Owned(o, _) => o.identity.as_ref().and_then(find),
-        }
+        self.identity()?.claims.iter().find(|c| c.name == name).map(|c| c.json.clone())
     }
 }

@@ -33,12 +33,7 @@ pub(crate) fn request_head(request: &PluginRequest) -> v1::types::RequestHead {
             .map(|(name, value)| header_from_current(crate::proxy::headers::wit_header(name, value)))
             .collect(),
         client_ip: request.client_ip.clone(),
-        client_cert: request.client_cert.as_ref().map(|c| v1::types::ClientCert {
-            subject: c.subject.clone(),
-            dns_names: c.dns_names.clone(),
-            uris: c.uris.clone(),
-            sha256: c.sha256.clone(),
-        }),
+        client_cert: request.client_cert.as_ref().map(client_cert),
         request_id: request.request_id.clone(),
         route: request.route.to_string(),
     }

@@ -48,16 +48,6 @@ fn identity_from(identity: v2::types::Identity) -> Identity {
     }
 }
 
-/// A verified client certificate in 0.2.0's record.
-pub(crate) fn client_cert(c: &cur::types::ClientCert) -> v2::types::ClientCert {
-    v2::types::ClientCert {
-        subject: c.subject.clone(),
-        dns_names: c.dns_names.clone(),
-        uris: c.uris.clone(),
-        sha256: c.sha256.clone(),
-    }
-}
-
 /// 0.2.0's hook set, in the current flags.
 pub(crate) fn hooks(set: v2x::filter::HookSet) -> curx::filter::HookSet {
     let mut hooks = curx::filter::HookSet::empty();

@@ -18,6 +18,16 @@ macro_rules! same_shapes {
             cur::types::Header { name: h.name, value: h.value }
         }
 
+        /// A verified client certificate in the older contract's record.
+        pub(crate) fn client_cert(c: &cur::types::ClientCert) -> $old::types::ClientCert {
+            $old::types::ClientCert {
+                subject: c.subject.clone(),
+                dns_names: c.dns_names.clone(),
+                uris: c.uris.clone(),
+                sha256: c.sha256.clone(),
+            }
+        }
+
         pub(crate) fn response_head(head: &cur::types::ResponseHead) -> $old::types::ResponseHead {
             $old::types::ResponseHead { status: head.status, headers: head.headers.iter().map(header).collect() }
         }
