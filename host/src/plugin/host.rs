@@ -620,6 +620,16 @@ macro_rules! algorithm {
     }};
 }
 
+/// The host's secret error `$e` as contract module `$m` names it.
+macro_rules! secret_error {
+    ($m:ident, $e:expr) => {
+        match $e {
+            SecretError::NotGranted(name) => $m::secrets::SecretError::NotGranted(name),
+            SecretError::Invalid(why) => $m::secrets::SecretError::Invalid(why),
+        }
+    };
+}
+
 /// The host's key error `$e` as contract module `$m` names it.
 macro_rules! key_error {
     ($m:ident, $e:expr) => {
@@ -640,10 +650,7 @@ macro_rules! secrets_and_signatures {
                 credential: $m::secrets::Credential,
             ) -> wasmtime::Result<Result<(), $m::secrets::SecretError>> {
                 let header = self.credential(&asked!($m, credential));
-                Ok(header.map(|h| self.secret_headers.push(h)).map_err(|e| match e {
-                    SecretError::NotGranted(name) => $m::secrets::SecretError::NotGranted(name),
-                    SecretError::Invalid(why) => $m::secrets::SecretError::Invalid(why),
-                }))
+                Ok(header.map(|h| self.secret_headers.push(h)).map_err(|e| secret_error!($m, e)))
             }
 
             async fn send(
@@ -664,10 +671,8 @@ macro_rules! secrets_and_signatures {
             }
 
             fn reveal(&mut self, secret: String) -> wasmtime::Result<Result<Vec<u8>, $m::secrets::SecretError>> {
-                Ok(self.grants.secrets.reveal(&secret).map(|v| v.expose().to_vec()).map_err(|e| match e {
-                    SecretError::NotGranted(name) => $m::secrets::SecretError::NotGranted(name),
-                    SecretError::Invalid(why) => $m::secrets::SecretError::Invalid(why),
-                }))
+                let revealed = self.grants.secrets.reveal(&secret);
+                Ok(revealed.map(|v| v.expose().to_vec()).map_err(|e| secret_error!($m, e)))
             }
         }
 

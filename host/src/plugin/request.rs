@@ -147,14 +147,8 @@ macro_rules! request_methods {
             }
 
             fn headers(&mut self, r: Resource<$m::Request>) -> wasmtime::Result<Vec<$m::Header>> {
-                let headers = &self.lent(&r)?.headers;
-                Ok(headers
-                    .iter()
-                    .map(|(name, value)| {
-                        let h = crate::proxy::headers::wit_header(name, value);
-                        $m::Header { name: h.name, value: h.value }
-                    })
-                    .collect())
+                let headers = crate::proxy::headers::to_wit(&self.lent(&r)?.headers);
+                Ok(headers.into_iter().map(|h| $m::Header { name: h.name, value: h.value }).collect())
             }
 
             fn client_ip(&mut self, r: Resource<$m::Request>) -> wasmtime::Result<String> {
@@ -220,7 +214,7 @@ mod tests {
             authority: "example.test".into(),
             path: "/api/orders".into(),
             query: None,
-            headers: HeaderMap::new(),
+            headers: HeaderMap::from_iter([(http::header::USER_AGENT, http::HeaderValue::from_static("curl"))]),
             client_ip: "192.0.2.7".into(),
             client_cert: None,
             request_id: "r-1".into(),
@@ -282,6 +276,11 @@ mod tests {
         assert_eq!(V2::path(&mut state, r()).unwrap(), "/api/orders");
         assert_eq!(V2::client_ip(&mut state, r()).unwrap(), "192.0.2.7");
         assert_eq!(V2::route(&mut state, r()).unwrap(), "api");
+        let headers = V2::headers(&mut state, r()).unwrap();
+        assert_eq!(
+            headers.iter().map(|h| (h.name.as_str(), h.value.as_str())).collect::<Vec<_>>(),
+            [("user-agent", "curl")]
+        );
         state.end_lend(lent);
     }
 }
