@@ -877,15 +877,16 @@ fn check_quotas(quotas: &[Quota]) -> Result<(), String> {
 /// `"name";q=LIMIT;w=WINDOW_S` and `"name";r=REMAINING;t=RESET_S`, seconds rounded up, one
 /// list member per quota.
 ///
-/// Each value is written into one buffer and handed to the map without a copy; policy names
-/// were checked to be plain tokens when the step returned them ([`check_quotas`]).
+/// Both values are written into one buffer that the two fields share without a copy (one
+/// allocation for the text, one for the shared `Bytes`); policy names were checked to be plain
+/// tokens when the step returned them ([`check_quotas`]).
 pub fn add_rate_limit_headers(headers: &mut HeaderMap, quotas: &[Quota]) {
     if quotas.is_empty() {
         return;
     }
-    let render = |params: &dyn Fn(&Quota) -> [(&'static str, u64); 2]| {
-        let mut text = String::with_capacity(quotas.len() * 48);
-        let mut digits = itoa::Buffer::new();
+    let mut text = String::with_capacity(quotas.len() * 96);
+    let mut digits = itoa::Buffer::new();
+    let mut render = |text: &mut String, params: &dyn Fn(&Quota) -> [(&'static str, u64); 2]| {
         for (i, q) in quotas.iter().enumerate() {
             text.push_str(if i == 0 { "\"" } else { ", \"" });
             text.push_str(&q.policy);
@@ -895,10 +896,13 @@ pub fn add_rate_limit_headers(headers: &mut HeaderMap, quotas: &[Quota]) {
                 text.push_str(digits.format(value));
             }
         }
-        HeaderValue::from_maybe_shared(Bytes::from(text))
     };
-    let policy = render(&|q| [(";q=", q.limit), (";w=", q.window_ms.div_ceil(1000))]);
-    let state = render(&|q| [(";r=", q.remaining), (";t=", q.reset_ms.div_ceil(1000))]);
+    render(&mut text, &|q| [(";q=", q.limit), (";w=", q.window_ms.div_ceil(1000))]);
+    let policy_len = text.len();
+    render(&mut text, &|q| [(";r=", q.remaining), (";t=", q.reset_ms.div_ceil(1000))]);
+    let both = Bytes::from(text);
+    let policy = HeaderValue::from_maybe_shared(both.slice(..policy_len));
+    let state = HeaderValue::from_maybe_shared(both.slice(policy_len..));
     if let (Ok(p), Ok(s)) = (policy, state) {
         headers.insert(RATELIMIT_POLICY, p);
         headers.insert(RATELIMIT, s);

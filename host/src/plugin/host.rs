@@ -108,6 +108,9 @@ pub struct HostState {
     /// The exchange the current `observe` call received, for `audit.append-observed`, and the
     /// request header fields the step records (its `record-headers`; none: all).
     observed: Option<(Arc<Exchange>, Option<RecordedFields>)>,
+    /// The resource-table entry every call's request is lent through, pushed at the first
+    /// lend and kept for the store's life ([`HostState::lend`]).
+    pub(crate) lent: Option<wasmtime::component::Resource<super::request::RequestView>>,
 }
 
 /// A logging step's `record-headers`, as header names.
@@ -151,6 +154,7 @@ impl HostState {
             audit_failure: None,
             verifying_keys: 0,
             observed: None,
+            lent: None,
         }
     }
 

@@ -300,8 +300,8 @@ impl Instance {
             _ => None,
         };
         let reply = self.invoke_lent(call, lent.as_ref()).await;
-        if let Some(handle) = lent {
-            self.store.data_mut().end_lend(handle);
+        if lent.is_some() {
+            self.store.data_mut().end_lend();
         }
         reply
     }

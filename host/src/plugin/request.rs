@@ -3,10 +3,11 @@
 //! Contracts 0.2.0 and 0.3.0 pass a `borrow<request>` (a WIT resource) instead of 0.1.0's
 //! `request-head` record: the guest asks for what it reads (`path()`, `header(name)`, …) and
 //! nothing else is copied into its memory. The host keeps one [`PluginRequest`] behind an
-//! `Arc`; each call pushes a [`RequestView`] (a clone of that `Arc`, and of the identity's)
-//! into the store's resource table and deletes it when the call returns, so between calls the
-//! chain holds the only reference and edits the headers in place (`Arc::make_mut` does not
-//! copy then). Since 0.3.0 the request also answers for the identity (`identity()`,
+//! `Arc`; each call fills the store's one [`RequestView`] (a clone of that `Arc`, and of the
+//! identity's) and empties it when the call returns, so between calls the chain holds the only
+//! reference and edits the headers in place (`Arc::make_mut` does not copy then). The view is
+//! a resource-table entry pushed at the store's first lend and kept: a push and a delete per
+//! call cost a boxed entry's allocation and free (docs/BENCHMARKS.md, entry 44). Since 0.3.0 the request also answers for the identity (`identity()`,
 //! `subject()`, `has-role`, `has-scope`, `claim`), which 0.2.0 lowered into every hook as a
 //! record whether the plugin read it or not.
 
@@ -61,31 +62,52 @@ impl types::Identity {
     }
 }
 
-/// The resource table's entry for a lent `request`: the request, and the identity an earlier
-/// auth step established (none when anonymous).
-#[derive(Debug)]
+/// The resource table's entry a `request` is lent through: while a call runs, the request
+/// and the identity an earlier auth step established (none when anonymous); between calls,
+/// nothing.
+#[derive(Debug, Default)]
 pub struct RequestView {
-    /// The request.
-    pub request: Arc<PluginRequest>,
+    /// The request, while lent.
+    pub request: Option<Arc<PluginRequest>>,
     /// Its identity, if any.
     pub identity: Option<Arc<Identity>>,
 }
 
 impl HostState {
-    /// Lends `request` (with `identity`) to the next call: a handle the guest may read until
-    /// [`Self::end_lend`].
+    /// Lends `request` (with `identity`) to the next call: a borrowed handle the guest may
+    /// read until [`Self::end_lend`]. The store's one view is pushed into its resource table
+    /// at the first lend and refilled at every later one.
+    ///
+    /// Errors: the resource table is full (the first lend only).
     pub(crate) fn lend(
         &mut self,
         request: &Arc<PluginRequest>,
         identity: Option<&Arc<Identity>>,
     ) -> wasmtime::Result<Resource<RequestView>> {
-        Ok(self.table().push(RequestView { request: request.clone(), identity: identity.cloned() })?)
+        let filled = RequestView { request: Some(request.clone()), identity: identity.cloned() };
+        let rep = match self.lent.as_ref().map(Resource::rep) {
+            Some(rep) => {
+                *self.table().get_mut(&Resource::<RequestView>::new_borrow(rep))? = filled;
+                rep
+            }
+            None => {
+                let lent = self.table().push(filled)?;
+                let rep = lent.rep();
+                self.lent = Some(lent);
+                rep
+            }
+        };
+        Ok(Resource::new_borrow(rep))
     }
 
-    /// Ends a lend, dropping the call's references to the request and the identity.
-    pub(crate) fn end_lend(&mut self, handle: Resource<RequestView>) {
-        // Absent only when the guest dropped a borrowed handle, which the canonical ABI forbids.
-        let _ = self.table().delete(handle);
+    /// Ends the current lend, dropping the call's references to the request and the
+    /// identity: a handle the guest kept past its call reads as not lent.
+    pub(crate) fn end_lend(&mut self) {
+        if let Some(rep) = self.lent.as_ref().map(Resource::rep)
+            && let Ok(view) = self.table().get_mut(&Resource::<RequestView>::new_borrow(rep))
+        {
+            *view = RequestView::default();
+        }
     }
 
     /// The view behind a handle the guest passed back, of either contract's `request` type
@@ -95,8 +117,13 @@ impl HostState {
         Ok(self.table().get(&view)?)
     }
 
+    /// Errors: the handle names no view, or the view lends nothing (a handle kept past the
+    /// call it was lent to, which the canonical ABI does not allow a borrow to be).
     fn lent<R: 'static>(&mut self, handle: &Resource<R>) -> wasmtime::Result<&PluginRequest> {
-        Ok(&self.view(handle)?.request)
+        self.view(handle)?
+            .request
+            .as_deref()
+            .ok_or_else(|| wasmtime::format_err!("the request is lent only during a call"))
     }
 
     fn lent_identity<R: 'static>(&mut self, handle: &Resource<R>) -> wasmtime::Result<Option<&Identity>> {
@@ -169,8 +196,9 @@ macro_rules! request_methods {
 
             $($identity)*
 
-            fn drop(&mut self, r: Resource<$m::Request>) -> wasmtime::Result<()> {
-                self.end_lend(Resource::new_own(r.rep()));
+            // Hooks are lent a `borrow<request>`, which a guest does not drop; the store's
+            // one view stays in the table either way (`lend`).
+            fn drop(&mut self, _r: Resource<$m::Request>) -> wasmtime::Result<()> {
                 Ok(())
             }
         }
@@ -254,8 +282,9 @@ mod tests {
         // The whole record, as the auth step established it (the bindings' records have no `PartialEq`).
         let whole = HostRequest::identity(&mut state, r()).unwrap();
         assert_eq!(format!("{whole:?}"), format!("{:?}", Some(&*identity)));
-        state.end_lend(lent);
+        state.end_lend();
         assert_eq!(Arc::strong_count(&identity), 1, "the call's reference ends with the lend");
+        assert!(state.method(r()).is_err(), "a handle kept past its call reads nothing");
 
         let anonymous = state.lend(&request(), None).unwrap();
         let r = || Resource::<Request>::new_borrow(anonymous.rep());
@@ -264,7 +293,8 @@ mod tests {
         assert!(!state.has_scope(r(), "orders:write".into()).unwrap());
         assert_eq!(state.claim(r(), "region".into()).unwrap(), None);
         assert!(HostRequest::identity(&mut state, r()).unwrap().is_none());
-        state.end_lend(anonymous);
+        state.end_lend();
+        assert_eq!(anonymous.rep(), lent.rep(), "every lend goes through the store's one view");
     }
 
     #[test]
@@ -281,6 +311,6 @@ mod tests {
             headers.iter().map(|h| (h.name.as_str(), h.value.as_str())).collect::<Vec<_>>(),
             [("user-agent", "curl")]
         );
-        state.end_lend(lent);
+        state.end_lend();
     }
 }

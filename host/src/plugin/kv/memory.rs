@@ -72,6 +72,28 @@ impl Space {
         Ok(())
     }
 
+    /// Stores `value` at `key` as [`Space::put`] does, copied into the held entry's buffer when
+    /// the key is already held and no sweep is due: a counter's or a GCRA cell's every update
+    /// after its first allocates nothing.
+    ///
+    /// Errors: [`KvError::QuotaExceeded`], as [`Space::put`].
+    fn put_copy(&mut self, key: &str, value: &[u8], expires: Option<u64>, now: u64) -> Result<(), KvError> {
+        if self.writes + 1 < SWEEP_EVERY_WRITES
+            && let Some(held) = self.map.get_mut(key)
+        {
+            let (old, new) = (key.len() + held.value.len(), key.len() + value.len());
+            if self.bytes - old + new <= MAX_BYTES_PER_NAMESPACE {
+                self.writes += 1;
+                self.bytes = self.bytes - old + new;
+                held.value.clear();
+                held.value.extend_from_slice(value);
+                held.expires = expires;
+                return Ok(());
+            }
+        }
+        self.put(key, Entry { value: value.to_vec(), expires }, now)
+    }
+
     /// Whether `key` with `new` bytes of key and value fits the caps.
     fn fits(&self, key: &str, new: usize) -> bool {
         let old = self.map.get(key).map(|e| key.len() + e.value.len());
@@ -162,7 +184,7 @@ impl KvStore {
                 None => (0, expiry(now, ttl_ms)),
             };
             let next = current.checked_add(delta).ok_or(KvError::NotANumber)?;
-            space.put(key, Entry { value: next.to_string().into_bytes(), expires }, now)?;
+            space.put_copy(key, itoa::Buffer::new().format(next).as_bytes(), expires, now)?;
             Ok(next)
         })
     }
@@ -212,11 +234,7 @@ impl KvStore {
             };
             let step = gcra::take(stored, now.saturating_mul(1000), interval_us, window_us, quantity);
             if let Some((tat, ttl_ms)) = step.store {
-                space.put(
-                    key,
-                    Entry { value: tat.to_string().into_bytes(), expires: expiry(now, Some(ttl_ms)) },
-                    now,
-                )?;
+                space.put_copy(key, itoa::Buffer::new().format(tat).as_bytes(), expiry(now, Some(ttl_ms)), now)?;
             }
             Ok(step.cell)
         })
@@ -282,6 +300,22 @@ mod tests {
         // ... and growing it back past the cap is refused, leaving the held value as it was.
         assert_eq!(kv.set("a", "n000001", value, None), Err(KvError::QuotaExceeded));
         assert_eq!(kv.get("a", "n000001").as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn kv_counters_updated_in_place_keep_the_byte_count() {
+        let kv = KvStore::default();
+        for _ in 0..12 {
+            kv.increment("a", "k", 1, Some(60_000)).unwrap();
+        }
+        kv.throttle("a", "c", 1_000, 1_000_000, 1).unwrap();
+        kv.throttle("a", "c", 1_000, 1_000_000, 1).unwrap();
+        let space = kv.namespace("a");
+        let space = space.lock().unwrap();
+        let held: usize = space.map.iter().map(|(k, e)| k.len() + e.value.len()).sum();
+        assert_eq!(space.bytes, held, "the count follows values that grew (9 -> 10) in place");
+        assert_eq!(space.map["k"].value, b"12");
+        assert!(space.map["k"].expires.is_some(), "an increment keeps the key's expiry");
     }
 
     #[test]
