@@ -19,7 +19,7 @@ use super::audit::{AuditError, Sink};
 use super::bindings::exports::portcullis::plugin::logging::Exchange;
 use super::clock::Clock;
 use super::failure::CapabilityDenied;
-use super::kv::{Kv, KvError as StoreError};
+use super::kv::{Kv, KvError as StoreError, Namespace as KvNamespace};
 use super::outbound::{self, MAX_REQUESTS_PER_CALL, Origin, Outbound};
 use crate::config::Capability;
 use crate::metrics::{Metrics, PluginLabels, SignatureLabels};
@@ -37,8 +37,10 @@ pub const MAX_VERIFYING_KEYS: u32 = 1024;
 /// What a plugin may do, fixed at load.
 #[derive(Debug)]
 pub struct Grants {
-    /// Plugin id, also the `kv` namespace.
+    /// Plugin id, also the `kv` namespace's name.
     pub plugin_id: Arc<str>,
+    /// Its `kv` namespace, resolved on the engine's store at load.
+    pub kv: KvNamespace,
     /// Granted capabilities beyond `log` and `clock`.
     pub capabilities: Vec<Capability>,
     /// Log events kept per call.
@@ -364,21 +366,21 @@ impl $m::kv::Host for HostState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, $m::kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
         let (shared, grants) = (self.shared.clone(), self.grants.clone());
-        let outcome = self.kv_wait(shared.kv.get(&grants.plugin_id, &key)).await;
+        let outcome = self.kv_wait(shared.kv.get(&grants.kv, &key)).await;
         Ok(outcome.map_err($errors))
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<Result<(), $m::kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
         let (shared, grants) = (self.shared.clone(), self.grants.clone());
-        let outcome = self.kv_wait(shared.kv.set(&grants.plugin_id, &key, value, ttl_ms)).await;
+        let outcome = self.kv_wait(shared.kv.set(&grants.kv, &key, value, ttl_ms)).await;
         Ok(outcome.map_err($errors))
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, $m::kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
         let (shared, grants) = (self.shared.clone(), self.grants.clone());
-        let outcome = self.kv_wait(shared.kv.delete(&grants.plugin_id, &key)).await;
+        let outcome = self.kv_wait(shared.kv.delete(&grants.kv, &key)).await;
         Ok(outcome.map_err($errors))
     }
 
@@ -390,7 +392,7 @@ impl $m::kv::Host for HostState {
     ) -> wasmtime::Result<Result<i64, $m::kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
         let (shared, grants) = (self.shared.clone(), self.grants.clone());
-        let outcome = self.kv_wait(shared.kv.increment(&grants.plugin_id, &key, delta, ttl_ms)).await;
+        let outcome = self.kv_wait(shared.kv.increment(&grants.kv, &key, delta, ttl_ms)).await;
         Ok(outcome.map_err($errors))
     }
 
@@ -403,7 +405,7 @@ impl $m::kv::Host for HostState {
     ) -> wasmtime::Result<Result<bool, $m::kv::KvError>> {
         self.require(Capability::Kv, "kv")?;
         let (shared, grants) = (self.shared.clone(), self.grants.clone());
-        let cas = shared.kv.compare_and_swap(&grants.plugin_id, &key, expected.as_deref(), value, ttl_ms);
+        let cas = shared.kv.compare_and_swap(&grants.kv, &key, expected.as_deref(), value, ttl_ms);
         let outcome = self.kv_wait(cas).await;
         Ok(outcome.map_err($errors))
     }
@@ -566,7 +568,7 @@ macro_rules! throttle {
         ) -> wasmtime::Result<Result<$m::kv::Cell, $m::kv::KvError>> {
             self.require(Capability::Kv, "kv")?;
             let (shared, grants) = (self.shared.clone(), self.grants.clone());
-            let take = shared.kv.throttle(&grants.plugin_id, &key, interval_us, window_us, quantity);
+            let take = shared.kv.throttle(&grants.kv, &key, interval_us, window_us, quantity);
             let outcome = self.kv_wait(take).await;
             Ok(outcome.map_err($errors).map(|c| $m::kv::Cell {
                 allowed: c.allowed,
@@ -770,6 +772,7 @@ pub(crate) fn state_for_tests(
     });
     let grants = Arc::new(Grants {
         plugin_id: "test".into(),
+        kv: shared.kv.namespace(&"test".into()),
         capabilities,
         max_log_events_per_call: 10,
         origins: Vec::new(),

@@ -218,6 +218,7 @@ impl LoadedPlugin {
             imports,
             grants: Arc::new(Grants {
                 plugin_id: id.into(),
+                kv: engine.kv().namespace(&id.into()),
                 capabilities: config.capabilities.clone(),
                 max_log_events_per_call: config.max_log_events_per_call,
                 origins,

@@ -29,7 +29,7 @@ impl Entry {
 
 /// One plugin's keys, with the bytes they hold.
 #[derive(Debug, Default)]
-struct Space {
+pub struct Space {
     map: HashMap<String, Entry>,
     bytes: usize,
     writes: u32,
@@ -129,7 +129,8 @@ pub struct KvStore {
     clock: Clock,
 }
 
-type Namespace = std::sync::Arc<Mutex<Space>>;
+/// One namespace's map, behind its own lock ([`KvStore::namespace`]).
+pub type Namespace = std::sync::Arc<Mutex<Space>>;
 
 // === impl KvStore ===
 
@@ -139,7 +140,9 @@ impl KvStore {
         KvStore { namespaces: Mutex::default(), clock }
     }
 
-    fn namespace(&self, ns: &str) -> Namespace {
+    /// The namespace named `ns`, created empty when new. Namespaces live as long as the store,
+    /// so a plugin resolves its own once, when it loads.
+    pub fn namespace(&self, ns: &str) -> Namespace {
         let mut all = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(space) = all.get(ns) {
             return space.clone();
@@ -147,28 +150,27 @@ impl KvStore {
         all.entry(ns.to_owned()).or_default().clone()
     }
 
-    fn with<R>(&self, ns: &str, f: impl FnOnce(&mut Space, u64) -> R) -> R {
-        let namespace = self.namespace(ns);
+    fn with<R>(&self, ns: &Namespace, f: impl FnOnce(&mut Space, u64) -> R) -> R {
         let now = self.clock.now_ms();
-        let mut space = namespace.lock().unwrap_or_else(|e| e.into_inner());
+        let mut space = ns.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut space, now)
     }
 
     /// The live value of `key` in namespace `ns`.
-    pub fn get(&self, ns: &str, key: &str) -> Option<Vec<u8>> {
+    pub fn get(&self, ns: &Namespace, key: &str) -> Option<Vec<u8>> {
         self.with(ns, |space, now| space.live(key, now).map(|e| e.value.clone()))
     }
 
     /// Stores `value`; `ttl_ms` none keeps it until deleted.
     ///
     /// Errors: [`KvError::TooLarge`], [`KvError::QuotaExceeded`].
-    pub fn set(&self, ns: &str, key: &str, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), KvError> {
+    pub fn set(&self, ns: &Namespace, key: &str, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), KvError> {
         check_sizes(key, &value)?;
         self.with(ns, |space, now| space.put(key, Entry { value, expires: expiry(now, ttl_ms) }, now))
     }
 
     /// Removes `key`; true when a live value was removed.
-    pub fn delete(&self, ns: &str, key: &str) -> bool {
+    pub fn delete(&self, ns: &Namespace, key: &str) -> bool {
         self.with(ns, |space, now| space.remove(key).is_some_and(|e| e.live(now)))
     }
 
@@ -176,7 +178,7 @@ impl KvStore {
     /// starts at 0 with `ttl_ms`, an existing one keeps its expiry.
     ///
     /// Errors: [`KvError::NotANumber`], [`KvError::TooLarge`], [`KvError::QuotaExceeded`].
-    pub fn increment(&self, ns: &str, key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError> {
+    pub fn increment(&self, ns: &Namespace, key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError> {
         check_sizes(key, b"")?;
         self.with(ns, |space, now| {
             let (current, expires) = match space.live(key, now) {
@@ -195,7 +197,7 @@ impl KvStore {
     /// Errors: [`KvError::TooLarge`], [`KvError::QuotaExceeded`].
     pub fn compare_and_swap(
         &self,
-        ns: &str,
+        ns: &Namespace,
         key: &str,
         expected: Option<&[u8]>,
         value: Vec<u8>,
@@ -218,7 +220,7 @@ impl KvStore {
     /// [`KvError::QuotaExceeded`].
     pub fn throttle(
         &self,
-        ns: &str,
+        ns: &Namespace,
         key: &str,
         interval_us: u64,
         window_us: u64,
@@ -257,25 +259,25 @@ mod tests {
     #[test]
     fn kv_increment_counts_from_zero_and_keeps_namespaces_apart() {
         let kv = KvStore::default();
-        assert_eq!(kv.increment("a", "k", 1, None), Ok(1));
-        assert_eq!(kv.increment("a", "k", 5, None), Ok(6));
-        assert_eq!(kv.increment("b", "k", 1, None), Ok(1));
-        assert_eq!(kv.get("a", "k").as_deref(), Some(&b"6"[..]));
+        assert_eq!(kv.increment(&kv.namespace("a"), "k", 1, None), Ok(1));
+        assert_eq!(kv.increment(&kv.namespace("a"), "k", 5, None), Ok(6));
+        assert_eq!(kv.increment(&kv.namespace("b"), "k", 1, None), Ok(1));
+        assert_eq!(kv.get(&kv.namespace("a"), "k").as_deref(), Some(&b"6"[..]));
     }
 
     #[test]
     fn kv_increment_refuses_non_numbers() {
         let kv = KvStore::default();
-        kv.set("a", "k", b"x".to_vec(), None).unwrap();
-        assert_eq!(kv.increment("a", "k", 1, None), Err(KvError::NotANumber));
+        kv.set(&kv.namespace("a"), "k", b"x".to_vec(), None).unwrap();
+        assert_eq!(kv.increment(&kv.namespace("a"), "k", 1, None), Err(KvError::NotANumber));
     }
 
     #[test]
     fn kv_expired_values_read_as_absent() {
         let kv = KvStore::default();
-        kv.set("a", "k", b"v".to_vec(), Some(0)).unwrap();
-        assert_eq!(kv.get("a", "k"), None);
-        assert!(!kv.delete("a", "k"));
+        kv.set(&kv.namespace("a"), "k", b"v".to_vec(), Some(0)).unwrap();
+        assert_eq!(kv.get(&kv.namespace("a"), "k"), None);
+        assert!(!kv.delete(&kv.namespace("a"), "k"));
     }
 
     #[test]
@@ -284,32 +286,32 @@ mod tests {
         let value = vec![0u8; MAX_VALUE_BYTES];
         let fits = MAX_BYTES_PER_NAMESPACE / (MAX_VALUE_BYTES + 8);
         for i in 0..fits {
-            kv.set("a", &format!("k{i:06}"), value.clone(), Some(1)).unwrap();
+            kv.set(&kv.namespace("a"), &format!("k{i:06}"), value.clone(), Some(1)).unwrap();
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
         // Everything above has expired: the next writes reclaim it instead of failing.
         for i in 0..fits {
-            kv.set("a", &format!("n{i:06}"), value.clone(), None).unwrap();
+            kv.set(&kv.namespace("a"), &format!("n{i:06}"), value.clone(), None).unwrap();
         }
-        assert_eq!(kv.set("a", "one-too-many", value.clone(), None), Err(KvError::QuotaExceeded));
+        assert_eq!(kv.set(&kv.namespace("a"), "one-too-many", value.clone(), None), Err(KvError::QuotaExceeded));
         // Replacing an existing key with a value of the same size still fits.
-        assert_eq!(kv.set("a", "n000000", value.clone(), None), Ok(()));
+        assert_eq!(kv.set(&kv.namespace("a"), "n000000", value.clone(), None), Ok(()));
         // Shrinking a held value frees its bytes for another key ...
-        assert_eq!(kv.set("a", "n000001", vec![], None), Ok(()));
-        assert_eq!(kv.set("a", "one-too-many", value.clone(), None), Ok(()));
+        assert_eq!(kv.set(&kv.namespace("a"), "n000001", vec![], None), Ok(()));
+        assert_eq!(kv.set(&kv.namespace("a"), "one-too-many", value.clone(), None), Ok(()));
         // ... and growing it back past the cap is refused, leaving the held value as it was.
-        assert_eq!(kv.set("a", "n000001", value, None), Err(KvError::QuotaExceeded));
-        assert_eq!(kv.get("a", "n000001").as_deref(), Some(&b""[..]));
+        assert_eq!(kv.set(&kv.namespace("a"), "n000001", value, None), Err(KvError::QuotaExceeded));
+        assert_eq!(kv.get(&kv.namespace("a"), "n000001").as_deref(), Some(&b""[..]));
     }
 
     #[test]
     fn kv_counters_updated_in_place_keep_the_byte_count() {
         let kv = KvStore::default();
         for _ in 0..12 {
-            kv.increment("a", "k", 1, Some(60_000)).unwrap();
+            kv.increment(&kv.namespace("a"), "k", 1, Some(60_000)).unwrap();
         }
-        kv.throttle("a", "c", 1_000, 1_000_000, 1).unwrap();
-        kv.throttle("a", "c", 1_000, 1_000_000, 1).unwrap();
+        kv.throttle(&kv.namespace("a"), "c", 1_000, 1_000_000, 1).unwrap();
+        kv.throttle(&kv.namespace("a"), "c", 1_000, 1_000_000, 1).unwrap();
         let space = kv.namespace("a");
         let space = space.lock().unwrap();
         let held: usize = space.map.iter().map(|(k, e)| k.len() + e.value.len()).sum();
@@ -322,19 +324,19 @@ mod tests {
     fn kv_ttl_runs_on_the_store_clock() {
         let clock = Clock::default();
         let kv = KvStore::new(clock.clone());
-        kv.set("a", "k", b"v".to_vec(), Some(60_000)).unwrap();
-        assert!(kv.get("a", "k").is_some());
+        kv.set(&kv.namespace("a"), "k", b"v".to_vec(), Some(60_000)).unwrap();
+        assert!(kv.get(&kv.namespace("a"), "k").is_some());
         clock.advance(std::time::Duration::from_secs(61));
-        assert_eq!(kv.get("a", "k"), None);
+        assert_eq!(kv.get(&kv.namespace("a"), "k"), None);
     }
 
     #[test]
     fn kv_compare_and_swap_writes_only_on_match() {
         let kv = KvStore::default();
-        assert_eq!(kv.compare_and_swap("a", "k", None, b"1".to_vec(), None), Ok(true));
-        assert_eq!(kv.compare_and_swap("a", "k", None, b"2".to_vec(), None), Ok(false));
-        assert_eq!(kv.compare_and_swap("a", "k", Some(b"1"), b"2".to_vec(), None), Ok(true));
-        assert_eq!(kv.get("a", "k").as_deref(), Some(&b"2"[..]));
+        assert_eq!(kv.compare_and_swap(&kv.namespace("a"), "k", None, b"1".to_vec(), None), Ok(true));
+        assert_eq!(kv.compare_and_swap(&kv.namespace("a"), "k", None, b"2".to_vec(), None), Ok(false));
+        assert_eq!(kv.compare_and_swap(&kv.namespace("a"), "k", Some(b"1"), b"2".to_vec(), None), Ok(true));
+        assert_eq!(kv.get(&kv.namespace("a"), "k").as_deref(), Some(&b"2"[..]));
     }
 
     #[test]
@@ -343,22 +345,22 @@ mod tests {
         let kv = KvStore::new(clock.clone());
         let (interval, window) = (200_000, 1_000_000);
         for left in (0..5).rev() {
-            assert_eq!(kv.throttle("a", "c", interval, window, 1).map(|c| c.remaining), Ok(left));
+            assert_eq!(kv.throttle(&kv.namespace("a"), "c", interval, window, 1).map(|c| c.remaining), Ok(left));
         }
-        assert!(!kv.throttle("a", "c", interval, window, 1).unwrap().allowed);
+        assert!(!kv.throttle(&kv.namespace("a"), "c", interval, window, 1).unwrap().allowed);
         clock.advance(std::time::Duration::from_millis(200));
-        assert!(kv.throttle("a", "c", interval, window, 1).unwrap().allowed);
-        kv.set("a", "text", b"x".to_vec(), None).unwrap();
-        assert_eq!(kv.throttle("a", "text", interval, window, 1), Err(KvError::NotANumber));
+        assert!(kv.throttle(&kv.namespace("a"), "c", interval, window, 1).unwrap().allowed);
+        kv.set(&kv.namespace("a"), "text", b"x".to_vec(), None).unwrap();
+        assert_eq!(kv.throttle(&kv.namespace("a"), "text", interval, window, 1), Err(KvError::NotANumber));
         clock.advance(std::time::Duration::from_secs(2));
-        assert_eq!(kv.get("a", "c"), None, "a full cell expires");
+        assert_eq!(kv.get(&kv.namespace("a"), "c"), None, "a full cell expires");
     }
 
     #[test]
     fn kv_refuses_oversized_keys_and_values() {
         let kv = KvStore::default();
         let long = "k".repeat(MAX_KEY_BYTES + 1);
-        assert_eq!(kv.set("a", &long, vec![], None), Err(KvError::TooLarge));
-        assert_eq!(kv.set("a", "k", vec![0; MAX_VALUE_BYTES + 1], None), Err(KvError::TooLarge));
+        assert_eq!(kv.set(&kv.namespace("a"), &long, vec![], None), Err(KvError::TooLarge));
+        assert_eq!(kv.set(&kv.namespace("a"), "k", vec![0; MAX_VALUE_BYTES + 1], None), Err(KvError::TooLarge));
     }
 }

@@ -72,6 +72,17 @@ pub struct KvHealth {
     pub address: Option<String>,
 }
 
+/// One plugin's namespace in the store, resolved once when the plugin loads ([`Kv::namespace`]):
+/// on the in-process store, the namespace's own map, so a call neither takes the store-wide
+/// lock nor hashes the plugin id; on Redis, the key prefix.
+#[derive(Debug, Clone)]
+pub enum Namespace {
+    /// A namespace of the in-process store.
+    Memory(memory::Namespace),
+    /// A namespace on Redis: the plugin id.
+    Redis(Arc<str>),
+}
+
 // === impl Kv ===
 
 // The Redis calls are boxed: a future is as large as its largest state, and a Redis round
@@ -86,6 +97,14 @@ impl Kv {
         }
     }
 
+    /// The namespace named `name` (a plugin id), created empty on the in-process store when new.
+    pub fn namespace(&self, name: &Arc<str>) -> Namespace {
+        match self {
+            Kv::Memory(m) => Namespace::Memory(m.namespace(name)),
+            Kv::Redis(_) => Namespace::Redis(name.clone()),
+        }
+    }
+
     /// Current health; the in-process store is always up.
     pub fn health(&self) -> KvHealth {
         match self {
@@ -97,31 +116,34 @@ impl Kv {
     /// The live value of `key` in namespace `ns`.
     ///
     /// Errors: [`KvError::Unavailable`] (Redis only).
-    pub async fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        match self {
-            Kv::Memory(m) => Ok(m.get(ns, key)),
-            Kv::Redis(r) => Box::pin(r.get(ns, key)).await,
+    pub async fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        match (self, ns) {
+            (Kv::Memory(m), Namespace::Memory(ns)) => Ok(m.get(ns, key)),
+            (Kv::Redis(r), Namespace::Redis(ns)) => Box::pin(r.get(ns, key)).await,
+            _ => another_store(),
         }
     }
 
     /// Stores `value`; `ttl_ms` none keeps it until deleted.
     ///
     /// Errors: [`KvError::TooLarge`], [`KvError::QuotaExceeded`], [`KvError::Unavailable`].
-    pub async fn set(&self, ns: &str, key: &str, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), KvError> {
+    pub async fn set(&self, ns: &Namespace, key: &str, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), KvError> {
         check_sizes(key, &value)?;
-        match self {
-            Kv::Memory(m) => m.set(ns, key, value, ttl_ms),
-            Kv::Redis(r) => Box::pin(r.set(ns, key, value, ttl_ms)).await,
+        match (self, ns) {
+            (Kv::Memory(m), Namespace::Memory(ns)) => m.set(ns, key, value, ttl_ms),
+            (Kv::Redis(r), Namespace::Redis(ns)) => Box::pin(r.set(ns, key, value, ttl_ms)).await,
+            _ => another_store(),
         }
     }
 
     /// Removes `key`; true when a live value was removed.
     ///
     /// Errors: [`KvError::Unavailable`].
-    pub async fn delete(&self, ns: &str, key: &str) -> Result<bool, KvError> {
-        match self {
-            Kv::Memory(m) => Ok(m.delete(ns, key)),
-            Kv::Redis(r) => Box::pin(r.delete(ns, key)).await,
+    pub async fn delete(&self, ns: &Namespace, key: &str) -> Result<bool, KvError> {
+        match (self, ns) {
+            (Kv::Memory(m), Namespace::Memory(ns)) => Ok(m.delete(ns, key)),
+            (Kv::Redis(r), Namespace::Redis(ns)) => Box::pin(r.delete(ns, key)).await,
+            _ => another_store(),
         }
     }
 
@@ -129,11 +151,12 @@ impl Kv {
     ///
     /// Errors: [`KvError::NotANumber`], [`KvError::TooLarge`], [`KvError::QuotaExceeded`],
     /// [`KvError::Unavailable`].
-    pub async fn increment(&self, ns: &str, key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError> {
+    pub async fn increment(&self, ns: &Namespace, key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError> {
         check_sizes(key, b"")?;
-        match self {
-            Kv::Memory(m) => m.increment(ns, key, delta, ttl_ms),
-            Kv::Redis(r) => Box::pin(r.increment(ns, key, delta, ttl_ms)).await,
+        match (self, ns) {
+            (Kv::Memory(m), Namespace::Memory(ns)) => m.increment(ns, key, delta, ttl_ms),
+            (Kv::Redis(r), Namespace::Redis(ns)) => Box::pin(r.increment(ns, key, delta, ttl_ms)).await,
+            _ => another_store(),
         }
     }
 
@@ -142,16 +165,19 @@ impl Kv {
     /// Errors: [`KvError::TooLarge`], [`KvError::QuotaExceeded`], [`KvError::Unavailable`].
     pub async fn compare_and_swap(
         &self,
-        ns: &str,
+        ns: &Namespace,
         key: &str,
         expected: Option<&[u8]>,
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<bool, KvError> {
         check_sizes(key, &value)?;
-        match self {
-            Kv::Memory(m) => m.compare_and_swap(ns, key, expected, value, ttl_ms),
-            Kv::Redis(r) => Box::pin(r.compare_and_swap(ns, key, expected, value, ttl_ms)).await,
+        match (self, ns) {
+            (Kv::Memory(m), Namespace::Memory(ns)) => m.compare_and_swap(ns, key, expected, value, ttl_ms),
+            (Kv::Redis(r), Namespace::Redis(ns)) => {
+                Box::pin(r.compare_and_swap(ns, key, expected, value, ttl_ms)).await
+            }
+            _ => another_store(),
         }
     }
 
@@ -162,18 +188,27 @@ impl Kv {
     /// [`KvError::QuotaExceeded`], [`KvError::Unavailable`].
     pub async fn throttle(
         &self,
-        ns: &str,
+        ns: &Namespace,
         key: &str,
         interval_us: u64,
         window_us: u64,
         quantity: i32,
     ) -> Result<Cell, KvError> {
         check_sizes(key, b"")?;
-        match self {
-            Kv::Memory(m) => m.throttle(ns, key, interval_us, window_us, quantity),
-            Kv::Redis(r) => Box::pin(r.throttle(ns, key, interval_us, window_us, quantity)).await,
+        match (self, ns) {
+            (Kv::Memory(m), Namespace::Memory(ns)) => m.throttle(ns, key, interval_us, window_us, quantity),
+            (Kv::Redis(r), Namespace::Redis(ns)) => {
+                Box::pin(r.throttle(ns, key, interval_us, window_us, quantity)).await
+            }
+            _ => another_store(),
         }
     }
+}
+
+/// A namespace resolved on another backend than the one called: the engine resolves each
+/// plugin's on its own store, so this is a host bug, failed as the store being unavailable.
+fn another_store<T>() -> Result<T, KvError> {
+    Err(KvError::Unavailable("host bug: a namespace of another kv backend".into()))
 }
 
 /// Errors: [`KvError::TooLarge`] past [`MAX_KEY_BYTES`] or [`MAX_VALUE_BYTES`].
