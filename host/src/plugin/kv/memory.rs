@@ -259,61 +259,67 @@ mod tests {
     #[test]
     fn kv_increment_counts_from_zero_and_keeps_namespaces_apart() {
         let kv = KvStore::default();
-        assert_eq!(kv.increment(&kv.namespace("a"), "k", 1, None), Ok(1));
-        assert_eq!(kv.increment(&kv.namespace("a"), "k", 5, None), Ok(6));
-        assert_eq!(kv.increment(&kv.namespace("b"), "k", 1, None), Ok(1));
-        assert_eq!(kv.get(&kv.namespace("a"), "k").as_deref(), Some(&b"6"[..]));
+        let a = kv.namespace("a");
+        let b = kv.namespace("b");
+        assert_eq!(kv.increment(&a, "k", 1, None), Ok(1));
+        assert_eq!(kv.increment(&a, "k", 5, None), Ok(6));
+        assert_eq!(kv.increment(&b, "k", 1, None), Ok(1));
+        assert_eq!(kv.get(&a, "k").as_deref(), Some(&b"6"[..]));
+        assert_eq!(kv.get(&kv.namespace("a"), "k").as_deref(), Some(&b"6"[..]), "a name resolves to its one namespace");
     }
 
     #[test]
     fn kv_increment_refuses_non_numbers() {
         let kv = KvStore::default();
-        kv.set(&kv.namespace("a"), "k", b"x".to_vec(), None).unwrap();
-        assert_eq!(kv.increment(&kv.namespace("a"), "k", 1, None), Err(KvError::NotANumber));
+        let a = kv.namespace("a");
+        kv.set(&a, "k", b"x".to_vec(), None).unwrap();
+        assert_eq!(kv.increment(&a, "k", 1, None), Err(KvError::NotANumber));
     }
 
     #[test]
     fn kv_expired_values_read_as_absent() {
         let kv = KvStore::default();
-        kv.set(&kv.namespace("a"), "k", b"v".to_vec(), Some(0)).unwrap();
-        assert_eq!(kv.get(&kv.namespace("a"), "k"), None);
-        assert!(!kv.delete(&kv.namespace("a"), "k"));
+        let a = kv.namespace("a");
+        kv.set(&a, "k", b"v".to_vec(), Some(0)).unwrap();
+        assert_eq!(kv.get(&a, "k"), None);
+        assert!(!kv.delete(&a, "k"));
     }
 
     #[test]
     fn kv_byte_cap_refuses_live_data_and_reclaims_expired() {
         let kv = KvStore::default();
+        let a = kv.namespace("a");
         let value = vec![0u8; MAX_VALUE_BYTES];
         let fits = MAX_BYTES_PER_NAMESPACE / (MAX_VALUE_BYTES + 8);
         for i in 0..fits {
-            kv.set(&kv.namespace("a"), &format!("k{i:06}"), value.clone(), Some(1)).unwrap();
+            kv.set(&a, &format!("k{i:06}"), value.clone(), Some(1)).unwrap();
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
         // Everything above has expired: the next writes reclaim it instead of failing.
         for i in 0..fits {
-            kv.set(&kv.namespace("a"), &format!("n{i:06}"), value.clone(), None).unwrap();
+            kv.set(&a, &format!("n{i:06}"), value.clone(), None).unwrap();
         }
-        assert_eq!(kv.set(&kv.namespace("a"), "one-too-many", value.clone(), None), Err(KvError::QuotaExceeded));
+        assert_eq!(kv.set(&a, "one-too-many", value.clone(), None), Err(KvError::QuotaExceeded));
         // Replacing an existing key with a value of the same size still fits.
-        assert_eq!(kv.set(&kv.namespace("a"), "n000000", value.clone(), None), Ok(()));
+        assert_eq!(kv.set(&a, "n000000", value.clone(), None), Ok(()));
         // Shrinking a held value frees its bytes for another key ...
-        assert_eq!(kv.set(&kv.namespace("a"), "n000001", vec![], None), Ok(()));
-        assert_eq!(kv.set(&kv.namespace("a"), "one-too-many", value.clone(), None), Ok(()));
+        assert_eq!(kv.set(&a, "n000001", vec![], None), Ok(()));
+        assert_eq!(kv.set(&a, "one-too-many", value.clone(), None), Ok(()));
         // ... and growing it back past the cap is refused, leaving the held value as it was.
-        assert_eq!(kv.set(&kv.namespace("a"), "n000001", value, None), Err(KvError::QuotaExceeded));
-        assert_eq!(kv.get(&kv.namespace("a"), "n000001").as_deref(), Some(&b""[..]));
+        assert_eq!(kv.set(&a, "n000001", value, None), Err(KvError::QuotaExceeded));
+        assert_eq!(kv.get(&a, "n000001").as_deref(), Some(&b""[..]));
     }
 
     #[test]
     fn kv_counters_updated_in_place_keep_the_byte_count() {
         let kv = KvStore::default();
+        let a = kv.namespace("a");
         for _ in 0..12 {
-            kv.increment(&kv.namespace("a"), "k", 1, Some(60_000)).unwrap();
+            kv.increment(&a, "k", 1, Some(60_000)).unwrap();
         }
-        kv.throttle(&kv.namespace("a"), "c", 1_000, 1_000_000, 1).unwrap();
-        kv.throttle(&kv.namespace("a"), "c", 1_000, 1_000_000, 1).unwrap();
-        let space = kv.namespace("a");
-        let space = space.lock().unwrap();
+        kv.throttle(&a, "c", 1_000, 1_000_000, 1).unwrap();
+        kv.throttle(&a, "c", 1_000, 1_000_000, 1).unwrap();
+        let space = a.lock().unwrap();
         let held: usize = space.map.iter().map(|(k, e)| k.len() + e.value.len()).sum();
         assert_eq!(space.bytes, held, "the count follows values that grew (9 -> 10) in place");
         assert_eq!(space.map["k"].value, b"12");
@@ -324,43 +330,47 @@ mod tests {
     fn kv_ttl_runs_on_the_store_clock() {
         let clock = Clock::default();
         let kv = KvStore::new(clock.clone());
-        kv.set(&kv.namespace("a"), "k", b"v".to_vec(), Some(60_000)).unwrap();
-        assert!(kv.get(&kv.namespace("a"), "k").is_some());
+        let a = kv.namespace("a");
+        kv.set(&a, "k", b"v".to_vec(), Some(60_000)).unwrap();
+        assert!(kv.get(&a, "k").is_some());
         clock.advance(std::time::Duration::from_secs(61));
-        assert_eq!(kv.get(&kv.namespace("a"), "k"), None);
+        assert_eq!(kv.get(&a, "k"), None);
     }
 
     #[test]
     fn kv_compare_and_swap_writes_only_on_match() {
         let kv = KvStore::default();
-        assert_eq!(kv.compare_and_swap(&kv.namespace("a"), "k", None, b"1".to_vec(), None), Ok(true));
-        assert_eq!(kv.compare_and_swap(&kv.namespace("a"), "k", None, b"2".to_vec(), None), Ok(false));
-        assert_eq!(kv.compare_and_swap(&kv.namespace("a"), "k", Some(b"1"), b"2".to_vec(), None), Ok(true));
-        assert_eq!(kv.get(&kv.namespace("a"), "k").as_deref(), Some(&b"2"[..]));
+        let a = kv.namespace("a");
+        assert_eq!(kv.compare_and_swap(&a, "k", None, b"1".to_vec(), None), Ok(true));
+        assert_eq!(kv.compare_and_swap(&a, "k", None, b"2".to_vec(), None), Ok(false));
+        assert_eq!(kv.compare_and_swap(&a, "k", Some(b"1"), b"2".to_vec(), None), Ok(true));
+        assert_eq!(kv.get(&a, "k").as_deref(), Some(&b"2"[..]));
     }
 
     #[test]
     fn kv_throttle_takes_from_one_cell_on_the_store_clock() {
         let clock = Clock::default();
         let kv = KvStore::new(clock.clone());
+        let a = kv.namespace("a");
         let (interval, window) = (200_000, 1_000_000);
         for left in (0..5).rev() {
-            assert_eq!(kv.throttle(&kv.namespace("a"), "c", interval, window, 1).map(|c| c.remaining), Ok(left));
+            assert_eq!(kv.throttle(&a, "c", interval, window, 1).map(|c| c.remaining), Ok(left));
         }
-        assert!(!kv.throttle(&kv.namespace("a"), "c", interval, window, 1).unwrap().allowed);
+        assert!(!kv.throttle(&a, "c", interval, window, 1).unwrap().allowed);
         clock.advance(std::time::Duration::from_millis(200));
-        assert!(kv.throttle(&kv.namespace("a"), "c", interval, window, 1).unwrap().allowed);
-        kv.set(&kv.namespace("a"), "text", b"x".to_vec(), None).unwrap();
-        assert_eq!(kv.throttle(&kv.namespace("a"), "text", interval, window, 1), Err(KvError::NotANumber));
+        assert!(kv.throttle(&a, "c", interval, window, 1).unwrap().allowed);
+        kv.set(&a, "text", b"x".to_vec(), None).unwrap();
+        assert_eq!(kv.throttle(&a, "text", interval, window, 1), Err(KvError::NotANumber));
         clock.advance(std::time::Duration::from_secs(2));
-        assert_eq!(kv.get(&kv.namespace("a"), "c"), None, "a full cell expires");
+        assert_eq!(kv.get(&a, "c"), None, "a full cell expires");
     }
 
     #[test]
     fn kv_refuses_oversized_keys_and_values() {
         let kv = KvStore::default();
+        let a = kv.namespace("a");
         let long = "k".repeat(MAX_KEY_BYTES + 1);
-        assert_eq!(kv.set(&kv.namespace("a"), &long, vec![], None), Err(KvError::TooLarge));
-        assert_eq!(kv.set(&kv.namespace("a"), "k", vec![0; MAX_VALUE_BYTES + 1], None), Err(KvError::TooLarge));
+        assert_eq!(kv.set(&a, &long, vec![], None), Err(KvError::TooLarge));
+        assert_eq!(kv.set(&a, "k", vec![0; MAX_VALUE_BYTES + 1], None), Err(KvError::TooLarge));
     }
 }
