@@ -85,6 +85,10 @@ pub enum Namespace {
 
 // === impl Kv ===
 
+// Every method takes the namespace [`Kv::namespace`] resolved on this same backend; each has
+// one arm per backend and an `another_store` arm for a namespace of the other, which the
+// engine never builds (it resolves each plugin's on its own store).
+
 // The Redis calls are boxed: a future is as large as its largest state, and a Redis round
 // trip's is kilobytes, which every call on the in-process store would otherwise carry and move
 // (a `kv` host call is moved twice on its way to the fiber; docs/BENCHMARKS.md, entry 37).
@@ -115,7 +119,8 @@ impl Kv {
 
     /// The live value of `key` in namespace `ns`.
     ///
-    /// Errors: [`KvError::Unavailable`] (Redis only).
+    /// Errors: [`KvError::Unavailable`] (Redis only, or a namespace of another backend: see
+    /// `another_store`).
     pub async fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         match (self, ns) {
             (Kv::Memory(m), Namespace::Memory(ns)) => Ok(m.get(ns, key)),
