@@ -43,5 +43,6 @@ pub mod sources;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+mod wake;
 
 pub use gateway::{Gateway, StartError};

@@ -18,6 +18,7 @@
 //!   proxies exempt).
 
 use std::convert::Infallible;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -34,6 +35,7 @@ use crate::config::model::ListenerConfig;
 use crate::metrics::{HandshakeLabels, ListenerLabels};
 use crate::proxy::{self, ConnInfo};
 use crate::snapshot::Snapshot;
+use crate::wake::OnWake;
 
 /// HTTP/2 concurrent streams per connection (Envoy's edge recommendation).
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -305,10 +307,11 @@ async fn drive<I>(
     // When a connection asked to close is closed regardless.
     let mut closing: Option<Instant> = None;
     // One timer for the connection's next deadline (no first request, idle, drain), re-armed
-    // only when it fired or the deadline moved: every wake-up of this task polls it, and three
-    // timers were three polls per wake-up (callgrind, 2026-12-06).
-    let timer = tokio::time::sleep_until(first_request_due.into());
-    tokio::pin!(timer);
+    // only when it fired or the deadline moved (three timers were three polls per wake-up,
+    // callgrind, 2026-12-06). It and the shutdown signal are polled only when they woke
+    // (`OnWake`), not on each of the connection's wake-ups (entry 45 in docs/BENCHMARKS.md).
+    let mut timer = pin!(OnWake::new(tokio::time::sleep_until(first_request_due.into())));
+    let mut asked_to_close = pin!(OnWake::new(shutdown.changed()));
     loop {
         let next = match closing {
             Some(at) => at,
@@ -317,17 +320,18 @@ async fn drive<I>(
                 if activity.started.load(Ordering::Acquire) == 0 { first_request_due.min(idle_at) } else { idle_at }
             }
         };
-        if timer.deadline() != next.into() {
-            timer.as_mut().reset(next.into());
+        if timer.get_ref().deadline() != next.into() {
+            timer.as_mut().rearm().reset(next.into());
         }
         tokio::select! {
+            biased;
             result = connection.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            _ = shutdown.changed(), if closing.is_none() => {
+            _ = asked_to_close.as_mut(), if closing.is_none() => {
                 connection.as_mut().graceful_shutdown();
                 closing = Some(Instant::now() + state.drain_timeout);
             }

@@ -9,6 +9,7 @@
 
 pub mod direct;
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -27,6 +28,7 @@ use crate::config::model::{HealthCheckConfig, LoadBalancing, OutlierConfig, Upst
 use crate::error::GatewayError;
 use crate::health::{EndpointHealth, EndpointStatus, Outcome};
 use crate::metrics::{EndpointLabels, Metrics, UpstreamErrorLabels};
+use crate::wake::OnWake;
 
 /// One endpoint of an upstream and what is known about its health.
 #[derive(Debug, Clone)]
@@ -274,7 +276,9 @@ impl Upstream {
         };
         *request.version_mut() = http::Version::HTTP_11;
 
-        let response_due = response_due(self.connect_timeout, self.response_timeout, sent);
+        // Polled only when its timer fired (`OnWake`), not on each wake-up of the exchange
+        // (docs/BENCHMARKS.md, entry 45); pinned here so `select!` moves no future.
+        let response_due = pin!(OnWake::new(response_due(self.connect_timeout, self.response_timeout, sent)));
         let dispatch = async {
             match direct {
                 Some(connector) => self.direct_request(connector, endpoint, request).await,
@@ -286,6 +290,7 @@ impl Upstream {
             }
         };
         let answer = tokio::select! {
+            biased;
             answer = dispatch => Some(answer),
             () = response_due => None,
         };

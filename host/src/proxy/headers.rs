@@ -86,7 +86,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// client-supplied copy of the identity headers ([`IdentityHeaders::strip`]), and the W3C
 /// `traceparent` and `tracestate` unless `keep_trace_context` (the listener accepts trace
 /// context from this peer). A hashed removal is made only for a name that is there.
-pub fn strip_inbound(headers: &mut HeaderMap, ids: &IdentityHeaders, keep_trace_context: bool) {
+///
+/// Returns whether trace context was kept: a `traceparent` or `tracestate` field is there
+/// and `keep_trace_context` (without one there is nothing to extract).
+pub fn strip_inbound(headers: &mut HeaderMap, ids: &IdentityHeaders, keep_trace_context: bool) -> bool {
     let mut found = Found::default();
     for name in headers.keys() {
         let text = name.as_str();
@@ -105,6 +108,7 @@ pub fn strip_inbound(headers: &mut HeaderMap, ids: &IdentityHeaders, keep_trace_
         headers.remove(TRACEPARENT);
         headers.remove(TRACESTATE);
     }
+    found.trace_context && keep_trace_context
 }
 
 /// Removes the fields of `framing` (bits of [`framing_index`]) and those a `Connection` field
@@ -149,7 +153,15 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .filter(|v| {
             (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
         })
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+        .map_or_else(
+            || {
+                // Encoded straight into a buffer: `to_string` goes through `Display` (about
+                // 0.3 k instructions per request, callgrind).
+                let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text).to_owned()
+            },
+            str::to_owned,
+        )
 }
 
 /// Header names carrying the verified identity upstream.
@@ -510,17 +522,17 @@ mod tests {
             h
         };
         let mut h = request();
-        strip_inbound(&mut h, &ids, false);
+        assert!(!strip_inbound(&mut h, &ids, false), "trace context removed");
         assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-keep"]);
         let mut h = request();
-        strip_inbound(&mut h, &ids, true);
+        assert!(strip_inbound(&mut h, &ids, true), "trace context kept");
         let mut kept: Vec<_> = h.keys().map(HeaderName::as_str).collect();
         kept.sort_unstable();
         assert_eq!(kept, ["traceparent", "tracestate", "x-keep"]);
         // Nothing to remove: nothing removed.
         let mut h = HeaderMap::new();
         h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_inbound(&mut h, &ids, false);
+        assert!(!strip_inbound(&mut h, &ids, true), "no trace context to keep");
         assert_eq!(h.len(), 1);
     }
 

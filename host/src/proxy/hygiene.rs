@@ -107,29 +107,32 @@ impl Hygiene {
             parts.uri = http::Uri::from_parts(uri)
                 .map_err(|_| GatewayError::BadRequest("the path cannot be normalized".into()))?;
         }
-        if let (Some(authority), Some(host)) = (parts.uri.authority(), parts.headers.get(header::HOST))
+        // Each field's values found once (a hashed look-up each), no list built for the usual
+        // request: one `Host`, no `Transfer-Encoding`, no underscore in a name.
+        let mut hosts = parts.headers.get_all(header::HOST).iter();
+        if let (Some(authority), Some(host)) = (parts.uri.authority(), hosts.next())
             && !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
         {
             return Err(GatewayError::BadRequest("`Host` and the request target's authority differ".into()));
         }
         // hyper already refuses most malformed framing; refuse the ambiguous rest, as Envoy
         // does by default: both framings at once, or any transfer coding but a lone `chunked`.
-        let codings: Vec<&[u8]> =
-            parts.headers.get_all(header::TRANSFER_ENCODING).iter().map(HeaderValue::as_bytes).collect();
-        if !codings.is_empty() {
+        let mut codings = parts.headers.get_all(header::TRANSFER_ENCODING).iter();
+        if let Some(first) = codings.next() {
             if parts.headers.contains_key(header::CONTENT_LENGTH) {
                 return Err(GatewayError::BadRequest("both `Content-Length` and `Transfer-Encoding`".into()));
             }
-            if codings.len() != 1 || !codings[0].eq_ignore_ascii_case(b"chunked") {
+            if codings.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
                 return Err(GatewayError::BadRequest("`Transfer-Encoding` other than `chunked`".into()));
             }
         }
-        if parts.headers.get_all(header::HOST).iter().count() > 1 {
+        if hosts.next().is_some() {
             return Err(GatewayError::BadRequest("more than one `Host` field".into()));
         }
-        if self.underscores != UnderscoreHeaders::Allow {
-            let named: Vec<_> = parts.headers.keys().filter(|n| n.as_str().contains('_')).cloned().collect();
-            if !named.is_empty() && self.underscores == UnderscoreHeaders::Reject {
+        let underscored = |name: &HeaderName| name.as_str().as_bytes().contains(&b'_');
+        if self.underscores != UnderscoreHeaders::Allow && parts.headers.keys().any(underscored) {
+            let named: Vec<_> = parts.headers.keys().filter(|n| underscored(n)).cloned().collect();
+            if self.underscores == UnderscoreHeaders::Reject {
                 return Err(GatewayError::BadRequest(format!(
                     "header names with underscores are refused ({})",
                     named[0]
@@ -332,5 +335,19 @@ mod tests {
         drop.apply(&mut parts("http://a.example/x", &[("host", "A.example")])).unwrap();
         assert!(drop.apply(&mut parts("/x", &[("host", "a"), ("host", "b")])).is_err());
         assert!(drop.apply(&mut parts("/a%2fb", &[])).is_err());
+    }
+
+    #[test]
+    fn apply_refuses_ambiguous_framing_and_a_second_host() {
+        let h = hygiene(&[], UnderscoreHeaders::Drop);
+        let refused = |headers: &[(&str, &str)]| match h.apply(&mut parts("/x", headers)) {
+            Err(GatewayError::BadRequest(why)) => why,
+            other => panic!("{headers:?} was not refused: {other:?}"),
+        };
+        h.apply(&mut parts("/x", &[("host", "a"), ("transfer-encoding", "Chunked")])).unwrap();
+        assert!(refused(&[("transfer-encoding", "chunked"), ("content-length", "3")]).contains("both"));
+        assert!(refused(&[("transfer-encoding", "gzip, chunked")]).contains("other than"));
+        assert!(refused(&[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")]).contains("other than"));
+        assert!(refused(&[("host", "a"), ("host", "a")]).contains("more than one"));
     }
 }

@@ -114,7 +114,8 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
     let client_ip = conn.hygiene.client_ip(conn.peer.ip(), &parts.headers);
 
     let trace_context = conn.hygiene.accepts_trace_context(conn.peer.ip());
-    headers::strip_inbound(&mut parts.headers, &snapshot.identity, trace_context);
+    // The client's trace context is parsed only when it sent one the listener accepts.
+    let trace_context = headers::strip_inbound(&mut parts.headers, &snapshot.identity, trace_context);
     let trace = start_trace(&snapshot, &conn, &parts, trace_context, &authority, route.as_deref(), &request_id);
     // The exchange keeps the headers as received (those its logging steps record); filters may
     // edit them.
@@ -444,10 +445,10 @@ impl Exchange {
     }
 }
 
-/// Starts the request's trace: the client's W3C trace context when the listener accepts it
-/// from this peer (`trace_context`; otherwise [`headers::strip_inbound`] removed its
-/// `traceparent` and `tracestate`, so neither plugins nor the upstream see them), and the
-/// request span under it.
+/// Starts the request's trace: the client's W3C trace context when it sent one and the
+/// listener accepts it from this peer (`trace_context`, from [`headers::strip_inbound`],
+/// which removed an unaccepted `traceparent` and `tracestate`, so neither plugins nor the
+/// upstream see them), and the request span under it.
 fn start_trace(
     snapshot: &Snapshot,
     conn: &ConnInfo,

@@ -48,6 +48,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::body::{Body, BoxError};
+use crate::wake::OnWake;
 
 /// An endpoint's parked connections, newest last.
 pub(super) struct Idle {
@@ -182,15 +183,9 @@ impl Conn {
 /// idle timeout.
 async fn drive(connection: http1::Connection<Io, Body>, parked: Arc<AtomicU64>, timeout: Duration) {
     let mut connection = std::pin::pin!(connection);
+    // Polled only when it fired (`OnWake`), not on each of the connection's wake-ups.
+    let mut idle = std::pin::pin!(OnWake::new(tokio::time::sleep(timeout)));
     loop {
-        let wait = match parked.load(Ordering::Acquire) {
-            0 => timeout,
-            at => timeout.saturating_sub(Duration::from_millis(stamp().saturating_sub(at))),
-        };
-        if wait.is_zero() {
-            tracing::debug!("closing an upstream connection idle for {} ms", timeout.as_millis());
-            return;
-        }
         tokio::select! {
             biased;
             ended = &mut connection => {
@@ -199,8 +194,17 @@ async fn drive(connection: http1::Connection<Io, Body>, parked: Arc<AtomicU64>, 
                 }
                 return;
             }
-            () = tokio::time::sleep(wait) => {}
+            () = idle.as_mut() => {}
         }
+        let wait = match parked.load(Ordering::Acquire) {
+            0 => timeout,
+            at => timeout.saturating_sub(Duration::from_millis(stamp().saturating_sub(at))),
+        };
+        if wait.is_zero() {
+            tracing::debug!("closing an upstream connection idle for {} ms", timeout.as_millis());
+            return;
+        }
+        idle.as_mut().rearm().reset(Instant::now() + wait);
     }
 }
 
