@@ -337,8 +337,10 @@ impl Upstream {
                 },
             }
         }
+        // Boxed: opening (connect, TLS, handshake) is the rare path and its future is most of
+        // this one's size, which every request's future would otherwise carry and move.
         let mut conn =
-            Conn::open(connector, endpoint.origin.clone(), &endpoint.idle).await.map_err(Failure::Connect)?;
+            Box::pin(Conn::open(connector, endpoint.origin.clone(), &endpoint.idle)).await.map_err(Failure::Connect)?;
         let response = conn.send(request).await.map_err(|e| Failure::Exchange(e.into_error().into()))?;
         endpoint.idle.park(conn);
         Ok(response)

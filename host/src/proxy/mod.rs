@@ -330,7 +330,10 @@ impl Exchange {
             endpoint: self.endpoint.as_ref().map(|e| e.as_str().to_owned()),
             decisions: self.state.decisions.iter().map(crate::chain::Decision::to_wit).collect(),
         });
-        match route.chain.record(&exchange, &self.trace).await {
+        // Boxed: the logging steps' calls are most of this future's size (the request's whole
+        // future was 19.9 KB with them inline, 4.4 KB without; hyper moves it three times per
+        // request, routes without logging steps too; docs/BENCHMARKS.md, entry 45).
+        match Box::pin(route.chain.record(&exchange, &self.trace)).await {
             Ok(()) => response,
             Err(e) => {
                 let request_id = &self.request.request_id;
