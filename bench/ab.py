@@ -6,7 +6,9 @@ A change on the request path is judged by its effect on the ratio to nginx in th
 not by absolute numbers from runs on different days or machines. Contenders: nginx as a proxy,
 then BEFORE and AFTER each with no plugins and with the harness' five-step chain; rounds are
 interleaved and reverse order every round. Reported: req/s median (min–max), the ratio to nginx
-per round (median, min–max), and server CPU µs per request.
+per round (median, min–max), and server CPU µs per request with its user time (the kernel's
+share, the loopback TCP work, is about the same for every contender: a change on the request
+path shows in the user time).
 
 Usage: bench/ab.py BEFORE_BINARY [AFTER_BINARY] [--before-plugins DIR] [--rounds N] [--duration S];
 AFTER defaults to target/pgo/dist/portcullis. Both builds load the components of

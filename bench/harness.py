@@ -145,14 +145,15 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int], system: bool = True) -> float:
+    """CPU seconds `pids` used: user and system time, or user time alone without `system`."""
     total = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
+        total += int(fields[11]) + (int(fields[12]) if system else 0)  # utime, stime
     return total / CLK_TCK
 
 
@@ -182,6 +183,10 @@ class Server:
 
     def cpu(self) -> float:
         return cpu_seconds(self.pids)
+
+    def user_cpu(self) -> float:
+        """User time alone: the server's own code, without the kernel's work for it."""
+        return cpu_seconds(self.pids, system=False)
 
     def peak_rss_mib(self) -> float:
         return status_kib(self.pids, "VmHWM") / 1024
@@ -557,33 +562,39 @@ if __name__ == "__main__":
     main()
 
 
-def interleave(servers: dict, url, token: str, rounds: int, duration: int, tag: str) -> tuple[dict, dict]:
+def interleave(servers: dict, url, token: str, rounds: int, duration: int, tag: str) -> tuple[dict, dict, dict]:
     """Warms each server up, then runs `rounds` wrk rounds of `duration` s over every server,
-    in reverse order every other round. Returns req/s and server CPU µs per request, by name."""
+    in reverse order every other round. Returns req/s, server CPU µs per request and the user
+    time of it (µs per request), by name."""
     rps = {name: [] for name in servers}
     cpu = {name: [] for name in servers}
+    user = {name: [] for name in servers}
     order = list(servers)
     for name in order:  # warm-up
         wrk(url(name), 50, 2, token)
     for round_ in range(rounds):
         for name in (order if round_ % 2 == 0 else order[::-1]):
-            used = servers[name].cpu()
+            used, used_user = servers[name].cpu(), servers[name].user_cpu()
             rate = wrk(url(name), 50, duration, token)
-            used = servers[name].cpu() - used
+            used, used_user = servers[name].cpu() - used, servers[name].user_cpu() - used_user
             rps[name].append(rate)
             cpu[name].append(used / (rate * duration) * 1e6)
+            user[name].append(used_user / (rate * duration) * 1e6)
             print(f"{tag}: round {round_ + 1}/{rounds} {name}: {rate:,.0f} req/s", file=sys.stderr)
-    return rps, cpu
+    return rps, cpu, user
 
 
-def ratio_table(rps: dict, cpu: dict) -> None:
-    """Prints req/s, the ratio to nginx per round and CPU µs per request, as a Markdown table."""
-    print("| contender | req/s median | req/s min–max | × nginx median (min–max) | CPU µs/req |")
-    print("|---|---|---|---|---|")
+def ratio_table(rps: dict, cpu: dict, user: dict) -> None:
+    """Prints req/s, the ratio to nginx per round, CPU µs per request and its user time (the
+    rest is the kernel's, mostly the same loopback TCP work for every contender), as a
+    Markdown table."""
+    print("| contender | req/s median | req/s min–max | × nginx median (min–max) | CPU µs/req | of which user |")
+    print("|---|---|---|---|---|---|")
     for name in rps:
         ratios = [r / n for r, n in zip(rps[name], rps["nginx"])]
         print(f"| {name} | {statistics.median(rps[name]):,.0f} | {span(rps[name], '{:,.0f}')} | "
-              f"{statistics.median(ratios):.2f} ({span(ratios, '{:.2f}')}) | {statistics.median(cpu[name]):.1f} |")
+              f"{statistics.median(ratios):.2f} ({span(ratios, '{:.2f}')}) | {statistics.median(cpu[name]):.1f} | "
+              f"{statistics.median(user[name]):.1f} |")
 
 
 def variant_args(doc: str) -> argparse.Namespace:
@@ -612,9 +623,9 @@ def side_by_side(prefix: str, add, rounds: int, duration: int, tag: str) -> None
         servers["nginx"] = Server("nginx", ["nginx", "-c", str(nginx_conf(18182, proxy=True))], 18182, SERVER_CORE)
         add(servers, env)
         url = lambda name: f"http://127.0.0.1:{servers[name].port}/api/orders"
-        rps, cpu = interleave(servers, url, token, rounds, duration, tag)
+        rps, cpu, user = interleave(servers, url, token, rounds, duration, tag)
     finally:
         for server in servers.values():
             server.stop()
         upstream.stop()
-    ratio_table(rps, cpu)
+    ratio_table(rps, cpu, user)

@@ -193,7 +193,8 @@ mod tests {
         assert!(on_wake.as_mut().poll(&mut cx).is_pending());
         probe.ready.store(true, Ordering::SeqCst);
         assert!(on_wake.as_mut().poll(&mut cx).is_pending(), "not polled without a wake-up");
-        let _ = on_wake.as_mut().rearm();
+        let polls = on_wake.as_mut().rearm().0.polls.load(Ordering::SeqCst);
+        assert_eq!(polls, 1, "re-arming does not poll");
         assert!(on_wake.as_mut().poll(&mut cx).is_ready());
     }
 
