@@ -94,11 +94,12 @@ impl<F: Future> Future for OnWake<F> {
         // that a wake-up after the clearing reaches this task. A wake-up between reading the
         // flag and registering is not lost: the flag is still set and `inner` is polled below.
         let fired = this.own.fired.load(Ordering::Acquire);
-        if fired || !this.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        let known = this.task.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if fired || !known {
             this.own.task.register(cx.waker());
-            if !this.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *this.task = Some(cx.waker().clone());
-            }
+        }
+        if !known {
+            *this.task = Some(cx.waker().clone());
         }
         if !fired || !this.own.fired.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
