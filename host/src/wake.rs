@@ -10,7 +10,7 @@
 //! response deadline (callgrind, `bench/callgrind.py`, 2026-12-07; docs/BENCHMARKS.md entry
 //! 45). These fire about never. Wrapped in [`OnWake`], such a future is handed a waker of its
 //! own; it is polled again only after that waker fired (or after [`OnWake::rearm`]), and on
-//! other wake-ups costs one registration of the task's waker and one atomic swap.
+//! other wake-ups costs a comparison of the task's waker and an atomic load.
 //!
 //! The same idea as `futures::stream::FuturesUnordered`'s per-future wakers, for one future.
 
@@ -24,8 +24,8 @@ use atomic_waker::AtomicWaker;
 
 pin_project_lite::pin_project! {
     /// `inner`, polled only when its own waker fired since its last poll, when it was never
-    /// polled, or after [`OnWake::rearm`]. Polling an `OnWake` always registers the caller's
-    /// waker, which `inner`'s wake-ups are passed on to.
+    /// polled, or after [`OnWake::rearm`]. `inner`'s wake-ups are passed on to the waker of the
+    /// latest poll (registered when it changes and after each firing).
     ///
     /// Correct for any future that keeps the `Future` contract (a `Pending` future arranges to
     /// wake its waker when it can progress); a future whose state the owner changes from
@@ -213,14 +213,17 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_timer_fires_through_it_and_a_reset_one_is_looked_at_again() {
+    async fn a_timer_fires_through_it_at_its_reset_deadline() {
         let start = tokio::time::Instant::now();
         let mut timer = pin!(OnWake::new(tokio::time::sleep_until(start + Duration::from_secs(60))));
-        // Polled once (registered), then moved earlier from outside through `rearm`: it
-        // fires at the new deadline.
+        // Polled once (registered with the wheel), then moved earlier from outside: the
+        // wheel's wake-up at the new deadline reaches the task through `OnWake`'s waker (a
+        // lost one shows as the timeout below). That `rearm` makes the next poll go through is
+        // `rearm_lets_the_next_poll_through`'s.
         assert!(futures_poll_once(timer.as_mut()).await.is_pending());
         timer.as_mut().rearm().reset(start + Duration::from_secs(1));
-        timer.as_mut().await;
+        let fired = tokio::time::timeout(Duration::from_secs(120), timer.as_mut()).await;
+        assert!(fired.is_ok(), "the reset timer's wake-up was lost");
         assert_eq!(start.elapsed(), Duration::from_secs(1));
     }
 

@@ -155,8 +155,8 @@ pub fn request_id(headers: &HeaderMap) -> String {
         })
         .map_or_else(
             || {
-                // Encoded straight into a buffer: `to_string` goes through `Display` (about
-                // 0.3 k instructions per request, callgrind).
+                // Encoded straight into a buffer, not through `Display` (`to_string`): 0.1 k
+                // fewer instructions per request (callgrind).
                 let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
                 uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text).to_owned()
             },
