@@ -179,19 +179,21 @@ impl BodyEndCell {
 pub type OnDone = Box<dyn FnOnce(u64, BodyEnd) + Send>;
 
 /// Counts the data bytes of `inner` and calls `on_done` once. Size hints pass through, so
-/// hyper frames the body exactly as it would the inner one. Generic so the request body is
-/// wrapped as it comes from hyper and boxed once.
-pub struct Counted<B: HttpBody = Body> {
+/// hyper frames the body exactly as it would the inner one. Generic over the body, so the
+/// request body is wrapped as it comes from hyper and boxed once, and over `on_done`, so a
+/// closure lives in that one box instead of one of its own (an allocation per body:
+/// docs/BENCHMARKS.md entry 46).
+pub struct Counted<B: HttpBody = Body, F: FnOnce(u64, BodyEnd) = OnDone> {
     inner: B,
     bytes: u64,
-    on_done: Option<OnDone>,
+    on_done: Option<F>,
 }
 
 // === impl Counted ===
 
-impl<B: HttpBody> Counted<B> {
+impl<B: HttpBody, F: FnOnce(u64, BodyEnd)> Counted<B, F> {
     /// Wraps `inner`.
-    pub fn new(inner: B, on_done: OnDone) -> Self {
+    pub fn new(inner: B, on_done: F) -> Self {
         Counted { inner, bytes: 0, on_done: Some(on_done) }
     }
 
@@ -202,9 +204,10 @@ impl<B: HttpBody> Counted<B> {
     }
 }
 
-impl<B> HttpBody for Counted<B>
+impl<B, F> HttpBody for Counted<B, F>
 where
     B: HttpBody<Data = Bytes> + Unpin,
+    F: FnOnce(u64, BodyEnd) + Unpin,
     B::Error: Into<BoxError>,
 {
     type Data = Bytes;
@@ -243,7 +246,7 @@ where
     }
 }
 
-impl<B: HttpBody> Drop for Counted<B> {
+impl<B: HttpBody, F: FnOnce(u64, BodyEnd)> Drop for Counted<B, F> {
     fn drop(&mut self) {
         let end = if self.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Dropped };
         self.finish(end);

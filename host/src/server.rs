@@ -5,22 +5,28 @@
 //! - TLS: the rustls configuration is read from the serving snapshot at each handshake (so
 //!   reloaded certificates apply to new connections), and the protocol follows the ALPN result:
 //!   `h2` is HTTP/2 only, anything else HTTP/1.1 only (FIELD-NOTES: do not sniff over TLS).
-//! - hyper's timer is installed so the header-read timeout applies (FIELD-NOTES: without a
-//!   timer it silently does nothing).
+//! - The request head's read time is bounded here, not by hyper's header-read timer: that
+//!   timer costs an allocation and a timer-wheel insertion and removal on every request
+//!   (about 0.7 k instructions, callgrind; docs/BENCHMARKS.md entry 46), so it is turned off
+//!   and the connection's one deadline timer below covers the same waits.
 //! - Each connection is driven here rather than by hyper-util's `GracefulShutdown`, so that one
 //!   place bounds every stage of it: a connection that starts no request within
-//!   `header_read_timeout_ms` (silent, stuck in protocol detection, or an HTTP/2 client that
-//!   sends its preface and SETTINGS and nothing else) is closed; the keep-alive idle timeout
-//!   and the drain both call hyper's `graceful_shutdown` (HTTP/1.1: close after the response
+//!   `header_read_timeout_ms` (silent, stuck in protocol detection, a stalled first head, or
+//!   an HTTP/2 client that sends its preface and SETTINGS and nothing else) is closed; the
+//!   keep-alive idle timeout (for HTTP/1.1 also bounded by `header_read_timeout_ms`: the wait
+//!   for a next head, a stalled partial head included) and the drain both call hyper's
+//!   `graceful_shutdown` (HTTP/1.1: close now when between requests, else after the response
 //!   in progress; HTTP/2: GOAWAY, then let open streams finish), and a connection still open
 //!   `drain_timeout_ms` later (a client that never acknowledges GOAWAY or PING) is closed hard.
+//!   A request counts as in flight until its response body ended or was dropped, so a long
+//!   download is not taken for an idle connection.
 //! - `max_connections` caps a listener, `max_connections_per_ip` one client IP on it (trusted
 //!   proxies exempt).
 
 use std::convert::Infallible;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -66,8 +72,9 @@ struct Listener {
     body_timeout: Duration,
     keep_alive_timeout: Duration,
     handshake_timeout: Duration,
-    /// How long a new connection may go without starting a request.
-    first_request_timeout: Duration,
+    /// How long a new connection may go without starting a request, and an HTTP/1.1
+    /// connection between requests (`header_read_timeout_ms`).
+    header_read_timeout: Duration,
     /// How long a connection asked to close may linger.
     drain_timeout: Duration,
 }
@@ -80,11 +87,15 @@ struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds since the connection was accepted, when the last request finished.
     last_done_ms: AtomicU64,
+    /// Whether the connection speaks HTTP/2 (then a request head has no read time of its own
+    /// to bound between requests: streams are framed).
+    http2: AtomicBool,
 }
 
-/// One request in flight on a connection; dropping it (the handler finished or was cancelled
-/// because the client went away) records the time.
-struct InFlight {
+/// One request in flight on a connection, from its head to the end of its response body
+/// ([`proxy::handle`] keeps it until then); dropping it (the body ended, or the request or
+/// its response was dropped because the client went away) records the time.
+pub(crate) struct InFlight {
     activity: Arc<Activity>,
     accepted: Instant,
 }
@@ -127,7 +138,7 @@ pub async fn serve(
         body_timeout: Duration::from_millis(config.body_timeout_ms),
         keep_alive_timeout: Duration::from_millis(config.keep_alive_timeout_ms),
         handshake_timeout: Duration::from_millis(config.tls.as_ref().map_or(10_000, |t| t.handshake_timeout_ms)),
-        first_request_timeout: Duration::from_millis(config.header_read_timeout_ms),
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
         drain_timeout: Duration::from_millis(config.drain_timeout_ms),
     });
     let per_ip = PerIp::new(config.max_connections_per_ip);
@@ -193,8 +204,8 @@ fn builders(config: &ListenerConfig) -> Builders {
     let header_bytes = usize::try_from(config.max_request_header_bytes).unwrap_or(usize::MAX);
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
+        // Bounded by `drive` instead, without a timer per request (the module docs).
+        .header_read_timeout(None)
         .max_headers(usize::try_from(config.max_request_headers).unwrap_or(100))
         .max_buf_size(header_bytes.max(8192))
         .keep_alive(true);
@@ -291,38 +302,30 @@ async fn drive<I>(
     let activity = Arc::new(Activity::default());
     let tracked = activity.clone();
     let snapshot = state.snapshot.clone();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let (snapshot, conn) = (snapshot.load_full(), conn.clone());
-        let in_flight = InFlight::start(tracked.clone(), accepted);
-        async move {
-            let response = proxy::handle(request, snapshot, conn).await;
-            drop(in_flight);
-            Ok::<_, Infallible>(response)
+        if request.version() == http::Version::HTTP_2 {
+            tracked.http2.store(true, Ordering::Relaxed);
         }
+        let in_flight = InFlight::start(tracked.clone(), accepted);
+        async move { Ok::<_, Infallible>(proxy::handle(request, snapshot, conn, in_flight).await) }
     });
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
-    let keep_alive = state.keep_alive_timeout;
-    let first_request_due = accepted + state.first_request_timeout;
+    let limits = Waits { keep_alive: state.keep_alive_timeout, header_read: state.header_read_timeout };
+    let first_request_due = accepted + state.header_read_timeout;
     // When a connection asked to close is closed regardless.
     let mut closing: Option<Instant> = None;
-    // One timer for the connection's next deadline (no first request, idle, drain), re-armed
-    // only when it fired or the deadline moved (three timers were three polls per wake-up,
-    // callgrind, 2026-12-06). It and the shutdown signal are polled only when they woke
-    // (`OnWake`), not on each of the connection's wake-ups (entry 45 in docs/BENCHMARKS.md).
-    let mut timer = pin!(OnWake::new(tokio::time::sleep_until(first_request_due.into())));
+    // One timer for the connection's next deadline (no first request, idle, drain), armed
+    // first at the earliest a new connection can have, then only when it fired or the drain
+    // began, never per request: a finished request moves the idle deadline later, which the
+    // timer finds when it fires at the earlier one, and re-arms (callgrind, 2026-12-07: a
+    // reset per request was a timer-wheel move and a poll; docs/BENCHMARKS.md entry 46). It
+    // and the shutdown signal are polled only when they woke (`OnWake`, entry 45).
+    let first = first_request_due.min(limits.idle_until(&activity, accepted, accepted));
+    let mut timer = pin!(OnWake::new(tokio::time::sleep_until(first.into())));
     let mut asked_to_close = pin!(OnWake::new(shutdown.changed()));
     loop {
-        let next = match closing {
-            Some(at) => at,
-            None => {
-                let idle_at = next_idle_check(&activity, accepted, keep_alive);
-                if activity.started.load(Ordering::Acquire) == 0 { first_request_due.min(idle_at) } else { idle_at }
-            }
-        };
-        if timer.get_ref().deadline() != next.into() {
-            timer.as_mut().rearm().reset(next.into());
-        }
         tokio::select! {
             biased;
             result = connection.as_mut() => {
@@ -333,36 +336,68 @@ async fn drive<I>(
             }
             _ = asked_to_close.as_mut(), if closing.is_none() => {
                 connection.as_mut().graceful_shutdown();
-                closing = Some(Instant::now() + state.drain_timeout);
+                let at = Instant::now() + state.drain_timeout;
+                closing = Some(at);
+                if at < timer.get_ref().deadline().into_std() {
+                    timer.as_mut().rearm().reset(at.into());
+                }
             }
             () = timer.as_mut() => {
                 let now = Instant::now();
-                if closing.is_some() {
-                    tracing::debug!(%peer, "closing a connection still open drain_timeout_ms after it was asked to close");
-                    return;
-                }
-                if activity.started.load(Ordering::Acquire) == 0 && now >= first_request_due {
-                    tracing::debug!(%peer, "closing a connection that started no request within header_read_timeout_ms");
-                    return;
-                }
-                let last_done = Duration::from_millis(activity.last_done_ms.load(Ordering::Acquire));
-                if activity.in_flight.load(Ordering::Acquire) == 0 && accepted + last_done + keep_alive <= now {
-                    tracing::debug!(%peer, "closing a keep-alive connection idle past keep_alive_timeout_ms");
-                    connection.as_mut().graceful_shutdown();
-                    closing = Some(now + state.drain_timeout);
-                }
+                let next = if let Some(at) = closing {
+                    if now >= at {
+                        tracing::debug!(%peer, "closing a connection still open drain_timeout_ms after it was asked to close");
+                        return;
+                    }
+                    at
+                } else if activity.started.load(Ordering::Acquire) == 0 {
+                    if now >= first_request_due {
+                        tracing::debug!(%peer, "closing a connection that started no request within header_read_timeout_ms");
+                        return;
+                    }
+                    first_request_due.min(limits.idle_until(&activity, accepted, now))
+                } else {
+                    let idle_until = limits.idle_until(&activity, accepted, now);
+                    if activity.in_flight.load(Ordering::Acquire) == 0 && idle_until <= now {
+                        tracing::debug!(%peer, "closing a connection idle past keep_alive_timeout_ms (HTTP/1.1: or header_read_timeout_ms)");
+                        connection.as_mut().graceful_shutdown();
+                        let at = now + state.drain_timeout;
+                        closing = Some(at);
+                        at
+                    } else {
+                        idle_until
+                    }
+                };
+                timer.as_mut().rearm().reset(next.into());
             }
         }
     }
 }
 
-/// When to look next whether a connection is idle: `keep_alive` after its last request ended
-/// (or after it was `accepted`), or, while a request runs past that, `keep_alive` from now
-/// (its idle time counts from that request's end).
-fn next_idle_check(activity: &Activity, accepted: Instant, keep_alive: Duration) -> Instant {
-    let at = accepted + Duration::from_millis(activity.last_done_ms.load(Ordering::Acquire)) + keep_alive;
-    let now = Instant::now();
-    if activity.in_flight.load(Ordering::Acquire) > 0 && at <= now { now + keep_alive } else { at }
+/// How long a connection may wait between requests.
+#[derive(Debug, Clone, Copy)]
+struct Waits {
+    /// `keep_alive_timeout_ms`.
+    keep_alive: Duration,
+    /// `header_read_timeout_ms`, which also bounds an HTTP/1.1 connection's wait for (and
+    /// read of) its next request head.
+    header_read: Duration,
+}
+
+impl Waits {
+    /// When the connection counts as idle: its idle time (`keep_alive`, for HTTP/1.1 at most
+    /// `header_read`) after its last request ended (or after it was `accepted`), or, while a
+    /// request is in flight and that time is past, that long from `now` (its idle time counts
+    /// from that request's end).
+    fn idle_until(self, activity: &Activity, accepted: Instant, now: Instant) -> Instant {
+        let wait = if activity.http2.load(Ordering::Relaxed) {
+            self.keep_alive
+        } else {
+            self.keep_alive.min(self.header_read)
+        };
+        let at = accepted + Duration::from_millis(activity.last_done_ms.load(Ordering::Acquire)) + wait;
+        if activity.in_flight.load(Ordering::Acquire) > 0 && at <= now { now + wait } else { at }
+    }
 }
 
 /// Open connections per client IP, against `max_connections_per_ip`.

@@ -3,7 +3,9 @@
 //! alternates, whichever client connections they come on; a response
 //! streaming longer than the idle timeout is not cut, and a parked connection is closed after
 //! it; an endpoint that closes idle connections costs no request; and after a reload the next
-//! request on the same client connection goes where the new configuration says.
+//! request on the same client connection goes where the new configuration says. On the
+//! client's side: a client connection is not idle while its response streams, and a stalled
+//! next head on it is cut off at `header_read_timeout_ms`.
 
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions: a panic is the failure report")]
 
@@ -12,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
@@ -20,7 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use portcullis_e2e::{TestGateway, config_with, replace_file, send};
+use portcullis_e2e::{TestGateway, config_with, listener_with, replace_file, send};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -231,6 +233,49 @@ async fn impatient_endpoint() -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, accepted)
+}
+
+/// The client connection's idle and head-read times (300 ms each here) run between
+/// exchanges: a response streaming for 600 ms keeps its connection in use, and the next
+/// request goes on the same connection. A next head that stalls half-sent is then cut off at
+/// `header_read_timeout_ms`, long before the 5 s keep-alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connection_is_busy_while_its_response_streams_and_a_stalled_next_head_is_cut_off() {
+    let a = endpoint("a").await;
+    let settings = "header_read_timeout_ms = 300\nkeep_alive_timeout_ms = 300";
+    let gw = TestGateway::start(&listener_with(config(&[a.addr], ""), settings)).await;
+    let mut conn = client(gw.addr).await;
+    let (status, body) = get(&mut conn, "/drip").await;
+    assert_eq!((status, body.lines().count()), (200, 6), "{body}");
+    let (status, _) = get(&mut conn, "/").await;
+    assert_eq!(status, 200, "the connection outlived its streamed response");
+    drop(conn);
+    gw.stop().await;
+
+    let gw = TestGateway::start(&listener_with(
+        config(&[a.addr], ""),
+        "header_read_timeout_ms = 300\nkeep_alive_timeout_ms = 5000",
+    ))
+    .await;
+    let mut raw = TcpStream::connect(gw.addr).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nhost: gateway.test\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = raw.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    raw.write_all(b"GET / HTTP/1.1\r\nhost: gateway.test\r\nx-slow: ").await.unwrap();
+    let stalled = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(4), async {
+        while matches!(raw.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    println!("a stalled second head was cut off after {:?}", stalled.elapsed());
+    assert!(closed.is_ok(), "a stalled second head was kept open");
+    assert!(
+        stalled.elapsed() < Duration::from_millis(2500),
+        "{:?}: the keep-alive, not the head-read time",
+        stalled.elapsed()
+    );
+    gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

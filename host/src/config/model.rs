@@ -56,9 +56,11 @@ pub struct GatewayConfig {
 pub struct ListenerConfig {
     /// `ip:port` to bind; port 0 picks a free port.
     pub address: SocketAddr,
-    /// Time allowed to receive a request head, in ms (hyper's `header_read_timeout`); also how
-    /// long a new connection may stay open without starting a request (protocol detection,
-    /// the HTTP/2 preface and SETTINGS included).
+    /// Time allowed to receive a request head, in ms: how long a new connection may stay
+    /// open without starting a request (protocol detection, the HTTP/2 preface and SETTINGS
+    /// included), and how long an HTTP/1.1 connection may wait for, and read, its next head
+    /// after a response ended. Enforced by the listener's connection task, not hyper's
+    /// per-request header timer (`host/src/server.rs`).
     #[serde(default = "defaults::header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
     /// Largest request body accepted when a chain buffers it, in bytes (413 beyond).

@@ -21,6 +21,7 @@ use crate::error::GatewayError;
 use crate::plugin::PluginRequest;
 use crate::plugin::bindings::exports::portcullis::plugin::logging;
 use crate::plugin::bindings::portcullis::plugin::types::Header;
+use crate::server::InFlight;
 use crate::snapshot::{RouteRuntime, Snapshot};
 use crate::telemetry::{self, SpanOutcome};
 
@@ -77,11 +78,20 @@ struct Exchange {
     status: u16,
     /// The response fields the logging steps record.
     response_headers: Vec<Header>,
+    /// The connection's count of requests in flight holds this one until the exchange ends
+    /// (its response body ended or was dropped): the connection's idle and head-read
+    /// deadlines run between exchanges, not while a response streams.
+    _in_flight: InFlight,
 }
 
 /// Serves one request with `snapshot`. Never fails: every error becomes a problem response
-/// (RFC 9457).
-pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: Arc<ConnInfo>) -> Response<Body> {
+/// (RFC 9457). `in_flight` is held until the response body ends or is dropped.
+pub(crate) async fn handle(
+    request: Request<Incoming>,
+    snapshot: Arc<Snapshot>,
+    conn: Arc<ConnInfo>,
+    in_flight: InFlight,
+) -> Response<Body> {
     let started = Instant::now();
     let start_ms =
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
@@ -144,9 +154,7 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
             conn.body_idle_timeout,
             conn.body_timeout,
         ),
-        Box::new(move |n, end| {
-            ended.set(end, n);
-        }),
+        move |n, end| ended.set(end, n),
     );
     let mut exchange = Exchange {
         snapshot,
@@ -161,6 +169,7 @@ pub async fn handle(request: Request<Incoming>, snapshot: Arc<Snapshot>, conn: A
         endpoint: None,
         status: 0,
         response_headers: Vec::new(),
+        _in_flight: in_flight,
     };
 
     let refused_early = refused.is_some();
@@ -353,7 +362,7 @@ impl Exchange {
             self.response_headers = route.chain.logged_headers(response.headers());
         }
         let (parts, body) = response.into_parts();
-        let finished = Box::new(move |bytes_out: u64, end: BodyEnd| self.finish(bytes_out, end == BodyEnd::Complete));
+        let finished = move |bytes_out: u64, end: BodyEnd| self.finish(bytes_out, end == BodyEnd::Complete);
         Response::from_parts(parts, Body::new(Counted::new(body, finished)))
     }
 
@@ -374,6 +383,7 @@ impl Exchange {
             endpoint,
             status,
             response_headers,
+            _in_flight,
         } = self;
         let elapsed = started.elapsed();
         let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
