@@ -344,29 +344,29 @@ async fn drive<I>(
             }
             () = timer.as_mut() => {
                 let now = Instant::now();
+                let started = activity.started.load(Ordering::Acquire) > 0;
+                let idle_until = limits.idle_until(&activity, accepted, now);
                 let next = if let Some(at) = closing {
                     if now >= at {
                         tracing::debug!(%peer, "closing a connection still open drain_timeout_ms after it was asked to close");
                         return;
                     }
                     at
-                } else if activity.started.load(Ordering::Acquire) == 0 {
-                    if now >= first_request_due {
-                        tracing::debug!(%peer, "closing a connection that started no request within header_read_timeout_ms");
-                        return;
-                    }
-                    first_request_due.min(limits.idle_until(&activity, accepted, now))
+                } else if !started && now >= first_request_due {
+                    tracing::debug!(%peer, "closing a connection that started no request within header_read_timeout_ms");
+                    return;
+                } else if activity.in_flight.load(Ordering::Acquire) == 0 && idle_until <= now {
+                    // Also before a first request, when the keep-alive is the shorter time:
+                    // the deadline is past, so re-arming at it would fire at once, forever.
+                    tracing::debug!(%peer, "closing a connection idle past keep_alive_timeout_ms (HTTP/1.1: or header_read_timeout_ms)");
+                    connection.as_mut().graceful_shutdown();
+                    let at = now + state.drain_timeout;
+                    closing = Some(at);
+                    at
+                } else if started {
+                    idle_until
                 } else {
-                    let idle_until = limits.idle_until(&activity, accepted, now);
-                    if activity.in_flight.load(Ordering::Acquire) == 0 && idle_until <= now {
-                        tracing::debug!(%peer, "closing a connection idle past keep_alive_timeout_ms (HTTP/1.1: or header_read_timeout_ms)");
-                        connection.as_mut().graceful_shutdown();
-                        let at = now + state.drain_timeout;
-                        closing = Some(at);
-                        at
-                    } else {
-                        idle_until
-                    }
+                    first_request_due.min(idle_until)
                 };
                 timer.as_mut().rearm().reset(next.into());
             }

@@ -133,6 +133,26 @@ async fn closed_after(stream: &mut TcpStream, limit: Duration) -> Option<Duratio
     tokio::time::timeout(limit, read_all).await.ok().map(|()| started.elapsed())
 }
 
+/// With the keep-alive shorter than the head-read time, a connection that sends nothing is
+/// idle first: asked to close at the keep-alive (200 ms) and closed hard `drain_timeout_ms`
+/// later, not left to the 3 s head-read time (its task re-arming a past deadline meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_at_a_keep_alive_shorter_than_the_head_read_time() {
+    let settings = "header_read_timeout_ms = 3000\nkeep_alive_timeout_ms = 200\ndrain_timeout_ms = 200";
+    let gw =
+        TestGateway::start(&listener_with(config(echo_upstream().await, &route("public", "/", &[])), settings)).await;
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let after = closed_after(&mut silent, Duration::from_secs(6)).await.expect("a silent connection is closed");
+    println!("silent TCP connection, keep-alive 200 ms, head-read 3 s: closed after {after:?}");
+    assert!(
+        after >= Duration::from_millis(150) && after < Duration::from_millis(1500),
+        "{after:?}: not the keep-alive and drain (200 + 200 ms)"
+    );
+    let reply = portcullis_e2e::get(&gw.url("/after"), &[]).await;
+    assert_eq!(reply.status, 200, "the listener still serves");
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_connection_stage_is_bounded_silent_sniffing_and_unacknowledged_goaway() {
     let upstream = echo_upstream().await;
