@@ -77,6 +77,23 @@ pub struct Leased {
 
 type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
 
+/// The most a direct connection buffers, in bytes (hyper's `max_buf_size`; hyper's default is
+/// about 408 KiB): its largest read, the request bytes it gathers before a write, and the
+/// bound on a response head (Envoy's default `max_response_headers_kb` is 60 KiB). hyper checks
+/// the head's bound between reads, so a head up to about twice this can pass; a longer one is
+/// a 502.
+///
+/// Writes are flattened (`writev(false)`): the request head and its body's chunks are copied
+/// into one buffer and sent with one `write`, not queued and sent with `writev`. For the small
+/// bodies an API gateway mostly forwards that is about 0.4 k instructions per request fewer
+/// (callgrind, `docs/BENCHMARKS.md` entry 47). The buffer keeps its largest size while the
+/// connection lives, which this bound and `pool_max_idle_per_endpoint` cap: at most this plus
+/// one chunk of the client's body (a chunk is at most the listener's read buffer,
+/// `max_request_header_bytes`: 64 KiB by default) per connection, about 8 MiB per endpoint at
+/// the default 64 connections, and only after large uploads. The listener's connections keep
+/// hyper's queued writes: their number is the clients', not bounded by configuration.
+const BUFFER_BYTES: usize = 64 * 1024;
+
 // === impl Idle ===
 
 impl Idle {
@@ -148,7 +165,7 @@ impl Conn {
         home: &Arc<Idle>,
     ) -> Result<Self, BoxError> {
         let io: Io = connector.clone().call(endpoint).await?;
-        let (sender, connection) = http1::Builder::new().handshake(io).await?;
+        let (sender, connection) = http1::Builder::new().writev(false).max_buf_size(BUFFER_BYTES).handshake(io).await?;
         let parked = Arc::new(AtomicU64::new(0));
         tokio::spawn(drive(connection, parked.clone(), home.timeout));
         Ok(Conn { sender, parked })
