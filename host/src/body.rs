@@ -124,21 +124,23 @@ pub struct BodyEndCell {
 }
 
 impl Default for BodyEndCell {
+    /// An empty cell measuring from now.
     fn default() -> Self {
-        Self::new()
+        Self::new(Instant::now())
     }
 }
 
 impl BodyEndCell {
     const UNSET: u8 = u8::MAX;
 
-    /// An empty cell; the end's time is measured from now.
-    pub fn new() -> Self {
+    /// An empty cell; the end's time is measured from `created` (the request's start, a clock
+    /// reading the caller already made).
+    pub fn new(created: Instant) -> Self {
         BodyEndCell {
             end: std::sync::atomic::AtomicU8::new(Self::UNSET),
             ended_after_us: std::sync::atomic::AtomicU64::new(0),
             bytes: std::sync::atomic::AtomicU64::new(0),
-            created: Instant::now(),
+            created,
         }
     }
 

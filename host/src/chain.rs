@@ -59,8 +59,10 @@ pub trait Step: Send + Sync {
     fn body_limit(&self) -> Option<u64>;
     /// For a logging step, the header names it records; none for all.
     fn record_headers(&self) -> Option<&[http::HeaderName]>;
-    /// Makes `call`. A reply comes with the breaker's [`Settle`], which the chain completes
-    /// once it has checked the reply.
+    /// Makes `call`, which the chain timed from `started` (its clock reading just before; the
+    /// plugin's running-time budget starts there when the call waits for nothing first). A
+    /// reply comes with the breaker's [`Settle`], which the chain completes once it has checked
+    /// the reply.
     ///
     /// Errors: the [`PluginFailure`] of a call that did not return a reply.
     fn call<'s>(
@@ -68,6 +70,7 @@ pub trait Step: Send + Sync {
         request_id: &str,
         span: &Context,
         call: Call<'_>,
+        started: Instant,
     ) -> impl Future<Output = Result<(Replied, Settle<'s>), PluginFailure>> + Send;
     /// Records one call's duration and decision (none for a failure) in the metrics.
     fn record_call(&self, phase: CallPhase, decision: Option<&'static str>, duration: Duration);
@@ -118,8 +121,9 @@ impl Step for WasmStep {
         request_id: &str,
         span: &Context,
         call: Call<'_>,
+        started: Instant,
     ) -> impl Future<Output = Result<(Replied, Settle<'s>), PluginFailure>> + Send {
-        self.0.call(request_id, span, call)
+        self.0.call(request_id, span, call, started)
     }
 
     fn record_call(&self, phase: CallPhase, decision: Option<&'static str>, duration: Duration) {
@@ -443,7 +447,7 @@ impl<S: Step> Chain<S> {
             let call = call_for(step.kind(), request, identity, bytes.as_deref());
             let started = Instant::now();
             let span = trace.step(step.id(), step.kind(), "request");
-            let outcome = match step.call(&request.request_id, &span, call).await {
+            let outcome = match step.call(&request.request_id, &span, call, started).await {
                 Ok((reply, settle)) => {
                     let applied = apply(step.id(), reply, request, ids, state);
                     settle.settle(applied.is_ok());
@@ -505,7 +509,8 @@ impl<S: Step> Chain<S> {
             Err(PluginFailure::new(step.id(), FailureKind::InvalidOutput("the body is over its body-limit".into())))
         } else {
             let call = call_for(step.kind(), &lent, scratch.identity.as_ref(), bytes.as_deref());
-            match step.call(&request.request_id, &span, call).await {
+            // Timed from before its body was read; the budget starts at the call.
+            match step.call(&request.request_id, &span, call, Instant::now()).await {
                 Ok((replied, settle)) => {
                     let applied = apply(step.id(), replied, &mut lent, ids, &mut scratch);
                     settle.settle(applied.is_ok());
@@ -569,7 +574,7 @@ impl<S: Step> Chain<S> {
             let call = Call::OnResponse(request, state.identity.as_ref(), &seen);
             let invalid = |e: String| PluginFailure::new(step.id(), FailureKind::InvalidOutput(e));
             let span = trace.step(step.id(), step.kind(), "response");
-            let outcome = match step.call(&request.request_id, &span, call).await {
+            let outcome = match step.call(&request.request_id, &span, call, started).await {
                 Ok((replied, settle)) => {
                     let applied = match replied.reply {
                         _ if !replied.secret_headers.is_empty() => {
@@ -623,7 +628,7 @@ impl<S: Step> Chain<S> {
             let step = &link.step;
             let started = Instant::now();
             let span = trace.step(step.id(), step.kind(), "record");
-            let failure = match step.call(&exchange.request_id, &span, Call::Record(exchange)).await {
+            let failure = match step.call(&exchange.request_id, &span, Call::Record(exchange), started).await {
                 Ok((replied, settle)) => {
                     settle.settle(true);
                     match replied.audit_failure {
@@ -662,7 +667,7 @@ impl<S: Step> Chain<S> {
             }
             let started = Instant::now();
             let span = trace.step(step.id(), step.kind(), "observe");
-            let called = step.call(&exchange.request_id, &span, Call::Observe(exchange)).await;
+            let called = step.call(&exchange.request_id, &span, Call::Observe(exchange), started).await;
             step.record_call(CallPhase::Observe, called.is_ok().then_some("observed"), started.elapsed());
             match called {
                 Ok((_, settle)) => {
@@ -1000,6 +1005,7 @@ mod tests {
             _request_id: &str,
             _span: &Context,
             call: Call<'_>,
+            _started: Instant,
         ) -> impl Future<Output = Result<(Replied, Settle<'s>), PluginFailure>> + Send {
             let phase = if matches!(call, Call::OnResponse(..)) { "response" } else { "request" };
             self.log.lock().unwrap().push(format!("{} {phase}", self.id));

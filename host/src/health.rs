@@ -232,6 +232,11 @@ impl EndpointHealth {
 // === impl InFlight ===
 
 impl InFlight {
+    /// When [`EndpointHealth::start`] was called.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Time since [`EndpointHealth::start`].
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()

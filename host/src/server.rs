@@ -98,19 +98,29 @@ struct Activity {
 pub(crate) struct InFlight {
     activity: Arc<Activity>,
     accepted: Instant,
+    /// When the request ended, if the exchange said so ([`InFlight::end_at`]); otherwise the
+    /// clock is read when this is dropped.
+    ended: Option<Instant>,
 }
 
 impl InFlight {
     fn start(activity: Arc<Activity>, accepted: Instant) -> Self {
         activity.started.fetch_add(1, Ordering::AcqRel);
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight { activity, accepted }
+        InFlight { activity, accepted, ended: None }
+    }
+
+    /// Ends the request at `now`, a clock reading the caller already made (one fewer per
+    /// request).
+    pub(crate) fn end_at(mut self, now: Instant) {
+        self.ended = Some(now);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let done_ms = u64::try_from(self.accepted.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ended = self.ended.unwrap_or_else(Instant::now);
+        let done_ms = u64::try_from(ended.saturating_duration_since(self.accepted).as_millis()).unwrap_or(u64::MAX);
         self.activity.last_done_ms.store(done_ms, Ordering::Release);
         self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }

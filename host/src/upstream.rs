@@ -20,6 +20,7 @@ use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
 
 pub use self::direct::Leased;
 use self::direct::{Conn, Idle};
@@ -205,7 +206,8 @@ impl Upstream {
         body_timeout: Duration,
     ) -> Result<Response<Leased>, GatewayError> {
         let in_flight = endpoint.health.start();
-        let result = self.exchange(endpoint, request, Some((sent, body_timeout))).await;
+        // The exchange's timer starts when the endpoint's count did: one clock reading for both.
+        let result = self.exchange(endpoint, request, in_flight.started().into(), Some((sent, body_timeout))).await;
         if result.is_err() && sent.client_fault() {
             return result;
         }
@@ -243,21 +245,25 @@ impl Upstream {
             .header(http::header::USER_AGENT, "portcullis-health-check")
             .body(crate::body::full(bytes::Bytes::new()));
         let Ok(request) = request else { return false };
-        let answer =
-            tokio::time::timeout(Duration::from_millis(check.timeout_ms), self.exchange(endpoint, request, None));
+        let answer = tokio::time::timeout(
+            Duration::from_millis(check.timeout_ms),
+            self.exchange(endpoint, request, Instant::now(), None),
+        );
         match answer.await {
             Ok(Ok(response)) => response.status().is_success() || response.status().is_redirection(),
             _ => false,
         }
     }
 
-    /// One request to `endpoint`, due within connect + response timeout, and without `sent`
-    /// also within the response timeout after `sent`'s body ends (that wait capped at the
-    /// second member plus the connect timeout).
+    /// One request to `endpoint`, started at `start` (the caller's clock reading, about now), due
+    /// within connect + response timeout from it, and with `sent` also within the response
+    /// timeout after `sent`'s body ends (that wait capped at the second member plus the connect
+    /// timeout).
     async fn exchange(
         &self,
         endpoint: &Endpoint,
         mut request: Request<Body>,
+        start: Instant,
         sent: Option<(&BodyEndCell, Duration)>,
     ) -> Result<Response<Leased>, GatewayError> {
         let path = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
@@ -278,7 +284,7 @@ impl Upstream {
 
         // Polled only when its timer fired (`OnWake`), not on each wake-up of the exchange
         // (docs/BENCHMARKS.md, entry 45); pinned here so `select!` moves no future.
-        let response_due = pin!(OnWake::new(response_due(self.connect_timeout, self.response_timeout, sent)));
+        let response_due = pin!(OnWake::new(response_due(start, self.connect_timeout, self.response_timeout, sent)));
         let dispatch = async {
             match direct {
                 Some(connector) => self.direct_request(connector, endpoint, request).await,
@@ -351,7 +357,7 @@ impl Upstream {
     }
 }
 
-/// Resolves when an exchange's response head is overdue: `connect + response` from now, or
+/// Resolves when an exchange's response head is overdue: `connect + response` from `start`, or
 /// `response` after the end of the body `sent` is sending (that end counted no later than
 /// `connect + body_timeout` from now), whichever is later.
 ///
@@ -360,8 +366,7 @@ impl Upstream {
 /// and never re-arms it; while the body is still being sent it looks again every `response`.
 /// It was a `join!` of a sleep with a body-end wait under a timeout followed by a sleep, three
 /// timers and a `Notify` per request (callgrind, 2026-12-06: `docs/BENCHMARKS.md`).
-async fn response_due(connect: Duration, response: Duration, sent: Option<(&BodyEndCell, Duration)>) {
-    let start = tokio::time::Instant::now();
+async fn response_due(start: Instant, connect: Duration, response: Duration, sent: Option<(&BodyEndCell, Duration)>) {
     let sleep = tokio::time::sleep_until(start + connect + response);
     tokio::pin!(sleep);
     loop {
@@ -447,7 +452,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_response_is_due_connect_plus_response_timeout_after_the_request() {
-        let due = response_due(CONNECT, RESPONSE, None);
+        let due = response_due(tokio::time::Instant::now(), CONNECT, RESPONSE, None);
         tokio::pin!(due);
         assert!(!overdue(&mut due).await);
         due_in(&mut due, 3.0).await;
@@ -455,8 +460,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_response_is_due_a_response_timeout_after_the_body_ends() {
-        let cell = BodyEndCell::new();
-        let due = response_due(CONNECT, RESPONSE, Some((&cell, BODY)));
+        let cell = BodyEndCell::new(tokio::time::Instant::now());
+        let due = response_due(tokio::time::Instant::now(), CONNECT, RESPONSE, Some((&cell, BODY)));
         tokio::pin!(due);
         assert!(!overdue(&mut due).await);
         // Still sending at 3 s (connect + response): not due yet.
@@ -468,9 +473,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_body_that_ends_early_leaves_the_first_deadline() {
-        let cell = BodyEndCell::new();
+        let cell = BodyEndCell::new(tokio::time::Instant::now());
         cell.set(BodyEnd::Complete, 0);
-        let due = response_due(CONNECT, RESPONSE, Some((&cell, BODY)));
+        let due = response_due(tokio::time::Instant::now(), CONNECT, RESPONSE, Some((&cell, BODY)));
         tokio::pin!(due);
         assert!(!overdue(&mut due).await);
         due_in(&mut due, 3.0).await;
@@ -478,8 +483,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_body_that_never_ends_is_counted_as_ended_at_connect_plus_body_timeout() {
-        let cell = BodyEndCell::new();
-        let due = response_due(CONNECT, RESPONSE, Some((&cell, BODY)));
+        let cell = BodyEndCell::new(tokio::time::Instant::now());
+        let due = response_due(tokio::time::Instant::now(), CONNECT, RESPONSE, Some((&cell, BODY)));
         tokio::pin!(due);
         assert!(!overdue(&mut due).await);
         // The timer looks again every response timeout while the body is open.

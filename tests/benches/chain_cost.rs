@@ -89,12 +89,21 @@ async fn main() {
     for _ in 0..ROUNDS {
         let started = Instant::now();
         for _ in 0..CALLS {
-            filter.call("bench", &cx, Call::OnRequest(&plain, None)).await.expect("filter call").1.settle(true);
+            filter
+                .call("bench", &cx, Call::OnRequest(&plain, None), Instant::now())
+                .await
+                .expect("filter call")
+                .1
+                .settle(true);
         }
         warm_filter.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS));
         let started = Instant::now();
         for _ in 0..CALLS / 20 {
-            jwt.call("bench", &cx, Call::Authenticate(&authed, None)).await.expect("jwt call").1.settle(true);
+            jwt.call("bench", &cx, Call::Authenticate(&authed, None), Instant::now())
+                .await
+                .expect("jwt call")
+                .1
+                .settle(true);
         }
         warm_jwt.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS / 20));
     }

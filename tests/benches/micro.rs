@@ -113,7 +113,8 @@ fn plugin_calls(c: &mut Criterion) {
         let pool = pool(index);
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {
-                let (reply, settle) = pool.call("bench", &cx, call).await.expect("plugin call");
+                let (reply, settle) =
+                    pool.call("bench", &cx, call, std::time::Instant::now()).await.expect("plugin call");
                 settle.settle(true);
                 black_box(reply);
             });
@@ -126,8 +127,10 @@ fn plugin_calls(c: &mut Criterion) {
         let pool = pool(index);
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {
-                let (reply, settle) =
-                    pool.call("bench", &cx, Call::OnRequest(&json, Some(&identity))).await.expect("plugin call");
+                let (reply, settle) = pool
+                    .call("bench", &cx, Call::OnRequest(&json, Some(&identity)), std::time::Instant::now())
+                    .await
+                    .expect("plugin call");
                 settle.settle(true);
                 black_box(reply);
             });

@@ -161,15 +161,22 @@ impl HostState {
     }
 
     /// Resets per-call state before a call made for `request_id` under the span `trace`
-    /// with `budget` of running time (the plugin's deadline). Appends are buffered until
-    /// [`HostState::append_durably`] says otherwise.
-    pub(crate) fn begin_call(&mut self, request_id: &str, trace: &opentelemetry::Context, budget: Duration) {
+    /// with `budget` of running time (the plugin's deadline) from `started` (about now: the
+    /// caller's clock reading). Appends are buffered until [`HostState::append_durably`] says
+    /// otherwise.
+    pub(crate) fn begin_call(
+        &mut self,
+        request_id: &str,
+        trace: &opentelemetry::Context,
+        budget: Duration,
+        started: Instant,
+    ) {
         self.request_id.clear();
         self.request_id.push_str(request_id);
         self.trace = trace.clone();
         self.log_events = 0;
         self.http_requests = 0;
-        self.started = Instant::now();
+        self.started = started;
         self.budget = budget;
         self.waited = Duration::ZERO;
         self.kv_unavailable = None;
@@ -849,7 +856,7 @@ mod tests {
         let observed = Arc::new(exchange());
         let recorded: Arc<[http::HeaderName]> =
             ["user-agent", "authorization", "x-session"].iter().map(|n| http::HeaderName::from_static(n)).collect();
-        state.begin_call("r-1", &opentelemetry::Context::new(), Duration::from_secs(1));
+        state.begin_call("r-1", &opentelemetry::Context::new(), Duration::from_secs(1), Instant::now());
         state.begin_observe(&observed, Some(recorded.clone()));
         let hash = state.append_observed(vec!["X-Session".into()]).unwrap().unwrap();
         state.end_observe();
@@ -858,7 +865,7 @@ mod tests {
         state.begin_observe(&observed, None);
         state.append_observed(Vec::new()).unwrap().unwrap();
         state.begin_observe(&observed, Some(recorded.clone()));
-        state.begin_call("r-2", &opentelemetry::Context::new(), Duration::from_secs(1));
+        state.begin_call("r-2", &opentelemetry::Context::new(), Duration::from_secs(1), Instant::now());
         assert!(outside(&mut state).contains("observe"), "a new call starts without one");
 
         sink.flush().unwrap();

@@ -32,7 +32,7 @@ pub mod request;
 pub mod signing;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -329,7 +329,7 @@ impl LoadedPlugin {
     /// 100 ms, that failed on a machine busy compiling).
     async fn instantiate(&self, budget: Duration) -> wasmtime::Result<Instance> {
         let mut state = HostState::new(self.grants.clone(), self.engine.shared().clone(), self.memory_bytes);
-        state.begin_call("instantiate", &opentelemetry::Context::new(), budget);
+        state.begin_call("instantiate", &opentelemetry::Context::new(), budget, Instant::now());
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limits);
         // Past the deadline, a call that spent time waiting on outbound HTTP gets that time
@@ -495,7 +495,12 @@ impl StepPool {
         let mut instance = self.plugin.instantiate(configure_deadline).await.map_err(|e| {
             StepLoadError::Failed(PluginFailure::new(id, FailureKind::Unavailable(format!("instantiation: {e:#}"))))
         })?;
-        instance.store.data_mut().begin_call("configure", &opentelemetry::Context::new(), configure_deadline);
+        instance.store.data_mut().begin_call(
+            "configure",
+            &opentelemetry::Context::new(),
+            configure_deadline,
+            Instant::now(),
+        );
         instance.store.set_epoch_deadline(LoadedPlugin::ticks(configure_deadline));
         if self.plugin.engine.fuel_metering() {
             instance
@@ -523,6 +528,7 @@ impl StepPool {
         request_id: &str,
         trace: &opentelemetry::Context,
         call: Call<'_>,
+        started: Instant,
     ) -> Result<(Replied, Settle<'_>), PluginFailure> {
         let plugin = &*self.plugin;
         let admission = plugin.breaker.admit_now();
@@ -530,7 +536,7 @@ impl StepPool {
             return Err(PluginFailure::new(&plugin.id, FailureKind::BreakerOpen));
         }
         let settle = Settle { plugin: Some(plugin), probe: admission == Admission::Probe, settled: false };
-        match self.call_instance(request_id, trace, call).await {
+        match self.call_instance(request_id, trace, call, started).await {
             Ok(reply) => Ok((reply, settle)),
             // A shared store that is down is not the plugin crashing: the breaker is left
             // alone (a probe gives its slot back).
@@ -542,29 +548,35 @@ impl StepPool {
         }
     }
 
+    /// The call on an instance of the pool. The running-time budget starts at `started` when a
+    /// slot and an idle instance were there at once (the usual case: no second clock reading
+    /// per step), else once the wait or the instantiation is over.
     async fn call_instance(
         &self,
         request_id: &str,
         trace: &opentelemetry::Context,
         call: Call<'_>,
+        started: Instant,
     ) -> Result<Replied, PluginFailure> {
         let id = &self.plugin.id;
         // A free slot is the usual case: take it without arming a timer.
         // The rare paths below (waiting for a permit, instantiating) are boxed: an unboxed
         // future is as large as its largest state, and this one is moved into its caller's
         // on every step of every request (docs/BENCHMARKS.md, entry 31).
+        let mut waited = false;
         let _permit = match self.permits.try_acquire() {
             Ok(permit) => permit,
             Err(_) => Box::pin(tokio::time::timeout(self.plugin.deadline, self.permits.acquire()))
                 .await
                 .map_err(|_| PluginFailure::new(id, FailureKind::Unavailable("every instance is busy".into())))?
-                .map_err(|_| PluginFailure::new(id, FailureKind::Unavailable("pool closed".into())))?,
+                .map_err(|_| PluginFailure::new(id, FailureKind::Unavailable("pool closed".into())))
+                .inspect(|_| waited = true)?,
         };
         let reuse = self.plugin.isolation == Isolation::Reuse;
         let idle = if reuse { self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() } else { None };
         let mut instance = match idle {
             Some(instance) => instance,
-            None => Box::pin(self.fresh()).await.map_err(|e| match e {
+            None => Box::pin(self.fresh()).await.inspect(|_| waited = true).map_err(|e| match e {
                 StepLoadError::Failed(f) => f,
                 StepLoadError::Refused(r) => PluginFailure::new(
                     id,
@@ -572,7 +584,8 @@ impl StepPool {
                 ),
             })?,
         };
-        instance.store.data_mut().begin_call(request_id, trace, self.plugin.deadline);
+        let started = if waited { Instant::now() } else { started };
+        instance.store.data_mut().begin_call(request_id, trace, self.plugin.deadline, started);
         if let Call::Observe(exchange) | Call::Record(exchange) = call {
             // `audit.append-observed` records this exchange, with this step's own header
             // fields only: the exchange carries every logging step's of the route.

@@ -7,7 +7,7 @@ pub mod path;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response, header};
@@ -60,8 +60,6 @@ struct Exchange {
     /// The matched route; none for a request refused before routing or matching none.
     route: Option<Arc<RouteRuntime>>,
     started: Instant,
-    /// Wall-clock start, in ms since the Unix epoch (logging plugins' `start-ms`).
-    start_ms: u64,
     /// What plugins see; its headers are the request's own while the chain runs.
     request: Arc<PluginRequest>,
     /// The request fields the route's logging steps record, as received.
@@ -92,9 +90,9 @@ pub(crate) async fn handle(
     conn: Arc<ConnInfo>,
     in_flight: InFlight,
 ) -> Response<Body> {
+    // The request's one clock reading until its end: the body's end, the exchange's end and the
+    // wall-clock start for logging steps are measured from it (docs/BENCHMARKS.md, entry 47).
     let started = Instant::now();
-    let start_ms =
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
     let (mut parts, body) = request.into_parts();
     let request_id = headers::request_id(&parts.headers);
     let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) as u64;
@@ -146,7 +144,7 @@ pub(crate) async fn handle(
         request_id,
         route: route.as_ref().map_or_else(|| Arc::from("-"), |r| r.id.clone()),
     });
-    let body_end = Arc::new(BodyEndCell::new());
+    let body_end = Arc::new(BodyEndCell::new(started.into()));
     let ended = body_end.clone();
     let body = Counted::new(
         Timed::new(
@@ -160,7 +158,6 @@ pub(crate) async fn handle(
         snapshot,
         route,
         started,
-        start_ms,
         request,
         request_headers,
         body_end,
@@ -330,7 +327,7 @@ impl Exchange {
             client_ip: request.client_ip.clone(),
             identity: self.state.identity.as_deref().cloned(),
             status: response.status().as_u16(),
-            start_ms: self.start_ms,
+            start_ms: start_ms(self.started.elapsed()),
             duration_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             bytes_in: self.body_end.bytes(),
             bytes_out: http_body::Body::size_hint(response.body()).exact().unwrap_or(0),
@@ -374,7 +371,6 @@ impl Exchange {
             snapshot,
             route,
             started,
-            start_ms,
             request,
             request_headers,
             body_end,
@@ -383,9 +379,11 @@ impl Exchange {
             endpoint,
             status,
             response_headers,
-            _in_flight,
+            _in_flight: in_flight,
         } = self;
-        let elapsed = started.elapsed();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(started);
+        in_flight.end_at(now);
         let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let head = Arc::try_unwrap(request).unwrap_or_else(|shared| (*shared).clone());
         match &route {
@@ -439,7 +437,7 @@ impl Exchange {
             client_ip: head.client_ip,
             identity: state.identity.map(Arc::unwrap_or_clone),
             status,
-            start_ms,
+            start_ms: start_ms(elapsed),
             duration_us,
             bytes_in,
             bytes_out,
@@ -500,6 +498,14 @@ fn protocol_version(version: http::Version) -> &'static str {
         http::Version::HTTP_3 => "3",
         _ => "1.1",
     }
+}
+
+/// The wall-clock time a request started, in ms since the Unix epoch (logging steps'
+/// `start-ms`): now less `since_start`, the time the request has taken (its monotonic clock).
+/// Read only for routes with logging steps, not on every request's way in.
+fn start_ms(since_start: Duration) -> u64 {
+    let start = SystemTime::now().checked_sub(since_start).unwrap_or(UNIX_EPOCH);
+    start.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
 }
 
 /// The host part of an authority, lowercase, without port (IPv6 literals keep their brackets);
