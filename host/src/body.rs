@@ -266,20 +266,22 @@ pub enum BodyTimeout {
     Total(u128),
 }
 
-/// A body with an idle timeout (longest gap between frames) and a total deadline; running
-/// past either yields a [`BodyTimeout`] error and then ends. hyper has neither (FIELD-NOTES),
-/// and without them a client can hold a request open by trickling its body. A body that is
-/// already at its end costs no timer, and the timers are armed only when the body first has
-/// to wait for the client: a body read with its head (most small bodies) never touches the
-/// timer wheel.
+/// A body with an idle timeout (longest wait for the client's next frame) and a total
+/// deadline; running past either yields a [`BodyTimeout`] error and then ends. hyper has
+/// neither (FIELD-NOTES), and without them a client can hold a request open by trickling its
+/// body. A body that is already at its end costs no timer, and the timers are armed only when
+/// the body first has to wait for the client: a body read with its head (most small bodies)
+/// never touches the timer wheel or reads the clock.
+///
+/// The idle time runs while the body waits for the client: from the first wait, then from
+/// each frame. Time the reader took between frames before that (an upstream slow to take the
+/// body, a plugin reading it) is not the client's silence and is not counted.
 pub struct Timed<B> {
     inner: B,
     idle: Duration,
     total: Duration,
     /// When the body started (the request head); the total deadline runs from it.
     started: Instant,
-    /// When the last frame arrived before the timers were armed.
-    last_frame: Instant,
     /// The idle and total timers, once the body has had to wait.
     timers: Option<Timers>,
     failed: bool,
@@ -291,11 +293,11 @@ type Timers = (Pin<Box<Sleep>>, Pin<Box<Sleep>>);
 // === impl Timed ===
 
 impl<B: HttpBody> Timed<B> {
-    /// Wraps `inner`: each frame must arrive within `idle` of the previous one (or of now),
-    /// and the whole body within `total` of now.
-    pub fn new(inner: B, idle: Duration, total: Duration) -> Self {
-        let now = Instant::now();
-        Timed { inner, idle, total, started: now, last_frame: now, timers: None, failed: false }
+    /// Wraps `inner`, whose request head came at `started` (about now: the caller's clock
+    /// reading): the body must not wait for the client longer than `idle` at a time, and must be
+    /// whole within `total` of `started`.
+    pub fn new(inner: B, idle: Duration, total: Duration, started: Instant) -> Self {
+        Timed { inner, idle, total, started, timers: None, failed: false }
     }
 }
 
@@ -316,13 +318,9 @@ where
         if self.timers.is_none() {
             match &polled {
                 Poll::Pending => {
-                    let idle_due = tokio::time::sleep_until(self.last_frame + idle);
+                    let idle_due = tokio::time::sleep(idle);
                     let total_due = tokio::time::sleep_until(self.started + total);
                     self.timers = Some((Box::pin(idle_due), Box::pin(total_due)));
-                }
-                Poll::Ready(Some(Ok(_))) => {
-                    self.last_frame = Instant::now();
-                    return polled;
                 }
                 Poll::Ready(_) => return polled,
             }
@@ -352,5 +350,107 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body::{Body as HttpBody, Frame};
+    use http_body_util::BodyExt;
+    use tokio::sync::mpsc;
+    use tokio::time::Instant;
+
+    use super::{BodyTimeout, BoxError, Timed};
+
+    /// A client's body: each chunk sent on the channel is a frame; the body ends when the
+    /// sender is dropped.
+    struct Client(mpsc::Receiver<Bytes>);
+
+    impl HttpBody for Client {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.0.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+        }
+    }
+
+    const IDLE: Duration = Duration::from_secs(2);
+    const TOTAL: Duration = Duration::from_secs(10);
+
+    fn timed() -> (mpsc::Sender<Bytes>, Timed<Client>) {
+        let (tx, rx) = mpsc::channel(8);
+        (tx, Timed::new(Client(rx), IDLE, TOTAL, Instant::now()))
+    }
+
+    /// The next frame's outcome: data, the timeout's kind, or the end.
+    async fn next(body: &mut Timed<Client>) -> String {
+        match body.frame().await {
+            Some(Ok(frame)) => format!("data {}", frame.into_data().map_or(0, |d| d.len())),
+            Some(Err(e)) => match e.downcast_ref::<BodyTimeout>() {
+                Some(BodyTimeout::Idle(_)) => "idle".into(),
+                Some(BodyTimeout::Total(_)) => "total".into(),
+                None => format!("error {e}"),
+            },
+            None => "end".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_silent_for_the_idle_time_while_the_body_waits_for_it_times_out() {
+        let (tx, mut body) = timed();
+        tx.send(Bytes::from_static(b"abc")).await.unwrap();
+        assert_eq!(next(&mut body).await, "data 3");
+        let waited = Instant::now();
+        assert_eq!(next(&mut body).await, "idle");
+        assert_eq!(waited.elapsed(), IDLE);
+        assert_eq!(next(&mut body).await, "end", "a timed-out body ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_the_reader_takes_between_frames_is_not_the_clients_silence() {
+        let (tx, mut body) = timed();
+        tx.send(Bytes::from_static(b"abc")).await.unwrap();
+        assert_eq!(next(&mut body).await, "data 3");
+        // The reader (an upstream slow to take the body) comes back after longer than the idle
+        // time; the client sends its next chunk a second into the wait.
+        tokio::time::advance(IDLE * 2).await;
+        let send = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tx.send(Bytes::from_static(b"de")).await.unwrap();
+        });
+        assert_eq!(next(&mut body).await, "data 2");
+        send.await.unwrap();
+        assert_eq!(next(&mut body).await, "end");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_trickled_within_the_idle_time_still_ends_at_the_total_deadline() {
+        let (tx, mut body) = timed();
+        let started = Instant::now();
+        let trickle = tokio::spawn(async move {
+            while tx.send(Bytes::from_static(b"x")).await.is_ok() {
+                tokio::time::sleep(IDLE * 3 / 8).await;
+            }
+        });
+        let mut frames = 0;
+        loop {
+            match next(&mut body).await.as_str() {
+                "data 1" => frames += 1,
+                outcome => {
+                    assert_eq!(outcome, "total");
+                    break;
+                }
+            }
+        }
+        assert_eq!(started.elapsed(), TOTAL);
+        assert_eq!(frames, 14, "a frame every 0.75 s until the deadline");
+        drop(body);
+        trickle.await.unwrap();
     }
 }

@@ -106,7 +106,9 @@ pub struct ListenerConfig {
     /// clients). Absent: no per-IP limit.
     #[serde(default)]
     pub max_connections_per_ip: Option<u64>,
-    /// Longest gap between two chunks of a request body, in ms; 408 when exceeded.
+    /// Longest wait for the client's next chunk of a request body, in ms, timed while the
+    /// gateway is waiting to read (as nginx's `client_body_timeout`: not while the upstream or a
+    /// plugin is slow to take the body); 408 when exceeded.
     #[serde(default = "defaults::body_idle_timeout_ms")]
     pub body_idle_timeout_ms: u64,
     /// Longest time to receive a whole request body, counted from the request head, in ms;

@@ -90,8 +90,9 @@ pub(crate) async fn handle(
     conn: Arc<ConnInfo>,
     in_flight: InFlight,
 ) -> Response<Body> {
-    // The request's one clock reading until its end: the body's end, the exchange's end and the
-    // wall-clock start for logging steps are measured from it (docs/BENCHMARKS.md, entry 47).
+    // The request's clock reading, from which its body's deadline, the body's end, the
+    // exchange's end and the logging steps' wall-clock start are measured (docs/BENCHMARKS.md,
+    // entry 47).
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
     let request_id = headers::request_id(&parts.headers);
@@ -151,6 +152,7 @@ pub(crate) async fn handle(
             http_body_util::Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)),
             conn.body_idle_timeout,
             conn.body_timeout,
+            started.into(),
         ),
         move |n, end| ended.set(end, n),
     );
