@@ -39,7 +39,7 @@ pub struct ConnInfo {
     pub scheme: &'static str,
     /// The client certificate verified in the TLS handshake (mutual TLS).
     pub client_cert: Option<ClientCert>,
-    /// Longest gap between request body chunks (408 beyond).
+    /// Longest wait for the client's next request body chunk (408 beyond).
     pub body_idle_timeout: std::time::Duration,
     /// Longest time to receive a request body, from the request head (408 beyond).
     pub body_timeout: std::time::Duration,
@@ -319,6 +319,7 @@ impl Exchange {
     async fn record(&mut self, response: Response<Body>) -> Response<Body> {
         let Some(route) = self.route.clone().filter(|r| r.chain.has_records()) else { return response };
         let request = &self.request;
+        let elapsed = self.started.elapsed();
         let exchange = Arc::new(logging::Exchange {
             request_id: request.request_id.clone(),
             route: request.route.to_string(),
@@ -329,8 +330,8 @@ impl Exchange {
             client_ip: request.client_ip.clone(),
             identity: self.state.identity.as_deref().cloned(),
             status: response.status().as_u16(),
-            start_ms: start_ms(self.started.elapsed()),
-            duration_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            start_ms: start_ms(elapsed),
+            duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             bytes_in: self.body_end.bytes(),
             bytes_out: http_body::Body::size_hint(response.body()).exact().unwrap_or(0),
             request_headers: self.request_headers.clone(),
