@@ -359,7 +359,7 @@ impl Upstream {
 
 /// Resolves when an exchange's response head is overdue: `connect + response` from `start`, or
 /// `response` after the end of the body `sent` is sending (that end counted no later than
-/// `connect + body_timeout` from now), whichever is later.
+/// `connect + body_timeout` from `start`), whichever is later.
 ///
 /// One timer, which reads the body's end ([`BodyEndCell::ended_at`]) when it fires instead of
 /// being woken by it: an exchange whose head comes in time (the usual case) registers one timer

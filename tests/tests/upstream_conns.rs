@@ -115,9 +115,14 @@ async fn client(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
     sender
 }
 
+/// Waits until `sender`'s connection can take a request.
+async fn sender_ready(sender: &mut SendRequest<Full<Bytes>>) {
+    sender.ready().await.expect("the client connection is open");
+}
+
 /// `GET path` on `sender`'s connection: status and body.
 async fn get(sender: &mut SendRequest<Full<Bytes>>, path: &str) -> (u16, String) {
-    sender.ready().await.expect("the client connection is open");
+    sender_ready(sender).await;
     let request = Request::get(path).header(http::header::HOST, "gateway.test").body(Full::default()).unwrap();
     let response = sender.send_request(request).await.expect("a response");
     let status = response.status().as_u16();
@@ -370,8 +375,4 @@ async fn large_bodies_cross_a_kept_upstream_connection_intact_and_an_oversized_r
     assert_eq!(status, 502, "{body}");
     assert_eq!(get(&mut conn, "/").await.0, 200);
     gw.stop().await;
-}
-
-async fn sender_ready(sender: &mut SendRequest<Full<Bytes>>) {
-    sender.ready().await.expect("the client connection is open");
 }
