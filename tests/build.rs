@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Packages built for the tests: the plugins of `plugins/` and the guests of `tests/guests/`.
-const PACKAGES: [&str; 15] = [
+const PACKAGES: [&str; 16] = [
     "jwt-auth",
     "audit-log",
     "rate-limit",
@@ -31,6 +31,7 @@ const PACKAGES: [&str; 15] = [
     "tag-filter-b",
     "legacy-filter",
     "bare-filter",
+    "trail-logger",
 ];
 
 fn main() {

@@ -82,6 +82,21 @@ pub fn audit_append_observed(exchange: &crate::Exchange, redact: &[String]) -> R
     return imp::audit::append_observed(exchange, redact);
 }
 
+/// Declares, from [`crate::Plugin::new`] (the host's `configure`), that this logging plugin
+/// writes the standard audit record of every exchange and nothing else per exchange: the host
+/// then appends that record itself for each exchange, exactly as [`audit_append_observed`]
+/// with `redact` would from [`crate::Logging::observe`], and never calls `observe`. No
+/// exchange is copied into the plugin and no call is made per exchange, which is most of what
+/// an audit step costs (docs/BENCHMARKS.md, entry 48). Needs the `audit` capability. A plugin
+/// that filters, enriches or formats records per exchange does not call it.
+///
+/// The native test fake remembers the declaration ([`crate::testing::each_exchange`]).
+///
+/// Errors: [`AuditError::InvalidRecord`] when called outside `configure`.
+pub fn audit_append_each_exchange(redact: &[String]) -> Result<(), AuditError> {
+    imp::audit::append_each_exchange(redact)
+}
+
 /// The plugin's key/value store: shared by all instances of the plugin, namespaced per plugin,
 /// surviving configuration reloads. TTLs are in milliseconds.
 pub mod kv {

@@ -46,6 +46,8 @@ struct State {
     injected: Vec<crate::secrets::Credential>,
     /// Signatures checked through `signatures`: valid, invalid.
     signature_checks: (u32, u32),
+    /// What `audit.append-each-exchange` declared: the names to redact.
+    each_exchange: Option<Vec<String>>,
 }
 
 impl Default for State {
@@ -63,6 +65,7 @@ impl Default for State {
             secrets: HashMap::new(),
             injected: Vec::new(),
             signature_checks: (0, 0),
+            each_exchange: None,
         }
     }
 }
@@ -101,6 +104,13 @@ pub fn logs() -> Vec<LogRecord> {
 /// (without the host's `prev` and `hash`).
 pub fn audit_records() -> Vec<String> {
     with_state(|s| s.audit.clone())
+}
+
+/// What the plugin declared with [`crate::audit_append_each_exchange`] on this thread since the
+/// last [`reset`]: the header names it redacts in the standard record the host then appends for
+/// every exchange (without calling its `observe`); none when it did not declare it.
+pub fn each_exchange() -> Option<Vec<String>> {
+    with_state(|s| s.each_exchange.clone())
 }
 
 /// Makes every `kv` call fail with `KvError::Unavailable(why)` (a shared store that is down),
@@ -235,6 +245,12 @@ pub(crate) mod fake {
                 s.audit.push(record.to_owned());
                 Ok(format!("{:064x}", s.audit.len()))
             })
+        }
+
+        /// The host's `append-each-exchange`: remembered for [`super::super::each_exchange`].
+        pub fn append_each_exchange(redact: &[String]) -> Result<(), AuditError> {
+            super::super::with_state(|s| s.each_exchange = Some(redact.to_vec()));
+            Ok(())
         }
 
         /// The host's `append-observed`, rendering `exchange` with the host's own code.

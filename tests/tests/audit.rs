@@ -289,3 +289,63 @@ async fn a_fail_closed_audit_step_records_before_responding_and_refuses_what_it_
     assert_eq!(sink_status(&gw, &gw.dir().join("durable.jsonl")).await["fsync"], "always");
     gw.stop().await;
 }
+
+/// A logging step whose plugin declared `audit.append-each-exchange` (audit-log) is never
+/// called per exchange: the host appends its standard record, and no instance of it is ever
+/// made for a call (the one that proved its configuration at load is let go). A logging plugin
+/// that keeps `observe` (the trail-logger guest) on the same route is still called, with the
+/// whole exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_standard_record_is_appended_by_the_host_and_observe_is_still_called_for_others() {
+    let trail = plugin("trail_logger");
+    let tag = plugin("tag_filter_a");
+    // The base configuration's `audit` step is audit-log, writing `audit.jsonl`.
+    let extra = format!(
+        "\n[plugin.trail]\npath = \"{}\"\nkind = \"logging\"\ncapabilities = [\"audit\"]\naudit_file = \"trail.jsonl\"\n\
+             \n[plugin.tag]\npath = \"{}\"\nkind = \"filter\"\n",
+        trail.display(),
+        tag.display()
+    );
+    let routes = route("logged", "/", &[("tag", None), ("audit", None), ("trail", None)]);
+    let gw = TestGateway::start(&config_with(echo_upstream().await, &extra, &routes)).await;
+    for id in ["first", "second"] {
+        assert_eq!(get(&gw.url("/x"), &[("x-request-id", id)]).await.status, 200);
+    }
+    // Logging steps run after the response, and records are written in 25 ms batches.
+    let (standard, trail) = (gw.dir().join("audit.jsonl"), gw.dir().join("trail.jsonl"));
+    let lines = |path: &Path| std::fs::read_to_string(path).map_or(0, |t| t.lines().count());
+    for _ in 0..200 {
+        if lines(&standard) >= 2 && lines(&trail) >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(intact(&standard).0, 2, "the host's records chain");
+    // The two exchanges' logging tasks may finish in either order.
+    let records = |path: &Path, key: &str| {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        records.sort_by_key(|r| r[key].as_str().map(str::to_owned));
+        (records, text)
+    };
+    let (written, text) = records(&standard, "request_id");
+    for (record, id) in written.iter().zip(["first", "second"]) {
+        assert_eq!((record["type"].as_str(), record["request_id"].as_str()), (Some("audit"), Some(id)), "{text}");
+        assert_eq!(record["decisions"][0]["plugin"], "tag", "{text}");
+        assert_eq!(record["decisions"][0]["decision"], "continue", "{text}");
+    }
+    let (seen, text) = records(&trail, "trail");
+    assert_eq!(seen.len(), 2, "{text}");
+    for (record, id) in seen.iter().zip(["first", "second"]) {
+        assert_eq!(record["trail"], id, "{text}");
+        assert_eq!((record["status"].as_u64(), record["route"].as_str()), (Some(200), Some("logged")), "{text}");
+        assert_eq!(record["decisions"], serde_json::json!(["tag=continue"]), "{text}");
+    }
+    let metrics = scrape(&gw).await;
+    let instances = |plugin: &str, state: &str| {
+        metric(&metrics, "portcullis_plugin_instances", &format!("plugin=\"{plugin}\",state=\"{state}\""))
+    };
+    assert_eq!((instances("audit", "idle"), instances("audit", "busy")), (Some(0.0), Some(0.0)), "{metrics}");
+    assert!(instances("trail", "idle") >= Some(1.0), "the trail step's observe ran on a pooled instance: {metrics}");
+    gw.stop().await;
+}

@@ -113,6 +113,11 @@ pub struct HostState {
     /// The resource-table entry every call's request is lent through, pushed at the first
     /// lend and kept for the store's life ([`HostState::lend`]).
     pub(crate) lent: Option<wasmtime::component::Resource<super::request::RequestView>>,
+    /// Whether the current call is `configure` (the one call `audit.append-each-exchange`
+    /// may come from).
+    configuring: bool,
+    /// What `audit.append-each-exchange` declared in `configure`: the names to redact.
+    each_exchange: Option<Vec<String>>,
 }
 
 /// A logging step's `record-headers`, as header names.
@@ -157,6 +162,8 @@ impl HostState {
             verifying_keys: 0,
             observed: None,
             lent: None,
+            configuring: false,
+            each_exchange: None,
         }
     }
 
@@ -184,6 +191,20 @@ impl HostState {
         self.durable = false;
         self.audit_failure = None;
         self.observed = None;
+        self.configuring = false;
+    }
+
+    /// Marks the call [`HostState::begin_call`] began as `configure`.
+    pub(crate) fn begin_configure(&mut self) {
+        self.configuring = true;
+        self.each_exchange = None;
+    }
+
+    /// What the `configure` call that just returned declared with
+    /// `audit.append-each-exchange`: the header names to redact in the standard record the
+    /// host appends for each exchange; none when it did not call it.
+    pub(crate) fn take_each_exchange(&mut self) -> Option<Vec<String>> {
+        self.each_exchange.take()
     }
 
     /// Hands `audit.append-observed` the exchange the current `observe` call receives and the
@@ -740,6 +761,20 @@ capabilities!(
     },
     {
         append_observed!(current);
+
+        fn append_each_exchange(
+            &mut self,
+            redact: Vec<String>,
+        ) -> wasmtime::Result<Result<(), current::audit::AuditError>> {
+            self.require(Capability::Audit, "audit")?;
+            if !self.configuring {
+                let why =
+                    "append-each-exchange declares what a logging step does per exchange; call it from `configure`";
+                return Ok(Err(current::audit::AuditError::InvalidRecord(why.into())));
+            }
+            self.each_exchange = Some(redact);
+            Ok(Ok(()))
+        }
     }
 );
 secrets_and_signatures!(current, std::convert::identity, std::convert::identity);
@@ -837,6 +872,31 @@ mod tests {
                 duration_us: 30,
             }],
         }
+    }
+
+    #[test]
+    fn append_each_exchange_is_declared_in_configure_only_and_needs_the_audit_capability() {
+        let metrics = Arc::new(Metrics::default());
+        let mut state = state_for_tests(vec![Capability::Audit], metrics.clone(), None);
+        let context = opentelemetry::Context::new();
+        state.begin_call("r-1", &context, Duration::from_secs(1), Instant::now());
+        match state.append_each_exchange(vec!["x-session".into()]).unwrap() {
+            Err(WitAuditError::InvalidRecord(why)) => assert!(why.contains("configure"), "{why}"),
+            other => panic!("expected invalid-record outside configure, got {other:?}"),
+        }
+        assert_eq!(state.take_each_exchange(), None);
+        state.begin_call("configure", &context, Duration::from_secs(1), Instant::now());
+        state.begin_configure();
+        state.append_each_exchange(vec!["x-session".into()]).unwrap().unwrap();
+        assert_eq!(state.take_each_exchange(), Some(vec!["x-session".to_owned()]));
+        // The next call is not `configure` any more.
+        state.begin_call("r-2", &context, Duration::from_secs(1), Instant::now());
+        assert!(state.append_each_exchange(Vec::new()).unwrap().is_err());
+
+        let mut ungranted = state_for_tests(Vec::new(), metrics, None);
+        ungranted.begin_call("configure", &context, Duration::from_secs(1), Instant::now());
+        ungranted.begin_configure();
+        assert!(ungranted.append_each_exchange(Vec::new()).is_err(), "a trap without the `audit` capability");
     }
 
     #[test]

@@ -400,6 +400,10 @@ pub struct StepPool {
     body_limit: Option<u64>,
     hooks: Hooks,
     record_headers: Option<Arc<[http::HeaderName]>>,
+    /// For a logging step whose `configure` called `audit.append-each-exchange`: the names it
+    /// redacts. The host then appends the standard record of each exchange itself and never
+    /// calls the step's `observe`.
+    each_exchange: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for StepPool {
@@ -426,8 +430,19 @@ impl StepPool {
             body_limit: None,
             hooks: Hooks { request: true, response: false },
             record_headers: None,
+            each_exchange: None,
         };
         let mut first = pool.fresh().await?;
+        pool.each_exchange = first.store.data_mut().take_each_exchange();
+        if pool.each_exchange.is_some() && pool.plugin.kind != PluginKind::Logging {
+            return Err(StepLoadError::Refused(PluginConfigError {
+                pointer: String::new(),
+                message: format!(
+                    "`audit.append-each-exchange` is for logging plugins; this one is loaded as `{}`",
+                    pool.plugin.kind
+                ),
+            }));
+        }
         pool.body_limit = first
             .body_limit()
             .await
@@ -480,6 +495,13 @@ impl StepPool {
         self.record_headers.as_deref()
     }
 
+    /// For a logging step that declared `audit.append-each-exchange`, the header names it
+    /// redacts in the record the host appends for it; none for a step whose `observe` is
+    /// called.
+    pub fn each_exchange(&self) -> Option<&[String]> {
+        self.each_exchange.as_deref()
+    }
+
     /// For a validation step, the request body bytes it wants buffered.
     pub fn body_limit(&self) -> Option<u64> {
         self.body_limit
@@ -501,6 +523,7 @@ impl StepPool {
             configure_deadline,
             Instant::now(),
         );
+        instance.store.data_mut().begin_configure();
         instance.store.set_epoch_deadline(LoadedPlugin::ticks(configure_deadline));
         if self.plugin.engine.fuel_metering() {
             instance
@@ -530,6 +553,10 @@ impl StepPool {
         call: Call<'_>,
         started: Instant,
     ) -> Result<(Replied, Settle<'_>), PluginFailure> {
+        if let (Some(redact), Call::Observe(exchange) | Call::Record(exchange)) = (&self.each_exchange, &call) {
+            let durable = matches!(call, Call::Record(_));
+            return Ok((self.append_each_exchange(request_id, exchange, redact, durable), Settle::detached()));
+        }
         let plugin = &*self.plugin;
         let admission = plugin.breaker.admit_now();
         if admission == Admission::Refused {
@@ -546,6 +573,31 @@ impl StepPool {
                 Err(failure)
             }
         }
+    }
+
+    /// What the step's `observe` would do after declaring `audit.append-each-exchange`, done by
+    /// the host without a call: renders the standard record of `exchange` (this step's
+    /// `record-headers` fields, `redact`ed) and appends it to the plugin's sink, written at
+    /// once when `durable` (a fail-closed step's). No plugin code runs, so the breaker is left
+    /// alone; a failed append is logged, and for a durable one returned as the reply's
+    /// `audit_failure`, which fails the step as a failed `append-observed` would.
+    fn append_each_exchange(
+        &self,
+        request_id: &str,
+        exchange: &bindings::exports::portcullis::plugin::logging::Exchange,
+        redact: &[String],
+        durable: bool,
+    ) -> Replied {
+        let record = audit::render_observed(exchange, self.record_headers.as_deref(), redact);
+        let appended = match &self.plugin.grants.audit {
+            Some(sink) => sink.append_rendered(&record, durable),
+            None => Err(audit::AuditError::Unavailable("no audit sink is configured".into())),
+        };
+        let audit_failure = appended.err().map(|e| {
+            tracing::error!(plugin = %self.plugin.id, request_id, error = %e, "audit record not written");
+            e.to_string()
+        });
+        Replied { reply: Reply::Observed, secret_headers: Vec::new(), audit_failure: audit_failure.filter(|_| durable) }
     }
 
     /// The call on an instance of the pool. The running-time budget starts at `started` when a

@@ -15,7 +15,9 @@
 //! host hands it no others); credentials (`authorization`, `proxy-authorization`, `cookie`,
 //! `set-cookie`, `x-api-key`, and any in `redact`) are always replaced by `"[redacted]"`. The
 //! query string is never recorded: it often carries API keys. The host renders the record,
-//! so the plugin never builds or serializes it (until 2026-12 it did, in the same format).
+//! so the plugin never builds or serializes it (until 2026-12 it did, in the same format), and
+//! since the plugin declares it in `configure` (`audit.append-each-exchange`) the host appends
+//! it for every exchange without calling `observe`: no exchange is copied into the plugin.
 //!
 //! Configuration reference: `plugins/audit-log/README.md`.
 
@@ -49,6 +51,10 @@ impl Plugin for AuditLog {
                 *name = name.to_ascii_lowercase();
             }
         }
+        // Every exchange gets the standard record and nothing else: the host appends it
+        // itself, without calling `observe` (the exchange is never copied into the plugin).
+        portcullis_sdk::audit_append_each_exchange(&config.redact)
+            .map_err(|e| ConfigError::new("", format!("the host refused the standard record: {e:?}")))?;
         Ok(AuditLog(config))
     }
 }
@@ -58,8 +64,10 @@ impl Logging for AuditLog {
         Some(self.0.headers.clone())
     }
 
-    /// The host renders the record (`audit.append-observed`): the plugin only names what to
-    /// redact, so no record is built or serialized in wasm.
+    /// What the host does for each exchange after `new` declared `append-each-exchange` (so the
+    /// gateway never calls this): the host renders the record (`audit.append-observed`), the
+    /// plugin only names what to redact. Kept as the plugin's statement of its record, which
+    /// its unit tests check through the SDK's fake.
     fn observe(&self, exchange: &Exchange) {
         if let Err(e) = portcullis_sdk::audit_append_observed(exchange, &self.0.redact) {
             let detail = format!("audit record for request {} not written: {e:?}", exchange.request_id);
@@ -125,6 +133,13 @@ mod tests {
         assert_eq!(record["latency_ms"], 1.5);
         assert_eq!(record["decisions"][0]["decision"], "authenticated");
         assert!(!records[0].contains("secret"), "{}", records[0]);
+    }
+
+    #[test]
+    fn configure_declares_the_standard_record_for_each_exchange_with_its_redactions() {
+        testing::reset();
+        let _plugin: AuditLog = testing::configure(r#"{"headers": ["x-session"], "redact": ["X-Session"]}"#).unwrap();
+        assert_eq!(testing::each_exchange(), Some(vec!["x-session".to_owned()]));
     }
 
     #[test]
