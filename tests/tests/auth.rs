@@ -81,9 +81,10 @@ async fn audit_log_records_the_exchange_after_the_response() {
     // response-phase decision.
     assert_eq!(decisions, ["jwt request authenticated", "chaos request continue"]);
     assert!(record["hash"].as_str().is_some_and(|h| h.len() == 64), "chained by the host");
-    // The host renders the standard record (audit-log calls `audit.append-observed`): the
-    // members of docs/audit.md in their order, the plugin's `redact` names honoured, the query
-    // never recorded.
+    // The host renders the standard record (audit-log declares `audit.append-each-exchange`
+    // in `configure`, and the host appends it without calling `observe`): the members of
+    // docs/audit.md in their order, the plugin's `redact` names honoured, the query never
+    // recorded.
     assert_eq!(record["headers"]["x-session"], "[redacted]");
     assert_eq!(record["path"], "/api/orders");
     let text = std::fs::read_to_string(gw.dir().join("audit.jsonl")).unwrap();
