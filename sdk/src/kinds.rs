@@ -67,7 +67,10 @@ pub trait Logging: Plugin {
         None
     }
 
-    /// Called once per exchange. Default: does nothing.
+    /// Called once per exchange, unless [`crate::Plugin::new`] declared with
+    /// [`crate::audit_append_each_exchange`] that the host's standard audit record is all this
+    /// plugin writes: the host then appends that record itself and never calls `observe`.
+    /// Default: does nothing.
     fn observe(&self, exchange: &Exchange) {
         let _ = exchange;
     }
