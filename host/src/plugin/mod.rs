@@ -495,13 +495,6 @@ impl StepPool {
         self.record_headers.as_deref()
     }
 
-    /// For a logging step that declared `audit.append-each-exchange`, the header names it
-    /// redacts in the record the host appends for it; none for a step whose `observe` is
-    /// called.
-    pub fn each_exchange(&self) -> Option<&[String]> {
-        self.each_exchange.as_deref()
-    }
-
     /// For a validation step, the request body bytes it wants buffered.
     pub fn body_limit(&self) -> Option<u64> {
         self.body_limit
