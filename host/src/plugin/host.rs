@@ -56,6 +56,15 @@ pub struct Grants {
     pub secrets: SecretGrants,
 }
 
+impl Grants {
+    /// The plugin's audit sink.
+    ///
+    /// Errors: [`AuditError::Unavailable`] when it has none (no `audit` grant).
+    pub fn audit_sink(&self) -> Result<&Arc<Sink>, AuditError> {
+        self.audit.as_ref().ok_or_else(|| AuditError::Unavailable("no audit sink is configured".into()))
+    }
+}
+
 /// What every store of the engine shares: the `kv` store, metrics, the outbound HTTP client and
 /// the clock.
 #[derive(Debug)]
@@ -200,6 +209,12 @@ impl HostState {
         self.each_exchange = None;
     }
 
+    /// Ends what [`HostState::begin_configure`] began: the load-time calls after `configure`
+    /// (`body-limit`, `hooks`, `record-headers`) cannot declare `append-each-exchange`.
+    pub(crate) fn end_configure(&mut self) {
+        self.configuring = false;
+    }
+
     /// What the `configure` call that just returned declared with
     /// `audit.append-each-exchange`: the header names to redact in the standard record the
     /// host appends for each exchange; none when it did not call it.
@@ -226,9 +241,7 @@ impl HostState {
     /// Errors: the sink's ([`Sink::append`], [`Sink::append_rendered`]), or
     /// [`AuditError::Unavailable`] when the plugin has no sink.
     fn append_record(&mut self, record: Appended<'_>) -> Result<String, AuditError> {
-        let Some(sink) = &self.grants.audit else {
-            return Err(AuditError::Unavailable("no audit sink is configured".into()));
-        };
+        let sink = self.grants.audit_sink()?;
         let appended = match (record, self.durable) {
             (Appended::Given(record), false) => sink.append(record),
             (Appended::Given(record), true) => sink.append_durably(record),
@@ -889,7 +902,10 @@ mod tests {
         state.begin_configure();
         state.append_each_exchange(vec!["x-session".into()]).unwrap().unwrap();
         assert_eq!(state.take_each_exchange(), Some(vec!["x-session".to_owned()]));
-        // The next call is not `configure` any more.
+        // Neither the load-time calls after `configure` nor the next call are `configure`.
+        state.end_configure();
+        assert!(state.append_each_exchange(Vec::new()).unwrap().is_err());
+        assert_eq!(state.take_each_exchange(), None, "a refused declaration declares nothing");
         state.begin_call("r-2", &context, Duration::from_secs(1), Instant::now());
         assert!(state.append_each_exchange(Vec::new()).unwrap().is_err());
 

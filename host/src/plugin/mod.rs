@@ -524,7 +524,9 @@ impl StepPool {
                 .set_fuel(u64::MAX)
                 .map_err(|e| StepLoadError::Failed(PluginFailure::from_wasmtime(id, &e)))?;
         }
-        match instance.configure(&self.config).await {
+        let configured = instance.configure(&self.config).await;
+        instance.store.data_mut().end_configure();
+        match configured {
             Ok(Ok(())) => Ok(instance),
             Ok(Err(refused)) => Err(StepLoadError::Refused(refused)),
             Err(e) => Err(StepLoadError::Failed(PluginFailure::from_wasmtime(id, &e))),
@@ -582,10 +584,7 @@ impl StepPool {
         durable: bool,
     ) -> Replied {
         let record = audit::render_observed(exchange, self.record_headers.as_deref(), redact);
-        let appended = match &self.plugin.grants.audit {
-            Some(sink) => sink.append_rendered(&record, durable),
-            None => Err(audit::AuditError::Unavailable("no audit sink is configured".into())),
-        };
+        let appended = self.plugin.grants.audit_sink().and_then(|sink| sink.append_rendered(&record, durable));
         let audit_failure = appended.err().map(|e| {
             tracing::error!(plugin = %self.plugin.id, request_id, error = %e, "audit record not written");
             e.to_string()
