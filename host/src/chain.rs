@@ -28,6 +28,7 @@ use opentelemetry::{Context, KeyValue};
 use crate::body::{Body, LazyBody, full};
 use crate::config::{FailurePolicy, PluginKind, StepMode};
 use crate::error::{GatewayError, problem};
+use crate::plugin::audit::Finished;
 use crate::plugin::bindings::exports::portcullis::plugin::{
     auth::AuthOutcome,
     filter::FilterAction,
@@ -78,6 +79,17 @@ pub trait Step: Send + Sync {
     fn record_shadow(&self, decision: &'static str, duration: Duration);
     /// Counts a failure, of the call or of its reply.
     fn count_failure(&self, failure: &PluginFailure);
+    /// Whether this (logging) step's plugin declared `audit.append-each-exchange`: the chain
+    /// appends its record with [`Step::append_finished`] and never calls its `observe`.
+    fn appends_each_exchange(&self) -> bool {
+        false
+    }
+    /// For a step that [`Step::appends_each_exchange`], appends the standard audit record of
+    /// `finished` without a call (written at once when `durable`) and returns the reply;
+    /// `None` for any other step.
+    fn append_finished(&self, _request_id: &str, _finished: &Finished<'_>, _durable: bool) -> Option<Replied> {
+        None
+    }
 }
 
 /// A step served by a Wasm plugin: its configured instance pool.
@@ -136,6 +148,14 @@ impl Step for WasmStep {
 
     fn count_failure(&self, failure: &PluginFailure) {
         self.plugin().count_failure(failure);
+    }
+
+    fn appends_each_exchange(&self) -> bool {
+        self.0.appends_each_exchange()
+    }
+
+    fn append_finished(&self, request_id: &str, finished: &Finished<'_>, durable: bool) -> Option<Replied> {
+        self.0.append_finished(request_id, finished, durable)
     }
 }
 
@@ -239,6 +259,10 @@ pub struct Chain<S = WasmStep> {
     body_limit: Option<u64>,
     /// Whether a fail-open logging step observes the finished exchange.
     has_logging: bool,
+    /// Whether one of them declared `audit.append-each-exchange` ([`Chain::append_finished`]).
+    appends_finished: bool,
+    /// Whether one of them is called ([`Chain::observe`]).
+    calls_observe: bool,
     /// Whether a fail-closed logging step records the exchange before its response is sent.
     has_records: bool,
     /// Whether some step has a response hook (it reads the request then too).
@@ -290,12 +314,32 @@ impl Decision {
         Decision { plugin: plugin.clone(), phase, decision, duration_us: micros(started), shadow }
     }
 
-    /// The WIT record; a shadow step's decision reads `shadow:DECISION` (e.g. `shadow:denied`).
+    /// The WIT record, with [`Decision::label`].
     pub fn to_wit(&self) -> StepDecision {
         StepDecision {
             plugin: self.plugin.to_string(),
             phase: self.phase,
-            decision: if self.shadow { format!("shadow:{}", self.decision) } else { self.decision.to_owned() },
+            decision: self.label().into_owned(),
+            duration_us: self.duration_us,
+        }
+    }
+
+    /// The decision as logging steps see it: a shadow step's reads `shadow:DECISION` (e.g.
+    /// `shadow:denied`), formatted only for one.
+    pub fn label(&self) -> std::borrow::Cow<'static, str> {
+        if self.shadow { format!("shadow:{}", self.decision).into() } else { self.decision.into() }
+    }
+
+    /// The decision as the standard audit record has it, `label` being [`Decision::label`]'s.
+    pub fn for_record<'a>(&'a self, label: &'a str) -> portcullis_audit_record::Decision<'a> {
+        let phase = match self.phase {
+            Phase::Request => "request",
+            Phase::Response => "response",
+        };
+        portcullis_audit_record::Decision {
+            plugin: &self.plugin,
+            phase,
+            decision: label,
             duration_us: self.duration_us,
         }
     }
@@ -318,6 +362,8 @@ impl<S> Default for Chain<S> {
             steps: Vec::new(),
             body_limit: None,
             has_logging: false,
+            appends_finished: false,
+            calls_observe: false,
             has_records: false,
             has_response_hooks: false,
             logged_headers: None,
@@ -336,7 +382,10 @@ impl<S: Step> Chain<S> {
             .max();
         let logging: Vec<_> = steps.iter().filter(|s| s.step.kind() == PluginKind::Logging).collect();
         let has_records = logging.iter().any(|s| s.policy == FailurePolicy::FailClosed);
-        let has_logging = logging.iter().any(|s| s.policy == FailurePolicy::FailOpen);
+        let observing: Vec<_> = logging.iter().filter(|s| s.policy == FailurePolicy::FailOpen).collect();
+        let has_logging = !observing.is_empty();
+        let appends_finished = observing.iter().any(|s| s.step.appends_each_exchange());
+        let calls_observe = observing.iter().any(|s| !s.step.appends_each_exchange());
         let logged_headers = logging.iter().try_fold(Vec::new(), |mut names, link| {
             for name in link.step.record_headers()? {
                 if !names.contains(name) {
@@ -361,7 +410,17 @@ impl<S: Step> Chain<S> {
                 (i, paired)
             })
             .collect();
-        Chain { steps, body_limit, has_logging, has_records, has_response_hooks, logged_headers, shadows }
+        Chain {
+            steps,
+            body_limit,
+            has_logging,
+            appends_finished,
+            calls_observe,
+            has_records,
+            has_response_hooks,
+            logged_headers,
+            shadows,
+        }
     }
 
     /// The steps, in order.
@@ -383,6 +442,18 @@ impl<S: Step> Chain<S> {
     /// Whether any fail-open logging step observes the finished exchange.
     pub fn has_logging(&self) -> bool {
         self.has_logging
+    }
+
+    /// Whether any fail-open logging step declared `audit.append-each-exchange`: the finished
+    /// exchange is handed to [`Chain::append_finished`], borrowed.
+    pub fn appends_finished(&self) -> bool {
+        self.appends_finished
+    }
+
+    /// Whether any fail-open logging step is called with the finished exchange, lent as a WIT
+    /// record ([`Chain::observe`]).
+    pub fn calls_observe(&self) -> bool {
+        self.calls_observe
     }
 
     /// Whether any fail-closed logging step records the exchange before its response is sent
@@ -657,12 +728,39 @@ impl<S: Step> Chain<S> {
         Ok(())
     }
 
-    /// Hands the finished exchange to every fail-open logging step. Failures are logged and
-    /// otherwise ignored: the response is already sent.
+    /// Appends the standard audit record of `finished` for every fail-open logging step that
+    /// declared `audit.append-each-exchange`, at once and without a call
+    /// ([`Step::append_finished`]): no WIT exchange is built and no task spawned for them. Each
+    /// keeps its span, call duration and `observed` decision; a failed append is logged and
+    /// otherwise ignored, the response being sent.
+    pub fn append_finished(&self, request_id: &str, finished: &Finished<'_>, trace: &Trace) {
+        for link in &self.steps {
+            let step = &link.step;
+            if step.kind() != PluginKind::Logging
+                || link.policy == FailurePolicy::FailClosed
+                || !step.appends_each_exchange()
+            {
+                continue;
+            }
+            let started = Instant::now();
+            let span = trace.step(step.id(), step.kind(), "observe");
+            // Fail-open: a failed append was logged by the step and changes nothing here.
+            let _ = step.append_finished(request_id, finished, false);
+            step.record_call(CallPhase::Observe, Some("observed"), started.elapsed());
+            Trace::end_step(&span, "observed");
+        }
+    }
+
+    /// Hands the finished exchange to every fail-open logging step the host does not append
+    /// for ([`Chain::append_finished`]). Failures are logged and otherwise ignored: the
+    /// response is already sent.
     pub async fn observe(&self, exchange: &Arc<Exchange>, trace: &Trace) {
         for link in &self.steps {
             let step = &link.step;
-            if step.kind() != PluginKind::Logging || link.policy == FailurePolicy::FailClosed {
+            if step.kind() != PluginKind::Logging
+                || link.policy == FailurePolicy::FailClosed
+                || step.appends_each_exchange()
+            {
                 continue;
             }
             let started = Instant::now();
@@ -982,6 +1080,8 @@ mod tests {
         log: Arc<Mutex<Vec<String>>>,
         /// What every call asks to have written from secrets.
         secret_headers: Vec<crate::secrets::SecretHeader>,
+        /// Declared `audit.append-each-exchange` (a logging step).
+        appends: bool,
     }
 
     impl Step for Fake {
@@ -1024,6 +1124,14 @@ mod tests {
         fn count_failure(&self, failure: &PluginFailure) {
             self.log.lock().unwrap().push(format!("{} failure {}", self.id, failure.kind.label()));
         }
+        fn appends_each_exchange(&self) -> bool {
+            self.appends
+        }
+        fn append_finished(&self, request_id: &str, finished: &Finished<'_>, durable: bool) -> Option<Replied> {
+            let status = finished.exchange.status;
+            self.log.lock().unwrap().push(format!("{} appended {request_id} {status} durable={durable}", self.id));
+            self.appends.then(|| Replied { reply: Reply::Observed, secret_headers: Vec::new(), audit_failure: None })
+        }
     }
 
     /// Builds fake chains that share one log.
@@ -1049,6 +1157,7 @@ mod tests {
                 behaviour: Box::new(behaviour),
                 log: self.log.clone(),
                 secret_headers: Vec::new(),
+                appends: false,
             };
             self.steps.push(ChainStep { step, policy, mode: StepMode::Enforce, canary: None });
             self
@@ -1069,6 +1178,14 @@ mod tests {
                 value.set_sensitive(true);
                 let name = http::HeaderName::from_static(name);
                 last.step.secret_headers.push(crate::secrets::SecretHeader { name, value, secret: "token".into() });
+            }
+            self
+        }
+
+        /// The last step added declared `audit.append-each-exchange`.
+        fn appending(mut self) -> Self {
+            if let Some(last) = self.steps.last_mut() {
+                last.step.appends = true;
             }
             self
         }
@@ -1468,6 +1585,70 @@ mod tests {
         assert!(local_response(crlf).is_err());
         let huge = LocalResponse { status: 200, headers: vec![], body: vec![0; MAX_LOCAL_RESPONSE_BYTES + 1] };
         assert!(local_response(huge).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_logging_step_that_declared_the_standard_record_is_appended_for_and_never_called() {
+        let observed = |_: &Call<'_>| Ok(Reply::Observed);
+        let (chain, log) = Fakes::default()
+            .step("audit", PluginKind::Logging, FailurePolicy::FailOpen, observed)
+            .appending()
+            .step("trail", PluginKind::Logging, FailurePolicy::FailOpen, observed)
+            .step("regulated", PluginKind::Logging, FailurePolicy::FailClosed, observed)
+            .appending()
+            .build();
+        assert!(chain.has_logging() && chain.appends_finished() && chain.calls_observe());
+        let finished = Finished {
+            exchange: portcullis_audit_record::Exchange {
+                request_id: "req-1",
+                route: "orders",
+                method: "GET",
+                authority: "example.test",
+                path: "/orders",
+                client_ip: "127.0.0.1",
+                subject: None,
+                status: 200,
+                start_ms: 0,
+                duration_us: 10,
+                bytes_in: 0,
+                bytes_out: 2,
+                endpoint: None,
+            },
+            request_headers: &[],
+            decisions: &[],
+        };
+        chain.append_finished("req-1", &finished, &trace());
+        // The fail-closed step recorded the exchange before the response ([`Chain::record`]).
+        assert_eq!(*log.lock().unwrap(), ["audit appended req-1 200 durable=false", "audit recorded observed"]);
+        log.lock().unwrap().clear();
+        let exchange = Exchange {
+            request_id: "req-1".into(),
+            route: "orders".into(),
+            method: "GET".into(),
+            authority: "example.test".into(),
+            path: "/orders".into(),
+            query: None,
+            client_ip: "127.0.0.1".into(),
+            identity: None,
+            status: 200,
+            start_ms: 0,
+            duration_us: 10,
+            bytes_in: 0,
+            bytes_out: 2,
+            request_headers: vec![],
+            response_headers: vec![],
+            endpoint: None,
+            decisions: vec![],
+        };
+        chain.observe(&Arc::new(exchange), &trace()).await;
+        assert_eq!(*log.lock().unwrap(), ["trail request", "trail recorded observed"], "only the undeclared step");
+
+        let (declared, _) =
+            Fakes::default().step("audit", PluginKind::Logging, FailurePolicy::FailOpen, observed).appending().build();
+        assert!(declared.appends_finished() && !declared.calls_observe(), "no exchange is built for calls");
+        let (called, _) =
+            Fakes::default().step("trail", PluginKind::Logging, FailurePolicy::FailOpen, observed).build();
+        assert!(!called.appends_finished() && called.calls_observe());
     }
 
     #[test]

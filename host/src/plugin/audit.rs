@@ -80,6 +80,7 @@ use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest, Sha256};
 
 use super::bindings::exports::portcullis::plugin::logging::{Exchange, Phase};
+use super::bindings::portcullis::plugin::types::Header;
 use super::checkpoint::{Checkpoint, SigningKey, VerifyingKey};
 use crate::config::AuditFsync;
 use crate::metrics::{AuditLabels, Metrics};
@@ -793,8 +794,40 @@ fn now_ms() -> u64 {
 /// exchange carries the header fields of every logging step of the route, so a step's record
 /// would otherwise hold fields another step asked for.
 pub(crate) fn render_observed(exchange: &Exchange, recorded: Option<&[http::HeaderName]>, redact: &[String]) -> String {
-    let keep = |name: &str| recorded.is_none_or(|names| names.iter().any(|n| n.as_str() == name));
-    portcullis_audit_record::render_exchange!(exchange, keep, redact, Phase)
+    portcullis_audit_record::render_exchange!(exchange, recorded_by(recorded), redact, Phase)
+}
+
+/// A finished exchange as the proxy holds it, borrowed: what the standard record of a logging
+/// step that declared `audit.append-each-exchange` is rendered from ([`render_finished`]),
+/// without the WIT `exchange` a call would be lent (its strings copied, its decisions'
+/// labels formatted).
+#[derive(Debug, Clone, Copy)]
+pub struct Finished<'a> {
+    /// The record's scalar members and strings.
+    pub exchange: portcullis_audit_record::Exchange<'a>,
+    /// The request header fields the route's logging steps record, as received.
+    pub request_headers: &'a [Header],
+    /// Each step's decision, in the order made.
+    pub decisions: &'a [portcullis_audit_record::Decision<'a>],
+}
+
+/// The standard audit record of `finished`, as [`render_observed`] writes it for the same
+/// exchange lent as a WIT record (checked equal in `plugin::host`'s tests).
+pub(crate) fn render_finished(
+    finished: &Finished<'_>,
+    recorded: Option<&[http::HeaderName]>,
+    redact: &[String],
+) -> String {
+    let keep = recorded_by(recorded);
+    let headers =
+        finished.request_headers.iter().filter(|h| keep(h.name.as_str())).map(|h| (h.name.as_str(), h.value.as_str()));
+    portcullis_audit_record::render(&finished.exchange, headers, finished.decisions.iter().copied(), redact)
+}
+
+/// Whether a request header field of this (lowercase) name is in a step's record: named in
+/// its `record-headers` (`recorded`), or any when it named none.
+fn recorded_by(recorded: Option<&[http::HeaderName]>) -> impl Fn(&str) -> bool + '_ {
+    move |name| recorded.is_none_or(|names| names.iter().any(|n| n.as_str() == name))
 }
 
 fn check_record(record: &str) -> Result<(), AuditError> {

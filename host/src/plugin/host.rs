@@ -888,6 +888,34 @@ mod tests {
     }
 
     #[test]
+    fn the_record_of_a_borrowed_finished_exchange_is_the_record_of_the_lent_one() {
+        let e = exchange();
+        let decisions: Vec<_> = e
+            .decisions
+            .iter()
+            .map(|d| portcullis_audit_record::Decision {
+                plugin: &d.plugin,
+                phase: "request",
+                decision: &d.decision,
+                duration_us: d.duration_us,
+            })
+            .collect();
+        let finished = super::super::audit::Finished {
+            exchange: portcullis_audit_record::exchange_of!(&e),
+            request_headers: &e.request_headers,
+            decisions: &decisions,
+        };
+        let recorded: Vec<http::HeaderName> =
+            ["user-agent", "x-session"].iter().map(|n| http::HeaderName::from_static(n)).collect();
+        let redact = ["X-Session".to_owned()];
+        for recorded in [Some(&recorded[..]), None] {
+            let lent = super::super::audit::render_observed(&e, recorded, &redact);
+            assert_eq!(super::super::audit::render_finished(&finished, recorded, &redact), lent);
+            assert!(lent.contains(r#""decisions":[{"plugin":"jwt""#) && lent.contains("[redacted]"), "{lent}");
+        }
+    }
+
+    #[test]
     fn append_each_exchange_is_declared_in_configure_only_and_needs_the_audit_capability() {
         let metrics = Arc::new(Metrics::default());
         let mut state = state_for_tests(vec![Capability::Audit], metrics.clone(), None);

@@ -570,12 +570,26 @@ impl StepPool {
         }
     }
 
+    /// Whether the step's plugin declared `audit.append-each-exchange` in `configure`: the host
+    /// appends its standard record itself ([`StepPool::append_finished`]) and never calls its
+    /// `observe`.
+    pub fn appends_each_exchange(&self) -> bool {
+        self.each_exchange.is_some()
+    }
+
+    /// For a step that declared `audit.append-each-exchange`, what its `observe` would do, done
+    /// by the host without a call and without the WIT exchange: renders the standard record of
+    /// `finished` ([`audit::render_finished`]) and appends it as
+    /// [`StepPool::append_each_exchange`] does. `None` for any other step: it is called.
+    pub fn append_finished(&self, request_id: &str, finished: &audit::Finished<'_>, durable: bool) -> Option<Replied> {
+        let redact = self.each_exchange.as_deref()?;
+        let record = audit::render_finished(finished, self.record_headers.as_deref(), redact);
+        Some(self.append_standard(request_id, &record, durable))
+    }
+
     /// What the step's `observe` would do after declaring `audit.append-each-exchange`, done by
     /// the host without a call: renders the standard record of `exchange` (this step's
-    /// `record-headers` fields, `redact`ed) and appends it to the plugin's sink, written at
-    /// once when `durable` (a fail-closed step's). No plugin code runs, so the breaker is left
-    /// alone; a failed append is logged, and for a durable one returned as the reply's
-    /// `audit_failure`, which fails the step as a failed `append-observed` would.
+    /// `record-headers` fields, `redact`ed) and appends it ([`StepPool::append_standard`]).
     fn append_each_exchange(
         &self,
         request_id: &str,
@@ -584,7 +598,15 @@ impl StepPool {
         durable: bool,
     ) -> Replied {
         let record = audit::render_observed(exchange, self.record_headers.as_deref(), redact);
-        let appended = self.plugin.grants.audit_sink().and_then(|sink| sink.append_rendered(&record, durable));
+        self.append_standard(request_id, &record, durable)
+    }
+
+    /// Appends a standard `record` to the plugin's sink, written at once when `durable` (a
+    /// fail-closed step's). No plugin code runs, so the breaker is left alone; a failed append
+    /// is logged, and for a durable one returned as the reply's `audit_failure`, which fails
+    /// the step as a failed `append-observed` would.
+    fn append_standard(&self, request_id: &str, record: &str, durable: bool) -> Replied {
+        let appended = self.plugin.grants.audit_sink().and_then(|sink| sink.append_rendered(record, durable));
         let audit_failure = appended.err().map(|e| {
             tracing::error!(plugin = %self.plugin.id, request_id, error = %e, "audit record not written");
             e.to_string()

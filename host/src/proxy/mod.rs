@@ -19,6 +19,7 @@ use crate::body::{Body, BodyEnd, BodyEndCell, Counted, LazyBody, Timed, boxed};
 use crate::chain::{ChainState, Trace, Verdict, add_rate_limit_headers};
 use crate::error::GatewayError;
 use crate::plugin::PluginRequest;
+use crate::plugin::audit::Finished;
 use crate::plugin::bindings::exports::portcullis::plugin::logging;
 use crate::plugin::bindings::portcullis::plugin::types::Header;
 use crate::server::InFlight;
@@ -430,6 +431,37 @@ impl Exchange {
             "request"
         );
         let Some(route) = route.filter(|r| r.chain.has_logging()) else { return };
+        let start_ms = start_ms(elapsed);
+        if route.chain.appends_finished() {
+            // Steps that declared the standard record get it at once, from borrowed fields:
+            // no WIT exchange, no task (docs/DECISIONS.md, "A logging step that declares the
+            // standard record is not called").
+            let labels: Vec<_> = state.decisions.iter().map(crate::chain::Decision::label).collect();
+            let decisions: Vec<_> = state.decisions.iter().zip(&labels).map(|(d, label)| d.for_record(label)).collect();
+            let finished = Finished {
+                exchange: portcullis_audit_record::Exchange {
+                    request_id: &head.request_id,
+                    route: &head.route,
+                    method: head.method.as_str(),
+                    authority: &head.authority,
+                    path: &head.path,
+                    client_ip: &head.client_ip,
+                    subject: state.identity.as_ref().map(|i| i.subject.as_str()),
+                    status,
+                    start_ms,
+                    duration_us,
+                    bytes_in,
+                    bytes_out,
+                    endpoint,
+                },
+                request_headers: &request_headers,
+                decisions: &decisions,
+            };
+            route.chain.append_finished(&head.request_id, &finished, &trace);
+        }
+        if !route.chain.calls_observe() {
+            return;
+        }
         let exchange = Arc::new(logging::Exchange {
             request_id: head.request_id,
             route: head.route.to_string(),
@@ -440,7 +472,7 @@ impl Exchange {
             client_ip: head.client_ip,
             identity: state.identity.map(Arc::unwrap_or_clone),
             status,
-            start_ms: start_ms(elapsed),
+            start_ms,
             duration_us,
             bytes_in,
             bytes_out,
