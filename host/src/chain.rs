@@ -309,9 +309,11 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// `plugin`'s `decision` in `phase`, for a call that began at `started`.
-    fn of(plugin: &Arc<str>, phase: Phase, decision: &'static str, started: Instant, shadow: bool) -> Self {
-        Decision { plugin: plugin.clone(), phase, decision, duration_us: micros(started), shadow }
+    /// `plugin`'s `decision` in `phase`, for a call that took `elapsed` (the reading its
+    /// metrics got: one clock reading per step, not two).
+    fn of(plugin: &Arc<str>, phase: Phase, decision: &'static str, elapsed: Duration, shadow: bool) -> Self {
+        let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        Decision { plugin: plugin.clone(), phase, decision, duration_us, shadow }
     }
 
     /// The WIT record, with [`Decision::label`].
@@ -539,7 +541,7 @@ impl<S: Step> Chain<S> {
             };
             Trace::end_step(&span, decision);
             step.record_call(CallPhase::Request, Some(decision), elapsed);
-            state.decisions.push(Decision::of(step.id(), Phase::Request, decision, started, false));
+            state.decisions.push(Decision::of(step.id(), Phase::Request, decision, elapsed, false));
             if let Some(p) = passed.get_mut(index) {
                 *p = (decision != "failed").then_some(matches!(verdict, Verdict::Continue));
             }
@@ -606,8 +608,9 @@ impl<S: Step> Chain<S> {
                 ("failed", None)
             }
         };
-        step.record_shadow(decision, started.elapsed());
-        state.decisions.push(Decision::of(step.id(), Phase::Request, decision, started, true));
+        let elapsed = started.elapsed();
+        step.record_shadow(decision, elapsed);
+        state.decisions.push(Decision::of(step.id(), Phase::Request, decision, elapsed, true));
         Ok(passed)
     }
 
@@ -679,7 +682,7 @@ impl<S: Step> Chain<S> {
             };
             Trace::end_step(&span, decision);
             step.record_call(CallPhase::Response, Some(decision), elapsed);
-            state.decisions.push(Decision::of(step.id(), Phase::Response, decision, started, false));
+            state.decisions.push(Decision::of(step.id(), Phase::Response, decision, elapsed, false));
         }
         Ok(())
     }
@@ -1052,10 +1055,6 @@ impl Trace {
             telemetry::end(span, SpanOutcome::Ok, "", [KeyValue::new(DECISION, decision)]);
         }
     }
-}
-
-fn micros(started: Instant) -> u64 {
-    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
