@@ -368,8 +368,9 @@ impl Exchange {
     }
 
     /// After the response body ended (`complete`) or the client left: the request metrics, one
-    /// access log line, the trace's end, and the exchange record for the route's logging
-    /// plugins, observed off the request path.
+    /// access log line, the trace's end, and the route's fail-open logging steps: the standard
+    /// record appended here for those that declared it ([`crate::chain::Chain::append_finished`]),
+    /// the exchange record handed to the others' `observe` in a task of its own.
     fn finish(self, bytes_out: u64, complete: bool) {
         let Exchange {
             snapshot,
