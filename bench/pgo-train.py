@@ -23,6 +23,7 @@ wrk, openssl, oha and the components (what bench/run installs and builds).
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,6 +132,8 @@ def main() -> None:
         upstream.stop()
     if gateway.proc.returncode != 0:
         raise SystemExit(f"pgo-train: the gateway exited with {gateway.proc.returncode}; see {work}/gateway.log")
+    # Kept only when the run failed: the training's audit file alone is some 650 MB.
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
