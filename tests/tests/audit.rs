@@ -340,6 +340,8 @@ async fn a_declared_standard_record_is_appended_by_the_host_and_observe_is_still
         assert_eq!(record["trail"], id, "{text}");
         assert_eq!((record["status"].as_u64(), record["route"].as_str()), (Some(200), Some("logged")), "{text}");
         assert_eq!(record["decisions"], serde_json::json!(["tag=continue"]), "{text}");
+        // The response fields are lent to a called step (the standard record has none).
+        assert_eq!(record["response"], serde_json::json!({"content-type": "application/json"}), "{text}");
     }
     let metrics = scrape(&gw).await;
     let instances = |plugin: &str, state: &str| {

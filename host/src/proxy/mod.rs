@@ -75,7 +75,8 @@ struct Exchange {
     endpoint: Option<Authority>,
     /// The response's status, once known.
     status: u16,
-    /// The response fields the logging steps record.
+    /// The response fields the logging steps record, for those that are called (none when
+    /// every fail-open one declared the standard record).
     response_headers: Vec<Header>,
     /// The connection's count of requests in flight holds this one until the exchange ends
     /// (its response body ended or was dropped): the connection's idle and head-read
@@ -359,7 +360,8 @@ impl Exchange {
     /// `response` with its body counted: when the body ends, [`Exchange::finish`] runs.
     fn respond(mut self, response: Response<Body>) -> Response<Body> {
         self.status = response.status().as_u16();
-        if let Some(route) = &self.route {
+        // Only a called `observe` is lent them: the standard record has no response fields.
+        if let Some(route) = self.route.as_ref().filter(|r| r.chain.calls_observe()) {
             self.response_headers = route.chain.logged_headers(response.headers());
         }
         let (parts, body) = response.into_parts();
