@@ -615,11 +615,12 @@ def variant_args(doc: str) -> argparse.Namespace:
 
 
 def side_by_side(prefix: str, add, rounds: int, duration: int, tag: str) -> None:
-    """A side-by-side run (bench/ab.py, bench/shadow.py): a fresh work directory, the
-    upstream, nginx as the first contender, then those `add(servers, env)` puts in `servers`
-    (`env` is the Portcullis environment: one worker, no access log); [`interleave`]d rounds on
-    `/api/orders`, every server stopped, and the [`ratio_table`]. The work directory is
-    removed after a run that finished, kept after one that failed."""
+    """A side-by-side run (bench/ab.py, bench/audit.py, bench/jwt.py, bench/shadow.py): a
+    fresh work directory, the upstream, nginx as the first contender, then those
+    `add(servers, env)` puts in `servers` (`env` is the Portcullis environment: one worker, no
+    access log); [`interleave`]d rounds on `/api/orders`, every server stopped, and the
+    [`ratio_table`]. The work directory is removed after a run that finished, kept after one
+    that failed."""
     global WORK
     WORK = Path(tempfile.mkdtemp(prefix=prefix))
     token = mint_token()

@@ -1617,7 +1617,7 @@ mod tests {
             decisions: &[],
         };
         chain.append_finished("req-1", &finished, &trace());
-        // The fail-closed step recorded the exchange before the response ([`Chain::record`]).
+        // Not the fail-closed step: it records before the response is sent ([`Chain::record`]).
         assert_eq!(*log.lock().unwrap(), ["audit appended req-1 200 durable=false", "audit recorded observed"]);
         log.lock().unwrap().clear();
         let exchange = Exchange {
@@ -1648,6 +1648,29 @@ mod tests {
         let (called, _) =
             Fakes::default().step("trail", PluginKind::Logging, FailurePolicy::FailOpen, observed).build();
         assert!(!called.appends_finished() && called.calls_observe());
+    }
+
+    #[test]
+    fn a_decision_reads_the_same_in_the_standard_record_as_in_the_lent_exchange() {
+        let plugin: Arc<str> = Arc::from("rbac");
+        let elapsed = Duration::from_micros(42);
+        for (phase, decision, shadow) in
+            [(Phase::Request, "allowed", false), (Phase::Request, "denied", true), (Phase::Response, "continue", false)]
+        {
+            let made = Decision::of(&plugin, phase, decision, elapsed, shadow);
+            let (wit, label) = (made.to_wit(), made.label());
+            let recorded = made.for_record(&label);
+            let wit_phase = match wit.phase {
+                Phase::Request => "request",
+                Phase::Response => "response",
+            };
+            assert_eq!(
+                (recorded.plugin, recorded.phase, recorded.decision, recorded.duration_us),
+                (wit.plugin.as_str(), wit_phase, wit.decision.as_str(), wit.duration_us)
+            );
+        }
+        let shadow = Decision::of(&plugin, Phase::Request, "denied", elapsed, true);
+        assert_eq!(shadow.for_record(&shadow.label()).decision, "shadow:denied");
     }
 
     #[test]
