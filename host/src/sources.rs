@@ -23,15 +23,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-/// `bytes` as lowercase hex, two characters each.
+/// `bytes` as lowercase hex, two characters each (`const-hex`: the audit chain hex-encodes a
+/// digest per record).
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
+    const_hex::encode(bytes)
 }
 
 // === impl Sources ===
