@@ -825,17 +825,19 @@ fn apply(
     Ok(decided)
 }
 
-/// What `reply` decides, applied to the request and the chain's state.
+/// What an auth step's `outcome` decides, applied as [`apply_reply`] does. The outcome comes
+/// boxed in [`Reply::Auth`]: it carries the identity and is three times the size of any other
+/// reply, and a reply is moved through several frames on every step.
 ///
-/// Errors: why the reply cannot be used (an invalid identity, header or quota).
-fn apply_reply(
-    reply: Reply,
+/// Errors: as [`apply_reply`].
+fn apply_auth(
+    outcome: AuthOutcome,
     request: &mut Arc<PluginRequest>,
     ids: &IdentityHeaders,
     state: &mut ChainState,
 ) -> Result<(&'static str, Verdict), String> {
-    Ok(match reply {
-        Reply::Auth(AuthOutcome::Authenticated(done)) => {
+    Ok(match outcome {
+        AuthOutcome::Authenticated(done) => {
             headers::check_identity(&done.identity)?;
             if !done.remove_headers.is_empty() {
                 let edits = HeaderEdits { remove: done.remove_headers, set: Vec::new(), append: Vec::new() };
@@ -852,8 +854,8 @@ fn apply_reply(
             state.identity = Some(Arc::new(done.identity));
             ("authenticated", Verdict::Continue)
         }
-        Reply::Auth(AuthOutcome::Anonymous) => ("anonymous", Verdict::Continue),
-        Reply::Auth(AuthOutcome::Denied(local)) => {
+        AuthOutcome::Anonymous => ("anonymous", Verdict::Continue),
+        AuthOutcome::Denied(local) => {
             let mut response = local_response(local)?;
             if response.status() == StatusCode::UNAUTHORIZED
                 && !response.headers().contains_key(header::WWW_AUTHENTICATE)
@@ -864,6 +866,20 @@ fn apply_reply(
             }
             ("denied", Verdict::Respond(response))
         }
+    })
+}
+
+/// What `reply` decides, applied to the request and the chain's state.
+///
+/// Errors: why the reply cannot be used (an invalid identity, header or quota).
+fn apply_reply(
+    reply: Reply,
+    request: &mut Arc<PluginRequest>,
+    ids: &IdentityHeaders,
+    state: &mut ChainState,
+) -> Result<(&'static str, Verdict), String> {
+    Ok(match reply {
+        Reply::Auth(outcome) => apply_auth(*outcome, request, ids, state)?,
         Reply::RateLimit(RateLimitOutcome::Allowed(quotas)) => {
             check_quotas(&quotas)?;
             state.quotas.extend(quotas);
@@ -1305,7 +1321,11 @@ mod tests {
     async fn a_denial_answers_and_no_later_step_runs() {
         let (chain, log) = Fakes::default()
             .step("auth", PluginKind::Auth, FailurePolicy::FailClosed, |_| {
-                Ok(Reply::Auth(AuthOutcome::Denied(LocalResponse { status: 401, headers: vec![], body: vec![] })))
+                Ok(Reply::Auth(Box::new(AuthOutcome::Denied(LocalResponse {
+                    status: 401,
+                    headers: vec![],
+                    body: vec![],
+                }))))
             })
             .step("after", PluginKind::Filter, FailurePolicy::FailClosed, |_| Ok(pass()))
             .build();
@@ -1321,7 +1341,7 @@ mod tests {
     #[tokio::test]
     async fn a_shadow_step_is_recorded_not_enforced_and_its_disagreements_are_counted() {
         let deny = |_: &Call<'_>| {
-            Ok(Reply::Auth(AuthOutcome::Denied(LocalResponse { status: 401, headers: vec![], body: vec![] })))
+            Ok(Reply::Auth(Box::new(AuthOutcome::Denied(LocalResponse { status: 401, headers: vec![], body: vec![] }))))
         };
         let allow = |_: &Call<'_>| {
             let identity = Identity {
@@ -1336,11 +1356,11 @@ mod tests {
                 },
                 claims: vec![],
             };
-            Ok(Reply::Auth(AuthOutcome::Authenticated(Authenticated {
+            Ok(Reply::Auth(Box::new(AuthOutcome::Authenticated(Authenticated {
                 identity,
                 remove_headers: vec!["authorization".into()],
                 remove_query_params: vec![],
-            })))
+            }))))
         };
         let (chain, log) = Fakes::default()
             .step("new-auth", PluginKind::Auth, FailurePolicy::FailClosed, deny)
@@ -1478,11 +1498,11 @@ mod tests {
     async fn the_identity_and_the_credential_removal_reach_every_later_step() {
         let (chain, _) = Fakes::default()
             .step("keys", PluginKind::Auth, FailurePolicy::FailClosed, |_| {
-                Ok(Reply::Auth(AuthOutcome::Authenticated(Authenticated {
+                Ok(Reply::Auth(Box::new(AuthOutcome::Authenticated(Authenticated {
                     identity: Identity::new("alice", vec!["admin".into()]),
                     remove_headers: vec!["x-api-key".into()],
                     remove_query_params: vec!["apikey".into()],
-                })))
+                }))))
             })
             .step("limit", PluginKind::RateLimit, FailurePolicy::FailClosed, |call| {
                 let Call::Check(request, identity) = *call else { panic!("a rate-limit step is asked to check") };
