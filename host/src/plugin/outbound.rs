@@ -124,10 +124,7 @@ impl Outbound {
             let headers = parts
                 .headers
                 .iter()
-                .map(|(n, v)| Header {
-                    name: n.as_str().to_owned(),
-                    value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                })
+                .map(|(n, v)| Header { name: n.as_str().to_owned(), value: crate::proxy::headers::value_text(v) })
                 .collect();
             Ok(OutboundResponse { status: parts.status.as_u16(), headers, body: body.to_bytes().to_vec() })
         };

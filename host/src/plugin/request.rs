@@ -131,14 +131,6 @@ impl HostState {
     }
 }
 
-/// A header value as text: invalid UTF-8 sequences become U+FFFD, as the contract says.
-fn text(value: &http::HeaderValue) -> String {
-    match value.to_str() {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
-    }
-}
-
 /// The `request` methods contracts 0.2.0 and 0.3.0 share, for the bindings module `$m`;
 /// `$cert` converts the host's client certificate to `$m`'s record. 0.3.0's identity methods
 /// come in as the block.
@@ -166,11 +158,11 @@ macro_rules! request_methods {
             }
 
             fn header(&mut self, r: Resource<$m::Request>, name: String) -> wasmtime::Result<Option<String>> {
-                Ok(self.lent(&r)?.headers.get(name.as_str()).map(text))
+                Ok(self.lent(&r)?.headers.get(name.as_str()).map(crate::proxy::headers::value_text))
             }
 
             fn header_values(&mut self, r: Resource<$m::Request>, name: String) -> wasmtime::Result<Vec<String>> {
-                Ok(self.lent(&r)?.headers.get_all(name.as_str()).iter().map(text).collect())
+                Ok(self.lent(&r)?.headers.get_all(name.as_str()).iter().map(crate::proxy::headers::value_text).collect())
             }
 
             fn headers(&mut self, r: Resource<$m::Request>) -> wasmtime::Result<Vec<$m::Header>> {
