@@ -96,32 +96,26 @@ pub fn render<'a, R: AsRef<str>>(
     let mut out = Vec::with_capacity(1024);
     out.extend_from_slice(br#"{"type":"audit","time":""#);
     write_rfc3339(&mut out, exchange.start_ms);
-    out.extend_from_slice(br#"","time_ms":"#);
-    integer(&mut out, exchange.start_ms);
-    for (name, value) in [
-        (&br#","request_id":"#[..], exchange.request_id),
-        (br#","route":"#, exchange.route),
-        (br#","method":"#, exchange.method),
-        (br#","authority":"#, exchange.authority),
-        (br#","path":"#, exchange.path),
-        (br#","client_ip":"#, exchange.client_ip),
-    ] {
-        out.extend_from_slice(name);
-        string(&mut out, value);
-    }
-    out.extend_from_slice(br#","subject":"#);
-    nullable(&mut out, exchange.subject);
-    out.extend_from_slice(br#","status":"#);
-    integer(&mut out, exchange.status);
-    out.extend_from_slice(br#","latency_ms":"#);
-    // serde_json's float format, which the record has always had.
-    let _ = serde_json::to_writer(&mut out, &(exchange.duration_us as f64 / 1000.0));
-    out.extend_from_slice(br#","bytes_in":"#);
-    integer(&mut out, exchange.bytes_in);
-    out.extend_from_slice(br#","bytes_out":"#);
-    integer(&mut out, exchange.bytes_out);
-    out.extend_from_slice(br#","endpoint":"#);
-    nullable(&mut out, exchange.endpoint);
+    out.push(b'"');
+    // The record's members after `time`, in its documented order.
+    members(
+        &mut out,
+        [
+            (br#","time_ms":"#, Value::Integer(exchange.start_ms)),
+            (br#","request_id":"#, Value::Text(exchange.request_id)),
+            (br#","route":"#, Value::Text(exchange.route)),
+            (br#","method":"#, Value::Text(exchange.method)),
+            (br#","authority":"#, Value::Text(exchange.authority)),
+            (br#","path":"#, Value::Text(exchange.path)),
+            (br#","client_ip":"#, Value::Text(exchange.client_ip)),
+            (br#","subject":"#, Value::Nullable(exchange.subject)),
+            (br#","status":"#, Value::Integer(exchange.status.into())),
+            (br#","latency_ms":"#, Value::Float(exchange.duration_us as f64 / 1000.0)),
+            (br#","bytes_in":"#, Value::Integer(exchange.bytes_in)),
+            (br#","bytes_out":"#, Value::Integer(exchange.bytes_out)),
+            (br#","endpoint":"#, Value::Nullable(exchange.endpoint)),
+        ],
+    );
     out.extend_from_slice(br#","headers":{"#);
     for (i, (name, value)) in headers.into_iter().enumerate() {
         if i > 0 {
@@ -133,19 +127,53 @@ pub fn render<'a, R: AsRef<str>>(
     }
     out.extend_from_slice(br#"},"decisions":["#);
     for (i, d) in decisions.into_iter().enumerate() {
-        out.extend_from_slice(if i > 0 { &br#",{"plugin":"#[..] } else { br#"{"plugin":"# });
-        string(&mut out, d.plugin);
-        out.extend_from_slice(br#","phase":"#);
-        string(&mut out, d.phase);
-        out.extend_from_slice(br#","decision":"#);
-        string(&mut out, d.decision);
-        out.extend_from_slice(br#","duration_us":"#);
-        integer(&mut out, d.duration_us);
+        if i > 0 {
+            out.push(b',');
+        }
+        members(
+            &mut out,
+            [
+                (br#"{"plugin":"#, Value::Text(d.plugin)),
+                (br#","phase":"#, Value::Text(d.phase)),
+                (br#","decision":"#, Value::Text(d.decision)),
+                (br#","duration_us":"#, Value::Integer(d.duration_us)),
+            ],
+        );
         out.push(b'}');
     }
     out.extend_from_slice(b"]}");
     // Only UTF-8 went in: the literals, `&str`s, digits and serde_json's output.
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// A member's value, written as serde_json writes the Rust type it stands for.
+enum Value<'a> {
+    /// A string.
+    Text(&'a str),
+    /// A string, or `null`.
+    Nullable(Option<&'a str>),
+    /// An unsigned integer.
+    Integer(u64),
+    /// A finite number (the latency).
+    Float(f64),
+}
+
+/// Each member as its `name` (the literal from the comma or brace before it to the colon after
+/// it) followed by its value.
+fn members<const N: usize>(out: &mut Vec<u8>, members: [(&[u8], Value<'_>); N]) {
+    for (name, value) in members {
+        out.extend_from_slice(name);
+        match value {
+            Value::Text(text) => string(out, text),
+            Value::Nullable(Some(text)) => string(out, text),
+            Value::Nullable(None) => out.extend_from_slice(b"null"),
+            Value::Integer(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+            // serde_json's float format, which the record has always had.
+            Value::Float(x) => {
+                let _ = serde_json::to_writer(&mut *out, &x);
+            }
+        }
+    }
 }
 
 /// `value` as a JSON string (RFC 8259, section 7): copied between quotes when it has nothing
@@ -162,19 +190,6 @@ fn string(out: &mut Vec<u8>, value: &str) {
     } else {
         let _ = serde_json::to_writer(&mut *out, value);
     }
-}
-
-/// `value` as a JSON string, or `null` for none.
-fn nullable(out: &mut Vec<u8>, value: Option<&str>) {
-    match value {
-        Some(value) => string(out, value),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
-/// An integer in decimal, as serde_json writes it (`itoa`, which serde_json uses).
-fn integer(out: &mut Vec<u8>, value: impl itoa::Integer) {
-    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 /// Renders the standard record of an `exchange` value of contract 0.2.0's `logging.exchange`
